@@ -1,0 +1,136 @@
+"""Run folders, resumable epoch checkpoints and the final consolidated weights.
+
+A run folder holds::
+
+    COVID_binary_classifier.pth   the consolidated state_dict (plain keys, fp32, CPU)
+    metrics.json, config.json     final test metrics and history; the resolved configuration
+    checkpoints/epoch_003/        accelerate ``save_state`` folders, the last few kept
+    tensorboard/                  event files
+
+Checkpoints are written under a ``.tmp`` name and renamed once every rank has
+finished writing, so ``latest`` only ever finds complete ones.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .files import save_torch
+
+WEIGHTS_FILE = "COVID_binary_classifier.pth"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.json"
+CHECKPOINTS_DIR = "checkpoints"
+TENSORBOARD_DIR = "tensorboard"
+_CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)$")
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+
+
+class TrainingProgress:
+    """The loop's own state, saved with each checkpoint: last finished epoch and the history."""
+
+    def __init__(self):
+        self.epoch = 0
+        self.history: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.history = int(state["epoch"]), list(state["history"])
+
+
+def is_finished_run(output_dir: Path) -> bool:
+    return (Path(output_dir) / WEIGHTS_FILE).exists() or (Path(output_dir) / METRICS_FILE).exists()
+
+
+def clear_run(output_dir: Path) -> None:
+    """Remove what a run writes (and nothing else: the folder may hold the user's files)."""
+    for name in (WEIGHTS_FILE, METRICS_FILE, CONFIG_FILE):
+        (Path(output_dir) / name).unlink(missing_ok=True)
+    for name in (CHECKPOINTS_DIR, TENSORBOARD_DIR):
+        shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
+
+
+def checkpoint_path(output_dir: Path, epoch: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS_DIR / f"epoch_{epoch:03d}"
+
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """Finished checkpoint folders, oldest first (``.tmp`` ones are half-written and ignored)."""
+    folder = Path(output_dir) / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.match(p.name))]
+    return [path for _, path in sorted(found)]
+
+
+def resolve_resume(resume: str, output_dir: Path | None) -> Path:
+    """``latest`` -> the newest complete checkpoint of ``output_dir``; else a checkpoint folder."""
+    if resume == "latest":
+        if output_dir is None:
+            raise UserError("--resume latest needs --output-dir: the run folder whose checkpoints to continue")
+        checkpoints = complete_checkpoints(output_dir)
+        if not checkpoints:
+            raise UserError(f"--resume latest: no complete checkpoint in {Path(output_dir) / CHECKPOINTS_DIR}")
+        return checkpoints[-1]
+    path = Path(resume)
+    if not (path.is_dir() and _CHECKPOINT_NAME.match(path.name) and any(path.glob("model*"))):
+        raise UserError(f"--resume {resume}: not a checkpoint folder (expected <run>/{CHECKPOINTS_DIR}/epoch_NNN)")
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int) -> Path:
+    """Every rank calls this (``save_state`` is collective); the main process renames and prunes."""
+    final = checkpoint_path(output_dir, epoch)
+    partial = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        for old in complete_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def consolidated_state_dict(state_dict: dict) -> dict:
+    """Plain keys and fp32 CPU tensors: loads into a fresh ``Net`` on any device."""
+    clean = {}
+    for key, value in state_dict.items():
+        for prefix in _WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        value = value.detach().to("cpu")
+        clean[key] = value.float() if value.is_floating_point() else value
+    return clean
+
+
+def export_weights(accelerator, model, output_dir: Path) -> Path:
+    """Collective: gathers the full state_dict; the main process alone writes the file."""
+    state_dict = accelerator.get_state_dict(model)
+    path = Path(output_dir) / WEIGHTS_FILE
+    if accelerator.is_main_process:
+        save_torch(path, consolidated_state_dict(state_dict))
+    accelerator.wait_for_everyone()
+    return path
+
+
+def load_weights(path: Path, map_location="cpu") -> dict:
+    """Read a weights file safely: ``weights_only=True`` refuses pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: weights file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # UnpicklingError, truncated zip, ...
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"{path}: not a loadable weights file ({first_line})")

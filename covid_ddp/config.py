@@ -1,0 +1,121 @@
+"""The training configuration: one dataclass whose defaults are the original recipe.
+
+The command line is generated from it (every field is a ``--flag`` with the
+field's help text), so a flag, its default and its documentation live in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .data import MCFAM_BASE_URL
+from .errors import UserError
+
+
+def _flag(default, help: str, **argparse_kwargs):
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    # Data
+    dataset: str = _flag("mcfam", "'mcfam' (downloaded once and cached) or 'synthetic' (generated, offline)",
+                         choices=["mcfam", "synthetic"])
+    data_dir: Optional[str] = _flag(None, "folder with train_images64.npz and train_labels.npz; used as is when both "
+                                    "are there, else the MCFAM files are downloaded into it "
+                                    "(default: ~/.cache/covid_ddp/mcfam)")
+    mcfam_url: str = _flag(MCFAM_BASE_URL, "base URL of the MCFAM files (a mirror, for example)")
+    synthetic_size: int = _flag(10000, "number of images of --dataset synthetic")
+    test_size: float = _flag(0.3, "fraction of the data held out for the final test (stratified, random_state 42)")
+    val_size: float = _flag(0.1, "fraction of the training part held out for validation, which drives the LR "
+                            "schedule; 0 trains on the whole training part and steps the schedule on the test "
+                            "loss, as the original did")
+    # Recipe
+    epochs: int = _flag(10, "number of passes over the training part")
+    batch_size: int = _flag(100, "GLOBAL batch size: images per optimizer micro-step summed over all processes "
+                            "(each process gets batch-size / num-processes), so the recipe does not change with "
+                            "the process count; an optimizer step sees batch-size x grad-accum-steps images")
+    lr: float = _flag(1e-3, "Adam learning rate")
+    lr_patience: int = _flag(2, "ReduceLROnPlateau patience (epochs)")
+    lr_factor: float = _flag(0.6, "ReduceLROnPlateau factor")
+    dropout: float = _flag(0.7, "dropout probability after the first fully connected layer")
+    seed: int = _flag(1, "random seed for weights, dropout and shuffling (the split always uses random_state 42)")
+    grad_accum_steps: int = _flag(1, "micro-batches per optimizer step (gradient accumulation)")
+    max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)")
+    # Hardware and distribution
+    mixed_precision: Optional[str] = _flag(None, "'no', 'fp16' or 'bf16' (default: from the accelerate config)",
+                                           choices=["no", "fp16", "bf16"])
+    sync_bn: bool = _flag(False, "use SyncBatchNorm: batch statistics over all processes' shards")
+    cpu: bool = _flag(False, "train on the CPU even when a GPU is present")
+    eval_batch_size: int = _flag(500, "global batch size for validation and test evaluation")
+    # Outputs
+    output_dir: Optional[str] = _flag(None, "run folder (default: runs/<timestamp>); a finished run there is "
+                                      "refused unless --overwrite")
+    overwrite: bool = _flag(False, "replace a finished run in --output-dir")
+    resume: Optional[str] = _flag(None, "'latest' (newest checkpoint of --output-dir) or a checkpoint folder")
+    keep_checkpoints: int = _flag(3, "number of epoch checkpoints kept in <output-dir>/checkpoints")
+    log_every: int = _flag(20, "print a 'Train Epoch' line every this many steps")
+
+    def validate(self) -> None:
+        """Reject values that cannot work, with the flag named."""
+        positive = ("epochs", "batch_size", "lr", "grad_accum_steps", "synthetic_size", "eval_batch_size",
+                    "keep_checkpoints", "log_every", "lr_factor")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UserError(f"--{_dashed(name)} must be positive, got {getattr(self, name)}")
+        if not 0 < self.test_size < 1:
+            raise UserError(f"--test-size must be between 0 and 1 (exclusive), got {self.test_size}")
+        if not 0 <= self.val_size < 1:
+            raise UserError(f"--val-size must be in [0, 1), got {self.val_size}")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise UserError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covid-ddp-train",
+        description="Train the COVID / non-COVID chest X-ray CNN on one or many processes "
+        "(launch with `accelerate launch`, `torchrun` or plain `python`). Not for clinical use.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for spec in dataclasses.fields(TrainConfig):
+        extra = {key: value for key, value in spec.metadata.items() if key != "help"}
+        flag = f"--{_dashed(spec.name)}"
+        if spec.type in ("bool", bool):
+            parser.add_argument(flag, action="store_true", help=spec.metadata["help"])
+            continue
+        parser.add_argument(flag, type=_parse_type(spec.type), default=spec.default,
+                            help=spec.metadata["help"], **extra)
+    return parser
+
+
+def _parse_type(annotation):
+    text = str(annotation)
+    for name, kind in (("int", int), ("float", float)):
+        if text in (name, f"Optional[{name}]"):
+            return kind
+    return str
+
+
+def parse_config(argv: list[str] | None = None) -> TrainConfig:
+    arguments = build_parser().parse_args(argv)
+    config = TrainConfig(**vars(arguments))
+    config.validate()
+    return config
+
+
+def default_output_dir(timestamp: str) -> Path:
+    return Path("runs") / timestamp

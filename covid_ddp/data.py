@@ -1,0 +1,229 @@
+"""Data: the MCFAM files (downloaded, cached, validated), the synthetic set, splits, datasets.
+
+The MCFAM set is two files, ``train_images64.npz`` (key ``train_images``,
+``(N, 64, 64) uint8``) and ``train_labels.npz`` (key ``train_labels``,
+``(N, 4)`` one-hot). Label indices 0 and 1 are non-COVID, 2 and 3 are COVID.
+Any folder holding two files of that format can be used with ``--data-dir``.
+
+Images stay ``uint8`` in memory (one byte a pixel); conversion to float and
+normalisation happen per batch, inside the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from .download import DownloadError, download
+from .errors import UserError
+from .synthetic import make_synthetic
+
+MCFAM_BASE_URL = "http://www-users.math.umn.edu/~jwcalder/MCFAM/"
+IMAGES_FILE, IMAGES_KEY = "train_images64.npz", "train_images"
+LABELS_FILE, LABELS_KEY = "train_labels.npz", "train_labels"
+SPLIT_SEED = 42  # the original's train_test_split(random_state=42)
+
+
+@dataclass
+class RawData:
+    """The whole set as loaded: images (N, 64, 64) uint8, one-hot labels (N, 4), where it came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    provenance: dict = field(default_factory=dict)
+
+
+@dataclass
+class Split:
+    """Row indices of each part; ``val`` is empty when the scheduler watches the test loss."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def default_data_dir() -> Path:
+    """A per-user cache folder, as pip and torch hub use ($XDG_CACHE_HOME or ~/.cache)."""
+    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache_home) / "covid_ddp" / "mcfam"
+
+
+# --- loading and validation -------------------------------------------------
+
+
+def load_array(path: Path, key: str) -> np.ndarray:
+    """One array from an ``.npz`` file, refusing pickled objects; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if key not in archive.files:
+                raise UserError(f"{path}: no array named '{key}' (found: {', '.join(archive.files) or 'none'})")
+            return archive[key]
+    except UserError:
+        raise
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise UserError(f"{path}: '{key}' is an object array; pickled data is refused, save it as a numeric array")
+        raise UserError(f"{path}: not a readable .npz file ({error})")
+    except Exception as error:  # zipfile.BadZipFile, EOFError, OSError, ...: a damaged file.
+        raise UserError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})")
+
+
+def validate_images(images: np.ndarray, path: Path) -> None:
+    if images.ndim != 3 or images.shape[1:] != (64, 64):
+        raise UserError(f"{path}: images must have shape (N, 64, 64), got {images.shape}")
+    if images.dtype != np.uint8:
+        raise UserError(f"{path}: images must be uint8 (0-255), got {images.dtype}")
+    if images.shape[0] == 0:
+        raise UserError(f"{path}: the file holds no images")
+
+
+def validate_labels(labels: np.ndarray, path: Path) -> None:
+    if labels.ndim != 2 or labels.shape[1] != 4:
+        raise UserError(f"{path}: labels must have shape (N, 4) (one-hot over 4 classes), got {labels.shape}")
+    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
+        raise UserError(f"{path}: labels must be numeric, got {labels.dtype}")
+    if labels.shape[0] == 0:
+        raise UserError(f"{path}: the file holds no labels")
+    binary_values = np.isin(labels, (0, 1)).all(axis=1)
+    bad_rows = np.flatnonzero(~binary_values | (labels.sum(axis=1) != 1))
+    if bad_rows.size:
+        raise UserError(
+            f"{path}: {bad_rows.size} label rows are not one-hot (exactly one 1, the rest 0); first bad row: {bad_rows[0]}"
+        )
+
+
+def load_data_dir(data_dir: Path) -> RawData:
+    """Load and validate an MCFAM-format pair of files from ``data_dir``."""
+    images_path, labels_path = Path(data_dir) / IMAGES_FILE, Path(data_dir) / LABELS_FILE
+    images = load_array(images_path, IMAGES_KEY)
+    validate_images(images, images_path)
+    labels = load_array(labels_path, LABELS_KEY)
+    validate_labels(labels, labels_path)
+    if len(images) != len(labels):
+        raise UserError(f"{data_dir}: {len(images)} images but {len(labels)} labels; the two files must match")
+    provenance = {
+        "data_dir": str(Path(data_dir).resolve()),
+        "files": {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in (images_path, labels_path)},
+    }
+    return RawData(images, labels.astype(np.float32), provenance)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL) -> None:
+    """Download whichever MCFAM file is missing from ``data_dir`` (validated before it is kept)."""
+    for name, key, validate in ((IMAGES_FILE, IMAGES_KEY, validate_images), (LABELS_FILE, LABELS_KEY, validate_labels)):
+        destination = Path(data_dir) / name
+        if destination.exists():
+            continue
+        url = base_url.rstrip("/") + "/" + name
+        try:
+            download(url, destination, validate=lambda tmp, key=key, check=validate: check(load_array(tmp, key), url))
+        except (DownloadError, UserError) as error:
+            raise UserError(
+                f"{error}. To go on offline, pass --data-dir DIR with a local copy of {IMAGES_FILE} and "
+                f"{LABELS_FILE}, or use --dataset synthetic"
+            ) from None
+
+
+def load_dataset(dataset: str, data_dir: Path | None, synthetic_size: int, seed: int, base_url: str) -> RawData:
+    """The set a run trains on. For ``mcfam``, files already in ``data_dir`` are used as they are."""
+    if dataset == "synthetic":
+        images, labels = make_synthetic(synthetic_size, seed)
+        return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed})
+    if dataset != "mcfam":
+        raise UserError(f"unknown dataset '{dataset}': use 'mcfam' or 'synthetic'")
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    fetch_mcfam(data_dir, base_url)
+    data = load_data_dir(data_dir)
+    data.provenance["source_url"] = base_url
+    return data
+
+
+# --- labels, splits, statistics ---------------------------------------------
+
+
+def to_binary(labels: np.ndarray) -> np.ndarray:
+    """One-hot 4-class rows -> 0 (non-COVID: classes 0, 1) or 1 (COVID: classes 2, 3), all at once."""
+    return (labels.argmax(axis=1) >= 2).astype(np.int64)
+
+
+def split_indices(targets: np.ndarray, test_size: float, val_size: float) -> Split:
+    """70/30 train/test as the original (random_state 42), stratified; then val carved from train."""
+    counts = np.bincount(targets, minlength=2)
+    if (counts < 2).any():
+        raise UserError(
+            f"the data holds {counts[0]} non-COVID and {counts[1]} COVID images; "
+            "a stratified split needs at least 2 of each class"
+        )
+    everything = np.arange(len(targets))
+    try:
+        train, test = train_test_split(everything, test_size=test_size, random_state=SPLIT_SEED, stratify=targets)
+        val = np.empty(0, dtype=np.int64)
+        if val_size > 0:
+            train, val = train_test_split(train, test_size=val_size, random_state=SPLIT_SEED, stratify=targets[train])
+    except ValueError as error:
+        raise UserError(f"cannot split {len(targets)} images with --test-size {test_size} --val-size {val_size}: {error}")
+    return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
+    """Mean and std of the pixels of ``images[rows]``, in float64 chunks (no float copy of the set)."""
+    total = total_sq = 0.0
+    for start in range(0, len(rows), chunk):
+        block = images[rows[start : start + chunk]].astype(np.float64)
+        total += block.sum()
+        total_sq += np.square(block).sum()
+    count = len(rows) * images.shape[1] * images.shape[2]
+    mean = total / count
+    std = max((total_sq / count - mean**2) ** 0.5, 1e-6)
+    return mean, std
+
+
+# --- the torch side ----------------------------------------------------------
+
+
+class XrayDataset(torch.utils.data.Dataset):
+    """Rows ``rows`` of a uint8 image tensor shared by all parts (no copy per split).
+
+    Yields ``(image uint8 (1, 64, 64), target int64, row index)``. ``__getitems__``
+    fetches a whole batch with one tensor index instead of one Python call a
+    sample; the row index lets tests check sharding and lets predictions be traced.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, rows: np.ndarray):
+        self.images, self.targets = images, targets
+        self.rows = torch.as_tensor(rows, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, position: int):
+        row = self.rows[position]
+        return self.images[row].unsqueeze(0), self.targets[row], row
+
+    def __getitems__(self, positions: list[int]):
+        rows = self.rows[torch.as_tensor(positions, dtype=torch.int64)]
+        return self.images[rows].unsqueeze(1), self.targets[rows], rows
+
+
+def collate_batch(batch):
+    """``__getitems__`` already returns a batch; accept single samples too (default path)."""
+    if isinstance(batch, tuple):
+        return batch
+    return torch.utils.data.default_collate(batch)

@@ -1,0 +1,10 @@
+"""The one exception type for mistakes a user can fix.
+
+The command-line entry points catch it and print its message as a single line
+(no traceback) before exiting non-zero. Its message says what is wrong and how
+to go on.
+"""
+
+
+class UserError(Exception):
+    """Bad input, a bad flag or an unreachable resource: something the user can fix."""

@@ -1,0 +1,195 @@
+"""Single-device inference with a trained weights file.
+
+Command line::
+
+    python launch/predict.py --weights runs/<run>/COVID_binary_classifier.pth xray.png scans/ more.npz
+
+Python::
+
+    from covid_ddp import load_model, predict
+    model = load_model("COVID_binary_classifier.pth")
+    p_covid = predict(model, images)          # images: (N, 64, 64) uint8, raw pixel values
+
+Inputs are MCFAM-format ``.npz`` files (key ``train_images``), PNG/JPEG images
+(converted to 8-bit grayscale, center-cropped to a square and resized to 64x64,
+with a note on stderr when that happens) or folders of them. Output is CSV:
+``source,index,p_covid,prediction``. Not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import load_weights
+from .cli import run_cli
+from .data import IMAGES_KEY, load_array, validate_images
+from .errors import UserError
+from .files import atomic_path
+from .model import CLASS_NAMES, IMAGE_SIZE, Net
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+NPZ_SUFFIX = ".npz"
+
+
+@dataclass
+class InputImages:
+    """Images read from one input file, ready for the model."""
+
+    source: str
+    images: np.ndarray  # (N, 64, 64) uint8
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> Net:
+    """A ``Net`` in eval mode with the weights of ``path`` (loaded with ``weights_only=True``, strict)."""
+    state_dict = load_weights(Path(path))
+    model = Net()
+    missing, unexpected = _key_mismatch(model, state_dict)
+    if missing or unexpected:
+        raise UserError(f"{path}: not covid_ddp.Net weights (missing keys: {', '.join(missing) or 'none'}; "
+                        f"unexpected keys: {', '.join(unexpected) or 'none'})")
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise UserError(f"{path}: weights do not fit covid_ddp.Net ({str(error).splitlines()[-1].strip()})")
+    return model.to(device).eval()
+
+
+def _key_mismatch(model: Net, state_dict) -> tuple[list[str], list[str]]:
+    if not isinstance(state_dict, dict):
+        return ["(the file holds no state_dict)"], []
+    expected, found = set(model.state_dict()), set(state_dict)
+    return sorted(expected - found), sorted(found - expected)
+
+
+@torch.inference_mode()
+def predict(model: Net, images, batch_size: int = 512) -> np.ndarray:
+    """P(COVID) for each raw-pixel image of ``images`` ((N, 64, 64) or (N, 1, 64, 64)), in batches."""
+    device = next(model.parameters()).device
+    images = torch.as_tensor(np.asarray(images))
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    probabilities = [
+        model(batch.to(device, non_blocking=True).float())[:, 1].exp().cpu()
+        for batch in images.split(batch_size)
+    ]
+    return torch.cat(probabilities).numpy() if probabilities else np.empty(0, dtype=np.float32)
+
+
+# --- reading inputs ----------------------------------------------------------
+
+
+def collect_files(inputs: list[str]) -> list[Path]:
+    """Files named directly, and the supported files inside named folders (sorted, recursive)."""
+    files = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | {NPZ_SUFFIX})
+            if not found:
+                raise UserError(f"{path}: the folder holds no .npz, .png or .jpg files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path}: no such file or folder")
+    return files
+
+
+def read_input(path: Path) -> InputImages:
+    if path.suffix.lower() == NPZ_SUFFIX:
+        images = load_array(path, IMAGES_KEY)
+        validate_images(images, path)
+        return InputImages(str(path), images)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return InputImages(str(path), read_image(path)[None])
+    raise UserError(f"{path}: unsupported input type '{path.suffix}'; give .npz, .png or .jpg files or folders")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file -> 64x64 uint8 grayscale, as the real-cxr set was made."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            gray = to_grayscale_8bit(image)
+    except (OSError, Image.DecompressionBombError, ValueError) as error:
+        raise UserError(f"{path}: not a readable image ({error})")
+    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+        print(f"note: {path}: resized from {gray.size[0]}x{gray.size[1]} to {IMAGE_SIZE}x{IMAGE_SIZE}"
+              " (center-cropped to a square first)", file=sys.stderr)
+        side = min(gray.size)
+        left, top = (gray.size[0] - side) // 2, (gray.size[1] - side) // 2
+        gray = gray.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def to_grayscale_8bit(image: Image.Image) -> Image.Image:
+    """Alpha is composited onto black; 16/32-bit images are min-max scaled to 0-255."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = values.min(), values.max()
+        scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
+        return Image.fromarray(scaled.round().astype(np.uint8))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("L")
+
+
+# --- command line ------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covid-ddp-predict",
+        description="Score chest X-rays with a trained covid_ddp model on one device. Not for clinical use.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", help=".npz files (key train_images), PNG/JPEG images, or folders of them")
+    parser.add_argument("--weights", required=True, help="a COVID_binary_classifier.pth written by covid-ddp-train")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
+    parser.add_argument("--threshold", type=float, default=0.5, help="p_covid at or above this is called COVID")
+    parser.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
+    parser.add_argument("--output", help="write the CSV to this file instead of standard output")
+    return parser
+
+
+def run(arguments: argparse.Namespace) -> None:
+    if not 0 <= arguments.threshold <= 1:
+        raise UserError(f"--threshold must be in [0, 1], got {arguments.threshold}")
+    if arguments.batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {arguments.batch_size}")
+    model = load_model(arguments.weights, resolve_device(arguments.device))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["source", "index", "p_covid", "prediction"])
+    for path in collect_files(arguments.inputs):
+        item = read_input(path)
+        for index, p_covid in enumerate(predict(model, item.images, arguments.batch_size)):
+            writer.writerow([item.source, index, f"{p_covid:.6f}", CLASS_NAMES[int(p_covid >= arguments.threshold)]])
+    if arguments.output:
+        with atomic_path(Path(arguments.output)) as tmp:
+            tmp.write_text(buffer.getvalue())
+    else:
+        sys.stdout.write(buffer.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-predict")

@@ -1,0 +1,281 @@
+"""Distributed training of the chest X-ray CNN, driven by accelerate.
+
+Run it with any launcher; accelerate reads the process layout from the environment::
+
+    python launch/train.py --dataset synthetic                 # one process (GPU if present, else CPU)
+    accelerate launch launch/train.py                          # as accelerate_config.yaml says
+    torchrun --nproc_per_node 2 launch/train.py --cpu ...      # two CPU processes (gloo)
+
+Every rank trains on its shard of each global batch, evaluates its shard of the
+validation/test parts (combined exactly with ``gather_for_metrics``) and steps
+the LR schedule with the same, globally reduced validation loss. Only the main
+process prints, logs to TensorBoard and writes files.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    InitProcessGroupKwargs,
+    broadcast_object_list,
+    set_seed,
+)
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .cli import run_cli
+from .config import TrainConfig, default_output_dir, parse_config
+from .data import XrayDataset, collate_batch, load_dataset, pixel_statistics, split_indices, to_binary
+from .errors import UserError
+from .files import write_json
+from .metrics import binary_metrics
+from .model import Net
+from .provenance import environment_summary
+from .sync_batchnorm import convert_sync_batchnorm
+
+
+@dataclass
+class Evaluation:
+    """Everything an evaluation pass produced, identical on every rank."""
+
+    loss: float
+    p_covid: np.ndarray
+    targets: np.ndarray
+    rows: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float(((self.p_covid >= 0.5) == self.targets).mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: train(parse_config(argv)), prog="covid-ddp-train")
+
+
+def build_accelerator(config: TrainConfig) -> Accelerator:
+    return Accelerator(
+        cpu=config.cpu,
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum_steps,
+        log_with="tensorboard",
+        # A placeholder: the run folder is settled (and shared by all ranks) after start-up.
+        project_dir=config.output_dir or "runs",
+        # split_batches: --batch-size is global and each process takes its slice of every
+        # batch; the seedable sampler gives every rank the same permutation for each epoch
+        # (seed + epoch), so shards are disjoint, reshuffled per epoch and reproducible on resume.
+        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=config.seed),
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=10))],
+    )
+
+
+def refuse_independent_launch(accelerator: Accelerator) -> None:
+    """The launcher said N processes but accelerate formed no process group: N separate runs."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and accelerator.num_processes == 1:
+        raise UserError(
+            f"WORLD_SIZE={launched} but accelerate sees 1 process: the launcher started {launched} independent "
+            "runs that would each train on all the data and overwrite each other's files. On CPU-only machines use "
+            "`torchrun --nproc_per_node N launch/train.py --cpu` (or `accelerate launch --cpu --num_processes N`); "
+            "on GPUs check that each process sees a GPU"
+        )
+
+
+def resolve_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path:
+    """The run folder, the same on every rank; a finished run is refused unless --overwrite or --resume."""
+    if config.output_dir:
+        output_dir = Path(config.output_dir)
+    elif config.resume and config.resume != "latest":
+        output_dir = Path(config.resume).resolve().parent.parent
+    else:
+        # Processes start seconds apart: the main process picks the timestamp for all.
+        stamp = [datetime.datetime.now().strftime("%Y%m%d-%H%M%S")]
+        broadcast_object_list(stamp)
+        output_dir = default_output_dir(stamp[0])
+    if ckpt.is_finished_run(output_dir) and not config.resume:
+        if not config.overwrite:
+            raise UserError(f"{output_dir} holds a finished run; choose another --output-dir or pass --overwrite")
+        if accelerator.is_main_process:
+            ckpt.clear_run(output_dir)
+    accelerator.wait_for_everyone()
+    return output_dir
+
+
+def make_loaders(images, targets, split, config: TrainConfig, num_processes: int):
+    """Training loader (shuffled) and evaluation loaders over one shared uint8 tensor."""
+    if config.batch_size % num_processes or config.eval_batch_size % num_processes:
+        raise UserError(
+            f"--batch-size {config.batch_size} and --eval-batch-size {config.eval_batch_size} are global and must "
+            f"divide evenly over {num_processes} processes"
+        )
+    for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
+        if 0 < len(rows) < num_processes or (name != "validation" and len(rows) < num_processes):
+            raise UserError(f"the {name} part has {len(rows)} images, fewer than the {num_processes} processes; "
+                            "use more data or fewer processes")
+
+    if len(split.train) < config.batch_size:
+        raise UserError(f"the training part has {len(split.train)} images, fewer than --batch-size {config.batch_size}")
+
+    def loader(rows, batch_size, shuffle):
+        # Training drops the last partial global batch (the permutation changes every epoch, so
+        # every image is still used): padding it, as DistributedSampler does, would make N
+        # processes train on other images than 1 process. Evaluation keeps every image.
+        dataset = XrayDataset(images, targets, rows)
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+                                           collate_fn=collate_batch)
+
+    train_loader = loader(split.train, config.batch_size, shuffle=True)
+    val_loader = loader(split.val, config.eval_batch_size, shuffle=False) if len(split.val) else None
+    test_loader = loader(split.test, config.eval_batch_size, shuffle=False)
+    return train_loader, val_loader, test_loader
+
+
+def train(config: TrainConfig) -> dict:
+    """Train, checkpoint every epoch, test once, write the run folder; returns the final test metrics."""
+    accelerator = build_accelerator(config)
+    refuse_independent_launch(accelerator)
+    resume_from = None
+    output_dir = resolve_output_dir(config, accelerator)
+    if config.resume:
+        resume_from = ckpt.resolve_resume(config.resume, output_dir)
+
+    with accelerator.main_process_first():  # the main process downloads; the others then read the cache
+        data = load_dataset(config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url)
+    targets = to_binary(data.labels)
+    split = split_indices(targets, config.test_size, config.val_size)
+    images, targets_t = torch.from_numpy(data.images), torch.from_numpy(targets)
+    train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config, accelerator.num_processes)
+
+    set_seed(config.seed)  # identical initial weights on every rank
+    model = Net(dropout=config.dropout)
+    model.set_normalization(*pixel_statistics(data.images, split.train))
+    if config.sync_bn:
+        model = convert_sync_batchnorm(model, accelerator.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    # Not passed to prepare(): accelerate's wrapper would step it once per process.
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
+    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    progress = ckpt.TrainingProgress()
+    accelerator.register_for_checkpointing(scheduler, progress)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        accelerator.print(f"Resumed from {resume_from} (epoch {progress.epoch} done)")
+        if progress.epoch >= config.epochs:
+            raise UserError(f"{resume_from} is already at epoch {progress.epoch} of --epochs {config.epochs}; "
+                            "pass a larger --epochs to train longer")
+
+    accelerator.project_configuration.set_directories(str(output_dir))
+    accelerator.init_trackers(ckpt.TENSORBOARD_DIR, config=_hparams(config, accelerator))
+    monitor_name = "Validation" if val_loader is not None else "Test"
+    monitor_loader = val_loader if val_loader is not None else test_loader
+
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
+        train_loader.set_epoch(epoch)
+        # Dropout masks differ per rank and epoch, and depend only on (seed, epoch, rank): resume is exact.
+        set_seed(config.seed + epoch, device_specific=True)
+        train_loss, images_per_s = train_one_epoch(model, optimizer, train_loader, accelerator, config, epoch, len(split.train))
+        monitored = evaluate(model, monitor_loader, accelerator)
+        scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
+        record = {"epoch": epoch, "train_loss": train_loss, f"{monitor_name.lower()}_loss": monitored.loss,
+                  f"{monitor_name.lower()}_accuracy": monitored.accuracy, "lr": optimizer.param_groups[0]["lr"],
+                  "images_per_s": images_per_s}
+        progress.epoch = epoch
+        progress.history.append(record)
+        accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch)
+        accelerator.print(f"{monitor_name} set: Average loss: {monitored.loss:.4f}, "
+                          f"Accuracy: {100 * monitored.accuracy:.2f}% [COVID Detection]")
+        ckpt.save_checkpoint(accelerator, output_dir, epoch, config.keep_checkpoints)
+
+    final = evaluate(model, test_loader, accelerator)
+    test_metrics = binary_metrics(final.p_covid, final.targets, final.loss)
+    accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * final.accuracy:.2f}% "
+                      f"[COVID Detection] (n={test_metrics['n']}, sensitivity {test_metrics['sensitivity']:.3f}, "
+                      f"specificity {test_metrics['specificity']:.3f}, ROC AUC {test_metrics['roc_auc']:.3f})")
+    weights_path = ckpt.export_weights(accelerator, model, output_dir)
+    if accelerator.is_main_process:
+        write_json(output_dir / ckpt.CONFIG_FILE, _run_config(config, accelerator, data.provenance, split, output_dir))
+        write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
+    accelerator.end_training()
+    accelerator.print(f"Model saved to {weights_path}")
+    return test_metrics
+
+
+def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, train_size: int) -> tuple[float, float]:
+    """One pass over this rank's shard; returns (global mean training loss, global images/s)."""
+    model.train()
+    loss_sum = torch.zeros((), device=accelerator.device)
+    seen = torch.zeros((), device=accelerator.device)
+    started = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+               disable=None if accelerator.is_main_process else True)  # None: off when not a terminal
+    for step, (images, targets, _) in enumerate(bar, start=1):
+        with accelerator.accumulate(model):
+            loss = F.nll_loss(model(images), targets)
+            accelerator.backward(loss)
+            if config.max_grad_norm is not None and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad()
+        loss_sum += loss.detach().float() * len(targets)
+        seen += len(targets)
+        if step % config.log_every == 0:  # same step on every rank: the reduce is a collective
+            _log_step(accelerator, optimizer, loss_sum, seen, started, epoch, step, len(loader))
+    totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
+    elapsed = time.perf_counter() - started
+    mean_loss = (totals[0] / totals[1]).item()
+    accelerator.print(f"Train Epoch: {epoch} [{train_size}/{train_size} (100%)]\tLoss: {mean_loss:.6f}\t"
+                      f"LR: {optimizer.param_groups[0]['lr']:.6g}\t{totals[1].item() / elapsed:.0f} img/s")
+    return mean_loss, totals[1].item() / elapsed
+
+
+def _log_step(accelerator, optimizer, loss_sum, seen, started, epoch, step, steps_per_epoch) -> None:
+    totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
+    global_step = (epoch - 1) * steps_per_epoch + step
+    accelerator.log({"train/loss": (totals[0] / totals[1]).item(), "train/lr": optimizer.param_groups[0]["lr"],
+                     "train/images_per_s": totals[1].item() / (time.perf_counter() - started)}, step=global_step)
+
+
+@torch.inference_mode()
+def evaluate(model, loader, accelerator) -> Evaluation:
+    """Every rank scores its shard; ``gather_for_metrics`` drops the padding of the last batch."""
+    model.eval()
+    log_probs, targets, rows = [], [], []
+    for images, batch_targets, batch_rows in loader:
+        gathered = accelerator.gather_for_metrics((model(images).float(), batch_targets, batch_rows))
+        for bucket, tensor in zip((log_probs, targets, rows), gathered):
+            bucket.append(tensor.cpu())
+    log_probs, targets, rows = torch.cat(log_probs), torch.cat(targets), torch.cat(rows)
+    loss = F.nll_loss(log_probs, targets, reduction="mean").item()
+    return Evaluation(loss, log_probs[:, 1].exp().numpy(), targets.numpy(), rows.numpy())
+
+
+def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
+    """TensorBoard's hparams accept only scalars and strings."""
+    values = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+    values.update(num_processes=accelerator.num_processes, mixed_precision=accelerator.mixed_precision)
+    return values
+
+
+def _run_config(config: TrainConfig, accelerator: Accelerator, provenance: dict, split, output_dir: Path) -> dict:
+    return {
+        "config": config.to_dict(),
+        "output_dir": str(output_dir),
+        "data": {"dataset": config.dataset, **provenance,
+                 "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
+        "distributed": {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
+                        "mixed_precision": accelerator.mixed_precision,
+                        "distributed_type": str(accelerator.distributed_type)},
+        "environment": environment_summary(),
+    }

@@ -1,0 +1,131 @@
+"""End to end through launch/train.py and launch/predict.py, as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, run, small_args
+from covid_ddp import load_model, predict
+from covid_ddp.config import build_parser
+from covid_ddp.data import load_data_dir
+
+
+@pytest.fixture(scope="module")
+def trained_run(small_data, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("e2e") / "run"
+    result = run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, output_dir)])
+    return output_dir, result
+
+
+def test_training_writes_a_complete_run_folder(trained_run):
+    output_dir, result = trained_run
+    assert "Train Epoch: 2" in result.stdout and "Validation set: Average loss" in result.stdout
+    assert result.stdout.count("Test set: Average loss") == 1, "the test split is touched once, at the end"
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    for key in ("loss", "accuracy", "sensitivity", "specificity", "roc_auc", "n", "confusion_matrix"):
+        assert key in metrics["test"]
+    assert len(metrics["history"]) == 2
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["data"]["files"]["train_images64.npz"]["sha256"]
+    assert config["distributed"]["num_processes"] == 1 and config["environment"]["packages"]["torch"]
+    assert [p.name for p in (output_dir / "checkpoints").iterdir()] == ["epoch_001", "epoch_002"] or \
+        sorted(p.name for p in (output_dir / "checkpoints").iterdir()) == ["epoch_001", "epoch_002"]
+    assert list((output_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_predict_cli_scores_npz_png_and_folders(trained_run, small_data, tmp_path):
+    output_dir, _ = trained_run
+    weights = output_dir / "COVID_binary_classifier.pth"
+    images = load_data_dir(small_data).images[:5]
+    np.savez(tmp_path / "five.npz", train_images=images)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    Image.fromarray(images[0]).save(folder / "a.png")
+    Image.fromarray(np.kron(images[1], np.ones((2, 3), np.uint8))).save(folder / "b.png")  # 128x192: resized
+    result = run([sys.executable, PREDICT_SCRIPT, "--weights", weights, "--device", "cpu", tmp_path / "five.npz", folder])
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [r["source"].rsplit("/", 1)[-1] for r in rows] == ["five.npz"] * 5 + ["a.png", "b.png"]
+    assert [r["index"] for r in rows[:5]] == ["0", "1", "2", "3", "4"]
+    expected = predict(load_model(weights), images)
+    np.testing.assert_allclose([float(r["p_covid"]) for r in rows[:5]], expected, atol=1e-6)
+    assert float(rows[5]["p_covid"]) == pytest.approx(expected[0], abs=1e-6), "a 64x64 PNG is used as is"
+    assert all(r["prediction"] == ("COVID" if float(r["p_covid"]) >= 0.5 else "Non-COVID") for r in rows)
+    assert "resized from 192x128 to 64x64" in result.stderr
+
+    out_file = tmp_path / "scores.csv"
+    run([sys.executable, PREDICT_SCRIPT, "--weights", weights, "--threshold", "0", "--output", out_file, tmp_path / "five.npz"])
+    assert {r["prediction"] for r in csv.DictReader(out_file.open())} == {"COVID"}
+
+
+def test_finished_run_is_not_overwritten_without_overwrite(trained_run, small_data, tmp_path):
+    output_dir, _ = trained_run
+    copy = tmp_path / "copy"
+    shutil.copytree(output_dir, copy)
+    before = (copy / "COVID_binary_classifier.pth").read_bytes()
+    result = run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, copy)], check=False)
+    assert result.returncode == 2 and "holds a finished run" in result.stderr and "--overwrite" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (copy / "COVID_binary_classifier.pth").read_bytes() == before
+
+
+def test_resume_after_epoch_one_ends_with_the_same_weights(small_data, tmp_path):
+    run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "straight")])
+    run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "resumed", "--epochs", "1")])
+    result = run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "resumed", "--resume", "latest")])
+    assert "Resumed from" in result.stdout and "Train Epoch: 1 " not in result.stdout, "epoch 1 is skipped"
+    straight = torch.load(tmp_path / "straight" / "COVID_binary_classifier.pth", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "COVID_binary_classifier.pth", weights_only=True)
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
+    history = [json.loads((tmp_path / name / "metrics.json").read_text())["history"] for name in ("straight", "resumed")]
+    assert [h["validation_loss"] for h in history[0]] == pytest.approx([h["validation_loss"] for h in history[1]], abs=1e-6)
+
+
+def test_bf16_mixed_precision_trains_and_saves_fp32_weights(small_data, tmp_path):
+    run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "bf16", "--mixed-precision", "bf16", "--epochs", "1")])
+    state = torch.load(tmp_path / "bf16" / "COVID_binary_classifier.pth", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    metrics = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert np.isfinite(metrics["history"][0]["train_loss"])
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["distributed"]["mixed_precision"] == "bf16"
+
+
+def test_cpu_launcher_trap_is_refused(small_data, tmp_path):
+    """`accelerate launch --multi_gpu` without GPUs starts independent runs: each must refuse.
+
+    (With --cpu, the same command forms a real gloo group and trains correctly.)
+    """
+    result = run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN_SCRIPT,
+                  *small_args(small_data, tmp_path / "trap")[1:]], check=False, env=clean_env(CUDA_VISIBLE_DEVICES=""))
+    assert result.returncode != 0
+    assert result.stderr.count("accelerate sees 1 process") == 2, result.stderr[-2000:]
+    assert "torchrun --nproc_per_node" in result.stderr
+    assert not (tmp_path / "trap").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "--epochs must be positive"),
+    (["--batch-size", "-5"], "--batch-size must be positive"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--test-size", "1.5"], "--test-size must be between 0 and 1"),
+])
+def test_bad_flags_get_one_line_and_exit_2(small_data, tmp_path, flags, message):
+    result = run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "run", *flags)], check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_flag_has_help_text():
+    for action in build_parser()._actions:
+        assert action.help, f"{action.option_strings} has no help"

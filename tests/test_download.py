@@ -1,0 +1,124 @@
+"""The real download code against a local HTTP server on 127.0.0.1 (never the real URL)."""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from conftest import TRAIN_SCRIPT, run
+from covid_ddp.data import fetch_mcfam, load_data_dir
+from covid_ddp.errors import UserError
+
+
+def npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+IMAGES = npz_bytes(train_images=np.zeros((8, 64, 64), np.uint8))
+LABELS = npz_bytes(train_labels=np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 2])
+
+
+class FakeMirror:
+    """Serves files by name; ``failures[name]`` requests fail with 500 first; ``truncate`` cuts bodies short."""
+
+    def __init__(self):
+        self.files = {"train_images64.npz": IMAGES, "train_labels.npz": LABELS}
+        self.failures: dict[str, int] = {}
+        self.truncate: set[str] = set()
+        self.requests: list[str] = []
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                mirror.requests.append(name)
+                if mirror.failures.get(name, 0) > 0:
+                    mirror.failures[name] -= 1
+                    self.send_error(500)
+                    return
+                if name not in mirror.files:
+                    self.send_error(404)
+                    return
+                body = mirror.files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in mirror.truncate else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/MCFAM/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def mirror():
+    server = FakeMirror()
+    yield server
+    server.close()
+
+
+def test_download_fills_the_cache_once(mirror, tmp_path):
+    fetch_mcfam(tmp_path, mirror.url)
+    assert load_data_dir(tmp_path).images.shape == (8, 64, 64)
+    fetch_mcfam(tmp_path, mirror.url)
+    assert mirror.requests == ["train_images64.npz", "train_labels.npz"], "cached files are not fetched again"
+
+
+def test_download_retries_after_a_server_error(mirror, tmp_path):
+    mirror.failures["train_images64.npz"] = 1
+    fetch_mcfam(tmp_path, mirror.url)
+    assert mirror.requests.count("train_images64.npz") == 2
+    assert (tmp_path / "train_images64.npz").read_bytes() == IMAGES
+
+
+def test_http_404_fails_fast_with_a_way_forward_and_leaves_no_file(mirror, tmp_path):
+    del mirror.files["train_labels.npz"]
+    with pytest.raises(UserError) as error:
+        fetch_mcfam(tmp_path, mirror.url)
+    message = str(error.value)
+    assert "HTTP 404" in message and "train_labels.npz" in message
+    assert "--data-dir" in message and "--dataset synthetic" in message
+    assert mirror.requests.count("train_labels.npz") == 1, "a missing file is not asked for again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_images64.npz"], "no partial file is left"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "invalid"])
+def test_a_bad_transfer_is_never_cached(mirror, tmp_path, damage):
+    if damage == "truncated":
+        mirror.truncate.add("train_images64.npz")
+    else:
+        mirror.files["train_images64.npz"] = npz_bytes(train_images=np.zeros((8, 32, 32), np.uint8))
+    with pytest.raises(UserError, match="train_images64.npz"):
+        fetch_mcfam(tmp_path, mirror.url)
+    assert mirror.requests.count("train_images64.npz") == 3, "retried"
+    assert list(tmp_path.iterdir()) == [], "nothing invalid or partial in the cache"
+
+
+def test_train_without_network_exits_within_a_minute_with_one_line(mirror, tmp_path):
+    url = mirror.url
+    mirror.close()  # nothing listens there any more: connection refused, as offline
+    started = time.monotonic()
+    result = run([sys.executable, TRAIN_SCRIPT, "--cpu", "--data-dir", tmp_path / "cache", "--mcfam-url", url,
+                  "--output-dir", tmp_path / "run"], check=False, timeout=60)
+    assert time.monotonic() - started < 60
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "could not download" in lines[0] and "--dataset synthetic" in lines[0]
+    assert not (tmp_path / "run").exists()
+    assert not any((tmp_path / "cache").glob("*")) if (tmp_path / "cache").exists() else True

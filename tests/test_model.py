@@ -1,0 +1,55 @@
+"""The original architecture, its normalisation buffers and the reload snippet."""
+
+from __future__ import annotations
+
+import torch
+
+from covid_ddp import Net
+from covid_ddp.checkpoint import consolidated_state_dict
+
+# Conv 1->32->64->128->256 (3x3) with BatchNorm, FC 1024->512, FC 512->2.
+ORIGINAL_PARAMETERS = (320 + 64) + (18496 + 128) + (73856 + 256) + (295168 + 512) + 524800 + 1026
+
+
+def test_architecture_matches_the_original():
+    model = Net()
+    assert sum(p.numel() for p in model.parameters()) == ORIGINAL_PARAMETERS
+    assert model.fc1.in_features == 256 * 2 * 2, "flatten size measured on a 64x64 input"
+    assert model.dropout.p == 0.7
+    out = model.eval()(torch.randint(0, 256, (3, 1, 64, 64), dtype=torch.uint8))
+    assert out.shape == (3, 2)
+    torch.testing.assert_close(out.exp().sum(dim=1), torch.ones(3)), "log-softmax output"
+
+
+def test_normalisation_buffers_travel_in_the_state_dict():
+    model = Net()
+    model.set_normalization(120.0, 40.0)
+    state = model.state_dict()
+    assert state["pixel_mean"].item() == 120.0 and state["pixel_std"].item() == 40.0
+    raw = torch.full((1, 1, 64, 64), 120.0)
+    reference = Net()
+    reference.load_state_dict(state)
+    zero_input = Net()
+    zero_input.load_state_dict(state)
+    zero_input.set_normalization(0.0, 1.0)
+    torch.testing.assert_close(reference.eval()(raw), zero_input.eval()(torch.zeros(1, 1, 64, 64)))
+
+
+def test_original_reload_snippet_works_with_weights_only_and_strict(tmp_path):
+    trained = Net()
+    trained.set_normalization(100.0, 30.0)
+    path = tmp_path / "COVID_binary_classifier.pth"
+    torch.save(consolidated_state_dict(trained.state_dict()), path)
+
+    model = Net()
+    model.load_state_dict(torch.load(path, weights_only=True), strict=True)
+    model.eval()
+    x = torch.rand(4, 1, 64, 64) * 255
+    torch.testing.assert_close(model(x), trained.eval()(x))
+
+
+def test_consolidated_state_dict_strips_wrappers_and_casts_to_fp32_cpu():
+    state = {"module.fc2.bias": torch.zeros(2, dtype=torch.bfloat16), "_orig_mod.bn1.num_batches_tracked": torch.tensor(3)}
+    clean = consolidated_state_dict(state)
+    assert set(clean) == {"fc2.bias", "bn1.num_batches_tracked"}
+    assert clean["fc2.bias"].dtype == torch.float32 and clean["bn1.num_batches_tracked"].dtype == torch.int64
