@@ -58,7 +58,7 @@ class TrainConfig:
     overwrite: bool = _flag(False, "replace a finished run in --output-dir")
     resume: Optional[str] = _flag(None, "'latest' (newest checkpoint of --output-dir) or a checkpoint folder")
     keep_checkpoints: int = _flag(3, "number of epoch checkpoints kept in <output-dir>/checkpoints")
-    log_every: int = _flag(20, "print a 'Train Epoch' line every this many steps")
+    log_every: int = _flag(20, "log training loss, learning rate and images/s to TensorBoard every this many steps")
 
     def validate(self) -> None:
         """Reject values that cannot work, with the flag named."""

@@ -85,9 +85,9 @@ def refuse_independent_launch(accelerator: Accelerator) -> None:
     if launched > 1 and accelerator.num_processes == 1:
         raise UserError(
             f"WORLD_SIZE={launched} but accelerate sees 1 process: the launcher started {launched} independent "
-            "runs that would each train on all the data and overwrite each other's files. On CPU-only machines use "
-            "`torchrun --nproc_per_node N launch/train.py --cpu` (or `accelerate launch --cpu --num_processes N`); "
-            "on GPUs check that each process sees a GPU"
+            "runs that would each train on all the data and overwrite each other's files. Without GPUs, pass --cpu to "
+            "the training script (`accelerate launch --multi_gpu --num_processes N launch/train.py --cpu`, or "
+            "`torchrun --nproc_per_node N launch/train.py --cpu`); with GPUs, check that each process sees one"
         )
 
 
@@ -140,22 +140,62 @@ def make_loaders(images, targets, split, config: TrainConfig, num_processes: int
     return train_loader, val_loader, test_loader
 
 
+@dataclass
+class Prepared:
+    """What the loop works with, after ``accelerator.prepare``."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    train_loader: torch.utils.data.DataLoader
+    monitor_loader: torch.utils.data.DataLoader  # validation, or test when --val-size 0
+    test_loader: torch.utils.data.DataLoader
+    monitor_name: str
+
+
 def train(config: TrainConfig) -> dict:
     """Train, checkpoint every epoch, test once, write the run folder; returns the final test metrics."""
     accelerator = build_accelerator(config)
     refuse_independent_launch(accelerator)
-    resume_from = None
     output_dir = resolve_output_dir(config, accelerator)
-    if config.resume:
-        resume_from = ckpt.resolve_resume(config.resume, output_dir)
+    resume_from = ckpt.resolve_resume(config.resume, output_dir) if config.resume else None
 
     with accelerator.main_process_first():  # the main process downloads; the others then read the cache
         data = load_dataset(config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url)
     targets = to_binary(data.labels)
     split = split_indices(targets, config.test_size, config.val_size)
-    images, targets_t = torch.from_numpy(data.images), torch.from_numpy(targets)
-    train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config, accelerator.num_processes)
+    run = prepare_run(config, data, targets, split, accelerator)
+    progress = ckpt.TrainingProgress()
+    accelerator.register_for_checkpointing(run.scheduler, progress)
+    if resume_from is not None:
+        resume(accelerator, resume_from, progress, config.epochs)
 
+    accelerator.project_configuration.set_directories(str(output_dir))
+    accelerator.init_trackers(ckpt.TENSORBOARD_DIR, config=_hparams(config, accelerator))
+    for epoch in range(progress.epoch + 1, config.epochs + 1):
+        record = run_epoch(run, accelerator, config, epoch, len(split.train))
+        progress.epoch = epoch
+        progress.history.append(record)
+        ckpt.save_checkpoint(accelerator, output_dir, epoch, config.keep_checkpoints)
+
+    final = evaluate(run.model, run.test_loader, accelerator)
+    test_metrics = binary_metrics(final.p_covid, final.targets, final.loss)
+    accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * final.accuracy:.2f}% "
+                      f"[COVID Detection] ({_describe_rates(test_metrics)})")
+    weights_path = ckpt.export_weights(accelerator, run.model, output_dir)
+    if accelerator.is_main_process:
+        write_json(output_dir / ckpt.CONFIG_FILE, _run_config(config, accelerator, data.provenance, split, output_dir))
+        write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()  # also destroys the process group, so no rank exits mid-collective
+    accelerator.print(f"Model saved to {weights_path}")
+    return test_metrics
+
+
+def prepare_run(config: TrainConfig, data, targets: np.ndarray, split, accelerator: Accelerator) -> Prepared:
+    """Loaders, model (normalised with training-split statistics), optimizer and LR schedule."""
+    train_loader, val_loader, test_loader = make_loaders(torch.from_numpy(data.images), torch.from_numpy(targets),
+                                                         split, config, accelerator.num_processes)
     set_seed(config.seed)  # identical initial weights on every rank
     model = Net(dropout=config.dropout)
     model.set_normalization(*pixel_statistics(data.images, split.train))
@@ -165,51 +205,44 @@ def train(config: TrainConfig) -> dict:
     # Not passed to prepare(): accelerate's wrapper would step it once per process.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    if val_loader is not None:
-        val_loader = accelerator.prepare(val_loader)
-    progress = ckpt.TrainingProgress()
-    accelerator.register_for_checkpointing(scheduler, progress)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        accelerator.print(f"Resumed from {resume_from} (epoch {progress.epoch} done)")
-        if progress.epoch >= config.epochs:
-            raise UserError(f"{resume_from} is already at epoch {progress.epoch} of --epochs {config.epochs}; "
-                            "pass a larger --epochs to train longer")
+    if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
+        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test")
+    return Prepared(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader, "Validation")
 
-    accelerator.project_configuration.set_directories(str(output_dir))
-    accelerator.init_trackers(ckpt.TENSORBOARD_DIR, config=_hparams(config, accelerator))
-    monitor_name = "Validation" if val_loader is not None else "Test"
-    monitor_loader = val_loader if val_loader is not None else test_loader
 
-    for epoch in range(progress.epoch + 1, config.epochs + 1):
-        train_loader.set_epoch(epoch)
-        # Dropout masks differ per rank and epoch, and depend only on (seed, epoch, rank): resume is exact.
-        set_seed(config.seed + epoch, device_specific=True)
-        train_loss, images_per_s = train_one_epoch(model, optimizer, train_loader, accelerator, config, epoch, len(split.train))
-        monitored = evaluate(model, monitor_loader, accelerator)
-        scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
-        record = {"epoch": epoch, "train_loss": train_loss, f"{monitor_name.lower()}_loss": monitored.loss,
-                  f"{monitor_name.lower()}_accuracy": monitored.accuracy, "lr": optimizer.param_groups[0]["lr"],
-                  "images_per_s": images_per_s}
-        progress.epoch = epoch
-        progress.history.append(record)
-        accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch)
-        accelerator.print(f"{monitor_name} set: Average loss: {monitored.loss:.4f}, "
-                          f"Accuracy: {100 * monitored.accuracy:.2f}% [COVID Detection]")
-        ckpt.save_checkpoint(accelerator, output_dir, epoch, config.keep_checkpoints)
+def resume(accelerator: Accelerator, checkpoint: Path, progress: ckpt.TrainingProgress, epochs: int) -> None:
+    accelerator.load_state(str(checkpoint))
+    accelerator.print(f"Resumed from {checkpoint} (epoch {progress.epoch} done)")
+    if progress.epoch >= epochs:
+        raise UserError(f"{checkpoint} is already at epoch {progress.epoch} of --epochs {epochs}; "
+                        "pass a larger --epochs to train longer")
 
-    final = evaluate(model, test_loader, accelerator)
-    test_metrics = binary_metrics(final.p_covid, final.targets, final.loss)
-    accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * final.accuracy:.2f}% "
-                      f"[COVID Detection] (n={test_metrics['n']}, sensitivity {test_metrics['sensitivity']:.3f}, "
-                      f"specificity {test_metrics['specificity']:.3f}, ROC AUC {test_metrics['roc_auc']:.3f})")
-    weights_path = ckpt.export_weights(accelerator, model, output_dir)
-    if accelerator.is_main_process:
-        write_json(output_dir / ckpt.CONFIG_FILE, _run_config(config, accelerator, data.provenance, split, output_dir))
-        write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
-    accelerator.end_training()
-    accelerator.print(f"Model saved to {weights_path}")
-    return test_metrics
+
+def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoch: int, train_size: int) -> dict:
+    """Train one epoch, evaluate, step the LR schedule; returns the epoch's record for the history."""
+    run.train_loader.set_epoch(epoch)  # the same permutation on every rank, new each epoch
+    # Dropout masks differ per rank and epoch, and depend only on (seed, epoch, rank): resume is exact.
+    set_seed(config.seed + epoch, device_specific=True)
+    train_loss, images_per_s = train_one_epoch(run.model, run.optimizer, run.train_loader, accelerator, config,
+                                               epoch, train_size)
+    monitored = evaluate(run.model, run.monitor_loader, accelerator)
+    run.scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
+    name = run.monitor_name.lower()
+    record = {"epoch": epoch, "train_loss": train_loss, f"{name}_loss": monitored.loss,
+              f"{name}_accuracy": monitored.accuracy, "lr": run.optimizer.param_groups[0]["lr"],
+              "images_per_s": images_per_s}
+    accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch)
+    accelerator.print(f"{run.monitor_name} set: Average loss: {monitored.loss:.4f}, "
+                      f"Accuracy: {100 * monitored.accuracy:.2f}% [COVID Detection]")
+    return record
+
+
+def _describe_rates(metrics: dict) -> str:
+    def rate(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (f"n={metrics['n']}, sensitivity {rate(metrics['sensitivity'])}, "
+            f"specificity {rate(metrics['specificity'])}, ROC AUC {rate(metrics['roc_auc'])}")
 
 
 def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, train_size: int) -> tuple[float, float]:

@@ -109,7 +109,7 @@ def test_cpu_launcher_trap_is_refused(small_data, tmp_path):
                   *small_args(small_data, tmp_path / "trap")[1:]], check=False, env=clean_env(CUDA_VISIBLE_DEVICES=""))
     assert result.returncode != 0
     assert result.stderr.count("accelerate sees 1 process") == 2, result.stderr[-2000:]
-    assert "torchrun --nproc_per_node" in result.stderr
+    assert "launch/train.py --cpu" in result.stderr
     assert not (tmp_path / "trap").exists()
 
 
@@ -129,3 +129,13 @@ def test_bad_flags_get_one_line_and_exit_2(small_data, tmp_path, flags, message)
 def test_every_flag_has_help_text():
     for action in build_parser()._actions:
         assert action.help, f"{action.option_strings} has no help"
+
+
+def test_accelerate_config_is_a_valid_multi_gpu_bf16_config():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from conftest import ROOT
+
+    config = load_config_from_file(str(ROOT / "accelerate_config.yaml"))
+    assert config.distributed_type == "MULTI_GPU" and config.mixed_precision == "bf16"
+    assert config.num_machines == 1 and config.num_processes >= 2

@@ -37,3 +37,5 @@ out_dir.mkdir(parents=True, exist_ok=True)
     "train_rows": epochs, "split_train": split.train.tolist(), "split_test": split.test.tolist(),
     "test_rows": result.rows.tolist(), "test_p_covid": result.p_covid.tolist(), "test_loss": result.loss,
 }))
+accelerator.wait_for_everyone()
+accelerator.end_training()  # destroys the process group: no rank exits while another still talks to it

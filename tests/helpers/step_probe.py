@@ -52,3 +52,5 @@ train_loader.set_epoch(1)
 train_one_epoch(model, optimizer, train_loader, accelerator, config, epoch=1, train_size=len(split.train))
 if accelerator.is_main_process:
     torch.save(accelerator.unwrap_model(model).state_dict(), out)
+accelerator.wait_for_everyone()
+accelerator.end_training()
