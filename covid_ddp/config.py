@@ -67,6 +67,8 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_dashed(name)} must be positive, got {getattr(self, name)}")
+        if self.lr_factor >= 1:
+            raise UserError(f"--lr-factor must be below 1 (it multiplies the learning rate), got {self.lr_factor}")
         if not 0 < self.test_size < 1:
             raise UserError(f"--test-size must be between 0 and 1 (exclusive), got {self.test_size}")
         if not 0 <= self.val_size < 1:

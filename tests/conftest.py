@@ -53,7 +53,9 @@ def run(command: list, timeout: float = 180, env: dict | None = None, check: boo
     result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout,
                             env=env or clean_env(), cwd=ROOT)
     if check and result.returncode != 0:
-        raise AssertionError(f"{command} exited {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}")
+        # The launcher's summary fills the end of stderr; the cause is usually near the start.
+        stderr = result.stderr if len(result.stderr) < 8000 else result.stderr[:4000] + "\n...\n" + result.stderr[-4000:]
+        raise AssertionError(f"{command} exited {result.returncode}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{stderr}")
     return result
 
 
