@@ -15,6 +15,7 @@ process prints, logs to TensorBoard and writes files.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import sys
 import time
@@ -186,10 +187,25 @@ def train(config: TrainConfig) -> dict:
     if accelerator.is_main_process:
         write_json(output_dir / ckpt.CONFIG_FILE, _run_config(config, accelerator, data.provenance, split, output_dir))
         write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
-    accelerator.wait_for_everyone()
-    accelerator.end_training()  # also destroys the process group, so no rank exits mid-collective
+    del run  # the DDP wrapper holds the process group: release it before shutting down
+    shut_down(accelerator)
     accelerator.print(f"Model saved to {weights_path}")
     return test_metrics
+
+
+def shut_down(accelerator: Accelerator) -> None:
+    """Close the trackers and destroy the process group while Python is fully alive.
+
+    Left to interpreter exit, gloo's worker threads can be torn down after the interpreter
+    and abort the process ("terminate called without an active exception", SIGABRT) even
+    though the run finished. So every reference to the DDP wrapper is dropped and collected,
+    then the group is destroyed; the barrier first keeps any rank from leaving mid-collective.
+    """
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    gc.collect()
+    accelerator.end_training()
+    gc.collect()
 
 
 def prepare_run(config: TrainConfig, data, targets: np.ndarray, split, accelerator: Accelerator) -> Prepared:

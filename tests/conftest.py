@@ -45,7 +45,8 @@ def free_port() -> int:
 def clean_env(**extra) -> dict:
     """The launchers' environment: no inherited distributed variables, few threads, no tqdm bars."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ACCELERATE_", "MASTER_", "WORLD_SIZE", "RANK", "LOCAL_RANK"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
+    # PYTHONPATH: the launched scripts import this checkout's covid_ddp, whatever is installed.
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), **extra)
     return env
 
 

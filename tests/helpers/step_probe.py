@@ -16,7 +16,7 @@ from covid_ddp.config import TrainConfig
 from covid_ddp.data import load_data_dir, pixel_statistics, split_indices, to_binary
 from covid_ddp.model import Net
 from covid_ddp.sync_batchnorm import convert_sync_batchnorm
-from covid_ddp.train import build_accelerator, make_loaders, train_one_epoch
+from covid_ddp.train import build_accelerator, make_loaders, shut_down, train_one_epoch
 
 out, data_dir, batch_size, accum, sync_bn, freeze_bn = sys.argv[1:7]
 
@@ -52,5 +52,5 @@ train_loader.set_epoch(1)
 train_one_epoch(model, optimizer, train_loader, accelerator, config, epoch=1, train_size=len(split.train))
 if accelerator.is_main_process:
     torch.save(accelerator.unwrap_model(model).state_dict(), out)
-accelerator.wait_for_everyone()
-accelerator.end_training()
+del model, optimizer, train_loader
+shut_down(accelerator)
