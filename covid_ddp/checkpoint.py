@@ -13,6 +13,7 @@ finished writing, so ``latest`` only ever finds complete ones.
 
 from __future__ import annotations
 
+import fcntl
 import re
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+LOCK_FILE = ".lock"
 _CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)$")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
@@ -43,6 +45,41 @@ class TrainingProgress:
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held by the main process for the whole run.
+
+    Two runs writing one folder would interleave checkpoints and overwrite each other's
+    weights; the second one refuses instead. ``flock`` is released by the kernel when the
+    process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self._handle = None
+
+    def acquire(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.output_dir / LOCK_FILE, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UserError(f"{self.output_dir} is in use by another covid_ddp run; wait for it to finish or "
+                            "choose another --output-dir") from None
+        self._handle = handle
+
+    def release(self) -> None:
+        """Unlock; a folder the failed run left empty is removed (nothing half-made stays behind)."""
+        if self._handle is None:
+            return
+        (self.output_dir / LOCK_FILE).unlink(missing_ok=True)
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+        if not any(self.output_dir.iterdir()):
+            self.output_dir.rmdir()
 
 
 def is_finished_run(output_dir: Path) -> bool:
@@ -92,7 +129,12 @@ def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int) -> Pat
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))
+    try:
+        accelerator.save_state(str(partial))
+    except OSError as error:  # e.g. ENOSPC: the previous checkpoint stays the latest complete one
+        shutil.rmtree(partial, ignore_errors=True)
+        raise UserError(f"cannot write checkpoint {final}: {error.strerror or error}; free some space or choose "
+                        f"another --output-dir, then --resume latest") from error
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)

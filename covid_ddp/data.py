@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def load_array(path: Path, key: str) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):  # else numpy would try to read it as a pickle
+        raise UserError(f"{path}: not a readable .npz file (not a zip archive: truncated, corrupted or another format)")
     try:
         with np.load(path, allow_pickle=False) as archive:
             if key not in archive.files:
@@ -81,7 +84,9 @@ def validate_images(images: np.ndarray, path: Path) -> None:
     if images.ndim != 3 or images.shape[1:] != (64, 64):
         raise UserError(f"{path}: images must have shape (N, 64, 64), got {images.shape}")
     if images.dtype != np.uint8:
-        raise UserError(f"{path}: images must be uint8 (0-255), got {images.dtype}")
+        non_finite = np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all()
+        problem = f"{images.dtype} with NaN or inf values" if non_finite else str(images.dtype)
+        raise UserError(f"{path}: images must be uint8 (0-255), got {problem}")
     if images.shape[0] == 0:
         raise UserError(f"{path}: the file holds no images")
 

@@ -14,13 +14,18 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
+
 
 @contextmanager
 def atomic_path(destination: Path):
     """Yield a temporary path; on success it replaces ``destination``, on failure it is removed."""
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    try:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    except OSError as error:
+        raise UserError(f"cannot write {destination}: {error.strerror or error}") from error
     os.close(handle)
     tmp_path = Path(tmp_name)
     try:
@@ -28,6 +33,8 @@ def atomic_path(destination: Path):
         with open(tmp_path, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp_path, destination)
+    except OSError as error:  # a full disk, a read-only folder: the old file, if any, is untouched
+        raise UserError(f"cannot write {destination}: {error.strerror or error}") from error
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -22,6 +22,7 @@ import argparse
 import csv
 import io
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,10 +126,15 @@ def read_input(path: Path) -> InputImages:
 def read_image(path: Path) -> np.ndarray:
     """An image file -> 64x64 uint8 grayscale, as the real-cxr set was made."""
     try:
-        with Image.open(path) as image:
-            image.load()
-            gray = to_grayscale_8bit(image)
-    except (OSError, Image.DecompressionBombError, ValueError) as error:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit; a scan that large is refused too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                gray = to_grayscale_8bit(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UserError(f"{path}: refused, too many pixels for an X-ray (Pillow's decompression-bomb guard: {error})")
+    except (OSError, ValueError, SyntaxError) as error:  # unidentified, truncated or corrupt files
         raise UserError(f"{path}: not a readable image ({error})")
     if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
         print(f"note: {path}: resized from {gray.size[0]}x{gray.size[1]} to {IMAGE_SIZE}x{IMAGE_SIZE}"
@@ -136,7 +142,7 @@ def read_image(path: Path) -> np.ndarray:
         side = min(gray.size)
         left, top = (gray.size[0] - side) // 2, (gray.size[1] - side) // 2
         gray = gray.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
-    return np.asarray(gray, dtype=np.uint8)
+    return np.array(gray, dtype=np.uint8)  # a writable copy (torch refuses read-only arrays)
 
 
 def to_grayscale_8bit(image: Image.Image) -> Image.Image:
@@ -168,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=float, default=0.5, help="p_covid at or above this is called COVID")
     parser.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
     parser.add_argument("--output", help="write the CSV to this file instead of standard output")
+    parser.add_argument("--skip-errors", action="store_true",
+                        help="report unreadable inputs on stderr and score the rest (default: stop at the first)")
     return parser
 
 
@@ -180,10 +188,23 @@ def run(arguments: argparse.Namespace) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["source", "index", "p_covid", "prediction"])
-    for path in collect_files(arguments.inputs):
-        item = read_input(path)
+    files = collect_files(arguments.inputs)
+    skipped = 0
+    for path in files:
+        try:
+            item = read_input(path)
+        except UserError as error:
+            if not arguments.skip_errors:
+                raise
+            skipped += 1
+            print(f"skipped: {error}", file=sys.stderr)
+            continue
         for index, p_covid in enumerate(predict(model, item.images, arguments.batch_size)):
             writer.writerow([item.source, index, f"{p_covid:.6f}", CLASS_NAMES[int(p_covid >= arguments.threshold)]])
+    if skipped:
+        if skipped == len(files):
+            raise UserError(f"none of the {len(files)} inputs could be read")
+        print(f"skipped {skipped} of {len(files)} inputs", file=sys.stderr)
     if arguments.output:
         with atomic_path(Path(arguments.output)) as tmp:
             tmp.write_text(buffer.getvalue())

@@ -92,24 +92,42 @@ def refuse_independent_launch(accelerator: Accelerator) -> None:
         )
 
 
-def resolve_output_dir(config: TrainConfig, accelerator: Accelerator) -> Path:
-    """The run folder, the same on every rank; a finished run is refused unless --overwrite or --resume."""
+def resolve_output_dir(config: TrainConfig) -> Path:
+    """The run folder, the same on every rank."""
     if config.output_dir:
-        output_dir = Path(config.output_dir)
-    elif config.resume and config.resume != "latest":
-        output_dir = Path(config.resume).resolve().parent.parent
-    else:
-        # Processes start seconds apart: the main process picks the timestamp for all.
-        stamp = [datetime.datetime.now().strftime("%Y%m%d-%H%M%S")]
-        broadcast_object_list(stamp)
-        output_dir = default_output_dir(stamp[0])
+        return Path(config.output_dir)
+    if config.resume and config.resume != "latest":
+        return Path(config.resume).resolve().parent.parent
+    # Processes start seconds apart: the main process picks the timestamp for all.
+    stamp = [datetime.datetime.now().strftime("%Y%m%d-%H%M%S")]
+    broadcast_object_list(stamp)
+    return default_output_dir(stamp[0])
+
+
+def claim_output_dir(output_dir: Path, lock: ckpt.RunLock, config: TrainConfig) -> None:
+    """Main process only: lock the folder; refuse a finished run unless --overwrite or --resume."""
+    lock.acquire()
     if ckpt.is_finished_run(output_dir) and not config.resume:
         if not config.overwrite:
             raise UserError(f"{output_dir} holds a finished run; choose another --output-dir or pass --overwrite")
-        if accelerator.is_main_process:
-            ckpt.clear_run(output_dir)
-    accelerator.wait_for_everyone()
-    return output_dir
+        ckpt.clear_run(output_dir)
+
+
+def on_main_process(accelerator: Accelerator, check) -> None:
+    """Run ``check`` on the main process; if it raises a ``UserError``, every rank raises it.
+
+    Without this, the other ranks would wait in their next collective until the launcher
+    killed them, and the user would see a wall of tracebacks instead of one line.
+    """
+    error = [None]
+    if accelerator.is_main_process:
+        try:
+            check()
+        except UserError as failure:
+            error = [str(failure)]
+    broadcast_object_list(error)
+    if error[0] is not None:
+        raise UserError(error[0])
 
 
 def make_loaders(images, targets, split, config: TrainConfig, num_processes: int):
@@ -158,7 +176,16 @@ def train(config: TrainConfig) -> dict:
     """Train, checkpoint every epoch, test once, write the run folder; returns the final test metrics."""
     accelerator = build_accelerator(config)
     refuse_independent_launch(accelerator)
-    output_dir = resolve_output_dir(config, accelerator)
+    output_dir = resolve_output_dir(config)
+    lock = ckpt.RunLock(output_dir)
+    try:
+        on_main_process(accelerator, lambda: claim_output_dir(output_dir, lock, config))
+        return _train_in(output_dir, config, accelerator)
+    finally:
+        lock.release()
+
+
+def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -> dict:
     resume_from = ckpt.resolve_resume(config.resume, output_dir) if config.resume else None
 
     with accelerator.main_process_first():  # the main process downloads; the others then read the cache
@@ -266,6 +293,7 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, t
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device)
     seen = torch.zeros((), device=accelerator.device)
+    first_bad_step = torch.full((), -1, device=accelerator.device)  # updated without a host sync
     started = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                disable=None if accelerator.is_main_process else True)  # None: off when not a terminal
@@ -279,9 +307,13 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, t
             optimizer.zero_grad()
         loss_sum += loss.detach().float() * len(targets)
         seen += len(targets)
+        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()), step, first_bad_step)
         if step % config.log_every == 0:  # same step on every rank: the reduce is a collective
-            _log_step(accelerator, optimizer, loss_sum, seen, started, epoch, step, len(loader))
+            totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
+            _stop_if_not_finite(accelerator, totals, first_bad_step, epoch)
+            _log_step(accelerator, optimizer, totals, started, epoch, step, len(loader))
     totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
+    _stop_if_not_finite(accelerator, totals, first_bad_step, epoch)
     elapsed = time.perf_counter() - started
     mean_loss = (totals[0] / totals[1]).item()
     accelerator.print(f"Train Epoch: {epoch} [{train_size}/{train_size} (100%)]\tLoss: {mean_loss:.6f}\t"
@@ -289,8 +321,18 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, t
     return mean_loss, totals[1].item() / elapsed
 
 
-def _log_step(accelerator, optimizer, loss_sum, seen, started, epoch, step, steps_per_epoch) -> None:
-    totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
+def _stop_if_not_finite(accelerator, totals, first_bad_step, epoch: int) -> None:
+    """Every rank sees the same reduced sum, so all stop together, before anything is saved."""
+    if torch.isfinite(totals[0]):
+        return
+    steps = accelerator.gather(first_bad_step.reshape(1))
+    step = int(steps[steps >= 0].min())
+    raise UserError(f"the training loss became NaN or infinite at epoch {epoch}, step {step}; stopped without "
+                    "saving this epoch (the last complete checkpoint is kept). Try a lower --lr, --max-grad-norm, "
+                    "or --mixed-precision no")
+
+
+def _log_step(accelerator, optimizer, totals, started, epoch, step, steps_per_epoch) -> None:
     global_step = (epoch - 1) * steps_per_epoch + step
     accelerator.log({"train/loss": (totals[0] / totals[1]).item(), "train/lr": optimizer.param_groups[0]["lr"],
                      "train/images_per_s": totals[1].item() / (time.perf_counter() - started)}, step=global_step)

@@ -1,0 +1,47 @@
+"""Run covid_ddp training with one injected fault, as a real run would meet it.
+
+Usage: faulty_train.py FAULT [covid-ddp-train flags...]
+  nan:N      the N-th training loss (counting from 1 over the whole run) is NaN
+  enospc:N   the N-th file accelerate's save_state writes fails with "No space left on device"
+"""
+
+import errno
+import sys
+
+import accelerate.checkpointing
+import torch.nn.functional as F
+
+from covid_ddp import train
+
+kind, count = sys.argv[1].split(":")
+trigger = int(count)
+calls = 0
+
+if kind == "nan":
+    real_nll_loss = F.nll_loss
+
+    def nll_loss(log_probs, targets, *args, **kwargs):
+        global calls
+        loss = real_nll_loss(log_probs, targets, *args, **kwargs)
+        if log_probs.requires_grad:  # training steps only, not evaluation
+            calls += 1
+            if calls == trigger:
+                return loss * float("nan")
+        return loss
+
+    F.nll_loss = nll_loss
+elif kind == "enospc":
+    real_save = accelerate.checkpointing.save
+
+    def save(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == trigger:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(*args, **kwargs)
+
+    accelerate.checkpointing.save = save
+else:
+    raise SystemExit(f"unknown fault {sys.argv[1]}")
+
+sys.exit(train.main(sys.argv[2:]))

@@ -1,0 +1,118 @@
+"""Bad input and faults during training: one clear line, exit 2, nothing finished lost or half-written."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import HELPERS, TRAIN_SCRIPT, run, small_args, write_mcfam
+from covid_ddp.checkpoint import RunLock, complete_checkpoints, load_weights
+from covid_ddp.train import main as train_main
+
+GOOD_LABELS = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 25]
+GOOD_IMAGES = np.random.default_rng(0).integers(0, 256, (100, 64, 64), dtype=np.uint8)
+
+
+def train_in_process(capsys, data_dir, output_dir, *extra) -> tuple[int, str]:
+    code = train_main([str(a) for a in ["--cpu", "--data-dir", data_dir, "--output-dir", output_dir,
+                                        "--epochs", "1", "--batch-size", "20", *extra]])
+    return code, capsys.readouterr().err
+
+
+def assert_refused(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def _corrupt(path):
+    path.write_bytes(path.read_bytes()[:200])
+
+
+def _not_a_zip(path):
+    path.write_text("hello")
+
+
+@pytest.mark.parametrize("images, labels, damage, fragments", [
+    (GOOD_IMAGES, GOOD_LABELS, ("train_images64.npz", _not_a_zip), ["train_images64.npz", "not a readable .npz"]),
+    (GOOD_IMAGES, GOOD_LABELS, ("train_labels.npz", _corrupt), ["train_labels.npz", "not a readable .npz"]),
+    (GOOD_IMAGES[:, :32, :32], GOOD_LABELS, None, ["train_images64.npz", "(100, 32, 32)"]),
+    (np.zeros((100, 64, 64, 3), np.uint8), GOOD_LABELS, None, ["train_images64.npz", "(100, 64, 64, 3)"]),
+    (np.full((100, 64, 64), np.nan, np.float32), GOOD_LABELS, None, ["must be uint8", "NaN or inf"]),
+    (GOOD_IMAGES, GOOD_LABELS[:, :3], None, ["train_labels.npz", "shape (N, 4)"]),
+    (GOOD_IMAGES, np.vstack([GOOD_LABELS[:7], np.zeros((1, 4)), GOOD_LABELS[8:]]), None, ["1 label rows", "first bad row: 7"]),
+    (GOOD_IMAGES, np.vstack([GOOD_LABELS[:3], [[0.5, 0.5, 0, 0]], GOOD_LABELS[4:]]), None, ["not one-hot", "first bad row: 3"]),
+    (GOOD_IMAGES, GOOD_LABELS[:90], None, ["100 images but 90 labels"]),
+    (GOOD_IMAGES[:0], GOOD_LABELS[:0], None, ["holds no images"]),
+    (GOOD_IMAGES, np.eye(4, dtype=np.float32)[[0] * 100], None, ["100 non-COVID and 0 COVID", "at least 2 of each"]),
+])
+def test_bad_data_files_are_refused_in_one_line(capsys, tmp_path, images, labels, damage, fragments):
+    data = write_mcfam(tmp_path / "data", images, labels)
+    if damage:
+        name, spoil = damage
+        spoil(data / name)
+    code, err = train_in_process(capsys, data, tmp_path / "run")
+    assert_refused(code, err, *fragments)
+    assert not (tmp_path / "run").exists(), "nothing is left behind"
+
+
+def test_a_missing_key_lists_the_keys_found(capsys, tmp_path):
+    data = write_mcfam(tmp_path / "data", GOOD_IMAGES, GOOD_LABELS)
+    np.savez(data / "train_labels.npz", labels=GOOD_LABELS, extra=GOOD_LABELS)
+    code, err = train_in_process(capsys, data, tmp_path / "run")
+    assert_refused(code, err, "train_labels.npz", "no array named 'train_labels' (found: labels, extra)")
+
+
+def test_a_pickled_object_array_is_refused(capsys, tmp_path):
+    data = write_mcfam(tmp_path / "data", GOOD_IMAGES, GOOD_LABELS)
+    np.savez(data / "train_images64.npz", train_images=np.array([{"a": 1}] * 100, dtype=object))
+    code, err = train_in_process(capsys, data, tmp_path / "run")
+    assert_refused(code, err, "train_images64.npz", "pickled data is refused")
+
+
+def test_a_resume_path_without_a_checkpoint_is_refused(capsys, small_data, tmp_path):
+    (tmp_path / "nothing").mkdir()
+    code, err = train_in_process(capsys, small_data, tmp_path / "run", "--resume", tmp_path / "nothing")
+    assert_refused(code, err, "--resume", "not a checkpoint folder")
+    code, err = train_in_process(capsys, small_data, tmp_path / "empty_run", "--resume", "latest")
+    assert_refused(code, err, "--resume latest: no complete checkpoint")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "empty_run").exists()
+
+
+def test_a_second_run_on_a_busy_output_dir_refuses(capsys, small_data, tmp_path):
+    busy = RunLock(tmp_path / "run")
+    busy.acquire()  # another run holds the folder (flock works across processes alike)
+    try:
+        code, err = train_in_process(capsys, small_data, tmp_path / "run")
+        assert_refused(code, err, "in use by another covid_ddp run")
+    finally:
+        busy.release()
+
+
+def test_a_non_finite_loss_stops_before_saving(small_data, tmp_path):
+    """Six steps an epoch (252 images / 40): the 9th loss is epoch 2, step 3."""
+    result = run([sys.executable, HELPERS / "faulty_train.py", "nan:9", *small_args(small_data, tmp_path / "run")],
+                 check=False)
+    assert result.returncode == 2
+    assert "NaN or infinite at epoch 2, step 3" in result.stderr and "Traceback" not in result.stderr
+    assert [p.name for p in complete_checkpoints(tmp_path / "run")] == ["epoch_001"]
+    assert not (tmp_path / "run" / "COVID_binary_classifier.pth").exists()
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    resumed = run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "run", "--resume", "latest")])
+    assert "Resumed from" in resumed.stdout, "the last good checkpoint is intact"
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(small_data, tmp_path):
+    """save_state writes 4 files a checkpoint here: the 6th is inside the second checkpoint."""
+    result = run([sys.executable, HELPERS / "faulty_train.py", "enospc:6", *small_args(small_data, tmp_path / "run")],
+                 check=False)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_001"], "no half-written checkpoint"
+    assert load_weights(next((checkpoints / "epoch_001").glob("optimizer.bin")))
+    assert not (tmp_path / "run" / "COVID_binary_classifier.pth").exists()

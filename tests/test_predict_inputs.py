@@ -1,0 +1,158 @@
+"""Bad and unusual inputs to prediction: one clear line, exit 2, nothing half-written."""
+
+from __future__ import annotations
+
+import io
+import pathlib
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from covid_ddp import Net, load_model, predict
+from covid_ddp.checkpoint import consolidated_state_dict
+from covid_ddp.predict import main as predict_main
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory) -> pathlib.Path:
+    torch.manual_seed(0)
+    model = Net()
+    model.set_normalization(100.0, 50.0)
+    path = tmp_path_factory.mktemp("weights") / "COVID_binary_classifier.pth"
+    torch.save(consolidated_state_dict(model.state_dict()), path)
+    return path
+
+
+def run_predict(capsys, *argv) -> tuple[int, str, str]:
+    code = predict_main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def xray(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (64, 64), dtype=np.uint8)
+
+
+def huge_png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (the guard must refuse it before decoding)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_a_non_image_file_is_named(capsys, weights, tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    code, _, err = run_predict(capsys, "--weights", weights, tmp_path / "notes.png")
+    assert_one_line_error(code, err, "notes.png", "not a readable image")
+
+
+def test_a_corrupt_png_is_named(capsys, weights, tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(xray()).save(buffer, format="PNG")
+    (tmp_path / "cut.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    code, _, err = run_predict(capsys, "--weights", weights, tmp_path / "cut.png")
+    assert_one_line_error(code, err, "cut.png", "not a readable image")
+
+
+def test_a_decompression_bomb_is_refused(capsys, weights, tmp_path):
+    (tmp_path / "huge.png").write_bytes(huge_png_header(30000, 30000))
+    code, _, err = run_predict(capsys, "--weights", weights, tmp_path / "huge.png")
+    assert_one_line_error(code, err, "huge.png", "decompression-bomb")
+
+
+def test_an_empty_folder_is_refused(capsys, weights, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_predict(capsys, "--weights", weights, tmp_path / "empty")
+    assert_one_line_error(code, err, "empty", "holds no .npz, .png or .jpg files")
+
+
+def test_rgba_and_16_bit_images_are_converted_not_refused(capsys, weights, tmp_path):
+    gray = xray(1)
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 255)])
+    rgba[:8, :8, 3] = 0  # transparent corner: composited onto black
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    wide = gray.astype(np.uint16) * 257  # 0..65535, so min-max scaling gives back `gray` (0 and 255 present)
+    wide[0, 0], wide[0, 1] = 0, 65535
+    Image.fromarray(wide).save(tmp_path / "deep.png")
+    code, out, err = run_predict(capsys, "--weights", weights, tmp_path / "rgba.png", tmp_path / "deep.png")
+    assert code == 0, err
+    expected_rgba = gray.copy()
+    expected_rgba[:8, :8] = 0
+    expected_deep = gray.copy()
+    expected_deep[0, 0], expected_deep[0, 1] = 0, 255
+    scores = [float(line.split(",")[2]) for line in out.strip().splitlines()[1:]]
+    np.testing.assert_allclose(scores, predict(load_model(weights), np.stack([expected_rgba, expected_deep])), atol=1e-6)
+
+
+def test_first_bad_input_stops_the_run_and_writes_nothing(capsys, weights, tmp_path):
+    Image.fromarray(xray()).save(tmp_path / "a_good.png")
+    (tmp_path / "b_bad.png").write_text("junk")
+    output = tmp_path / "scores.csv"
+    code, out, err = run_predict(capsys, "--weights", weights, "--output", output, tmp_path / "a_good.png",
+                                 tmp_path / "b_bad.png")
+    assert_one_line_error(code, err, "b_bad.png")
+    assert out == "" and not output.exists()
+
+
+def test_skip_errors_reports_each_bad_input_and_scores_the_rest(capsys, weights, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(xray(2)).save(folder / "a.png")
+    (folder / "b.png").write_text("junk")
+    np.savez(folder / "c.npz", wrong_key=np.zeros((2, 64, 64), np.uint8))
+    Image.fromarray(xray(3)).save(folder / "d.jpg", quality=95)
+    code, out, err = run_predict(capsys, "--weights", weights, "--skip-errors", folder)
+    assert code == 0
+    assert [line.split(",")[0].rsplit("/", 1)[-1] for line in out.strip().splitlines()[1:]] == ["a.png", "d.jpg"]
+    skipped = [line for line in err.splitlines() if line.startswith("skipped: ")]
+    assert len(skipped) == 2 and "b.png" in skipped[0] and "c.npz" in skipped[1]
+    assert "skipped 2 of 4 inputs" in err
+
+
+class _Payload:
+    """Unpickling this would create a file: the proof that code ran."""
+
+    def __init__(self, marker: pathlib.Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def test_a_malicious_pickle_is_refused_and_does_not_run(capsys, tmp_path):
+    marker = tmp_path / "payload_ran"
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": _Payload(marker)}, evil)
+    Image.fromarray(xray()).save(tmp_path / "x.png")
+    code, _, err = run_predict(capsys, "--weights", evil, tmp_path / "x.png")
+    assert_one_line_error(code, err, "evil.pth", "not a loadable weights file")
+    assert not marker.exists(), "the pickle payload must not run"
+
+
+def test_weights_of_another_architecture_list_the_keys(capsys, weights, tmp_path):
+    state = torch.load(weights, weights_only=True)
+    state["extra.weight"] = state.pop("fc2.weight")
+    torch.save(state, tmp_path / "other.pth")
+    Image.fromarray(xray()).save(tmp_path / "x.png")
+    code, _, err = run_predict(capsys, "--weights", tmp_path / "other.pth", tmp_path / "x.png")
+    assert_one_line_error(code, err, "other.pth", "missing keys: fc2.weight", "unexpected keys: extra.weight")
+
+
+def test_a_truncated_weights_file_is_named(capsys, weights, tmp_path):
+    (tmp_path / "cut.pth").write_bytes(weights.read_bytes()[:1000])
+    Image.fromarray(xray()).save(tmp_path / "x.png")
+    code, _, err = run_predict(capsys, "--weights", tmp_path / "cut.pth", tmp_path / "x.png")
+    assert_one_line_error(code, err, "cut.pth", "not a loadable weights file")
