@@ -29,6 +29,9 @@ class TrainConfig:
                                     "are there, else the MCFAM files are downloaded into it "
                                     "(default: ~/.cache/covid_ddp/mcfam)")
     mcfam_url: str = _flag(MCFAM_BASE_URL, "base URL of the MCFAM files (a mirror, for example)")
+    sha256_images: Optional[str] = _flag(None, "refuse a train_images64.npz whose sha256 is not this (pin the "
+                                         "file: the MCFAM source is plain HTTP)")
+    sha256_labels: Optional[str] = _flag(None, "refuse a train_labels.npz whose sha256 is not this")
     synthetic_size: int = _flag(10000, "number of images of --dataset synthetic")
     test_size: float = _flag(0.3, "fraction of the data held out for the final test (stratified, random_state 42)")
     val_size: float = _flag(0.1, "fraction of the training part held out for validation, which drives the LR "
@@ -47,6 +50,8 @@ class TrainConfig:
     grad_accum_steps: int = _flag(1, "micro-batches per optimizer step (gradient accumulation)")
     max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)")
     # Hardware and distribution
+    dist_timeout: float = _flag(300.0, "seconds a process waits in a collective for the others before the job fails "
+                                "(a dead or hung rank then ends the run instead of hanging it)")
     mixed_precision: Optional[str] = _flag(None, "'no', 'fp16' or 'bf16' (default: from the accelerate config)",
                                            choices=["no", "fp16", "bf16"])
     sync_bn: bool = _flag(False, "use SyncBatchNorm: batch statistics over all processes' shards")
@@ -63,7 +68,7 @@ class TrainConfig:
     def validate(self) -> None:
         """Reject values that cannot work, with the flag named."""
         positive = ("epochs", "batch_size", "lr", "grad_accum_steps", "synthetic_size", "eval_batch_size",
-                    "keep_checkpoints", "log_every", "lr_factor")
+                    "keep_checkpoints", "log_every", "lr_factor", "dist_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UserError(f"--{_dashed(name)} must be positive, got {getattr(self, name)}")
@@ -77,6 +82,11 @@ class TrainConfig:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise UserError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+
+    def pins(self) -> dict:
+        """Pinned sha256 per MCFAM file name."""
+        return {name: pin for name, pin in (("train_images64.npz", self.sha256_images),
+                                            ("train_labels.npz", self.sha256_labels)) if pin}
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

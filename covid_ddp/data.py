@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,9 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from .download import DownloadError, download
+from .download import DEFAULT_TIMEOUT_S, DownloadError, download
 from .errors import UserError
+from .files import atomic_path
 from .synthetic import make_synthetic
 
 MCFAM_BASE_URL = "http://www-users.math.umn.edu/~jwcalder/MCFAM/"
@@ -130,23 +132,63 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL) -> None:
-    """Download whichever MCFAM file is missing from ``data_dir`` (validated before it is kept)."""
+def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | None = None,
+                timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Download whichever MCFAM file is missing from ``data_dir``, or changed since it was downloaded.
+
+    A download is kept only when it loads and validates (and matches its pinned sha256, if
+    any); its sha256 is recorded beside it (``<file>.sha256``) so a cached copy that later
+    changes on disk is noticed and fetched again.
+    """
+    pins = pins or {}
     for name, key, validate in ((IMAGES_FILE, IMAGES_KEY, validate_images), (LABELS_FILE, LABELS_KEY, validate_labels)):
         destination = Path(data_dir) / name
+        problem = ""
         if destination.exists():
-            continue
+            if _matches_recorded_hash(destination):
+                continue
+            problem = f"cached {destination} no longer matches the sha256 recorded when it was downloaded; "
+            print(f"note: {problem}fetching it again", file=sys.stderr)
+            destination.unlink()
         url = base_url.rstrip("/") + "/" + name
+
+        def check(tmp: Path, key=key, validate=validate, pinned=pins.get(name)) -> None:
+            if pinned and sha256_of(tmp) != pinned.lower():
+                raise ValueError(f"its sha256 {sha256_of(tmp)} is not the pinned {pinned}")
+            validate(load_array(tmp, key), url)
+
         try:
-            download(url, destination, validate=lambda tmp, key=key, check=validate: check(load_array(tmp, key), url))
+            download(url, destination, validate=check, timeout_s=timeout_s)
         except (DownloadError, UserError) as error:
             raise UserError(
-                f"{error}. To go on offline, pass --data-dir DIR with a local copy of {IMAGES_FILE} and "
+                f"{problem}{error}. To go on offline, pass --data-dir DIR with a local copy of {IMAGES_FILE} and "
                 f"{LABELS_FILE}, or use --dataset synthetic"
             ) from None
+        with atomic_path(_hash_record(destination)) as tmp:
+            tmp.write_text(sha256_of(destination) + "\n")
 
 
-def load_dataset(dataset: str, data_dir: Path | None, synthetic_size: int, seed: int, base_url: str) -> RawData:
+def _hash_record(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _matches_recorded_hash(path: Path) -> bool:
+    """True when no hash was recorded (a copy the user put there) or the recorded one matches."""
+    record = _hash_record(path)
+    return not record.exists() or record.read_text().strip() == sha256_of(path)
+
+
+def check_pins(data: RawData, pins: dict) -> None:
+    """Refuse files whose sha256 is not the one pinned with --sha256-images / --sha256-labels."""
+    for name, pinned in pins.items():
+        actual = data.provenance["files"][name]["sha256"]
+        if pinned and actual != pinned.lower():
+            raise UserError(f"{Path(data.provenance['data_dir']) / name}: sha256 is {actual}, not the pinned {pinned}; "
+                            "the file differs from the one you pinned")
+
+
+def load_dataset(dataset: str, data_dir: Path | None, synthetic_size: int, seed: int, base_url: str,
+                 pins: dict | None = None) -> RawData:
     """The set a run trains on. For ``mcfam``, files already in ``data_dir`` are used as they are."""
     if dataset == "synthetic":
         images, labels = make_synthetic(synthetic_size, seed)
@@ -154,8 +196,9 @@ def load_dataset(dataset: str, data_dir: Path | None, synthetic_size: int, seed:
     if dataset != "mcfam":
         raise UserError(f"unknown dataset '{dataset}': use 'mcfam' or 'synthetic'")
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    fetch_mcfam(data_dir, base_url)
+    fetch_mcfam(data_dir, base_url, pins)
     data = load_data_dir(data_dir)
+    check_pins(data, pins or {})
     data.provenance["source_url"] = base_url
     return data
 

@@ -76,7 +76,7 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         # batch; the seedable sampler gives every rank the same permutation for each epoch
         # (seed + epoch), so shards are disjoint, reshuffled per epoch and reproducible on resume.
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=config.seed),
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(minutes=10))],
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.dist_timeout))],
     )
 
 
@@ -189,7 +189,8 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
     resume_from = ckpt.resolve_resume(config.resume, output_dir) if config.resume else None
 
     with accelerator.main_process_first():  # the main process downloads; the others then read the cache
-        data = load_dataset(config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url)
+        data = load_dataset(config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url,
+                            config.pins())
     targets = to_binary(data.labels)
     split = split_indices(targets, config.test_size, config.val_size)
     run = prepare_run(config, data, targets, split, accelerator)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sys
 import threading
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import TRAIN_SCRIPT, run
-from covid_ddp.data import fetch_mcfam, load_data_dir
+from covid_ddp.data import fetch_mcfam, load_data_dir, sha256_of
+from covid_ddp.download import DownloadError, download
 from covid_ddp.errors import UserError
 
 
@@ -34,6 +36,7 @@ class FakeMirror:
         self.failures: dict[str, int] = {}
         self.truncate: set[str] = set()
         self.requests: list[str] = []
+        self.stall_s = 0.0
         mirror = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -48,6 +51,7 @@ class FakeMirror:
                     self.send_error(404)
                     return
                 body = mirror.files[name]
+                time.sleep(mirror.stall_s)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -94,7 +98,8 @@ def test_http_404_fails_fast_with_a_way_forward_and_leaves_no_file(mirror, tmp_p
     assert "HTTP 404" in message and "train_labels.npz" in message
     assert "--data-dir" in message and "--dataset synthetic" in message
     assert mirror.requests.count("train_labels.npz") == 1, "a missing file is not asked for again"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_images64.npz"], "no partial file is left"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_images64.npz", "train_images64.npz.sha256"], \
+        "no partial file is left"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "invalid"])
@@ -122,3 +127,44 @@ def test_train_without_network_exits_within_a_minute_with_one_line(mirror, tmp_p
     assert "could not download" in lines[0] and "--dataset synthetic" in lines[0]
     assert not (tmp_path / "run").exists()
     assert not any((tmp_path / "cache").glob("*")) if (tmp_path / "cache").exists() else True
+
+
+def test_a_stalled_server_times_out(mirror, tmp_path):
+    mirror.stall_s = 3
+    started = time.monotonic()
+    with pytest.raises(DownloadError, match="timed out"):
+        download(mirror.url + "train_labels.npz", tmp_path / "labels.npz", retries=2, timeout_s=0.5, backoff_s=0)
+    assert time.monotonic() - started < 2.5
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cached_file_that_changed_is_fetched_again(mirror, tmp_path, capsys):
+    fetch_mcfam(tmp_path, mirror.url)
+    (tmp_path / "train_labels.npz").write_bytes(npz_bytes(train_labels=np.eye(4, dtype=np.float32)[[3, 2, 1, 0] * 2]))
+    fetch_mcfam(tmp_path, mirror.url)
+    assert mirror.requests.count("train_labels.npz") == 2
+    assert (tmp_path / "train_labels.npz").read_bytes() == LABELS
+    assert "no longer matches the sha256 recorded" in capsys.readouterr().err
+
+
+def test_a_changed_cached_file_is_refused_when_offline(mirror, tmp_path):
+    fetch_mcfam(tmp_path, mirror.url)
+    (tmp_path / "train_images64.npz").write_bytes(npz_bytes(train_images=np.ones((8, 64, 64), np.uint8)))
+    url = mirror.url
+    mirror.close()
+    with pytest.raises(UserError, match="no longer matches the sha256 recorded when it was downloaded"):
+        fetch_mcfam(tmp_path, url, timeout_s=1)
+
+
+def test_pinned_hashes_refuse_other_content(mirror, tmp_path):
+    wrong = {"train_images64.npz": "0" * 64}
+    with pytest.raises(UserError, match="is not the pinned 0000"):
+        fetch_mcfam(tmp_path / "a", mirror.url, pins=wrong)
+    assert not (tmp_path / "a" / "train_images64.npz").exists()
+    right = {"train_images64.npz": sha256_of_bytes(IMAGES), "train_labels.npz": sha256_of_bytes(LABELS)}
+    fetch_mcfam(tmp_path / "b", mirror.url, pins=right)
+    assert sha256_of(tmp_path / "b" / "train_labels.npz") == right["train_labels.npz"]
+
+
+def sha256_of_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

@@ -116,3 +116,9 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(small_data, tmp_
     assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_001"], "no half-written checkpoint"
     assert load_weights(next((checkpoints / "epoch_001").glob("optimizer.bin")))
     assert not (tmp_path / "run" / "COVID_binary_classifier.pth").exists()
+
+
+def test_a_local_copy_that_differs_from_its_pin_is_refused(capsys, small_data, tmp_path):
+    code, err = train_in_process(capsys, small_data, tmp_path / "run", "--sha256-labels", "ab" * 32)
+    assert_refused(code, err, "train_labels.npz: sha256 is", "not the pinned abab")
+    assert not (tmp_path / "run").exists()
