@@ -29,22 +29,40 @@ CONFIG_FILE = "config.json"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
-_CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)$")
+_CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")  # epoch_003, or epoch_003_step_00012
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 
 
 class TrainingProgress:
-    """The loop's own state, saved with each checkpoint: last finished epoch and the history."""
+    """The loop's own state, saved with each checkpoint.
+
+    ``epoch`` is the last finished epoch. A checkpoint taken inside an epoch (on SIGINT or
+    SIGTERM) also records how many steps of the next epoch are done and every rank's running
+    loss sums for it, so the resumed run continues exactly where it stopped.
+    """
 
     def __init__(self):
         self.epoch = 0
         self.history: list[dict] = []
+        self.step = 0
+        self.partial_sums: list[list[float]] = []  # per rank: [sum of losses x batch size, images seen]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "history": self.history}
+        return {"epoch": self.epoch, "history": self.history, "step": self.step, "partial_sums": self.partial_sums}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.history = int(state["epoch"]), list(state["history"])
+        self.step = int(state.get("step", 0))
+        self.partial_sums = [list(map(float, sums)) for sums in state.get("partial_sums", [])]
+
+    def sums_for(self, process_index: int, num_processes: int) -> list[float]:
+        """This rank's share of the interrupted epoch's loss sums (all of it on rank 0 if the count changed)."""
+        if not self.partial_sums:
+            return [0.0, 0.0]
+        if len(self.partial_sums) == num_processes:
+            return self.partial_sums[process_index]
+        totals = [sum(column) for column in zip(*self.partial_sums)]
+        return totals if process_index == 0 else [0.0, 0.0]
 
 
 class RunLock:
@@ -94,8 +112,10 @@ def clear_run(output_dir: Path) -> None:
         shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
 
 
-def checkpoint_path(output_dir: Path, epoch: int) -> Path:
-    return Path(output_dir) / CHECKPOINTS_DIR / f"epoch_{epoch:03d}"
+def checkpoint_path(output_dir: Path, epoch: int, step: int = 0) -> Path:
+    """``epoch_003`` after epoch 3; ``epoch_003_step_00012`` after 12 steps of epoch 3."""
+    name = f"epoch_{epoch:03d}" + (f"_step_{step:05d}" if step else "")
+    return Path(output_dir) / CHECKPOINTS_DIR / name
 
 
 def complete_checkpoints(output_dir: Path) -> list[Path]:
@@ -103,7 +123,12 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     folder = Path(output_dir) / CHECKPOINTS_DIR
     if not folder.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.match(p.name))]
+    found = []
+    for path in folder.iterdir():
+        if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name)):
+            # A finished epoch sorts after every step inside it.
+            step = int(match.group(2)) if match.group(2) else float("inf")
+            found.append(((int(match.group(1)), step), path))
     return [path for _, path in sorted(found)]
 
 
@@ -118,13 +143,13 @@ def resolve_resume(resume: str, output_dir: Path | None) -> Path:
         return checkpoints[-1]
     path = Path(resume)
     if not (path.is_dir() and _CHECKPOINT_NAME.match(path.name) and any(path.glob("model*"))):
-        raise UserError(f"--resume {resume}: not a checkpoint folder (expected <run>/{CHECKPOINTS_DIR}/epoch_NNN)")
+        raise UserError(f"--resume {resume}: not a checkpoint folder (expected <run>/{CHECKPOINTS_DIR}/epoch_NNN[_step_NNNNN])")
     return path
 
 
-def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int) -> Path:
+def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int, step: int = 0) -> Path:
     """Every rank calls this (``save_state`` is collective); the main process renames and prunes."""
-    final = checkpoint_path(output_dir, epoch)
+    final = checkpoint_path(output_dir, epoch, step)
     partial = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)

@@ -16,5 +16,5 @@ def run_cli(command: Callable[[], object], prog: str) -> int:
         command()
     except UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
-        return USER_ERROR_EXIT
+        return getattr(error, "exit_code", USER_ERROR_EXIT)  # 128 + signal for an interrupted run
     return 0

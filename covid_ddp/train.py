@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import gc
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from .config import TrainConfig, default_output_dir, parse_config
 from .data import XrayDataset, collate_batch, load_dataset, pixel_statistics, split_indices, to_binary
 from .errors import UserError
 from .files import write_json
+from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
 from .metrics import binary_metrics
 from .model import Net
 from .provenance import environment_summary
@@ -181,6 +183,9 @@ def train(config: TrainConfig) -> dict:
     try:
         on_main_process(accelerator, lambda: claim_output_dir(output_dir, lock, config))
         return _train_in(output_dir, config, accelerator)
+    except UserError:
+        shut_down(accelerator, barrier=False)  # the other ranks may not reach a barrier
+        raise
     finally:
         lock.release()
 
@@ -201,11 +206,19 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
 
     accelerator.project_configuration.set_directories(str(output_dir))
     accelerator.init_trackers(ckpt.TENSORBOARD_DIR, config=_hparams(config, accelerator))
-    for epoch in range(progress.epoch + 1, config.epochs + 1):
-        record = run_epoch(run, accelerator, config, epoch, len(split.train))
-        progress.epoch = epoch
-        progress.history.append(record)
-        ckpt.save_checkpoint(accelerator, output_dir, epoch, config.keep_checkpoints)
+    with GracefulStop() as stopper:
+        try:
+            for epoch in range(progress.epoch + 1, config.epochs + 1):
+                record = run_epoch(run, accelerator, config, epoch, len(split.train), progress, stopper)
+                progress.epoch = epoch
+                progress.history.append(record)
+                ckpt.save_checkpoint(accelerator, output_dir, epoch, config.keep_checkpoints)
+        except StopRequested as stop:
+            saved = ckpt.save_checkpoint(accelerator, output_dir, stop.epoch, config.keep_checkpoints, step=stop.step)
+            raise TrainingInterrupted(
+                f"stopped by {signal.Signals(stop.signum).name} at epoch {stop.epoch}, step {stop.step}; saved "
+                f"{saved}. To continue, run the same command with --resume latest --output-dir {output_dir}",
+                stop.signum) from None
 
     final = evaluate(run.model, run.test_loader, accelerator)
     test_metrics = binary_metrics(final.p_covid, final.targets, final.loss)
@@ -221,7 +234,7 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
     return test_metrics
 
 
-def shut_down(accelerator: Accelerator) -> None:
+def shut_down(accelerator: Accelerator, barrier: bool = True) -> None:
     """Close the trackers and destroy the process group while Python is fully alive.
 
     Left to interpreter exit, gloo's worker threads can be torn down after the interpreter
@@ -229,7 +242,8 @@ def shut_down(accelerator: Accelerator) -> None:
     though the run finished. So every reference to the DDP wrapper is dropped and collected,
     then the group is destroyed; the barrier first keeps any rank from leaving mid-collective.
     """
-    accelerator.wait_for_everyone()
+    if barrier:
+        accelerator.wait_for_everyone()
     accelerator.free_memory()
     gc.collect()
     accelerator.end_training()
@@ -262,13 +276,15 @@ def resume(accelerator: Accelerator, checkpoint: Path, progress: ckpt.TrainingPr
                         "pass a larger --epochs to train longer")
 
 
-def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoch: int, train_size: int) -> dict:
+def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoch: int, train_size: int,
+              progress: ckpt.TrainingProgress, stopper: GracefulStop) -> dict:
     """Train one epoch, evaluate, step the LR schedule; returns the epoch's record for the history."""
-    run.train_loader.set_epoch(epoch)  # the same permutation on every rank, new each epoch
-    # Dropout masks differ per rank and epoch, and depend only on (seed, epoch, rank): resume is exact.
-    set_seed(config.seed + epoch, device_specific=True)
+    if progress.step == 0:
+        # Dropout masks differ per rank and epoch and depend only on (seed, epoch, rank), so a
+        # resumed epoch is exact. (Resuming inside an epoch, load_state restored the RNG instead.)
+        set_seed(config.seed + epoch, device_specific=True)
     train_loss, images_per_s = train_one_epoch(run.model, run.optimizer, run.train_loader, accelerator, config,
-                                               epoch, train_size)
+                                               epoch, train_size, progress, stopper)
     monitored = evaluate(run.model, run.monitor_loader, accelerator)
     run.scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
     name = run.monitor_name.lower()
@@ -289,16 +305,35 @@ def _describe_rates(metrics: dict) -> str:
             f"specificity {rate(metrics['specificity'])}, ROC AUC {rate(metrics['roc_auc'])}")
 
 
-def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, train_size: int) -> tuple[float, float]:
-    """One pass over this rank's shard; returns (global mean training loss, global images/s)."""
+def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, train_size: int,
+                    progress: ckpt.TrainingProgress | None = None,
+                    stopper: GracefulStop | None = None) -> tuple[float, float]:
+    """One pass over this rank's shard; returns (global mean training loss, global images/s).
+
+    With ``progress.step`` > 0 (resuming inside the epoch) the steps already done are skipped.
+    On an agreed stop signal, ``progress`` records where the epoch stands and ``StopRequested``
+    is raised on every rank at the same step.
+    """
+    progress = progress if progress is not None else ckpt.TrainingProgress()
     model.train()
-    loss_sum = torch.zeros((), device=accelerator.device)
-    seen = torch.zeros((), device=accelerator.device)
+    steps_per_epoch = len(loader)
+    if progress.step:
+        loader = accelerator.skip_first_batches(loader, progress.step)
+    loader.set_epoch(epoch)  # the same permutation on every rank, new each epoch
+    loss_sum, seen = (torch.tensor(value, device=accelerator.device)
+                      for value in progress.sums_for(accelerator.process_index, accelerator.num_processes))
     first_bad_step = torch.full((), -1, device=accelerator.device)  # updated without a host sync
     started = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                disable=None if accelerator.is_main_process else True)  # None: off when not a terminal
-    for step, (images, targets, _) in enumerate(bar, start=1):
+    # Creating the loader's iterator draws a seed from the global RNG. An interrupted run drew
+    # it at the epoch's start; the RNG state load_state restored comes after that draw, so it
+    # is put back once the iterator exists, or dropout would differ from the uninterrupted run.
+    restored_rng = torch.get_rng_state() if progress.step else None
+    for step, (images, targets, _) in enumerate(bar, start=progress.step + 1):
+        if restored_rng is not None:
+            torch.set_rng_state(restored_rng)
+            restored_rng = None
         with accelerator.accumulate(model):
             loss = F.nll_loss(model(images), targets)
             accelerator.backward(loss)
@@ -312,9 +347,15 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, t
         if step % config.log_every == 0:  # same step on every rank: the reduce is a collective
             totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
             _stop_if_not_finite(accelerator, totals, first_bad_step, epoch)
-            _log_step(accelerator, optimizer, totals, started, epoch, step, len(loader))
+            _log_step(accelerator, optimizer, totals, started, epoch, step, steps_per_epoch)
+        # Only between optimizer steps: a stop inside an accumulation cycle would lose its gradients.
+        if stopper is not None and accelerator.sync_gradients and (signum := stopper.agreed_signal(accelerator)):
+            progress.step = step
+            progress.partial_sums = accelerator.gather(torch.stack([loss_sum, seen]).unsqueeze(0)).tolist()
+            raise StopRequested(signum, epoch, step)
     totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
     _stop_if_not_finite(accelerator, totals, first_bad_step, epoch)
+    progress.step, progress.partial_sums = 0, []
     elapsed = time.perf_counter() - started
     mean_loss = (totals[0] / totals[1]).item()
     accelerator.print(f"Train Epoch: {epoch} [{train_size}/{train_size} (100%)]\tLoss: {mean_loss:.6f}\t"

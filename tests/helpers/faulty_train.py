@@ -3,10 +3,12 @@
 Usage: faulty_train.py FAULT [covid-ddp-train flags...]
   nan:N      the N-th training loss (counting from 1 over the whole run) is NaN
   enospc:N   the N-th file accelerate's save_state writes fails with "No space left on device"
+  slowsave:N the N-th file accelerate's save_state writes takes 3 s longer (a window to kill the run in)
 """
 
 import errno
 import sys
+import time
 
 import accelerate.checkpointing
 import torch.nn.functional as F
@@ -30,14 +32,16 @@ if kind == "nan":
         return loss
 
     F.nll_loss = nll_loss
-elif kind == "enospc":
+elif kind in ("enospc", "slowsave"):
     real_save = accelerate.checkpointing.save
 
     def save(*args, **kwargs):
         global calls
         calls += 1
-        if calls == trigger:
+        if calls == trigger and kind == "enospc":
             raise OSError(errno.ENOSPC, "No space left on device")
+        if calls == trigger:
+            time.sleep(3)
         return real_save(*args, **kwargs)
 
     accelerate.checkpointing.save = save

@@ -1,0 +1,62 @@
+"""Graceful stop: SIGINT / SIGTERM become a request honoured at the next step boundary.
+
+Every rank installs the handler (launchers forward the signal to every worker), and at each
+optimizer-step boundary all ranks agree with one tiny all-reduce, so they stop at the same
+step, save one resumable checkpoint together, and exit. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import torch
+
+from .errors import UserError
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class TrainingInterrupted(UserError):
+    """Training stopped on a signal after saving a checkpoint; exits with 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopRequested(Exception):
+    """Raised inside the loop, on every rank at the same step, once all agreed to stop."""
+
+    def __init__(self, signum: int, epoch: int, step: int):
+        super().__init__(f"signal {signum} at epoch {epoch}, step {step}")
+        self.signum, self.epoch, self.step = signum, epoch, step
+
+
+class GracefulStop:
+    """Context manager that records the first SIGINT/SIGTERM instead of dying on it."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self) -> "GracefulStop":
+        for sig in _SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._record)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _record(self, signum, frame) -> None:
+        if self.signum:  # the second signal: the user means it
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        self.signum = signum
+
+    def agreed_signal(self, accelerator) -> int:
+        """Collective: the signal any rank received (0 if none), the same on every rank."""
+        if accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([self.signum], device=accelerator.device)
+        return int(accelerator.gather(flag).max().item())
