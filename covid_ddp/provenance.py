@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 import sys
+
+import psutil
 from importlib import metadata
 
 import torch
@@ -29,3 +31,8 @@ def environment_summary() -> dict:
         summary["cuda_device"] = torch.cuda.get_device_name(0)
         summary["cuda_version"] = torch.version.cuda
     return summary
+
+
+def resident_memory_mb() -> float:
+    """This process's resident memory now (the main process's, in the history of a run)."""
+    return round(psutil.Process().memory_info().rss / 2**20, 1)

@@ -44,7 +44,7 @@ from .files import write_json
 from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
 from .metrics import binary_metrics
 from .model import Net
-from .provenance import environment_summary
+from .provenance import environment_summary, resident_memory_mb
 from .sync_batchnorm import convert_sync_batchnorm
 
 
@@ -290,7 +290,7 @@ def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoc
     name = run.monitor_name.lower()
     record = {"epoch": epoch, "train_loss": train_loss, f"{name}_loss": monitored.loss,
               f"{name}_accuracy": monitored.accuracy, "lr": run.optimizer.param_groups[0]["lr"],
-              "images_per_s": images_per_s}
+              "images_per_s": images_per_s, "rss_mb": resident_memory_mb()}
     accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch)
     accelerator.print(f"{run.monitor_name} set: Average loss: {monitored.loss:.4f}, "
                       f"Accuracy: {100 * monitored.accuracy:.2f}% [COVID Detection]")

@@ -15,6 +15,7 @@ import torch
 
 from conftest import HELPERS, TRAIN_SCRIPT, clean_env, free_port, run, small_args, torchrun, write_mcfam
 from covid_ddp.checkpoint import RunLock, complete_checkpoints, load_weights
+from covid_ddp.errors import UserError
 from covid_ddp.train import main as train_main
 
 GOOD_LABELS = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 25]
@@ -165,6 +166,9 @@ def _assert_same_run(resumed_dir, reference_dir) -> None:
     history = [json.loads((d / "metrics.json").read_text())["history"] for d in (reference_dir, resumed_dir)]
     assert [h["validation_loss"] for h in history[1]] == pytest.approx([h["validation_loss"] for h in history[0]], abs=1e-6)
     assert [h["train_loss"] for h in history[1]] == pytest.approx([h["train_loss"] for h in history[0]], abs=1e-6)
+    tests = [json.loads((d / "metrics.json").read_text())["test"] for d in (reference_dir, resumed_dir)]
+    assert tests[1]["confusion_matrix"] == tests[0]["confusion_matrix"]
+    assert tests[1]["loss"] == pytest.approx(tests[0]["loss"], abs=1e-6)
 
 
 def _resume(data, output_dir) -> None:
@@ -186,13 +190,18 @@ def test_sigterm_to_the_launcher_saves_a_checkpoint_and_resume_is_exact(small_da
     _assert_same_run(tmp_path / "run", uninterrupted)
 
 
-@pytest.mark.parametrize("moment", ["inside an epoch", "during a checkpoint write"])
+@pytest.mark.parametrize("moment", ["inside an epoch", "during evaluation", "during a checkpoint write"])
 def test_a_rank_killed_with_sigkill_ends_the_job_and_resume_is_exact(small_data, tmp_path, uninterrupted, moment):
     run_dir = tmp_path / "run"
     if moment == "inside an epoch":
         launcher = _start_two_process_run(small_data, run_dir)
         _wait_for(run_dir / "checkpoints" / "epoch_001")
         time.sleep(0.3)
+    elif moment == "during evaluation":  # the 2nd validation pass takes 3 s more
+        launcher = _start_two_process_run(small_data, run_dir, HELPERS / "faulty_train.py", "sloweval:2")
+        _wait_for(run_dir / "checkpoints" / "epoch_001")
+        time.sleep(1.5)
+        assert not (run_dir / "checkpoints" / "epoch_002").exists()
     else:  # the 2nd checkpoint's 2nd file takes 3 s more: the kill lands while it is half-written
         launcher = _start_two_process_run(small_data, run_dir, HELPERS / "faulty_train.py", "slowsave:6")
         _wait_for(run_dir / "checkpoints" / "epoch_002.tmp")
@@ -205,3 +214,26 @@ def test_a_rank_killed_with_sigkill_ends_the_job_and_resume_is_exact(small_data,
     assert complete_checkpoints(run_dir), "a complete checkpoint survives"
     _resume(small_data, run_dir)
     _assert_same_run(run_dir, uninterrupted)
+
+
+def test_ctrl_c_on_a_plain_python_run_saves_and_says_how_to_resume(small_data, tmp_path):
+    command = [sys.executable, str(TRAIN_SCRIPT), *map(str, small_args(small_data, tmp_path / "run", "--epochs", "3",
+                                                                       "--batch-size", "20"))]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    _wait_for(tmp_path / "run" / "checkpoints" / "epoch_001")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT
+    assert "stopped by SIGINT" in stderr and "--resume latest" in stderr and "Traceback" not in stderr
+    assert len(complete_checkpoints(tmp_path / "run")) >= 2
+
+
+def test_fewer_evaluation_images_than_processes_is_refused():
+    from covid_ddp.config import TrainConfig
+    from covid_ddp.data import Split
+    from covid_ddp.train import make_loaders
+
+    images, targets = torch.zeros((20, 64, 64), dtype=torch.uint8), torch.zeros(20, dtype=torch.int64)
+    split = Split(np.arange(16), np.arange(16, 17), np.arange(17, 20))
+    with pytest.raises(UserError, match="the validation part has 1 images, fewer than the 2 processes"):
+        make_loaders(images, targets, split, TrainConfig(batch_size=4, eval_batch_size=4), num_processes=2)

@@ -4,6 +4,7 @@ Usage: faulty_train.py FAULT [covid-ddp-train flags...]
   nan:N      the N-th training loss (counting from 1 over the whole run) is NaN
   enospc:N   the N-th file accelerate's save_state writes fails with "No space left on device"
   slowsave:N the N-th file accelerate's save_state writes takes 3 s longer (a window to kill the run in)
+  sloweval:N the N-th evaluation pass takes 3 s longer
 """
 
 import errno
@@ -45,6 +46,17 @@ elif kind in ("enospc", "slowsave"):
         return real_save(*args, **kwargs)
 
     accelerate.checkpointing.save = save
+elif kind == "sloweval":
+    real_evaluate = train.evaluate
+
+    def evaluate(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == trigger:
+            time.sleep(3)
+        return real_evaluate(*args, **kwargs)
+
+    train.evaluate = evaluate
 else:
     raise SystemExit(f"unknown fault {sys.argv[1]}")
 
