@@ -118,6 +118,8 @@ def test_cpu_launcher_trap_is_refused(small_data, tmp_path):
     (["--batch-size", "-5"], "--batch-size must be positive"),
     (["--lr", "0"], "--lr must be positive"),
     (["--test-size", "1.5"], "--test-size must be between 0 and 1"),
+    (["--test-size", "0"], "--test-size must be between 0 and 1"),
+    (["--val-size", "1.2"], "--val-size must be in [0, 1)"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(small_data, tmp_path, flags, message):
     result = run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "run", *flags)], check=False)

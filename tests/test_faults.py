@@ -161,8 +161,9 @@ def uninterrupted(small_data, tmp_path_factory):
 def _assert_same_run(resumed_dir, reference_dir) -> None:
     reference = torch.load(reference_dir / "COVID_binary_classifier.pth", weights_only=True)
     resumed = torch.load(resumed_dir / "COVID_binary_classifier.pth", weights_only=True)
-    for key in reference:
-        torch.testing.assert_close(resumed[key], reference[key], rtol=0, atol=1e-6, msg=key)
+    worst = max((resumed[key].double() - reference[key].double()).abs().max().item() for key in reference)
+    print(f"max |weight difference| after resume: {worst:.3g}")  # shown with pytest -s
+    assert worst <= 1e-6
     history = [json.loads((d / "metrics.json").read_text())["history"] for d in (reference_dir, resumed_dir)]
     assert [h["validation_loss"] for h in history[1]] == pytest.approx([h["validation_loss"] for h in history[0]], abs=1e-6)
     assert [h["train_loss"] for h in history[1]] == pytest.approx([h["train_loss"] for h in history[0]], abs=1e-6)
