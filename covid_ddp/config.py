@@ -56,6 +56,9 @@ class TrainConfig:
                                            choices=["no", "fp16", "bf16"])
     sync_bn: bool = _flag(False, "use SyncBatchNorm: batch statistics over all processes' shards")
     cpu: bool = _flag(False, "train on the CPU even when a GPU is present")
+    data_on_device: str = _flag("auto", "hold the uint8 set on each process's device (one copy, batches drawn by "
+                                "tensor indexing there): 'auto' does when it fits in a quarter of the free GPU memory",
+                                choices=["auto", "yes", "no"])
     eval_batch_size: int = _flag(500, "global batch size for validation and test evaluation")
     # Outputs
     output_dir: Optional[str] = _flag(None, "run folder (default: runs/<timestamp>); a finished run there is "

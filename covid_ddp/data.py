@@ -246,17 +246,36 @@ def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) ->
 # --- the torch side ----------------------------------------------------------
 
 
+def dataset_tensors(images: np.ndarray, targets: np.ndarray, device: torch.device, mode: str):
+    """The uint8 set and its targets as tensors: on ``device`` (moved once) or left in host memory.
+
+    ``mode`` is --data-on-device: 'yes', 'no', or 'auto' (the device when it is the CPU, whose
+    memory the set is already in, or when the set takes under a quarter of the free GPU memory).
+    """
+    on_device = mode == "yes" or (mode == "auto" and _fits_on(device, images.nbytes + targets.nbytes))
+    tensors = torch.from_numpy(images), torch.from_numpy(targets)
+    return tuple(t.to(device) for t in tensors) if on_device else tensors
+
+
+def _fits_on(device: torch.device, nbytes: int) -> bool:
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < free / 4
+
+
 class XrayDataset(torch.utils.data.Dataset):
     """Rows ``rows`` of a uint8 image tensor shared by all parts (no copy per split).
 
     Yields ``(image uint8 (1, 64, 64), target int64, row index)``. ``__getitems__``
     fetches a whole batch with one tensor index instead of one Python call a
-    sample; the row index lets tests check sharding and lets predictions be traced.
+    sample, on whatever device the tensors live (see ``dataset_tensors``); the row
+    index lets tests check sharding and lets predictions be traced.
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, rows: np.ndarray):
         self.images, self.targets = images, targets
-        self.rows = torch.as_tensor(rows, dtype=torch.int64)
+        self.rows = torch.as_tensor(rows, dtype=torch.int64).to(images.device)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -266,7 +285,7 @@ class XrayDataset(torch.utils.data.Dataset):
         return self.images[row].unsqueeze(0), self.targets[row], row
 
     def __getitems__(self, positions: list[int]):
-        rows = self.rows[torch.as_tensor(positions, dtype=torch.int64)]
+        rows = self.rows[torch.as_tensor(positions, dtype=torch.int64, device=self.rows.device)]
         return self.images[rows].unsqueeze(1), self.targets[rows], rows
 
 

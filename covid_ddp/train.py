@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .cli import run_cli
 from .config import TrainConfig, default_output_dir, parse_config
-from .data import XrayDataset, collate_batch, load_dataset, pixel_statistics, split_indices, to_binary
+from .data import XrayDataset, collate_batch, dataset_tensors, load_dataset, pixel_statistics, split_indices, to_binary
 from .errors import UserError
 from .files import write_json
 from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
@@ -172,6 +172,7 @@ class Prepared:
     monitor_loader: torch.utils.data.DataLoader  # validation, or test when --val-size 0
     test_loader: torch.utils.data.DataLoader
     monitor_name: str
+    data_device: str  # where the uint8 set lives (--data-on-device)
 
 
 def train(config: TrainConfig) -> dict:
@@ -226,7 +227,8 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
                       f"[COVID Detection] ({_describe_rates(test_metrics)})")
     weights_path = ckpt.export_weights(accelerator, run.model, output_dir)
     if accelerator.is_main_process:
-        write_json(output_dir / ckpt.CONFIG_FILE, _run_config(config, accelerator, data.provenance, split, output_dir))
+        write_json(output_dir / ckpt.CONFIG_FILE,
+                   _run_config(config, accelerator, data.provenance, split, output_dir, run.data_device))
         write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
     del run  # the DDP wrapper holds the process group: release it before shutting down
     shut_down(accelerator)
@@ -252,8 +254,8 @@ def shut_down(accelerator: Accelerator, barrier: bool = True) -> None:
 
 def prepare_run(config: TrainConfig, data, targets: np.ndarray, split, accelerator: Accelerator) -> Prepared:
     """Loaders, model (normalised with training-split statistics), optimizer and LR schedule."""
-    train_loader, val_loader, test_loader = make_loaders(torch.from_numpy(data.images), torch.from_numpy(targets),
-                                                         split, config, accelerator.num_processes)
+    images, targets_t = dataset_tensors(data.images, targets, accelerator.device, config.data_on_device)
+    train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config, accelerator.num_processes)
     set_seed(config.seed)  # identical initial weights on every rank
     model = Net(dropout=config.dropout)
     model.set_normalization(*pixel_statistics(data.images, split.train))
@@ -263,9 +265,11 @@ def prepare_run(config: TrainConfig, data, targets: np.ndarray, split, accelerat
     # Not passed to prepare(): accelerate's wrapper would step it once per process.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    data_device = str(images.device)
     if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
-        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test")
-    return Prepared(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader, "Validation")
+        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", data_device)
+    return Prepared(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
+                    "Validation", data_device)
 
 
 def resume(accelerator: Accelerator, checkpoint: Path, progress: ckpt.TrainingProgress, epochs: int) -> None:
@@ -401,14 +405,15 @@ def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
     return values
 
 
-def _run_config(config: TrainConfig, accelerator: Accelerator, provenance: dict, split, output_dir: Path) -> dict:
+def _run_config(config: TrainConfig, accelerator: Accelerator, provenance: dict, split, output_dir: Path,
+                data_device: str) -> dict:
     return {
         "config": config.to_dict(),
         "output_dir": str(output_dir),
         "data": {"dataset": config.dataset, **provenance,
                  "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
         "distributed": {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
-                        "mixed_precision": accelerator.mixed_precision,
+                        "mixed_precision": accelerator.mixed_precision, "data_device": data_device,
                         "distributed_type": str(accelerator.distributed_type)},
         "environment": environment_summary(),
     }

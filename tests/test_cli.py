@@ -140,3 +140,14 @@ def test_accelerate_config_is_a_valid_multi_gpu_bf16_config():
     config = load_config_from_file(str(ROOT / "accelerate_config.yaml"))
     assert config.distributed_type == "MULTI_GPU" and config.mixed_precision == "bf16"
     assert config.num_machines == 1 and config.num_processes >= 2
+
+
+@pytest.mark.parametrize("placement", ["yes", "no"])
+def test_data_placement_does_not_change_the_result(trained_run, small_data, tmp_path, placement):
+    """--data-on-device only moves where batches are cut from; the run is the same (on CPU here)."""
+    reference_dir, _ = trained_run
+    run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "run", "--data-on-device", placement)])
+    reference = torch.load(reference_dir / "COVID_binary_classifier.pth", weights_only=True)
+    placed = torch.load(tmp_path / "run" / "COVID_binary_classifier.pth", weights_only=True)
+    assert all(torch.equal(placed[k], reference[k]) for k in reference)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]["data_device"] == "cpu"
