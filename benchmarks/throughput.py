@@ -27,7 +27,8 @@ from covid_ddp.config import TrainConfig
 from covid_ddp.data import Split, to_binary
 from covid_ddp.model import Net
 from covid_ddp.synthetic import make_synthetic
-from covid_ddp.train import build_accelerator, evaluate, make_loaders, train_one_epoch
+from covid_ddp.train import (build_accelerator, build_model, evaluate, make_loaders, train_one_epoch,
+                             with_device_defaults)
 
 MCFAM_TRAIN_IMAGES_PER_EPOCH = 7000
 
@@ -79,13 +80,14 @@ def original_recipe(images, labels, args, device) -> tuple[float, float]:
 
 def covid_ddp_trainer(images, labels, args, accelerator) -> tuple[float, float]:
     """(training images/s, evaluation images/s) of covid_ddp's loaders and loop."""
-    config = TrainConfig(cpu=accelerator.device.type == "cpu", batch_size=args.batch_size, log_every=10**9)
+    config = with_device_defaults(TrainConfig(cpu=accelerator.device.type == "cpu", batch_size=args.batch_size,
+                                              log_every=10**9), accelerator)
     rows = np.arange(args.batch_size * args.steps)
     split = Split(train=rows, val=np.empty(0, dtype=np.int64), test=np.arange(args.eval_images))
     train_loader, _, eval_loader = make_loaders(torch.from_numpy(images), torch.from_numpy(to_binary(labels)), split,
                                                 config, accelerator.num_processes)
     torch.manual_seed(1)
-    model = Net()
+    model = build_model(config, accelerator.device, normalization=(0.0, 1.0))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     train_one_epoch(model, optimizer, train_loader, accelerator, config, 1, len(rows))  # warm-up

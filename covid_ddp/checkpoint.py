@@ -176,7 +176,7 @@ def consolidated_state_dict(state_dict: dict) -> dict:
     for key, value in state_dict.items():
         for prefix in _WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
-        value = value.detach().to("cpu")
+        value = value.detach().to("cpu").contiguous()  # plain NCHW, whatever layout training used
         clean[key] = value.float() if value.is_floating_point() else value
     return clean
 

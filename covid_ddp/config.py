@@ -59,7 +59,9 @@ class TrainConfig:
     data_on_device: str = _flag("auto", "hold the uint8 set on each process's device (one copy, batches drawn by "
                                 "tensor indexing there): 'auto' does when it fits in a quarter of the free GPU memory",
                                 choices=["auto", "yes", "no"])
-    eval_batch_size: int = _flag(500, "global batch size for validation and test evaluation")
+    eval_batch_size: Optional[int] = _flag(None, "global batch size for validation and test evaluation (default: "
+                                           "100 per process on CPU, where small batches stay in cache and run 2x "
+                                           "faster than 500; 1000 per process on GPU)")
     # Outputs
     output_dir: Optional[str] = _flag(None, "run folder (default: runs/<timestamp>); a finished run there is "
                                       "refused unless --overwrite")
@@ -73,7 +75,7 @@ class TrainConfig:
         positive = ("epochs", "batch_size", "lr", "grad_accum_steps", "synthetic_size", "eval_batch_size",
                     "keep_checkpoints", "log_every", "lr_factor", "dist_timeout")
         for name in positive:
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise UserError(f"--{_dashed(name)} must be positive, got {getattr(self, name)}")
         if self.lr_factor >= 1:
             raise UserError(f"--lr-factor must be below 1 (it multiplies the learning rate), got {self.lr_factor}")
