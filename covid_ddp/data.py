@@ -11,6 +11,7 @@ normalisation happen per batch, inside the model.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import sys
@@ -125,6 +126,13 @@ def load_data_dir(data_dir: Path) -> RawData:
 
 
 def sha256_of(path: Path) -> str:
+    """The file's sha256, hashed once per version of the file (a run checks and records it several times)."""
+    stat = Path(path).stat()
+    return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -153,8 +161,8 @@ def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | Non
         url = base_url.rstrip("/") + "/" + name
 
         def check(tmp: Path, key=key, validate=validate, pinned=pins.get(name)) -> None:
-            if pinned and sha256_of(tmp) != pinned.lower():
-                raise ValueError(f"its sha256 {sha256_of(tmp)} is not the pinned {pinned}")
+            if pinned and (actual := sha256_of(tmp)) != pinned.lower():
+                raise ValueError(f"its sha256 {actual} is not the pinned {pinned}")
             validate(load_array(tmp, key), url)
 
         try:

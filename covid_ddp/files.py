@@ -25,7 +25,7 @@ def atomic_path(destination: Path):
         destination.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
     except OSError as error:
-        raise UserError(f"cannot write {destination}: {error.strerror or error}") from error
+        raise _cannot_write(destination, error) from error
     os.close(handle)
     tmp_path = Path(tmp_name)
     try:
@@ -34,9 +34,13 @@ def atomic_path(destination: Path):
             os.fsync(written.fileno())
         os.replace(tmp_path, destination)
     except OSError as error:  # a full disk, a read-only folder: the old file, if any, is untouched
-        raise UserError(f"cannot write {destination}: {error.strerror or error}") from error
+        raise _cannot_write(destination, error) from error
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _cannot_write(destination: Path, error: OSError) -> UserError:
+    return UserError(f"cannot write {destination}: {error.strerror or error}")
 
 
 def write_json(destination: Path, payload: dict) -> None:

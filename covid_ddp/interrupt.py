@@ -1,7 +1,7 @@
 """Graceful stop: SIGINT / SIGTERM become a request honoured at the next step boundary.
 
 Every rank installs the handler (launchers forward the signal to every worker), and at each
-optimizer-step boundary all ranks agree with one tiny all-reduce, so they stop at the same
+optimizer-step boundary all ranks agree with one tiny all-gather, so they stop at the same
 step, save one resumable checkpoint together, and exit. A second signal stops at once.
 """
 
