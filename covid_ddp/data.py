@@ -255,14 +255,18 @@ def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) ->
 
 
 def dataset_tensors(images: np.ndarray, targets: np.ndarray, device: torch.device, mode: str):
-    """The uint8 set and its targets as tensors: on ``device`` (moved once) or left in host memory.
+    """The uint8 set and its targets as tensors, and whether they were put on ``device``.
 
-    ``mode`` is --data-on-device: 'yes', 'no', or 'auto' (the device when it is the CPU, whose
-    memory the set is already in, or when the set takes under a quarter of the free GPU memory).
+    ``mode`` is --data-on-device: 'yes', 'no', or 'auto' (on the device when it is the CPU,
+    whose memory the set is already in, or when the set takes under a quarter of the free GPU
+    memory). On the device, training batches are cut by ``loader.DeviceBatchLoader``; left in
+    host memory, they go through a DataLoader.
     """
     on_device = mode == "yes" or (mode == "auto" and _fits_on(device, images.nbytes + targets.nbytes))
     tensors = torch.from_numpy(images), torch.from_numpy(targets)
-    return tuple(t.to(device) for t in tensors) if on_device else tensors
+    if on_device:
+        tensors = tuple(t.to(device) for t in tensors)
+    return (*tensors, on_device)
 
 
 def _fits_on(device: torch.device, nbytes: int) -> bool:

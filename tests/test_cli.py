@@ -144,10 +144,12 @@ def test_accelerate_config_is_a_valid_multi_gpu_bf16_config():
 
 @pytest.mark.parametrize("placement", ["yes", "no"])
 def test_data_placement_does_not_change_the_result(trained_run, small_data, tmp_path, placement):
-    """--data-on-device only moves where batches are cut from; the run is the same (on CPU here)."""
+    """yes: batches cut by DeviceBatchLoader; no: by a DataLoader. The trained weights are the same."""
     reference_dir, _ = trained_run
     run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "run", "--data-on-device", placement)])
     reference = torch.load(reference_dir / "COVID_binary_classifier.pth", weights_only=True)
     placed = torch.load(tmp_path / "run" / "COVID_binary_classifier.pth", weights_only=True)
     assert all(torch.equal(placed[k], reference[k]) for k in reference)
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]["data_device"] == "cpu"
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]
+    assert recorded["data_device"] == "cpu"
+    assert recorded["train_loader"] == {"yes": "device", "no": "DataLoader"}[placement]

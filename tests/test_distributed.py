@@ -27,9 +27,16 @@ def two_process_run(small_data, tmp_path_factory):
     return folder, result
 
 
-def test_shards_are_disjoint_complete_and_reshuffled(small_data, tmp_path):
-    torchrun(2, HELPERS / "shard_probe.py", [tmp_path, small_data])
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+@pytest.fixture(scope="module")
+def shard_probe(small_data, tmp_path_factory):
+    """Both ranks' training rows per epoch and gathered test scores, from one 2-process probe."""
+    folder = tmp_path_factory.mktemp("shards")
+    torchrun(2, HELPERS / "shard_probe.py", [folder, small_data])
+    return tuple(json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1))
+
+
+def test_shards_are_disjoint_complete_and_reshuffled(shard_probe):
+    rank0, rank1 = shard_probe
     train_rows = set(rank0["split_train"])
     for epoch in range(2):
         seen0, seen1 = rank0["train_rows"][epoch], rank1["train_rows"][epoch]
@@ -41,9 +48,14 @@ def test_shards_are_disjoint_complete_and_reshuffled(small_data, tmp_path):
     assert rank0["train_rows"][0] != rank0["train_rows"][1], "the shard must be reshuffled every epoch"
 
 
-def test_gathered_evaluation_equals_single_process(small_data, tmp_path):
-    torchrun(2, HELPERS / "shard_probe.py", [tmp_path, small_data])
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+def test_device_loader_shards_equal_the_dataloader_path(shard_probe):
+    """--data-on-device yes|no must not change which images a rank trains on, batch for batch."""
+    for rank in shard_probe:
+        assert rank["train_rows"] == rank["train_rows_dataloader"]
+
+
+def test_gathered_evaluation_equals_single_process(shard_probe, small_data):
+    rank0, rank1 = shard_probe
     assert rank0["test_rows"] == rank1["test_rows"], "every rank must see the same gathered result"
     assert rank0["test_rows"] == rank0["split_test"], "no duplicated or missing test samples, in order"
 

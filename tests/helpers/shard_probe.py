@@ -1,7 +1,7 @@
 """Under torchrun: record which rows each rank trains on (2 epochs) and the gathered evaluation.
 
 Usage: shard_probe.py OUT_DIR DATA_DIR. Writes OUT_DIR/rank<R>.json with the training rows
-per epoch and, from every rank, the gathered test rows and P(COVID) of a fixed model.
+per epoch (of the device-resident loader and of the DataLoader path) and, from every rank, the gathered test rows and P(COVID) of a fixed model.
 """
 
 import json
@@ -28,27 +28,38 @@ accelerator = build_accelerator(config)
 data = load_data_dir(data_dir)
 targets = to_binary(data.labels)
 split = split_indices(targets, config.test_size, config.val_size)
-loaders = make_loaders(torch.from_numpy(data.images), torch.from_numpy(targets), split, config, accelerator.num_processes)
+images, targets = torch.from_numpy(data.images), torch.from_numpy(targets)
+ranks = dict(num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+loaders = make_loaders(images, targets, split, config, **ranks, on_device=True)
+dataloader_path = make_loaders(images, targets, split, config, **ranks, on_device=False)[0]
 stage("loaders made")
 torch.manual_seed(0)
 model = Net()
 model.set_normalization(100.0, 50.0)
-model, train_loader, test_loader = accelerator.prepare(model, loaders[0], loaders[2])
+model, train_loader, test_loader, dataloader_path = accelerator.prepare(model, loaders[0], loaders[2], dataloader_path)
 
 stage("prepared")
-epochs = []
-for epoch in (1, 2):
-    train_loader.set_epoch(epoch)
-    epochs.append([row for _, _, rows in train_loader for row in rows.tolist()])
+
+
+def rows_per_epoch(loader):
+    epochs = []
+    for epoch in (1, 2):
+        loader.set_epoch(epoch)
+        epochs.append([row for _, _, rows in loader for row in rows.tolist()])
+    return epochs
+
+
+epochs = rows_per_epoch(train_loader)
+dataloader_epochs = rows_per_epoch(dataloader_path)
 stage("shards read")
 result = evaluate(model, test_loader, accelerator)
 stage("evaluated")
 out_dir.mkdir(parents=True, exist_ok=True)
 (out_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps({
-    "train_rows": epochs, "split_train": split.train.tolist(), "split_test": split.test.tolist(),
+    "train_rows": epochs, "train_rows_dataloader": dataloader_epochs, "split_train": split.train.tolist(), "split_test": split.test.tolist(),
     "test_rows": result.rows.tolist(), "test_p_covid": result.p_covid.tolist(), "test_loss": result.loss,
 }))
 stage("written")
-del model, train_loader, test_loader
+del model, train_loader, test_loader, dataloader_path
 shut_down(accelerator)
 stage("ended")

@@ -39,7 +39,8 @@ split = split_indices(targets, config.test_size, config.val_size)
 # Only the first 120 training rows: a few steps are enough and keep this quick.
 split.train = split.train[:120]
 train_loader, _, _ = make_loaders(torch.from_numpy(data.images), torch.from_numpy(targets), split, config,
-                                  accelerator.num_processes)
+                                  num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+                                  on_device=True)
 torch.manual_seed(0)
 model = (FrozenBatchNormNet if freeze_bn == "1" else Net)(dropout=0.0)
 model.set_normalization(*pixel_statistics(data.images, split.train))
