@@ -1,0 +1,47 @@
+"""--augment: plausible chest X-ray variations, never a mirror image, reproducible from the seed."""
+
+from __future__ import annotations
+
+import torch
+
+from covid_ddp.augment import augment_batch
+from covid_ddp.config import TrainConfig
+
+
+def left_bright_images(count: int = 64) -> torch.Tensor:
+    images = torch.full((count, 1, 64, 64), 40, dtype=torch.uint8)
+    images[..., :24] = 200  # the left third bright: a flip would make the right side brighter
+    return images
+
+
+def test_augmentation_is_off_by_default():
+    assert TrainConfig().augment is False
+
+
+def test_augmented_batches_keep_shape_range_and_orientation():
+    torch.manual_seed(0)
+    images = left_bright_images()
+    augmented = augment_batch(images)
+    assert augmented.shape == images.shape and augmented.dtype == torch.float32
+    assert augmented.min() >= 0 and augmented.max() <= 255
+    left, right = augmented[..., :20].mean(dim=(1, 2, 3)), augmented[..., -20:].mean(dim=(1, 2, 3))
+    assert (left > right + 100).all(), "no image may be mirrored"
+
+
+def test_augmentation_changes_images_by_small_amounts():
+    torch.manual_seed(0)
+    images = left_bright_images()
+    augmented = augment_batch(images)
+    edge_positions = (augmented[:, 0, 32] > 120).sum(dim=1)  # bright columns on the middle row
+    assert edge_positions.unique().numel() > 3, "shifts and zooms differ from image to image"
+    assert ((edge_positions - 24).abs() <= 8).all(), "a few pixels, not a different picture"
+
+
+def test_zero_strength_is_the_identity_and_the_seed_reproduces_a_batch():
+    images = left_bright_images(8)
+    unchanged = augment_batch(images, max_shift_px=0, max_scale=0, max_contrast=0, max_brightness=0)
+    torch.testing.assert_close(unchanged, images.float(), rtol=0, atol=1e-3)
+    torch.manual_seed(5)
+    first = augment_batch(images)
+    torch.manual_seed(5)
+    assert torch.equal(augment_batch(images), first)
