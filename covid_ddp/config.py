@@ -49,11 +49,17 @@ class TrainConfig:
     seed: int = _flag(1, "random seed for weights, dropout and shuffling (the split always uses random_state 42)")
     grad_accum_steps: int = _flag(1, "micro-batches per optimizer step (gradient accumulation)")
     max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)")
+    augment: bool = _flag(False, "augment training batches on the device: small random shifts (up to 4 px), zoom "
+                          "(+/-10%%) and contrast/brightness changes; never flips (left and right anatomy differ)")
     # Hardware and distribution
     dist_timeout: float = _flag(300.0, "seconds a process waits in a collective for the others before the job fails "
                                 "(a dead or hung rank then ends the run instead of hanging it)")
-    mixed_precision: Optional[str] = _flag(None, "'no', 'fp16' or 'bf16' (default: from the accelerate config)",
-                                           choices=["no", "fp16", "bf16"])
+    mixed_precision: Optional[str] = _flag(None, "'no', 'fp16', 'bf16', or 'auto': bf16 where the device computes "
+                                           "it natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX), fp16 on older "
+                                           "GPUs, else no (default: from the accelerate config)",
+                                           choices=["no", "fp16", "bf16", "auto"])
+    compile: bool = _flag(False, "torch.compile the model (inductor). Pays on GPUs; on a 2-core CPU it trained "
+                          "slower (benchmarks/throughput.py); the first steps include the compilation")
     sync_bn: bool = _flag(False, "use SyncBatchNorm: batch statistics over all processes' shards")
     cpu: bool = _flag(False, "train on the CPU even when a GPU is present")
     data_on_device: str = _flag("auto", "hold the uint8 set on each process's device (one copy, batches drawn by "

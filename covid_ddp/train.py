@@ -14,7 +14,7 @@ process prints, logs to TensorBoard and writes files.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import datetime
 import gc
 import os
@@ -42,7 +42,10 @@ from .config import TrainConfig, default_output_dir, parse_config
 from .data import XrayDataset, collate_batch, dataset_tensors, load_dataset, pixel_statistics, split_indices, to_binary
 from .errors import UserError
 from .files import write_json
+from .hardware import make_optimizer, resolve_mixed_precision, tune_backends, with_device_defaults
+from .augment import augment_batch
 from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
+from .loader import DeviceBatchLoader
 from .metrics import binary_metrics
 from .model import Net
 from .provenance import environment_summary, resident_memory_mb
@@ -68,9 +71,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_accelerator(config: TrainConfig) -> Accelerator:
+    """``config`` with ``--mixed-precision auto`` already resolved (``hardware.resolve_mixed_precision``)."""
     return Accelerator(
         cpu=config.cpu,
         mixed_precision=config.mixed_precision,
+        # Compiled after DDP wrapping, as accelerate does it; None leaves it to the accelerate config.
+        dynamo_backend="inductor" if config.compile else None,
         gradient_accumulation_steps=config.grad_accum_steps,
         log_with="tensorboard",
         # A placeholder: the run folder is settled (and shared by all ranks) after start-up.
@@ -81,14 +87,6 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=config.seed),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.dist_timeout))],
     )
-
-
-def with_device_defaults(config: TrainConfig, accelerator: Accelerator) -> TrainConfig:
-    """Fill in what depends on the hardware; config.json records the resolved values."""
-    if config.eval_batch_size is not None:
-        return config
-    per_process = 1000 if accelerator.device.type == "cuda" else 100
-    return dataclasses.replace(config, eval_batch_size=per_process * accelerator.num_processes)
 
 
 def refuse_independent_launch(accelerator: Accelerator) -> None:
@@ -141,8 +139,15 @@ def on_main_process(accelerator: Accelerator, check) -> None:
         raise UserError(error[0])
 
 
-def make_loaders(images, targets, split, config: TrainConfig, num_processes: int):
-    """Training loader (shuffled) and evaluation loaders over one shared uint8 tensor."""
+def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: int, process_index: int,
+                 on_device: bool):
+    """Training loader (shuffled) and evaluation loaders over one shared uint8 tensor.
+
+    With the set ``on_device``, training batches are cut there by a ``DeviceBatchLoader``;
+    otherwise a DataLoader (for accelerate to prepare) fetches them. Both give every rank the
+    same shards. Evaluation always uses a DataLoader: ``gather_for_metrics`` needs accelerate's
+    view of its last batch to drop the padding, which keeps evaluation exact.
+    """
     if config.batch_size % num_processes or config.eval_batch_size % num_processes:
         raise UserError(
             f"--batch-size {config.batch_size} and --eval-batch-size {config.eval_batch_size} are global and must "
@@ -164,7 +169,11 @@ def make_loaders(images, targets, split, config: TrainConfig, num_processes: int
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
                                            collate_fn=collate_batch)
 
-    train_loader = loader(split.train, config.batch_size, shuffle=True)
+    if on_device:
+        train_loader = DeviceBatchLoader(images, targets, split.train, config.batch_size, config.seed,
+                                         process_index, num_processes)
+    else:
+        train_loader = loader(split.train, config.batch_size, shuffle=True)
     val_loader = loader(split.val, config.eval_batch_size, shuffle=False) if len(split.val) else None
     test_loader = loader(split.test, config.eval_batch_size, shuffle=False)
     return train_loader, val_loader, test_loader
@@ -177,18 +186,21 @@ class Prepared:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
-    train_loader: torch.utils.data.DataLoader
+    train_loader: DeviceBatchLoader | torch.utils.data.DataLoader
     monitor_loader: torch.utils.data.DataLoader  # validation, or test when --val-size 0
     test_loader: torch.utils.data.DataLoader
     monitor_name: str
     data_device: str  # where the uint8 set lives (--data-on-device)
+    train_loader_kind: str  # 'device' (DeviceBatchLoader) or 'DataLoader'
 
 
 def train(config: TrainConfig) -> dict:
     """Train, checkpoint every epoch, test once, write the run folder; returns the final test metrics."""
+    config = resolve_mixed_precision(config)
     accelerator = build_accelerator(config)
     refuse_independent_launch(accelerator)
-    config = with_device_defaults(config, accelerator)
+    config = with_device_defaults(config, accelerator.device, accelerator.num_processes)
+    tune_backends(accelerator.device)
     output_dir = resolve_output_dir(config)
     lock = ckpt.RunLock(output_dir)
     try:
@@ -238,7 +250,7 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
     weights_path = ckpt.export_weights(accelerator, run.model, output_dir)
     if accelerator.is_main_process:
         write_json(output_dir / ckpt.CONFIG_FILE,
-                   _run_config(config, accelerator, data.provenance, split, output_dir, run.data_device))
+                   _run_config(config, accelerator, data.provenance, split, output_dir, run))
         write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
     del run  # the DDP wrapper holds the process group: release it before shutting down
     shut_down(accelerator)
@@ -275,19 +287,22 @@ def build_model(config: TrainConfig, device: torch.device, normalization: tuple[
 
 def prepare_run(config: TrainConfig, data, targets: np.ndarray, split, accelerator: Accelerator) -> Prepared:
     """Loaders, model (normalised with training-split statistics), optimizer and LR schedule."""
-    images, targets_t = dataset_tensors(data.images, targets, accelerator.device, config.data_on_device)
-    train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config, accelerator.num_processes)
+    images, targets_t, on_device = dataset_tensors(data.images, targets, accelerator.device, config.data_on_device)
+    train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config,
+                                                         num_processes=accelerator.num_processes,
+                                                         process_index=accelerator.process_index, on_device=on_device)
     set_seed(config.seed)  # identical initial weights on every rank
     model = build_model(config, accelerator.device, pixel_statistics(data.images, split.train))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = make_optimizer(model, config.lr, accelerator.device)
     # Not passed to prepare(): accelerate's wrapper would step it once per process.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
+    # prepare() passes a DeviceBatchLoader through untouched and wraps a DataLoader for sharding.
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    data_device = str(images.device)
+    placement = (str(images.device), "device" if on_device else "DataLoader")
     if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
-        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", data_device)
+        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement)
     return Prepared(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
-                    "Validation", data_device)
+                    "Validation", *placement)
 
 
 def resume(accelerator: Accelerator, checkpoint: Path, progress: ckpt.TrainingProgress, epochs: int) -> None:
@@ -340,7 +355,8 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, t
     model.train()
     steps_per_epoch = len(loader)
     if progress.step:
-        loader = accelerator.skip_first_batches(loader, progress.step)
+        loader = (loader.skip_first_batches(progress.step) if isinstance(loader, DeviceBatchLoader)
+                  else accelerator.skip_first_batches(loader, progress.step))
     loader.set_epoch(epoch)  # the same permutation on every rank, new each epoch
     loss_sum, seen = (torch.tensor(value, device=accelerator.device)
                       for value in progress.sums_for(accelerator.process_index, accelerator.num_processes))
@@ -348,15 +364,21 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, t
     started = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
                disable=None if accelerator.is_main_process else True)  # None: off when not a terminal
-    # Creating the loader's iterator draws a seed from the global RNG. An interrupted run drew
-    # it at the epoch's start; the RNG state load_state restored comes after that draw, so it
-    # is put back once the iterator exists, or dropout would differ from the uninterrupted run.
-    restored_rng = torch.get_rng_state() if progress.step else None
+    # Creating a DataLoader's iterator draws a seed from the global RNG (a DeviceBatchLoader
+    # draws none). The state is put back once the iterator exists, so dropout and augmentation
+    # see the same random stream with either loader, and after a resume inside the epoch.
+    rng_before_iterator = torch.get_rng_state()
     for step, (images, targets, _) in enumerate(bar, start=progress.step + 1):
-        if restored_rng is not None:
-            torch.set_rng_state(restored_rng)
-            restored_rng = None
-        with accelerator.accumulate(model):
+        if rng_before_iterator is not None:
+            torch.set_rng_state(rng_before_iterator)
+            rng_before_iterator = None
+        if config.augment:
+            images = augment_batch(images)
+        # Accumulation boundaries follow the step within the epoch (not accelerate's running
+        # counter): the last micro-batches of an epoch still make an optimizer step, and a
+        # resumed epoch has the same boundaries. The optimizer only steps when they sync.
+        accelerator.sync_gradients = step % config.grad_accum_steps == 0 or step == steps_per_epoch
+        with contextlib.nullcontext() if accelerator.sync_gradients else accelerator.no_sync(model):
             loss = F.nll_loss(model(images), targets)
             accelerator.backward(loss)
             if config.max_grad_norm is not None and accelerator.sync_gradients:
@@ -375,6 +397,7 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, t
             progress.step = step
             progress.partial_sums = accelerator.gather(torch.stack([loss_sum, seen]).unsqueeze(0)).tolist()
             raise StopRequested(signum, epoch, step)
+    accelerator.sync_gradients = True
     totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
     _stop_if_not_finite(accelerator, totals, first_bad_step, epoch)
     progress.step, progress.partial_sums = 0, []
@@ -424,14 +447,15 @@ def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
 
 
 def _run_config(config: TrainConfig, accelerator: Accelerator, provenance: dict, split, output_dir: Path,
-                data_device: str) -> dict:
+                run: Prepared) -> dict:
     return {
         "config": config.to_dict(),
         "output_dir": str(output_dir),
         "data": {"dataset": config.dataset, **provenance,
                  "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
         "distributed": {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
-                        "mixed_precision": accelerator.mixed_precision, "data_device": data_device,
+                        "mixed_precision": accelerator.mixed_precision, "data_device": run.data_device,
+                        "train_loader": run.train_loader_kind,
                         "distributed_type": str(accelerator.distributed_type)},
         "environment": environment_summary(),
     }

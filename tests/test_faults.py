@@ -133,10 +133,14 @@ def test_a_local_copy_that_differs_from_its_pin_is_refused(capsys, small_data, t
 
 # --- signals, killed ranks and exact resume (real 2-process runs) ---------------------------
 
-def _start_two_process_run(data, output_dir, *script) -> subprocess.Popen:
+# --augment: its random draws must resume exactly too (they come from the checkpointed RNG).
+TRIAL_FLAGS = ("--epochs", "3", "--batch-size", "20", "--augment")
+
+
+def _start_two_process_run(data, output_dir, *script, extra=()) -> subprocess.Popen:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(free_port()), *map(str, script or [TRAIN_SCRIPT]),
-               *map(str, small_args(data, output_dir, "--epochs", "3", "--batch-size", "20"))]
+               *map(str, small_args(data, output_dir, *TRIAL_FLAGS, *extra))]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
                             start_new_session=True)
 
@@ -172,13 +176,15 @@ def _assert_same_run(resumed_dir, reference_dir) -> None:
     assert tests[1]["loss"] == pytest.approx(tests[0]["loss"], abs=1e-6)
 
 
-def _resume(data, output_dir) -> None:
-    torchrun(2, TRAIN_SCRIPT, small_args(data, output_dir, "--epochs", "3", "--batch-size", "20", "--resume", "latest"),
-             timeout=240)
+def _resume(data, output_dir, *extra) -> None:
+    torchrun(2, TRAIN_SCRIPT, small_args(data, output_dir, *TRIAL_FLAGS, *extra, "--resume", "latest"), timeout=240)
 
 
 def test_sigterm_to_the_launcher_saves_a_checkpoint_and_resume_is_exact(small_data, tmp_path, uninterrupted):
-    launcher = _start_two_process_run(small_data, tmp_path / "run")
+    # Through the DataLoader path (the reference used the device-resident loader): the two must
+    # give the same batches, and accelerate's skip_first_batches must resume it exactly.
+    dataloader_path = ("--data-on-device", "no")
+    launcher = _start_two_process_run(small_data, tmp_path / "run", extra=dataloader_path)
     _wait_for(tmp_path / "run" / "checkpoints" / "epoch_001")
     launcher.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
     _, stderr = launcher.communicate(timeout=120)
@@ -187,7 +193,7 @@ def test_sigterm_to_the_launcher_saves_a_checkpoint_and_resume_is_exact(small_da
     inside_epoch = [p.name for p in complete_checkpoints(tmp_path / "run") if "_step_" in p.name]
     assert inside_epoch, "a checkpoint is saved where training stopped"
     assert not (tmp_path / "run" / "COVID_binary_classifier.pth").exists()
-    _resume(small_data, tmp_path / "run")
+    _resume(small_data, tmp_path / "run", *dataloader_path)
     _assert_same_run(tmp_path / "run", uninterrupted)
 
 
@@ -237,4 +243,5 @@ def test_fewer_evaluation_images_than_processes_is_refused():
     images, targets = torch.zeros((20, 64, 64), dtype=torch.uint8), torch.zeros(20, dtype=torch.int64)
     split = Split(np.arange(16), np.arange(16, 17), np.arange(17, 20))
     with pytest.raises(UserError, match="the validation part has 1 images, fewer than the 2 processes"):
-        make_loaders(images, targets, split, TrainConfig(batch_size=4, eval_batch_size=4), num_processes=2)
+        make_loaders(images, targets, split, TrainConfig(batch_size=4, eval_batch_size=4), num_processes=2,
+                     process_index=0, on_device=True)
