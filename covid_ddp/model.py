@@ -15,9 +15,12 @@ is self-contained: inference feeds raw 0-255 pixel values, as the original did.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 IMAGE_SIZE = 64
 NUM_CLASSES = 2
@@ -64,3 +67,21 @@ class Net(nn.Module):
         x = self.features(x)
         x = F.relu(self.dropout(self.fc1(x)))
         return F.log_softmax(self.fc2(x), dim=1)
+
+
+CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv4", "bn4"))
+
+
+def fold_batchnorm(model: Net) -> Net:
+    """An inference-only copy with each BatchNorm folded into the convolution before it.
+
+    In eval mode BatchNorm is a per-channel affine map, so it merges into the conv's weights
+    and bias: one pass over the activations fewer per block. Outputs equal the original's to
+    ~1e-5 (float round-off); on this project's 2-core CPU fp32 inference ran ~1.3x faster
+    (benchmarks/throughput.py). The copy has no ``bn*`` parameters, so save the original.
+    """
+    folded = copy.deepcopy(model).eval()
+    for conv_name, bn_name in CONV_BN_PAIRS:
+        setattr(folded, conv_name, fuse_conv_bn_eval(getattr(folded, conv_name), getattr(folded, bn_name)))
+        setattr(folded, bn_name, nn.Identity())
+    return folded

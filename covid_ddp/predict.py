@@ -35,7 +35,7 @@ from .cli import run_cli
 from .data import IMAGES_KEY, load_array, validate_images
 from .errors import UserError
 from .files import atomic_path
-from .model import CLASS_NAMES, IMAGE_SIZE, Net
+from .model import CLASS_NAMES, IMAGE_SIZE, Net, fold_batchnorm
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 NPZ_SUFFIX = ".npz"
@@ -70,6 +70,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Net:
     except RuntimeError as error:
         raise UserError(f"{path}: weights do not fit covid_ddp.Net ({str(error).splitlines()[-1].strip()})")
     return model.to(device).eval()
+
+
+def inference_model(model: Net) -> Net:
+    """The fastest equivalent of ``model`` for scoring: BatchNorm folded in, channels_last."""
+    return fold_batchnorm(model).to(memory_format=torch.channels_last)
 
 
 def _key_mismatch(model: Net, state_dict) -> tuple[list[str], list[str]]:
@@ -184,7 +189,7 @@ def run(arguments: argparse.Namespace) -> None:
         raise UserError(f"--threshold must be in [0, 1], got {arguments.threshold}")
     if arguments.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {arguments.batch_size}")
-    model = load_model(arguments.weights, resolve_device(arguments.device))
+    model = inference_model(load_model(arguments.weights, resolve_device(arguments.device)))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["source", "index", "p_covid", "prediction"])

@@ -53,3 +53,21 @@ def test_consolidated_state_dict_strips_wrappers_and_casts_to_fp32_cpu():
     clean = consolidated_state_dict(state)
     assert set(clean) == {"fc2.bias", "bn1.num_batches_tracked"}
     assert clean["fc2.bias"].dtype == torch.float32 and clean["bn1.num_batches_tracked"].dtype == torch.int64
+
+
+def test_folded_batchnorm_scores_like_the_trained_model():
+    from covid_ddp.model import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = Net()
+    model.set_normalization(110.0, 45.0)
+    model.train()
+    for _ in range(3):  # give BatchNorm non-trivial running statistics
+        model(torch.randint(0, 256, (16, 1, 64, 64)).float())
+    model.eval()
+    folded = fold_batchnorm(model)
+    images = torch.randint(0, 256, (8, 1, 64, 64), dtype=torch.uint8)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(images), model(images), rtol=0, atol=1e-4)
+    assert not any(name.startswith("bn") for name, _ in folded.named_parameters())
+    assert "bn1.weight" in model.state_dict(), "the original (the one to save) is left as it was"
