@@ -1,36 +1,63 @@
-"""Throughput: the original single-script recipe vs covid_ddp's trainer, in one run, same data.
+"""Speed: the original single-script recipe vs covid_ddp's trainer, in one run, on the same data.
 
-    python benchmarks/throughput.py                       # CPU, batch 100, median of 3 repeats
-    python benchmarks/throughput.py --steps 50 --repeats 5 --device cuda
+    python benchmarks/throughput.py                            # CPU: original vs covid_ddp fp32 and bf16
+    python benchmarks/throughput.py --scaling --time-to-accuracy
+    python benchmarks/throughput.py --device cuda --compile    # GPU: adds bf16 at batch 1024, compiled
 
-(a) is a faithful re-implementation of the original: a per-item ``Dataset`` that converts
-each image to float and takes the one-hot argmax, ``DataLoader(num_workers=1)``, fp32,
-Adam, batch 100. (b) is covid_ddp's own loaders and ``train_one_epoch`` / ``evaluate``
-(one process). Both train the same ``Net`` on the same synthetic images. Printed: training
-and evaluation images/s (median of the repeats, warm-up excluded), the projected training
-time of a 10-epoch MCFAM-shaped run (7,000 images an epoch) and the ratio (b)/(a).
-Not a test: the machine is shared and noisy, so only ratios from one run mean much.
+(a) ``original`` is a faithful re-implementation of the original script: a per-item
+``Dataset`` that converts each image to float and takes the one-hot argmax,
+``DataLoader(num_workers=1)``, fp32, NCHW, Adam, batch 100. (b) ``covid_ddp`` runs the
+package's own pieces: the device-resident loader, ``train_one_epoch`` and ``evaluate`` of
+``covid_ddp.train`` under accelerate, and the BatchNorm-folded inference model of
+``covid-ddp-predict``. Every variant runs in its own process (accelerate's state is
+process-wide), the variants take turns within each repeat, and the median of the repeats
+is printed, warm-up (and compilation) excluded. Printed per variant: training, evaluation
+and inference images/s, model FLOP utilisation (MFU: 3 x forward FLOPs x training images/s
+over this device's matmul peak, measured in this run in the variant's precision), the
+projected training time of a 10-epoch MCFAM-shaped run (7,000 images an epoch) and the
+ratios to (a). ``--scaling`` adds covid_ddp with 1 vs 2 CPU processes (same global batch,
+the machine's cores shared out); ``--time-to-accuracy`` trains (a) and (b) on the default
+synthetic set until the validation accuracy first reaches 90%.
+
+Not a test: the machine may be shared and noisy, so only ratios from one run mean much.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from covid_ddp.config import TrainConfig
-from covid_ddp.data import Split, to_binary
-from covid_ddp.model import Net
-from covid_ddp.synthetic import make_synthetic
-from covid_ddp.train import (build_accelerator, build_model, evaluate, make_loaders, train_one_epoch,
-                             with_device_defaults)
-
 MCFAM_TRAIN_IMAGES_PER_EPOCH = 7000
+TARGET_ACCURACY = 0.90
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    trainer: str  # "original" or "covid_ddp"
+    precision: str = "fp32"  # fp32 or bf16
+    batch_size: int = 100
+    compile: bool = False
+    processes: int = 1
+
+    def worker_flags(self) -> list[str]:
+        return ["--worker", self.trainer, "--precision", self.precision, "--batch-size", str(self.batch_size),
+                *(["--compile"] if self.compile else [])]
+
+
+# --- the two trainers (run inside a worker process) ------------------------------------------
 
 
 class OriginalDataset(torch.utils.data.Dataset):
@@ -48,53 +75,118 @@ class OriginalDataset(torch.utils.data.Dataset):
         return image, label
 
 
-def original_recipe(images, labels, args, device) -> tuple[float, float]:
-    """(training images/s, evaluation images/s) of the original recipe."""
-    train_set = OriginalDataset(images[: args.batch_size * (args.steps + 3)], labels)
-    loader = torch.utils.data.DataLoader(train_set, batch_size=args.batch_size, shuffle=True, num_workers=1)
-    torch.manual_seed(1)
-    model = Net().to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    started = None
-    for step, (batch, target) in enumerate(loader):
-        if step == 3:  # warm-up excluded (worker start, first allocations)
-            _sync(device)
+class OriginalRecipe:
+    """The original training loop and its test loop, timed."""
+
+    def __init__(self, images, labels, args, device):
+        from covid_ddp.model import Net
+
+        self.images, self.labels, self.args, self.device = images, labels, args, device
+        torch.manual_seed(1)
+        self.model = Net().to(device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+
+    def train(self, rows: np.ndarray, max_steps: int | None = None) -> tuple[int, float]:
+        """(images trained on, seconds) for one pass over ``rows`` (or its first ``max_steps`` batches)."""
+        loader = torch.utils.data.DataLoader(OriginalDataset(self.images[rows], self.labels[rows]),
+                                             batch_size=self.args.batch_size, shuffle=True, num_workers=1)
+        self.model.train()
+        seen, started = 0, time.perf_counter()
+        for step, (batch, target) in enumerate(loader):
+            if max_steps is not None and step == max_steps:
+                break
+            batch, target = batch.to(self.device), target.to(self.device)
+            self.optimizer.zero_grad()
+            F.nll_loss(self.model(batch), target).backward()
+            self.optimizer.step()
+            seen += len(target)
+        _sync(self.device)
+        return seen, time.perf_counter() - started
+
+    def accuracy(self, rows: np.ndarray) -> tuple[float, float]:
+        """(accuracy, images/s) of the original test loop over ``rows``."""
+        loader = torch.utils.data.DataLoader(OriginalDataset(self.images[rows], self.labels[rows]),
+                                             batch_size=self.args.batch_size, num_workers=1)
+        self.model.eval()
+        correct, started = 0, time.perf_counter()
+        with torch.no_grad():
+            for batch, target in loader:
+                correct += self.model(batch.to(self.device)).argmax(dim=1).eq(target.to(self.device)).sum().item()
+        return correct / len(rows), len(rows) / (time.perf_counter() - started)
+
+
+class CovidDdpTrainer:
+    """covid_ddp's loaders, model, optimizer and loop, prepared by accelerate as ``launch/train.py`` does."""
+
+    def __init__(self, images, labels, split, args):
+        from covid_ddp.config import TrainConfig
+        from covid_ddp.data import pixel_statistics, to_binary
+        from covid_ddp.hardware import make_optimizer, tune_backends, with_device_defaults
+        from covid_ddp.train import build_accelerator, build_model, make_loaders
+
+        config = TrainConfig(cpu=args.device == "cpu", batch_size=args.batch_size, log_every=10**9,
+                             mixed_precision="bf16" if args.precision == "bf16" else "no", compile=args.compile)
+        self.accelerator = build_accelerator(config)
+        self.config = with_device_defaults(config, self.accelerator.device, self.accelerator.num_processes)
+        tune_backends(self.accelerator.device)
+        device = self.accelerator.device
+        loaders = make_loaders(torch.from_numpy(images).to(device), torch.from_numpy(to_binary(labels)).to(device),
+                               split, self.config, num_processes=self.accelerator.num_processes,
+                               process_index=self.accelerator.process_index, on_device=True)
+        torch.manual_seed(1)
+        model = build_model(self.config, device, pixel_statistics(images, split.train))
+        optimizer = make_optimizer(model, self.config.lr, device)
+        self.model, self.optimizer, self.eval_loader = self.accelerator.prepare(model, optimizer, loaders[2])
+        self.train_loader, self.split, self.images, self.epoch = loaders[0], split, images, 0
+
+    def train(self, max_steps: int | None = None) -> tuple[int, float]:
+        """(images trained on by all processes, seconds) for one epoch (or its first ``max_steps`` batches)."""
+        from covid_ddp.train import train_one_epoch
+
+        self.epoch += 1
+        loader = self.train_loader
+        if max_steps is not None:
+            loader = dataclasses.replace(loader, rows=loader.rows[: max_steps * loader.batch_size])
+        started = time.perf_counter()
+        train_one_epoch(self.model, self.optimizer, loader, self.accelerator, self.config, self.epoch, 0)
+        _sync(self.accelerator.device)
+        return len(loader) * loader.batch_size, time.perf_counter() - started
+
+    def evaluate(self) -> tuple[float, float]:
+        """(accuracy, images/s) of ``covid_ddp.train.evaluate`` over the evaluation rows."""
+        from covid_ddp.train import evaluate
+
+        started = time.perf_counter()
+        result = evaluate(self.model, self.eval_loader, self.accelerator)
+        return result.accuracy, len(result.rows) / (time.perf_counter() - started)
+
+    def inference(self, rows: np.ndarray) -> float:
+        """Images/s of the shipped inference path: the consolidated weights, BatchNorm folded, channels_last."""
+        from covid_ddp.checkpoint import consolidated_state_dict
+        from covid_ddp.model import Net
+        from covid_ddp.predict import inference_model, predict
+
+        net = Net()
+        net.load_state_dict(consolidated_state_dict(self.accelerator.get_state_dict(self.model)))
+        model = inference_model(net.to(self.accelerator.device).eval())
+        images = torch.from_numpy(self.images[rows]).to(self.accelerator.device)
+        batch = self.config.eval_batch_size
+        with self.accelerator.autocast():
+            predict(model, images[:batch], batch)  # warm-up
+            _sync(self.accelerator.device)
             started = time.perf_counter()
-        batch, target = batch.to(device), target.to(device)
-        optimizer.zero_grad()
-        F.nll_loss(model(batch), target).backward()
-        optimizer.step()
-    _sync(device)
-    train_rate = args.batch_size * args.steps / (time.perf_counter() - started)
-
-    eval_loader = torch.utils.data.DataLoader(OriginalDataset(images[: args.eval_images], labels),
-                                              batch_size=args.batch_size, num_workers=1)
-    model.eval()
-    started = time.perf_counter()
-    with torch.no_grad():
-        for batch, target in eval_loader:
-            model(batch.to(device)).argmax(dim=1).eq(target.to(device)).sum().item()
-    return train_rate, args.eval_images / (time.perf_counter() - started)
+            predict(model, images, batch)
+        _sync(self.accelerator.device)
+        return len(rows) / (time.perf_counter() - started)
 
 
-def covid_ddp_trainer(images, labels, args, accelerator) -> tuple[float, float]:
-    """(training images/s, evaluation images/s) of covid_ddp's loaders and loop."""
-    config = with_device_defaults(TrainConfig(cpu=accelerator.device.type == "cpu", batch_size=args.batch_size,
-                                              log_every=10**9), accelerator)
-    rows = np.arange(args.batch_size * args.steps)
-    split = Split(train=rows, val=np.empty(0, dtype=np.int64), test=np.arange(args.eval_images))
-    train_loader, _, eval_loader = make_loaders(torch.from_numpy(images), torch.from_numpy(to_binary(labels)), split,
-                                                config, accelerator.num_processes)
-    torch.manual_seed(1)
-    model = build_model(config, accelerator.device, normalization=(0.0, 1.0))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    train_one_epoch(model, optimizer, train_loader, accelerator, config, 1, len(rows))  # warm-up
-    _, train_rate = train_one_epoch(model, optimizer, train_loader, accelerator, config, 2, len(rows))
-    started = time.perf_counter()
-    evaluate(model, eval_loader, accelerator)
-    return train_rate, args.eval_images / (time.perf_counter() - started)
+    def close(self) -> None:
+        """Drop the DDP wrapper and end the process group while Python is alive (see train.shut_down)."""
+        from covid_ddp.train import shut_down
+
+        accelerator = self.accelerator
+        del self.model, self.optimizer, self.eval_loader, self.train_loader
+        shut_down(accelerator)
 
 
 def _sync(device: torch.device) -> None:
@@ -102,35 +194,216 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
+def speed_worker(args) -> dict:
+    """Train ``--steps`` timed steps after warm-up, then time evaluation and inference."""
+    from covid_ddp.data import Split
+
+    images, labels = synthetic(max(args.batch_size * (args.steps + args.warmup_steps), args.eval_images))
+    train_rows = np.arange(args.batch_size * (args.steps + args.warmup_steps))
+    eval_rows = np.arange(args.eval_images)
+    if args.worker == "original":
+        trainer = OriginalRecipe(images, labels, args, torch.device(args.device))
+        trainer.train(train_rows, max_steps=args.warmup_steps)  # worker start, first allocations
+        seen, seconds = trainer.train(train_rows, max_steps=args.steps)
+        _, eval_rate = trainer.accuracy(eval_rows)
+        return {"train": seen / seconds, "eval": eval_rate, "inference": None}
+    trainer = CovidDdpTrainer(images, labels, Split(train_rows, np.empty(0, dtype=np.int64), eval_rows), args)
+    trainer.train(max_steps=args.warmup_steps)  # allocations, cuDNN autotuning, compilation
+    seen, seconds = trainer.train(max_steps=args.steps)
+    trainer.evaluate()  # warm-up of the evaluation shapes
+    _, eval_rate = trainer.evaluate()
+    # Inference is single-device (covid-ddp-predict): timed in one-process variants only.
+    inference = trainer.inference(eval_rows) if trainer.accelerator.num_processes == 1 else None
+    trainer.close()
+    return {"train": seen / seconds, "eval": eval_rate, "inference": inference}
+
+
+def time_to_accuracy_worker(args) -> dict:
+    """Epochs on the default synthetic set (10,000 images, split as launch/train.py does) until the
+    validation accuracy first reaches TARGET_ACCURACY; training seconds only."""
+    from covid_ddp.data import split_indices, to_binary
+
+    images, labels = synthetic(10000, seed=1)
+    split = split_indices(to_binary(labels), 0.3, 0.1)
+    if args.worker == "tta-original":
+        trainer = OriginalRecipe(images, labels, args, torch.device(args.device))
+        train, accuracy = (lambda: trainer.train(split.train)), (lambda: trainer.accuracy(split.val)[0])
+    else:
+        from covid_ddp.data import Split
+
+        trainer = CovidDdpTrainer(images, labels, Split(split.train, np.empty(0, dtype=np.int64), split.val), args)
+        train, accuracy = trainer.train, (lambda: trainer.evaluate()[0])
+    elapsed, curve = 0.0, []
+    while len(curve) < args.max_epochs and (not curve or curve[-1] < TARGET_ACCURACY):
+        elapsed += train()[1]
+        curve.append(round(accuracy(), 4))
+    if isinstance(trainer, CovidDdpTrainer):
+        trainer.close()
+    reached = curve[-1] >= TARGET_ACCURACY
+    return {"seconds": elapsed if reached else None, "epochs": len(curve), "curve": curve}
+
+
+def synthetic(count: int, seed: int = 0):
+    from covid_ddp.synthetic import make_synthetic
+
+    return make_synthetic(count, seed=seed)
+
+
+# --- the parent: variants in subprocesses, figures, table -------------------------------------
+
+
+def run_worker(variant: Variant, args, mode_flags: list[str] | None = None) -> dict:
+    """Run one variant in a fresh process (torchrun for several); returns its JSON result."""
+    script = [os.path.abspath(__file__), *(mode_flags or variant.worker_flags()), "--device", args.device,
+              "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
+              "--eval-images", str(args.eval_images), "--max-epochs", str(args.max_epochs)]
+    env = dict(os.environ)
+    if variant.processes > 1:  # the cores shared out, as a CPU user of torchrun would
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // variant.processes))
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(variant.processes),
+                   "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), *script]
+    else:
+        command = [sys.executable, *script]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not results:
+        raise SystemExit(f"{variant.name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(results[0].removeprefix("RESULT "))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def forward_flops_per_image() -> float:
+    """Convolution and matmul FLOPs of one forward pass (what MFU conventionally counts)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from covid_ddp.model import Net
+
+    model = Net().eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 1, 64, 64))
+    return float(counter.get_total_flops())
+
+
+def matmul_peak(device: str, precision: str) -> float:
+    """Measured FLOP/s of a large square matmul in ``precision``: the denominator of MFU."""
+    size = 8192 if device == "cuda" else 2048
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    _sync(torch.device(device))
+    repeats = 20 if device == "cuda" else 3
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(torch.device(device))
+    return 2 * size**3 * repeats / (time.perf_counter() - started)
+
+
+def variants_for(args) -> list[Variant]:
+    chosen = [Variant("original", "original")]
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
+    for precision in precisions:
+        chosen.append(Variant(f"covid_ddp {precision}", "covid_ddp", precision, args.batch_size))
+    if args.device == "cuda":
+        chosen.append(Variant("covid_ddp bf16 b1024", "covid_ddp", "bf16", 1024))
+    if args.compile:
+        batch = 1024 if args.device == "cuda" else args.batch_size
+        chosen.append(Variant(f"covid_ddp bf16 b{batch} compiled", "covid_ddp", "bf16", batch, compile=True))
+    if args.scaling:
+        precision = precisions[-1]
+        chosen.append(Variant(f"covid_ddp {precision} 2 procs", "covid_ddp", precision, args.batch_size, processes=2))
+    return chosen
+
+
+def print_speed_table(args, variants, medians) -> None:
+    flops = forward_flops_per_image()
+    peaks = {p: matmul_peak(args.device, p) for p in {v.precision for v in variants}}
+    print(f"device: {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
+          f"{args.steps} timed steps x {args.repeats} repeats (median); forward {flops / 1e6:.0f} MFLOP/image; "
+          + ", ".join(f"{p} matmul peak {peak / 1e12:.2f} TFLOP/s" for p, peak in sorted(peaks.items())))
+    header = ["variant", "batch", "train img/s", "eval img/s", "infer img/s", "MFU %", "10-ep MCFAM s",
+              "train x", "eval x"]
+    print("".join(f"{h:>14}" if i else f"{h:<30}" for i, h in enumerate(header)))
+    reference = medians["original"]
+    for variant in variants:
+        figures = medians[variant.name]
+        mfu = 100 * 3 * flops * figures["train"] / peaks[variant.precision]
+        row = [variant.name, variant.batch_size, f"{figures['train']:.0f}", f"{figures['eval']:.0f}",
+               "-" if figures["inference"] is None else f"{figures['inference']:.0f}", f"{mfu:.1f}",
+               f"{10 * MCFAM_TRAIN_IMAGES_PER_EPOCH / figures['train']:.1f}",
+               f"{figures['train'] / reference['train']:.2f}", f"{figures['eval'] / reference['eval']:.2f}"]
+        print("".join(f"{str(c):>14}" if i else f"{c:<30}" for i, c in enumerate(row)))
+
+
+def measure_speed(args) -> None:
+    variants = variants_for(args)
+    runs = {v.name: [] for v in variants}
+    for _ in range(args.repeats):  # variants take turns, so a noisy minute hits all of them
+        for variant in variants:
+            runs[variant.name].append(run_worker(variant, args))
+    medians = {name: {key: (statistics.median(r[key] for r in results) if results[0][key] is not None else None)
+                      for key in results[0]} for name, results in runs.items()}
+    print_speed_table(args, variants, medians)
+
+
+def measure_time_to_accuracy(args) -> None:
+    precision = "bf16" if args.precision in ("bf16", "both") else "fp32"
+    print(f"time to {TARGET_ACCURACY:.0%} validation accuracy, default synthetic set (6,300 training images, "
+          f"700 validation), training seconds only:")
+    for name, mode in (("original", "tta-original"), (f"covid_ddp {precision}", "tta-covid_ddp")):
+        variant = Variant(name, mode, precision, args.batch_size)
+        result = run_worker(variant, args, ["--worker", mode, "--precision", precision,
+                                            "--batch-size", str(args.batch_size)])
+        reached = "not reached" if result["seconds"] is None else f"{result['seconds']:.1f} s"
+        print(f"  {name:<22} {reached} after {result['epochs']} epoch(s); validation accuracy per epoch "
+              f"{result['curve']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=100, help="training batch size for both")
-    parser.add_argument("--steps", type=int, default=30, help="timed training steps per repeat")
-    parser.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where every variant runs")
+    parser.add_argument("--batch-size", type=int, default=100, help="training batch size (original: 100)")
+    parser.add_argument("--precision", default="both", choices=["fp32", "bf16", "both"], help="covid_ddp's precision")
+    parser.add_argument("--compile", action="store_true", help="add a torch.compile'd covid_ddp variant")
+    parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: 20 CPU, 300 GPU)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="untimed steps first (default: 3 CPU, 30 GPU)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats; the median is printed")
     parser.add_argument("--eval-images", type=int, default=3000, help="images scored in the evaluation timing")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both run")
-    args = parser.parse_args()
+    parser.add_argument("--scaling", action="store_true", help="add covid_ddp with 2 CPU processes (torchrun)")
+    parser.add_argument("--time-to-accuracy", action="store_true",
+                        help=f"time (a) and (b) to {TARGET_ACCURACY:.0%} validation accuracy")
+    parser.add_argument("--max-epochs", type=int, default=10, help="epochs --time-to-accuracy tries at most")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one variant, print RESULT json
+    return parser
 
-    needed = max(args.batch_size * (args.steps + 3), args.eval_images)
-    images, labels = make_synthetic(needed, seed=0)
-    accelerator = build_accelerator(TrainConfig(cpu=args.device == "cpu"))
-    device = accelerator.device
-    results = {"original": [], "covid_ddp": []}
-    for _ in range(args.repeats):
-        results["original"].append(original_recipe(images, labels, args, device))
-        results["covid_ddp"].append(covid_ddp_trainer(images, labels, args, accelerator))
 
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats (median)")
-    medians = {name: [statistics.median(r[i] for r in runs) for i in (0, 1)] for name, runs in results.items()}
-    print(f"{'':<12}{'train img/s':>14}{'eval img/s':>14}{'10-epoch MCFAM (s)':>22}")
-    for name, (train_rate, eval_rate) in medians.items():
-        projected = 10 * MCFAM_TRAIN_IMAGES_PER_EPOCH / train_rate
-        print(f"{name:<12}{train_rate:>14.0f}{eval_rate:>14.0f}{projected:>22.1f}")
-    (train_a, eval_a), (train_b, eval_b) = medians["original"], medians["covid_ddp"]
-    print(f"ratio covid_ddp / original: training {train_b / train_a:.2f}x, evaluation {eval_b / eval_a:.2f}x")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak resident memory of this process: {peak:.0f} MiB")
+def main() -> None:
+    args = build_parser().parse_args()
+    gpu = args.device == "cuda"
+    args.steps = args.steps or (300 if gpu else 20)
+    args.warmup_steps = args.warmup_steps or (30 if gpu else 3)
+    if args.worker:
+        worker = time_to_accuracy_worker if args.worker.startswith("tta-") else speed_worker
+        result = worker(args)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print("RESULT " + json.dumps(result), flush=True)
+        return
+    if args.scaling and gpu:
+        raise SystemExit("--scaling compares CPU processes; on GPUs use accelerate launch with --num_processes")
+    measure_speed(args)
+    if args.time_to_accuracy:
+        measure_time_to_accuracy(args)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak resident memory of the largest variant process: {children:.0f} MiB")
 
 
 if __name__ == "__main__":

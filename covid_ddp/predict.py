@@ -92,7 +92,7 @@ def predict(model: Net, images, batch_size: int = 512) -> np.ndarray:
     if images.ndim == 3:
         images = images.unsqueeze(1)
     probabilities = [
-        model(batch.to(device, non_blocking=True).float())[:, 1].exp().cpu()
+        model(batch.to(device, non_blocking=True).float())[:, 1].float().exp().cpu()
         for batch in images.split(batch_size)
     ]
     return torch.cat(probabilities).numpy() if probabilities else np.empty(0, dtype=np.float32)
