@@ -41,9 +41,11 @@ def test_adam_is_fused_only_on_cuda():
 
 @pytest.fixture
 def fresh_accelerate_state():
-    """accelerate keeps one process-wide state; do not leak this test's compile setting."""
+    """accelerate keeps one process-wide state (an earlier in-process run set it up): start from
+    a fresh one, and do not leak this test's compile setting to later tests."""
     from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state(reset_partial_state=True)
     yield
     AcceleratorState._reset_state(reset_partial_state=True)
 
