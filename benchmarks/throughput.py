@@ -196,7 +196,7 @@ def _sync(device: torch.device) -> None:
 
 def speed_worker(args) -> dict:
     """Train ``--steps`` timed steps after warm-up, then time evaluation and inference."""
-    from covid_ddp.data import Split
+    from covid_ddp.splits import Split
 
     images, labels = synthetic(max(args.batch_size * (args.steps + args.warmup_steps), args.eval_images))
     train_rows = np.arange(args.batch_size * (args.steps + args.warmup_steps))
@@ -221,7 +221,8 @@ def speed_worker(args) -> dict:
 def time_to_accuracy_worker(args) -> dict:
     """Epochs on the default synthetic set (10,000 images, split as launch/train.py does) until the
     validation accuracy first reaches TARGET_ACCURACY; training seconds only."""
-    from covid_ddp.data import split_indices, to_binary
+    from covid_ddp.data import to_binary
+    from covid_ddp.splits import split_indices
 
     images, labels = synthetic(10000, seed=1)
     split = split_indices(to_binary(labels), 0.3, 0.1)
@@ -229,7 +230,7 @@ def time_to_accuracy_worker(args) -> dict:
         trainer = OriginalRecipe(images, labels, args, torch.device(args.device))
         train, accuracy = (lambda: trainer.train(split.train)), (lambda: trainer.accuracy(split.val)[0])
     else:
-        from covid_ddp.data import Split
+        from covid_ddp.splits import Split
 
         trainer = CovidDdpTrainer(images, labels, Split(split.train, np.empty(0, dtype=np.int64), split.val), args)
         train, accuracy = trainer.train, (lambda: trainer.evaluate()[0])

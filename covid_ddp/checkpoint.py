@@ -3,7 +3,9 @@
 A run folder holds::
 
     COVID_binary_classifier.pth   the consolidated state_dict (plain keys, fp32, CPU)
+    COVID_binary_classifier.json  its decision threshold, chosen on the validation split
     metrics.json, config.json     final test metrics and history; the resolved configuration
+    splits.npz                    the train/val/test row indices, to audit or rebuild the split
     checkpoints/epoch_003/        accelerate ``save_state`` folders, the last few kept
     tensorboard/                  event files
 
@@ -14,18 +16,21 @@ finished writing, so ``latest`` only ever finds complete ones.
 from __future__ import annotations
 
 import fcntl
+import json
 import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import UserError
-from .files import save_torch
+from .files import atomic_path, save_torch, write_json
 
 WEIGHTS_FILE = "COVID_binary_classifier.pth"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.json"
+SPLITS_FILE = "splits.npz"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
@@ -106,10 +111,40 @@ def is_finished_run(output_dir: Path) -> bool:
 
 def clear_run(output_dir: Path) -> None:
     """Remove what a run writes (and nothing else: the folder may hold the user's files)."""
-    for name in (WEIGHTS_FILE, METRICS_FILE, CONFIG_FILE):
+    for name in (WEIGHTS_FILE, decision_path(WEIGHTS_FILE).name, METRICS_FILE, CONFIG_FILE, SPLITS_FILE):
         (Path(output_dir) / name).unlink(missing_ok=True)
     for name in (CHECKPOINTS_DIR, TENSORBOARD_DIR):
         shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
+
+
+def decision_path(weights: Path | str) -> Path:
+    """The sidecar beside a weights file: the state_dict stays plain, its metadata lives here."""
+    return Path(weights).with_suffix(".json")
+
+
+def write_decision(weights: Path, decision: dict) -> None:
+    write_json(decision_path(weights), decision)
+
+
+def read_decision(weights: Path) -> dict | None:
+    """The stored decision threshold of ``weights`` (None without a sidecar); a broken one is a user error."""
+    path = decision_path(weights)
+    if not path.is_file():
+        return None
+    try:
+        decision = json.loads(path.read_text())
+        threshold = float(decision["threshold"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path}: not a covid_ddp threshold file ({error}); remove it or pass --threshold")
+    if not 0 <= threshold <= 1:
+        raise UserError(f"{path}: threshold {threshold} is outside [0, 1]; fix it or pass --threshold")
+    return {**decision, "threshold": threshold}
+
+
+def save_splits(output_dir: Path, split) -> None:
+    """splits.npz: the rows of each part, so a run's split can be audited and rebuilt exactly."""
+    with atomic_path(Path(output_dir) / SPLITS_FILE) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **split.as_arrays())
 
 
 def checkpoint_path(output_dir: Path, epoch: int, step: int = 0) -> Path:

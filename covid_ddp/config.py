@@ -14,6 +14,7 @@ from typing import Optional
 
 from .data import MCFAM_BASE_URL
 from .errors import UserError
+from .splits import SplitPlan
 
 
 def _flag(default, help: str, **argparse_kwargs):
@@ -37,6 +38,12 @@ class TrainConfig:
     val_size: float = _flag(0.1, "fraction of the training part held out for validation, which drives the LR "
                             "schedule; 0 trains on the whole training part and steps the schedule on the test "
                             "loss, as the original did")
+    group_split: bool = _flag(False, "split by patient (meta.npz 'patient_id' in --data-dir): no patient in two "
+                              "of train/val/test; --test-size and --val-size are then fractions of patients")
+    holdout_source: Optional[str] = _flag(None, "test on every image of this source (meta.npz 'dataset') and "
+                                          "train/validate on the rest: leave-one-source-out; --test-size is unused")
+    exclude_source: Optional[str] = _flag(None, "comma-separated sources (meta.npz 'dataset') left out of every "
+                                          "part, e.g. kermany for the adult-only subset of real-cxr")
     # Recipe
     epochs: int = _flag(10, "number of passes over the training part")
     batch_size: int = _flag(100, "GLOBAL batch size: images per optimizer micro-step summed over all processes "
@@ -51,6 +58,11 @@ class TrainConfig:
     max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)")
     augment: bool = _flag(False, "augment training batches on the device: small random shifts (up to 4 px), zoom "
                           "(+/-10%%) and contrast/brightness changes; never flips (left and right anatomy differ)")
+    # Evaluation
+    target_sensitivity: Optional[float] = _flag(None, "choose the decision threshold on the validation split as "
+                                                "the highest reaching this sensitivity (default: Youden's J)")
+    bootstrap: int = _flag(1000, "bootstrap resamples for the 95%% confidence intervals of the test metrics "
+                           "(0: none)")
     # Hardware and distribution
     dist_timeout: float = _flag(300.0, "seconds a process waits in a collective for the others before the job fails "
                                 "(a dead or hung rank then ends the run instead of hanging it)")
@@ -75,6 +87,9 @@ class TrainConfig:
     resume: Optional[str] = _flag(None, "'latest' (newest checkpoint of --output-dir) or a checkpoint folder")
     keep_checkpoints: int = _flag(3, "number of epoch checkpoints kept in <output-dir>/checkpoints")
     log_every: int = _flag(20, "log training loss, learning rate and images/s to TensorBoard every this many steps")
+    log_images_every: int = _flag(1, "draw TensorBoard figures every this many epochs: validation inputs with their "
+                                  "labels, Grad-CAM overlays, and at the end test ROC and confusion matrix (0: never; "
+                                  "each drawing takes ~0.5 s on a CPU)")
 
     def validate(self) -> None:
         """Reject values that cannot work, with the flag named."""
@@ -91,6 +106,12 @@ class TrainConfig:
             raise UserError(f"--val-size must be in [0, 1), got {self.val_size}")
         if not 0 <= self.dropout < 1:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.log_images_every < 0:
+            raise UserError(f"--log-images-every must be 0 (never) or more, got {self.log_images_every}")
+        if self.target_sensitivity is not None and not 0 < self.target_sensitivity <= 1:
+            raise UserError(f"--target-sensitivity must be in (0, 1], got {self.target_sensitivity}")
+        if self.bootstrap < 0:
+            raise UserError(f"--bootstrap must be 0 or more, got {self.bootstrap}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise UserError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
 
@@ -98,6 +119,10 @@ class TrainConfig:
         """Pinned sha256 per MCFAM file name."""
         return {name: pin for name, pin in (("train_images64.npz", self.sha256_images),
                                             ("train_labels.npz", self.sha256_labels)) if pin}
+
+    def split_plan(self) -> SplitPlan:
+        sources = tuple(name.strip() for name in (self.exclude_source or "").split(",") if name.strip())
+        return SplitPlan(self.test_size, self.val_size, self.group_split, self.holdout_source, sources)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from .download import DEFAULT_TIMEOUT_S, DownloadError, download
 from .errors import UserError
@@ -31,7 +30,7 @@ from .synthetic import make_synthetic
 MCFAM_BASE_URL = "http://www-users.math.umn.edu/~jwcalder/MCFAM/"
 IMAGES_FILE, IMAGES_KEY = "train_images64.npz", "train_images"
 LABELS_FILE, LABELS_KEY = "train_labels.npz", "train_labels"
-SPLIT_SEED = 42  # the original's train_test_split(random_state=42)
+META_FILE = "meta.npz"  # optional: per-image patient_id, dataset (source), ... as in ../shared/data/real-cxr
 
 
 @dataclass
@@ -41,15 +40,7 @@ class RawData:
     images: np.ndarray
     labels: np.ndarray
     provenance: dict = field(default_factory=dict)
-
-
-@dataclass
-class Split:
-    """Row indices of each part; ``val`` is empty when the scheduler watches the test loss."""
-
-    train: np.ndarray
-    val: np.ndarray
-    test: np.ndarray
+    meta: dict | None = None  # per-image arrays of meta.npz (patient_id, dataset, ...), when present
 
 
 def default_data_dir() -> Path:
@@ -118,11 +109,30 @@ def load_data_dir(data_dir: Path) -> RawData:
     validate_labels(labels, labels_path)
     if len(images) != len(labels):
         raise UserError(f"{data_dir}: {len(images)} images but {len(labels)} labels; the two files must match")
+    meta_path = Path(data_dir) / META_FILE
+    described = (images_path, labels_path, *([meta_path] if meta_path.is_file() else []))
     provenance = {
         "data_dir": str(Path(data_dir).resolve()),
-        "files": {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in (images_path, labels_path)},
+        "files": {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in described},
     }
-    return RawData(images, labels.astype(np.float32), provenance)
+    return RawData(images, labels.astype(np.float32), provenance, load_meta(meta_path, len(images)))
+
+
+def load_meta(path: Path, count: int) -> dict | None:
+    """The per-image arrays of an optional meta.npz (patient ids, sources), checked against the image count."""
+    if not path.is_file():
+        return None
+    try:
+        if not zipfile.is_zipfile(path):  # else numpy would try to read it as a pickle
+            raise ValueError("not a zip archive")
+        with np.load(path, allow_pickle=False) as archive:
+            meta = {key: archive[key] for key in archive.files}
+    except (ValueError, OSError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path}: not a readable .npz of plain arrays ({error}); fix or remove it")
+    for key, values in meta.items():
+        if len(values) != count:
+            raise UserError(f"{path}: '{key}' has {len(values)} entries for {count} images; one per image is needed")
+    return meta
 
 
 def sha256_of(path: Path) -> str:
@@ -217,25 +227,6 @@ def load_dataset(dataset: str, data_dir: Path | None, synthetic_size: int, seed:
 def to_binary(labels: np.ndarray) -> np.ndarray:
     """One-hot 4-class rows -> 0 (non-COVID: classes 0, 1) or 1 (COVID: classes 2, 3), all at once."""
     return (labels.argmax(axis=1) >= 2).astype(np.int64)
-
-
-def split_indices(targets: np.ndarray, test_size: float, val_size: float) -> Split:
-    """70/30 train/test as the original (random_state 42), stratified; then val carved from train."""
-    counts = np.bincount(targets, minlength=2)
-    if (counts < 2).any():
-        raise UserError(
-            f"the data holds {counts[0]} non-COVID and {counts[1]} COVID images; "
-            "a stratified split needs at least 2 of each class"
-        )
-    everything = np.arange(len(targets))
-    try:
-        train, test = train_test_split(everything, test_size=test_size, random_state=SPLIT_SEED, stratify=targets)
-        val = np.empty(0, dtype=np.int64)
-        if val_size > 0:
-            train, val = train_test_split(train, test_size=val_size, random_state=SPLIT_SEED, stratify=targets[train])
-    except ValueError as error:
-        raise UserError(f"cannot split {len(targets)} images with --test-size {test_size} --val-size {val_size}: {error}")
-    return Split(np.sort(train), np.sort(val), np.sort(test))
 
 
 def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[float, float]:

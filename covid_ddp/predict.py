@@ -30,11 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .checkpoint import load_weights
+from .checkpoint import decision_path, load_weights, read_decision
 from .cli import run_cli
 from .data import IMAGES_KEY, load_array, validate_images
 from .errors import UserError
 from .files import atomic_path
+from .gradcam import gradcam
 from .model import CLASS_NAMES, IMAGE_SIZE, Net, fold_batchnorm
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -176,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("inputs", nargs="+", help=".npz files (key train_images), PNG/JPEG images, or folders of them")
     parser.add_argument("--weights", required=True, help="a COVID_binary_classifier.pth written by covid-ddp-train")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
-    parser.add_argument("--threshold", type=float, default=0.5, help="p_covid at or above this is called COVID")
+    parser.add_argument("--threshold", type=float, help="p_covid at or above this is called COVID (default: the "
+                        "threshold chosen on the validation split, from the JSON beside the weights; else 0.5)")
+    parser.add_argument("--gradcam", metavar="OUTDIR", help="also write a Grad-CAM overlay PNG per image here "
+                        "(the radiograph, the heatmap of what drove P(COVID), p_covid in the title)")
     parser.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
     parser.add_argument("--output", help="write the CSV to this file instead of standard output")
     parser.add_argument("--skip-errors", action="store_true",
@@ -184,12 +188,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]:
+    """(threshold, where it came from): --threshold, else the sidecar beside the weights, else 0.5."""
+    if chosen is not None:
+        if not 0 <= chosen <= 1:
+            raise UserError(f"--threshold must be in [0, 1], got {chosen}")
+        return chosen, "--threshold"
+    stored = read_decision(weights)
+    if stored is None:
+        return 0.5, f"default 0.5 (no {decision_path(weights).name} beside the weights)"
+    return stored["threshold"], f"{stored['method']} on the validation split"
+
+
 def run(arguments: argparse.Namespace) -> None:
-    if not 0 <= arguments.threshold <= 1:
-        raise UserError(f"--threshold must be in [0, 1], got {arguments.threshold}")
     if arguments.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {arguments.batch_size}")
-    model = inference_model(load_model(arguments.weights, resolve_device(arguments.device)))
+    threshold, threshold_source = decision_threshold(arguments.threshold, Path(arguments.weights))
+    trained = load_model(arguments.weights, resolve_device(arguments.device))
+    model = inference_model(trained)
+    overlays = GradcamWriter(Path(arguments.gradcam), trained, threshold) if arguments.gradcam else None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["source", "index", "p_covid", "prediction"])
@@ -204,8 +221,11 @@ def run(arguments: argparse.Namespace) -> None:
             skipped += 1
             print(f"skipped: {error}", file=sys.stderr)
             continue
-        for index, p_covid in enumerate(predict(model, item.images, arguments.batch_size)):
-            writer.writerow([item.source, index, f"{p_covid:.6f}", CLASS_NAMES[int(p_covid >= arguments.threshold)]])
+        p_covid = predict(model, item.images, arguments.batch_size)
+        for index, p in enumerate(p_covid):
+            writer.writerow([item.source, index, f"{p:.6f}", CLASS_NAMES[int(p >= threshold)]])
+        if overlays is not None:
+            overlays.write(item, p_covid)
     if skipped:
         if skipped == len(files):
             raise UserError(f"none of the {len(files)} inputs could be read")
@@ -215,6 +235,34 @@ def run(arguments: argparse.Namespace) -> None:
             tmp.write_text(buffer.getvalue())
     else:
         sys.stdout.write(buffer.getvalue())
+    # After the output, so that a refused input stays a one-line error.
+    print(f"called COVID at p_covid >= threshold {threshold:.4f} ({threshold_source})", file=sys.stderr)
+
+
+class GradcamWriter:
+    """One overlay PNG per scored image: ``<input stem>_<index>.png`` in ``folder``."""
+
+    def __init__(self, folder: Path, model: Net, threshold: float):
+        self.folder, self.model, self.threshold = folder, model, threshold
+        self.used_stems: set[str] = set()
+
+    def write(self, item, p_covid: np.ndarray) -> None:
+        from .figures import overlay_figure, save_figure  # matplotlib only when asked for
+
+        stem = self._unique_stem(Path(item.source).stem)
+        for index, (image, heatmap, p) in enumerate(zip(item.images, gradcam(self.model, item.images), p_covid)):
+            title = f"{Path(item.source).name} [{index}]: P(COVID) = {p:.3f} -> {CLASS_NAMES[int(p >= self.threshold)]}"
+            save_figure(overlay_figure(image.reshape(IMAGE_SIZE, IMAGE_SIZE), heatmap, title),
+                        self.folder / f"{stem}_{index}.png")
+
+    def _unique_stem(self, stem: str) -> str:
+        """Two inputs named alike (a/x.png, b/x.png) must not overwrite each other's overlays."""
+        candidate, copy = stem, 1
+        while candidate in self.used_stems:
+            copy += 1
+            candidate = f"{stem}-{copy}"
+        self.used_stems.add(candidate)
+        return candidate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,16 +39,18 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .cli import run_cli
 from .config import TrainConfig, default_output_dir, parse_config
-from .data import XrayDataset, collate_batch, dataset_tensors, load_dataset, pixel_statistics, split_indices, to_binary
+from .board import Logger
+from .data import XrayDataset, collate_batch, dataset_tensors, load_dataset, pixel_statistics, to_binary
 from .errors import UserError
 from .files import write_json
 from .hardware import make_optimizer, resolve_mixed_precision, tune_backends, with_device_defaults
 from .augment import augment_batch
 from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
 from .loader import DeviceBatchLoader
-from .metrics import binary_metrics
+from .metrics import binary_metrics, choose_threshold
 from .model import Net
 from .provenance import environment_summary, resident_memory_mb
+from .splits import make_split
 from .sync_batchnorm import convert_sync_batchnorm
 
 
@@ -220,7 +222,8 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
         data = load_dataset(config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url,
                             config.pins())
     targets = to_binary(data.labels)
-    split = split_indices(targets, config.test_size, config.val_size)
+    split = make_split(targets, config.split_plan(), data.meta)
+    on_main_process(accelerator, lambda: ckpt.save_splits(output_dir, split))
     run = prepare_run(config, data, targets, split, accelerator)
     progress = ckpt.TrainingProgress()
     accelerator.register_for_checkpointing(run.scheduler, progress)
@@ -229,10 +232,14 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
 
     accelerator.project_configuration.set_directories(str(output_dir))
     accelerator.init_trackers(ckpt.TENSORBOARD_DIR, config=_hparams(config, accelerator))
+    board = Logger.for_run(accelerator, data.images, targets, split.val if len(split.val) else split.test,
+                           config.log_images_every)
+    monitored = None
     with GracefulStop() as stopper:
         try:
             for epoch in range(progress.epoch + 1, config.epochs + 1):
-                record = run_epoch(run, accelerator, config, epoch, len(split.train), progress, stopper)
+                record, monitored = run_epoch(run, accelerator, config, epoch, len(split.train), progress, stopper,
+                                              board)
                 progress.epoch = epoch
                 progress.history.append(record)
                 ckpt.save_checkpoint(accelerator, output_dir, epoch, config.keep_checkpoints)
@@ -243,19 +250,36 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
                 f"{saved}. To continue, run the same command with --resume latest --output-dir {output_dir}",
                 stop.signum) from None
 
+    # The operating point comes from the validation split; the test split is scored once, with it.
+    if monitored is None:  # no epoch ran here (resume refuses that today): score the model as it is
+        monitored = evaluate(run.model, run.monitor_loader, accelerator)
+    decision = decide_threshold(monitored if run.monitor_name == "Validation" else None, config)
     final = evaluate(run.model, run.test_loader, accelerator)
-    test_metrics = binary_metrics(final.p_covid, final.targets, final.loss)
-    accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * final.accuracy:.2f}% "
-                      f"[COVID Detection] ({_describe_rates(test_metrics)})")
+    test_metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
+                                  bootstrap=config.bootstrap if accelerator.is_main_process else 0, seed=config.seed)
+    accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
+                      f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
+                      f"{decision['method']})")
     weights_path = ckpt.export_weights(accelerator, run.model, output_dir)
     if accelerator.is_main_process:
+        ckpt.write_decision(weights_path, decision)
         write_json(output_dir / ckpt.CONFIG_FILE,
                    _run_config(config, accelerator, data.provenance, split, output_dir, run))
         write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
+        board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch)
     del run  # the DDP wrapper holds the process group: release it before shutting down
     shut_down(accelerator)
     accelerator.print(f"Model saved to {weights_path}")
     return test_metrics
+
+
+def decide_threshold(validation: Evaluation | None, config: TrainConfig) -> dict:
+    """The decision threshold (sidecar JSON beside the weights): chosen on the final model's
+    validation scores; 0.5 when there is no validation split (--val-size 0), never the test's."""
+    if validation is None:
+        return {"threshold": 0.5, "method": "default 0.5 (--val-size 0: no validation split to choose on)"}
+    chosen = choose_threshold(validation.p_covid, validation.targets, config.target_sensitivity)
+    return {**chosen, "chosen_on": "validation", "validation_images": int(len(validation.targets))}
 
 
 def shut_down(accelerator: Accelerator, barrier: bool = True) -> None:
@@ -314,8 +338,9 @@ def resume(accelerator: Accelerator, checkpoint: Path, progress: ckpt.TrainingPr
 
 
 def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoch: int, train_size: int,
-              progress: ckpt.TrainingProgress, stopper: GracefulStop) -> dict:
-    """Train one epoch, evaluate, step the LR schedule; returns the epoch's record for the history."""
+              progress: ckpt.TrainingProgress, stopper: GracefulStop,
+              board: Logger | None = None) -> tuple[dict, Evaluation]:
+    """Train one epoch, evaluate, step the LR schedule; returns the epoch's history record and evaluation."""
     if progress.step == 0:
         # Dropout masks differ per rank and epoch and depend only on (seed, epoch, rank), so a
         # resumed epoch is exact. (Resuming inside an epoch, load_state restored the RNG instead.)
@@ -329,9 +354,11 @@ def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoc
               f"{name}_accuracy": monitored.accuracy, "lr": run.optimizer.param_groups[0]["lr"],
               "images_per_s": images_per_s, "rss_mb": resident_memory_mb()}
     accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch)
+    if board is not None:  # main process only; no collectives inside
+        board.epoch(accelerator.unwrap_model(run.model, keep_torch_compile=False), monitored, run.monitor_name, epoch)
     accelerator.print(f"{run.monitor_name} set: Average loss: {monitored.loss:.4f}, "
                       f"Accuracy: {100 * monitored.accuracy:.2f}% [COVID Detection]")
-    return record
+    return record, monitored
 
 
 def _describe_rates(metrics: dict) -> str:

@@ -18,8 +18,10 @@ TRAIN_SCRIPT = ROOT / "launch" / "train.py"
 PREDICT_SCRIPT = ROOT / "launch" / "predict.py"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
-# A small, quick recipe: 400 images, 2 epochs, global batch 40 (20 per process with 2).
-SMALL_RUN = ["--cpu", "--data-dir", "{data}", "--epochs", "2", "--batch-size", "40", "--eval-batch-size", "60"]
+# A small, quick recipe: 400 images, 2 epochs, global batch 40 (20 per process with 2). No
+# TensorBoard figures (~1.5 s a run); tests/test_evaluation.py draws and checks them.
+SMALL_RUN = ["--cpu", "--data-dir", "{data}", "--epochs", "2", "--batch-size", "40", "--eval-batch-size", "60",
+             "--log-images-every", "0"]
 
 
 def write_mcfam(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:

@@ -8,7 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 from conftest import write_mcfam
-from covid_ddp.data import load_data_dir, pixel_statistics, split_indices, to_binary
+from covid_ddp.data import load_data_dir, pixel_statistics, to_binary
+from covid_ddp.splits import split_indices
 from covid_ddp.errors import UserError
 from covid_ddp.synthetic import make_synthetic
 

@@ -237,7 +237,7 @@ def test_ctrl_c_on_a_plain_python_run_saves_and_says_how_to_resume(small_data, t
 
 def test_fewer_evaluation_images_than_processes_is_refused():
     from covid_ddp.config import TrainConfig
-    from covid_ddp.data import Split
+    from covid_ddp.splits import Split
     from covid_ddp.train import make_loaders
 
     images, targets = torch.zeros((20, 64, 64), dtype=torch.uint8), torch.zeros(20, dtype=torch.int64)

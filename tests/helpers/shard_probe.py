@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from covid_ddp.config import TrainConfig
-from covid_ddp.data import load_data_dir, split_indices, to_binary
+from covid_ddp.data import load_data_dir, to_binary
+from covid_ddp.splits import split_indices
 from covid_ddp.model import Net
 from covid_ddp.train import build_accelerator, evaluate, make_loaders, shut_down
 

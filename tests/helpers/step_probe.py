@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from covid_ddp.config import TrainConfig
-from covid_ddp.data import load_data_dir, pixel_statistics, split_indices, to_binary
+from covid_ddp.data import load_data_dir, pixel_statistics, to_binary
+from covid_ddp.splits import split_indices
 from covid_ddp.model import Net
 from covid_ddp.sync_batchnorm import convert_sync_batchnorm
 from covid_ddp.train import build_accelerator, make_loaders, shut_down, train_one_epoch

@@ -1,0 +1,89 @@
+"""What the main process shows in TensorBoard beyond the scalars accelerate logs.
+
+Each epoch: the validation PR curve and, every ``--log-images-every`` epochs, a fixed set of
+validation images, once with their true and predicted labels and once with Grad-CAM over
+them, so a user watches where the model's attention forms. At the end: the test PR curve,
+ROC and confusion matrix, and the run's hyper-parameters next to its final metrics in the
+HParams tab. Figures are drawn with matplotlib, imported only when one is drawn.
+
+Only the main process calls these (``Logger`` is ``None`` elsewhere); nothing here is a
+collective, and Grad-CAM runs on the unwrapped model, so DDP never sees it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .gradcam import gradcam
+from .model import CLASS_NAMES
+
+WATCHED_IMAGES = 8  # validation images shown every epoch
+
+
+class Logger:
+    """Wraps the run's ``SummaryWriter`` (from ``accelerator.get_tracker('tensorboard', unwrap=True)``)."""
+
+    def __init__(self, writer, images: np.ndarray, targets: np.ndarray, watched_rows: np.ndarray,
+                 images_every: int = 1):
+        self.writer, self.images_every = writer, images_every
+        self.watched_images = images[watched_rows]
+        self.watched_targets = targets[watched_rows]
+
+    @classmethod
+    def for_run(cls, accelerator, images: np.ndarray, targets: np.ndarray, monitor_rows: np.ndarray,
+                images_every: int):
+        """The main process's logger; ``None`` on the others."""
+        if not accelerator.is_main_process:
+            return None
+        writer = accelerator.get_tracker("tensorboard", unwrap=True)
+        return cls(writer, images, targets, watched_rows(targets, monitor_rows), images_every)
+
+    def epoch(self, model: torch.nn.Module, monitored, monitor_name: str, epoch: int) -> None:
+        name = monitor_name.lower()
+        self.writer.add_pr_curve(f"{name}/pr_curve", monitored.targets, monitored.p_covid, global_step=epoch)
+        if not self.images_every or epoch % self.images_every:
+            return
+        from . import figures
+
+        heatmaps = gradcam(model, self.watched_images)
+        scores = _scores(model, self.watched_images)
+        titles = [f"true {CLASS_NAMES[t]}\npred {CLASS_NAMES[int(p >= 0.5)]} p={p:.2f}"
+                  for t, p in zip(self.watched_targets, scores)]
+        self.writer.add_figure(f"{name}/inputs", figures.overlay_grid_figure(self.watched_images, None, titles),
+                               global_step=epoch)
+        self.writer.add_figure(f"{name}/gradcam", figures.overlay_grid_figure(self.watched_images, heatmaps, titles),
+                               global_step=epoch)
+
+    def final(self, test, metrics: dict, hparams: dict, epoch: int) -> None:
+        self.writer.add_pr_curve("test/pr_curve", test.targets, test.p_covid, global_step=epoch)
+        if self.images_every:
+            self._test_figures(test, metrics, epoch)
+        finals = {f"final/{k}": metrics[k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc")
+                  if metrics[k] is not None}
+        self.writer.add_hparams(hparams, finals, run_name="hparams")
+        self.writer.flush()
+
+    def _test_figures(self, test, metrics: dict, epoch: int) -> None:
+        from . import figures
+
+        self.writer.add_figure("test/roc", figures.roc_figure(test.p_covid, test.targets, metrics["roc_auc"]),
+                               global_step=epoch)
+        self.writer.add_figure("test/confusion", figures.confusion_figure(metrics["confusion_matrix"],
+                                                                          metrics["threshold"]), global_step=epoch)
+
+
+def watched_rows(targets: np.ndarray, monitor_rows: np.ndarray, count: int = WATCHED_IMAGES) -> np.ndarray:
+    """A fixed, class-balanced handful of monitored rows (the first of each class, in row order)."""
+    per_class = [monitor_rows[targets[monitor_rows] == label][: count // 2] for label in (1, 0)]
+    return np.concatenate(per_class)
+
+
+@torch.no_grad()
+def _scores(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    log_probs = model(torch.as_tensor(images).unsqueeze(1).to(device).float())
+    model.train(was_training)
+    return log_probs[:, 1].float().exp().cpu().numpy()

@@ -1,0 +1,140 @@
+"""covid-ddp-evaluate: score trained weights on a data directory, the way a reader of a paper would want.
+
+    covid-ddp-evaluate --weights runs/demo/COVID_binary_classifier.pth --data-dir DATA [--split test|val|all]
+
+Writes ``evaluation.json`` (every metric with its 95% bootstrap interval, the threshold and
+where it came from, the rows scored) and ``roc.png``, ``pr.png``, ``confusion.png``,
+``calibration.png`` into ``--output-dir`` (default: ``evaluation-<split>`` beside the
+weights), and prints a compact table. ``test`` and ``val`` are the weights' own run's parts,
+rebuilt from its ``config.json`` (and checked against its ``splits.npz``), so a held-out
+image stays held out; ``all`` scores every image, for a data set the run never saw.
+Runs on one device. Not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from . import figures
+from .cli import run_cli
+from .config import TrainConfig
+from .data import load_data_dir, to_binary
+from .errors import UserError
+from .files import write_json
+from .metrics import METRICS, binary_metrics
+from .predict import decision_threshold, inference_model, load_model, predict, resolve_device
+from .splits import make_split
+
+FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="covid-ddp-evaluate", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--weights", required=True, help="COVID_binary_classifier.pth (of a run folder, for "
+                        "--split test|val)")
+    parser.add_argument("--data-dir", required=True, help="folder with train_images64.npz and train_labels.npz "
+                        "(and meta.npz for patient-level or source splits)")
+    parser.add_argument("--split", default="test", choices=["test", "val", "all"],
+                        help="which images: the run's test or validation part, or all of them")
+    parser.add_argument("--output-dir", help="where evaluation.json and the figures go "
+                        "(default: evaluation-<split> beside the weights)")
+    parser.add_argument("--threshold", type=float, help="decision threshold (default: the one chosen on the "
+                        "validation split, from the weights' sidecar JSON; else 0.5)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
+    return parser
+
+
+def run(arguments: argparse.Namespace) -> dict:
+    weights = Path(arguments.weights)
+    if arguments.bootstrap < 0:
+        raise UserError(f"--bootstrap must be 0 or more, got {arguments.bootstrap}")
+    model = inference_model(load_model(weights, resolve_device(arguments.device)))
+    data = load_data_dir(Path(arguments.data_dir))
+    rows = rows_to_score(arguments.split, weights, data)
+    threshold, threshold_source = decision_threshold(arguments.threshold, weights)
+    targets = to_binary(data.labels)[rows]
+    p_covid = predict(model, data.images[rows])
+    metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, arguments.bootstrap)
+    output_dir = Path(arguments.output_dir or weights.parent / f"evaluation-{arguments.split}")
+    report = {"weights": str(weights), "data_dir": str(Path(arguments.data_dir).resolve()),
+              "split": arguments.split, "threshold_source": threshold_source, "metrics": metrics,
+              "rows": rows.tolist()}
+    write_json(output_dir / "evaluation.json", report)
+    write_figures(output_dir, p_covid, targets, metrics)
+    print(format_table(metrics, title=f"{arguments.split}: {len(rows)} images, threshold {threshold:.3f} "
+                                      f"({threshold_source})"))
+    print(f"wrote {output_dir / 'evaluation.json'} and {', '.join(FIGURES)}")
+    return report
+
+
+def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
+    """All rows, or the run's own test/validation rows, rebuilt from its config.json."""
+    if split == "all":
+        return np.arange(len(data.images))
+    run_dir = weights.parent
+    config_path = run_dir / ckpt.CONFIG_FILE
+    if not config_path.is_file():
+        raise UserError(f"--split {split} needs the run's {ckpt.CONFIG_FILE} beside {weights.name} to rebuild its "
+                        "split; for weights without their run folder use --split all")
+    recorded = json.loads(config_path.read_text())
+    _check_same_data(recorded.get("data", {}).get("files", {}), data, config_path)
+    config = TrainConfig(**{k: v for k, v in recorded["config"].items() if k in TrainConfig.__dataclass_fields__})
+    rebuilt = make_split(to_binary(data.labels), config.split_plan(), data.meta)
+    saved_path = run_dir / ckpt.SPLITS_FILE
+    if saved_path.is_file():
+        with np.load(saved_path, allow_pickle=False) as saved:
+            if not all(np.array_equal(saved[part], rows) for part, rows in rebuilt.as_arrays().items()):
+                raise UserError(f"{saved_path} does not match the split rebuilt from {config_path}; the data "
+                                "or covid_ddp's split code changed since the run")
+    rows = rebuilt.test if split == "test" else rebuilt.val
+    if not len(rows):
+        raise UserError(f"the run has no {split} part (--val-size 0?); choose another --split")
+    return rows
+
+
+def _check_same_data(recorded_files: dict, data, config_path: Path) -> None:
+    for name, recorded in recorded_files.items():
+        found = data.provenance["files"].get(name, {}).get("sha256")
+        if found is not None and recorded.get("sha256") not in (None, found):
+            raise UserError(f"{name} is not the file the run trained on ({config_path} records sha256 "
+                            f"{recorded['sha256'][:12]}..., this one is {found[:12]}...): its split would "
+                            "pick other images; use --split all")
+
+
+def log_loss(p_covid: np.ndarray, targets: np.ndarray) -> float:
+    p_true = np.where(targets == 1, p_covid, 1 - p_covid)
+    return float(-np.log(np.clip(p_true, 1e-12, 1)).mean()) if len(targets) else float("nan")
+
+
+def write_figures(output_dir: Path, p_covid, targets, metrics: dict) -> None:
+    figures.save_figure(figures.roc_figure(p_covid, targets, metrics["roc_auc"]), output_dir / "roc.png")
+    figures.save_figure(figures.pr_figure(p_covid, targets, metrics["average_precision"]), output_dir / "pr.png")
+    figures.save_figure(figures.confusion_figure(metrics["confusion_matrix"], metrics["threshold"]),
+                        output_dir / "confusion.png")
+    figures.save_figure(figures.calibration_figure(p_covid, targets), output_dir / "calibration.png")
+
+
+def format_table(metrics: dict, title: str) -> str:
+    """One metric a line: value and 95% interval (n/a where undefined for these images)."""
+    intervals = metrics.get("ci95", {})
+    lines = [title, f"{'metric':<20}{'value':>8}   95% CI"]
+    for name in METRICS:
+        value, interval = metrics[name], intervals.get(name)
+        shown = "n/a" if value is None else f"{value:.3f}"
+        span = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        lines.append(f"{name:<20}{shown:>8}   {span}")
+    counts = metrics["n_per_class"]
+    lines.append(f"n = {metrics['n']} ({counts['covid']} COVID, {counts['non_covid']} non-COVID); "
+                 f"confusion [[TN, FP], [FN, TP]] = {metrics['confusion_matrix']}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-evaluate")

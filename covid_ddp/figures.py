@@ -1,0 +1,112 @@
+"""The evaluation figures, as matplotlib ``Figure`` objects.
+
+Written to PNG by ``covid-ddp-evaluate`` and ``covid-ddp-predict --gradcam``, and logged to
+TensorBoard by the trainer (``SummaryWriter.add_figure``). The Agg backend draws off-screen,
+so this works on a headless training node.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from .files import atomic_path  # noqa: E402
+from .model import CLASS_NAMES  # noqa: E402
+
+
+def roc_figure(p_covid: np.ndarray, targets: np.ndarray, auc: float | None) -> Figure:
+    figure, axes = plt.subplots(figsize=(4, 4))
+    if len(np.unique(targets)) == 2:
+        false_positive, true_positive, _ = roc_curve(targets, p_covid)
+        axes.plot(false_positive, true_positive, label=f"AUC {auc:.3f}" if auc is not None else None)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    _label(axes, "1 - specificity", "sensitivity", "ROC (COVID positive)")
+    return figure
+
+
+def pr_figure(p_covid: np.ndarray, targets: np.ndarray, average_precision: float | None) -> Figure:
+    figure, axes = plt.subplots(figsize=(4, 4))
+    if targets.any():
+        precision, recall, _ = precision_recall_curve(targets, p_covid)
+        label = f"AP {average_precision:.3f}" if average_precision is not None else None
+        axes.plot(recall, precision, label=label)
+        axes.axhline(targets.mean(), linestyle="--", color="grey", linewidth=0.8)  # a random classifier
+    _label(axes, "sensitivity (recall)", "PPV (precision)", "Precision-recall (COVID positive)")
+    return figure
+
+
+def confusion_figure(matrix: list[list[int]], threshold: float) -> Figure:
+    figure, axes = plt.subplots(figsize=(4, 3.6))
+    counts = np.asarray(matrix)
+    axes.imshow(counts, cmap="Blues")
+    for (row, column), count in np.ndenumerate(counts):
+        colour = "white" if count > counts.max() / 2 else "black"
+        axes.text(column, row, str(count), ha="center", va="center", color=colour)
+    axes.set_xticks([0, 1], CLASS_NAMES)
+    axes.set_yticks([0, 1], CLASS_NAMES)
+    _label(axes, "predicted", "true", f"Confusion matrix (threshold {threshold:.3f})", legend=False)
+    return figure
+
+
+def calibration_figure(p_covid: np.ndarray, targets: np.ndarray, bins: int = 10) -> Figure:
+    """Observed COVID fraction per bin of predicted P(COVID); the diagonal is perfect calibration."""
+    figure, axes = plt.subplots(figsize=(4, 4))
+    index = np.minimum((p_covid * bins).astype(int), bins - 1)
+    filled = [b for b in range(bins) if (index == b).any()]
+    predicted = [p_covid[index == b].mean() for b in filled]
+    observed = [targets[index == b].mean() for b in filled]
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
+    axes.plot(predicted, observed, marker="o", label="model")
+    _label(axes, "predicted P(COVID)", "observed COVID fraction", "Calibration")
+    return figure
+
+
+def overlay_figure(image: np.ndarray, heatmap: np.ndarray, title: str) -> Figure:
+    """The radiograph, and the Grad-CAM heatmap over it."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(5, 2.8))
+    for axes in (left, right):
+        axes.imshow(image, cmap="gray", vmin=0, vmax=255)
+        axes.axis("off")
+    right.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def overlay_grid_figure(images: np.ndarray, heatmaps: np.ndarray | None, titles: list[str],
+                        columns: int = 4) -> Figure:
+    """Several radiographs with a title each, optionally with their heatmaps over them."""
+    rows = -(-len(images) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    for axes in grid.flat:
+        axes.axis("off")
+    for position, (image, title) in enumerate(zip(images, titles)):
+        axes = grid.flat[position]
+        axes.imshow(image, cmap="gray", vmin=0, vmax=255)
+        if heatmaps is not None:
+            axes.imshow(heatmaps[position], cmap="jet", alpha=0.45, vmin=0, vmax=1)
+        axes.set_title(title, fontsize=7)
+    figure.tight_layout()
+    return figure
+
+
+def save_figure(figure: Figure, path: Path) -> None:
+    """Write a PNG atomically and free the figure (pyplot keeps every open figure alive)."""
+    with atomic_path(Path(path)) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def _label(axes, x_label: str, y_label: str, title: str, legend: bool = True) -> None:
+    axes.set_xlabel(x_label)
+    axes.set_ylabel(y_label)
+    axes.set_title(title, fontsize=10)
+    if legend and axes.get_legend_handles_labels()[0]:
+        axes.legend(loc="lower right")

@@ -1,0 +1,121 @@
+"""Train / validation / test splits that do not leak.
+
+Three ways to hold data out, all deterministic (random_state 42) and recorded in the run's
+``splits.npz`` and ``config.json``:
+
+- image level (the original's): a stratified 70/30 split of the images, then validation
+  carved from the training part;
+- patient level (``--group-split``): every image of a patient lands in the same part, so
+  follow-up films of one person cannot be in train and test. Patients are stratified by
+  whether any of their images is COVID; ``--test-size`` and ``--val-size`` are then
+  fractions of patients, and the image fractions come out close to them;
+- one source held out (``--holdout-source NAME``): every image of that source is the test
+  set (leave-one-source-out), the rest is split into train and validation.
+
+``--exclude-source NAME,...`` drops sources before any of that (e.g. the paediatric
+``kermany`` images of ../shared/data/real-cxr for an adult-only evaluation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from .errors import UserError
+
+SPLIT_SEED = 42  # the original's random_state
+
+
+@dataclass
+class Split:
+    """Row indices (into the data directory's arrays) of each part; ``val`` is empty with --val-size 0."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def as_arrays(self) -> dict:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+@dataclass
+class SplitPlan:
+    """How to split: what ``TrainConfig`` says, in one place for the trainer and the evaluator."""
+
+    test_size: float = 0.3
+    val_size: float = 0.1
+    group_split: bool = False
+    holdout_source: str | None = None
+    exclude_sources: tuple[str, ...] = ()
+
+    def needs_meta(self) -> bool:
+        return self.group_split or self.holdout_source is not None or bool(self.exclude_sources)
+
+
+def make_split(targets: np.ndarray, plan: SplitPlan, meta: dict | None = None) -> Split:
+    """The split ``plan`` asks for; ``meta`` holds per-image ``patient_id`` and ``dataset`` arrays."""
+    _check_meta(plan, meta, len(targets))
+    rows = np.arange(len(targets))
+    if plan.exclude_sources:
+        rows = rows[~np.isin(meta["dataset"], plan.exclude_sources)]
+    groups = meta["patient_id"] if plan.group_split else None
+    if plan.holdout_source is not None:
+        held_out = meta["dataset"][rows] == plan.holdout_source
+        rest, test = rows[~held_out], rows[held_out]
+    else:
+        rest, test = _hold_out(rows, targets, groups, plan.test_size, "--test-size")
+    train, val = rest, np.empty(0, dtype=np.int64)
+    if plan.val_size > 0:
+        train, val = _hold_out(rest, targets, groups, plan.val_size, "--val-size")
+    return Split(np.sort(train), np.sort(val), np.sort(test))
+
+
+def split_indices(targets: np.ndarray, test_size: float, val_size: float) -> Split:
+    """The image-level split (the original's 70/30 with random_state 42, then validation from train)."""
+    return make_split(targets, SplitPlan(test_size, val_size))
+
+
+def _hold_out(rows: np.ndarray, targets: np.ndarray, groups: np.ndarray | None, fraction: float,
+              flag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) rows: ``fraction`` of the images, or of the patients when ``groups`` is given."""
+    counts = np.bincount(targets[rows], minlength=2)
+    if (counts < 2).any():
+        raise UserError(f"the data holds {counts[0]} non-COVID and {counts[1]} COVID images; "
+                        "a stratified split needs at least 2 of each class")
+    try:
+        if groups is None:
+            return train_test_split(rows, test_size=fraction, random_state=SPLIT_SEED, stratify=targets[rows])
+        patients, patient_of_row = np.unique(groups[rows], return_inverse=True)
+        has_covid = np.zeros(len(patients), dtype=np.int64)
+        np.maximum.at(has_covid, patient_of_row, targets[rows])
+        _, held_patients = train_test_split(np.arange(len(patients)), test_size=fraction, random_state=SPLIT_SEED,
+                                            stratify=has_covid)
+        held = np.isin(patient_of_row, held_patients)
+        return rows[~held], rows[held]
+    except ValueError as error:
+        unit = "patients" if groups is not None else "images"
+        raise UserError(f"cannot split {len(rows)} images with {flag} {fraction} over {unit}: {error}")
+
+
+def _check_meta(plan: SplitPlan, meta: dict | None, count: int) -> None:
+    if not plan.needs_meta():
+        return
+    wanted = [("--group-split", "patient_id")] if plan.group_split else []
+    if plan.holdout_source is not None or plan.exclude_sources:
+        wanted.append(("--holdout-source/--exclude-source", "dataset"))
+    for flag, key in wanted:
+        if meta is None or key not in meta:
+            raise UserError(f"{flag} needs per-image '{key}' values: put a meta.npz with a '{key}' array "
+                            "(one entry per image) next to the data files")
+        if len(meta[key]) != count:
+            raise UserError(f"meta.npz: '{key}' has {len(meta[key])} entries for {count} images")
+    if "dataset" in meta:
+        known = sorted(set(meta["dataset"].tolist()))
+        for name in [plan.holdout_source, *plan.exclude_sources]:
+            if name is not None and name not in known:
+                raise UserError(f"no images of source '{name}' in meta.npz 'dataset'; the sources are: "
+                                f"{', '.join(known)}")
+        if plan.holdout_source in plan.exclude_sources:
+            raise UserError(f"--holdout-source {plan.holdout_source} is also excluded by --exclude-source")

@@ -1,0 +1,128 @@
+"""Honest evaluation end to end: a patient-level run, its threshold, covid-ddp-evaluate, Grad-CAM
+overlays, and a real TensorBoard server serving what the run logged."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, free_port, run, small_args, write_mcfam
+from covid_ddp.data import load_data_dir, to_binary
+from covid_ddp.evaluation import main as evaluate_main
+from covid_ddp.splits import SplitPlan, make_split
+from covid_ddp.synthetic import make_synthetic
+
+
+@pytest.fixture(scope="module")
+def cohort_data(tmp_path_factory):
+    """400 synthetic images of 160 patients from two sources, with a meta.npz like real-cxr's."""
+    images, labels = make_synthetic(400, seed=3)
+    folder = write_mcfam(tmp_path_factory.mktemp("cohort"), images, labels)
+    patients = np.arange(400) % 160  # 2-3 images a patient; a patient's images may differ in label
+    np.savez(folder / "meta.npz", patient_id=np.array([f"p{p}" for p in patients]),
+             dataset=np.where(patients % 4 == 0, "beta", "alpha"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def patient_run(cohort_data, tmp_path_factory):
+    output_dir = tmp_path_factory.mktemp("patient_run") / "run"
+    run([sys.executable, TRAIN_SCRIPT, *small_args(cohort_data, output_dir, "--group-split", "--bootstrap", "200",
+                                                      "--log-every", "2", "--log-images-every", "1")])
+    return output_dir
+
+
+def test_the_run_keeps_a_patient_level_split_it_can_be_audited_with(patient_run, cohort_data):
+    config = json.loads((patient_run / "config.json").read_text())
+    assert config["config"]["group_split"] is True
+    data = load_data_dir(cohort_data)
+    expected = make_split(to_binary(data.labels), SplitPlan(group_split=True), data.meta)
+    with np.load(patient_run / "splits.npz", allow_pickle=False) as saved:
+        for part, rows in expected.as_arrays().items():
+            np.testing.assert_array_equal(saved[part], rows)
+        patients = [set(data.meta["patient_id"][saved[part]]) for part in ("train", "val", "test")]
+    assert not (patients[0] & patients[2] or patients[1] & patients[2] or patients[0] & patients[1])
+
+
+def test_the_threshold_is_chosen_on_validation_and_used_for_the_test_metrics(patient_run):
+    decision = json.loads((patient_run / "COVID_binary_classifier.json").read_text())
+    assert decision["method"] == "youden" and 0 <= decision["threshold"] <= 1
+    test = json.loads((patient_run / "metrics.json").read_text())["test"]
+    assert test["threshold"] == decision["threshold"]
+    low, high = test["ci95"]["sensitivity"]
+    assert low <= test["sensitivity"] <= high and test["bootstrap"]["resamples"] == 200
+
+
+def test_evaluate_rebuilds_the_test_split_and_reproduces_the_run(patient_run, cohort_data, capsys, tmp_path):
+    code = evaluate_main(["--weights", str(patient_run / "COVID_binary_classifier.pth"), "--data-dir",
+                          str(cohort_data), "--bootstrap", "200", "--output-dir", str(tmp_path / "eval")])
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    test = json.loads((patient_run / "metrics.json").read_text())["test"]
+    assert report["metrics"]["confusion_matrix"] == test["confusion_matrix"]
+    for name in ("accuracy", "sensitivity", "specificity", "roc_auc", "brier", "ece"):
+        assert report["metrics"][name] == pytest.approx(test[name], abs=2e-3), name
+    assert sorted(p.name for p in (tmp_path / "eval").glob("*.png")) == ["calibration.png", "confusion.png",
+                                                                        "pr.png", "roc.png"]
+    printed = capsys.readouterr().out
+    assert "sensitivity" in printed and "95% CI" in printed and "youden on the validation split" in printed
+
+
+def test_evaluate_refuses_a_split_of_other_data(patient_run, tmp_path, capsys):
+    other = write_mcfam(tmp_path / "other", *make_synthetic(400, seed=4))
+    code = evaluate_main(["--weights", str(patient_run / "COVID_binary_classifier.pth"), "--data-dir",
+                          str(other), "--split", "val"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0 and "use --split all" in error
+
+
+def test_predict_uses_the_stored_threshold_and_writes_gradcam_overlays(patient_run, cohort_data, tmp_path):
+    decision = json.loads((patient_run / "COVID_binary_classifier.json").read_text())
+    np.savez(tmp_path / "three.npz", train_images=load_data_dir(cohort_data).images[:3])
+    result = run([sys.executable, PREDICT_SCRIPT, "--weights", patient_run / "COVID_binary_classifier.pth",
+                  "--gradcam", tmp_path / "cam", tmp_path / "three.npz"])
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert all(r["prediction"] == ("COVID" if float(r["p_covid"]) >= decision["threshold"] else "Non-COVID")
+               for r in rows)
+    assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == ["three_0.png", "three_1.png", "three_2.png"]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_serves_the_scalars_images_and_pr_curves(patient_run):
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(patient_run / "tensorboard"),
+                               "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
+    base = f"http://127.0.0.1:{port}/data/plugin"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                scalars = _get_json(f"{base}/scalars/tags")
+                if scalars:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "tensorboard did not come up"
+            time.sleep(0.5)
+        scalar_tags = {tag for tags in scalars.values() for tag in tags}
+        assert {"epoch/train_loss", "epoch/validation_loss", "epoch/validation_accuracy", "train/loss"} <= scalar_tags
+        image_tags = {tag for tags in _get_json(f"{base}/images/tags").values() for tag in tags}
+        assert {"validation/gradcam", "validation/inputs", "test/roc", "test/confusion"} <= image_tags
+        pr_tags = {tag for tags in _get_json(f"{base}/pr_curves/tags").values() for tag in tags}
+        assert {"validation/pr_curve", "test/pr_curve"} <= pr_tags
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -1,0 +1,49 @@
+"""Grad-CAM heatmaps: shape, range, per-image independence, and no side effects on the model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from covid_ddp import Net, gradcam
+
+
+def model_with_statistics() -> Net:
+    torch.manual_seed(0)
+    model = Net()
+    model.set_normalization(110.0, 45.0)
+    model.train()
+    with torch.no_grad():
+        model(torch.randint(0, 256, (16, 1, 64, 64)).float())  # non-trivial BatchNorm statistics
+    return model
+
+
+def test_heatmaps_are_one_per_image_in_unit_range():
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64), dtype=np.uint8)
+    model = model_with_statistics()
+    per_class = [gradcam(model, images, target_class=label) for label in (0, 1)]
+    for heatmaps in per_class:
+        assert heatmaps.shape == (5, 64, 64) and heatmaps.dtype == np.float32
+        assert heatmaps.min() >= 0 and heatmaps.max() <= 1 + 1e-6
+    # With two classes, evidence against one is evidence for the other: each image has a
+    # heatmap, scaled to a peak of 1, for at least one class (an untrained model may have none
+    # for COVID).
+    peaks = np.stack([h.reshape(5, -1).max(axis=1) for h in per_class])
+    assert np.isclose(peaks.max(axis=0), 1, atol=1e-5).all()
+
+
+def test_an_image_gets_the_same_heatmap_alone_or_in_a_batch():
+    images = np.random.default_rng(1).integers(0, 256, (4, 1, 64, 64), dtype=np.uint8)
+    model = model_with_statistics()
+    together = gradcam(model, images, target_class=0)
+    alone = gradcam(model, images[2:3], target_class=0)
+    np.testing.assert_allclose(alone[0], together[2], atol=1e-5)
+
+
+def test_the_model_is_left_as_it_was():
+    model = model_with_statistics()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    gradcam(model, np.zeros((2, 64, 64), dtype=np.uint8))
+    assert model.training, "its mode is restored"
+    assert all(p.grad is None for p in model.parameters()), "parameter gradients untouched"
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "BatchNorm statistics untouched"

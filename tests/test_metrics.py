@@ -1,0 +1,93 @@
+"""Clinical metrics: agreement with scikit-learn, bootstrap intervals, threshold choice."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+from covid_ddp.metrics import METRICS, binary_metrics, choose_threshold
+
+
+@pytest.fixture(scope="module")
+def scores():
+    rng = np.random.default_rng(0)
+    targets = (rng.random(600) < 0.3).astype(np.int64)
+    p_covid = np.clip(0.35 * targets + rng.random(600) * 0.65, 0, 1)  # overlapping: no metric is trivial
+    return p_covid, targets
+
+
+def test_point_values_agree_with_scikit_learn(scores):
+    p_covid, targets = scores
+    result = binary_metrics(p_covid, targets, threshold=0.5)
+    predicted = p_covid >= 0.5
+    tn, fp, fn, tp = sk.confusion_matrix(targets, predicted).ravel()
+    assert result["confusion_matrix"] == [[tn, fp], [fn, tp]]
+    expected = {
+        "accuracy": sk.accuracy_score(targets, predicted),
+        "balanced_accuracy": sk.balanced_accuracy_score(targets, predicted),
+        "sensitivity": sk.recall_score(targets, predicted),
+        "specificity": sk.recall_score(targets, predicted, pos_label=0),
+        "ppv": sk.precision_score(targets, predicted),
+        "npv": sk.precision_score(targets, predicted, pos_label=0),
+        "f1": sk.f1_score(targets, predicted),
+        "roc_auc": sk.roc_auc_score(targets, p_covid),
+        "average_precision": sk.average_precision_score(targets, p_covid),
+        "brier": sk.brier_score_loss(targets, p_covid),
+    }
+    for name, value in expected.items():
+        assert result[name] == pytest.approx(value, abs=1e-12), name
+    assert result["n_per_class"] == {"non_covid": int((targets == 0).sum()), "covid": int(targets.sum())}
+
+
+def test_expected_calibration_error_by_hand():
+    # Bin [0.1, 0.2): p 0.1, 0.1 with 1 of 2 positive: |0.5 - 0.1| * 2/4. Bin [0.9, 1]: p 0.9, 0.9, both
+    # positive: |1.0 - 0.9| * 2/4. ECE = 0.2 + 0.05.
+    result = binary_metrics(np.array([0.1, 0.1, 0.9, 0.9]), np.array([0, 1, 1, 1]))
+    assert result["ece"] == pytest.approx(0.25)
+
+
+def test_intervals_are_seeded_and_bracket_the_point_value(scores):
+    p_covid, targets = scores
+    first = binary_metrics(p_covid, targets, bootstrap=300, seed=4)
+    assert first["ci95"] == binary_metrics(p_covid, targets, bootstrap=300, seed=4)["ci95"]
+    assert first["ci95"] != binary_metrics(p_covid, targets, bootstrap=300, seed=5)["ci95"]
+    for name in METRICS:
+        low, high = first["ci95"][name]
+        assert low <= first[name] <= high, name
+        assert high - low < 0.3, name
+    small = binary_metrics(p_covid[:60], targets[:60], bootstrap=300, seed=4)["ci95"]["sensitivity"]
+    assert small[1] - small[0] > first["ci95"]["sensitivity"][1] - first["ci95"]["sensitivity"][0]
+
+
+def test_undefined_rates_are_none_not_a_number():
+    """A held-out source with COVID images only (hannover in real-cxr): no specificity, no AUC."""
+    result = binary_metrics(np.array([0.9, 0.2, 0.7]), np.array([1, 1, 1]), bootstrap=50)
+    assert result["specificity"] is None and result["roc_auc"] is None and result["average_precision"] is None
+    assert result["npv"] == 0.0, "defined: the one predicted negative is a missed COVID case"
+    assert result["ci95"]["specificity"] is None and result["ci95"]["roc_auc"] is None
+    assert result["sensitivity"] == pytest.approx(2 / 3)
+
+
+def test_threshold_at_youden_and_at_a_target_sensitivity():
+    p_covid = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.6, 0.7, 0.8])
+    targets = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    youden = choose_threshold(p_covid, targets)
+    assert youden["method"] == "youden" and youden["threshold"] == pytest.approx(0.6)  # J = 0.75
+    sensitive = choose_threshold(p_covid, targets, target_sensitivity=1.0)
+    assert sensitive["threshold"] == pytest.approx(0.35) and sensitive["validation_sensitivity"] == 1.0
+    assert choose_threshold(p_covid[:4], targets[:4])["threshold"] == 0.5, "one class: no ROC, the default"
+
+
+def test_resampled_ranking_metrics_equal_scikit_learn_with_sample_weights(scores):
+    """The bootstrap scores each resample as weights; with ties in the scores."""
+    from covid_ddp.metrics import _ranking_metrics
+
+    p_covid, targets = scores
+    p_covid = np.round(p_covid, 2)  # many ties
+    weights = np.random.default_rng(1).multinomial(len(targets), np.full(len(targets), 1 / len(targets)), size=5)
+    auc, average_precision = _ranking_metrics(p_covid, targets, weights.astype(float))
+    for row, weight in enumerate(weights):
+        assert auc[row] == pytest.approx(sk.roc_auc_score(targets, p_covid, sample_weight=weight), abs=1e-12)
+        expected_ap = sk.average_precision_score(targets, p_covid, sample_weight=weight)
+        assert average_precision[row] == pytest.approx(expected_ap, abs=1e-12)

@@ -1,0 +1,75 @@
+"""Splits that do not leak: patient-level, leave-one-source-out, excluded sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covid_ddp.errors import UserError
+from covid_ddp.splits import SplitPlan, make_split, split_indices
+
+
+@pytest.fixture(scope="module")
+def cohort():
+    """600 images of 200 patients (1-5 images each) from three sources; COVID by patient."""
+    rng = np.random.default_rng(1)
+    patients = np.repeat(np.arange(200), rng.integers(1, 6, 200))[:600]
+    patients = np.concatenate([patients, np.arange(200, 200 + 600 - len(patients))])
+    covid_patient = rng.random(patients.max() + 1) < 0.3
+    targets = covid_patient[patients].astype(np.int64)
+    sources = np.array(["alpha", "beta", "gamma"])[patients % 3]
+    meta = {"patient_id": np.array([f"p{p}" for p in patients]), "dataset": sources}
+    return targets, meta
+
+
+def test_image_level_split_is_the_original_70_30():
+    targets = np.arange(1000) % 4 == 0
+    split = split_indices(targets.astype(np.int64), 0.3, 0.0)
+    assert len(split.test) == 300 and len(split.val) == 0
+    assert targets[split.test].mean() == pytest.approx(0.25, abs=0.01), "stratified"
+
+
+def test_no_patient_is_in_two_parts(cohort):
+    targets, meta = cohort
+    split = make_split(targets, SplitPlan(group_split=True), meta)
+    parts = [set(meta["patient_id"][rows]) for rows in (split.train, split.val, split.test)]
+    assert not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    assert sorted(np.concatenate([split.train, split.val, split.test]).tolist()) == list(range(len(targets)))
+    assert 0.2 < len(split.test) / len(targets) < 0.4
+    assert abs(targets[split.test].mean() - targets.mean()) < 0.08, "stratified by patient"
+
+
+def test_a_held_out_source_is_the_whole_test_set(cohort):
+    targets, meta = cohort
+    split = make_split(targets, SplitPlan(group_split=True, holdout_source="beta"), meta)
+    assert set(meta["dataset"][split.test]) == {"beta"}
+    assert (meta["dataset"] == "beta").sum() == len(split.test)
+    assert "beta" not in set(meta["dataset"][np.concatenate([split.train, split.val])])
+
+
+def test_excluded_sources_are_in_no_part(cohort):
+    targets, meta = cohort
+    split = make_split(targets, SplitPlan(group_split=True, exclude_sources=("alpha",)), meta)
+    used = np.concatenate([split.train, split.val, split.test])
+    assert "alpha" not in set(meta["dataset"][used])
+    assert len(used) == (meta["dataset"] != "alpha").sum()
+
+
+@pytest.mark.parametrize("plan, meta_keys, message", [
+    (SplitPlan(group_split=True), (), "--group-split needs per-image 'patient_id' values: put a meta.npz"),
+    (SplitPlan(holdout_source="delta"), ("dataset",), "no images of source 'delta'"),
+    (SplitPlan(holdout_source="beta", exclude_sources=("beta",)), ("dataset",), "also excluded"),
+])
+def test_impossible_plans_are_refused_with_the_fix(cohort, plan, meta_keys, message):
+    targets, meta = cohort
+    with pytest.raises(UserError, match=message):
+        make_split(targets, plan, {key: meta[key] for key in meta_keys} if meta_keys else None)
+
+
+def test_asking_for_a_patient_split_without_patient_ids_is_one_line(small_data, tmp_path, capsys):
+    from covid_ddp.train import main as train_main
+
+    code = train_main(["--cpu", "--data-dir", str(small_data), "--output-dir", str(tmp_path / "run"), "--group-split"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0 and "put a meta.npz with a 'patient_id' array" in error
+    assert not (tmp_path / "run" / "splits.npz").exists()
