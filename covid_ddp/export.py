@@ -1,0 +1,80 @@
+"""Export trained weights to ONNX, for inference without PyTorch (ONNX Runtime, TensorRT, ...).
+
+    pip install "covid_ddp[export]"
+    covid-ddp-export --weights runs/demo/COVID_binary_classifier.pth --onnx covid.onnx
+
+The graph takes raw 0-255 pixels, float32 of shape (batch, 1, 64, 64) with a dynamic batch
+axis, and returns P(non-COVID), P(COVID) per image: the training split's normalisation and the
+softmax are inside, BatchNorm is folded into the convolutions. The decision threshold stays
+outside (in the weights' sidecar JSON), since a deployment may choose its own operating point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from .cli import run_cli
+from .errors import UserError
+from .files import atomic_path
+from .model import IMAGE_SIZE, Net, fold_batchnorm
+from .predict import load_model
+
+INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
+OPSET = 18
+
+
+class ProbabilityModel(torch.nn.Module):
+    """``Net`` returning probabilities instead of log-probabilities."""
+
+    def __init__(self, net: Net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net(pixels).exp()
+
+
+def export_onnx(model: Net, destination: Path) -> Path:
+    """Write ``model`` (eval mode, BatchNorm folded) as an ONNX graph with a dynamic batch axis."""
+    # torch's exporter needs both; say so in one line before it fails with a traceback.
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {', '.join(missing)}: pip install \"covid_ddp[export]\"")
+    wrapped = ProbabilityModel(fold_batchnorm(model.cpu().float().eval())).eval()
+    example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    batch = torch.export.Dim("batch", min=1)
+    with atomic_path(Path(destination)) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter about opset versions; failures still raise
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        program = torch.onnx.export(wrapped, (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes={"pixels": {0: batch}},
+                                    opset_version=OPSET, verbose=False)
+        program.save(str(tmp))
+    return Path(destination)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="covid-ddp-export", description=__doc__.split("\n\n")[0] +
+                                     " Not for clinical use.")
+    parser.add_argument("--weights", required=True, help="a COVID_binary_classifier.pth written by covid-ddp-train")
+    parser.add_argument("--onnx", required=True, help="where to write the ONNX model (e.g. covid.onnx)")
+    return parser
+
+
+def run(arguments: argparse.Namespace) -> None:
+    destination = Path(arguments.onnx)
+    if destination.suffix.lower() != ".onnx":
+        raise UserError(f"--onnx {destination}: give a file name ending in .onnx")
+    export_onnx(load_model(arguments.weights), destination)
+    print(f"wrote {destination} (input '{INPUT_NAME}': float32 raw pixels (batch, 1, 64, 64); "
+          f"output '{OUTPUT_NAME}': P(non-COVID), P(COVID))")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-export")
