@@ -231,7 +231,8 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
         resume(accelerator, resume_from, progress, config.epochs)
 
     accelerator.project_configuration.set_directories(str(output_dir))
-    accelerator.init_trackers(ckpt.TENSORBOARD_DIR, config=_hparams(config, accelerator))
+    # Hyper-parameters go to TensorBoard once, at the end, next to the final metrics (board.final).
+    accelerator.init_trackers(ckpt.TENSORBOARD_DIR)
     board = Logger.for_run(accelerator, data.images, targets, split.val if len(split.val) else split.test,
                            config.log_images_every)
     monitored = None

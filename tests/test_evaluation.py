@@ -100,7 +100,7 @@ def _get_json(url: str):
         return json.loads(response.read())
 
 
-def test_tensorboard_serves_the_scalars_images_and_pr_curves(patient_run):
+def test_tensorboard_serves_the_scalars_images_pr_curves_and_hparams(patient_run):
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(patient_run / "tensorboard"),
                                "--host", "127.0.0.1", "--port", str(port), "--reload_interval", "0"],
@@ -123,6 +123,12 @@ def test_tensorboard_serves_the_scalars_images_and_pr_curves(patient_run):
         assert {"validation/gradcam", "validation/inputs", "test/roc", "test/confusion"} <= image_tags
         pr_tags = {tag for tags in _get_json(f"{base}/pr_curves/tags").values() for tag in tags}
         assert {"validation/pr_curve", "test/pr_curve"} <= pr_tags
+        request = urllib.request.Request(f"{base}/hparams/experiment", data=b'{"experimentName": ""}',
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            experiment = json.loads(response.read())
+        assert {"lr", "batch_size", "group_split"} <= {info["name"] for info in experiment["hparamInfos"]}
+        assert {"final/roc_auc", "final/sensitivity"} <= {info["name"]["tag"] for info in experiment["metricInfos"]}
     finally:
         server.terminate()
         server.wait(timeout=10)
