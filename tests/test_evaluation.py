@@ -132,3 +132,13 @@ def test_tensorboard_serves_the_scalars_images_pr_curves_and_hparams(patient_run
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_evaluate_all_scores_every_image_of_a_new_data_set(patient_run, tmp_path, capsys):
+    other = write_mcfam(tmp_path / "other", *make_synthetic(90, seed=4))
+    code = evaluate_main(["--weights", str(patient_run / "COVID_binary_classifier.pth"), "--data-dir", str(other),
+                          "--split", "all", "--bootstrap", "0", "--output-dir", str(tmp_path / "eval")])
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert report["metrics"]["n"] == 90 and report["rows"] == list(range(90))
+    assert "ci95" not in report["metrics"], "--bootstrap 0: no intervals"
