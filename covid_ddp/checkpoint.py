@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import zipfile
 import re
 import shutil
 from pathlib import Path
@@ -141,10 +142,28 @@ def read_decision(weights: Path) -> dict | None:
     return {**decision, "threshold": threshold}
 
 
-def save_splits(output_dir: Path, split) -> None:
-    """splits.npz: the rows of each part, so a run's split can be audited and rebuilt exactly."""
-    with atomic_path(Path(output_dir) / SPLITS_FILE) as tmp, open(tmp, "wb") as handle:
+def keep_split(output_dir: Path, split, resuming: bool) -> None:
+    """Write splits.npz (the rows of each part, to audit or rebuild a split); when resuming,
+    refuse a split other than the one the run trained on, or its test images would have been
+    trained on in the epochs before."""
+    path = Path(output_dir) / SPLITS_FILE
+    if resuming and path.is_file():
+        saved = read_splits(path)
+        if any(not np.array_equal(saved.get(part), rows) for part, rows in split.as_arrays().items()):
+            raise UserError(f"{path}: the run was trained on another train/val/test split; resume with the split "
+                            f"flags it started with (see {Path(output_dir) / CONFIG_FILE} or its first command)")
+        return
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **split.as_arrays())
+
+
+def read_splits(path: Path) -> dict:
+    """The arrays of a splits.npz (no pickles); a damaged file is a user error."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {part: saved[part] for part in saved.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"{path}: not a readable splits file ({error}); remove it to write a new one")
 
 
 def checkpoint_path(output_dir: Path, epoch: int, step: int = 0) -> Path:

@@ -130,8 +130,9 @@ def load_meta(path: Path, count: int) -> dict | None:
     except (ValueError, OSError, zipfile.BadZipFile) as error:
         raise UserError(f"{path}: not a readable .npz of plain arrays ({error}); fix or remove it")
     for key, values in meta.items():
-        if len(values) != count:
-            raise UserError(f"{path}: '{key}' has {len(values)} entries for {count} images; one per image is needed")
+        if np.ndim(values) != 1 or len(values) != count:
+            raise UserError(f"{path}: '{key}' has shape {np.shape(values)} for {count} images; one entry per image "
+                            "is needed")
     return meta
 
 
@@ -245,19 +246,18 @@ def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) ->
 # --- the torch side ----------------------------------------------------------
 
 
-def dataset_tensors(images: np.ndarray, targets: np.ndarray, device: torch.device, mode: str):
-    """The uint8 set and its targets as tensors, and whether they were put on ``device``.
+def wants_device(images: np.ndarray, targets: np.ndarray, device: torch.device, mode: str) -> bool:
+    """--data-on-device: 'yes', 'no', or 'auto' (on the device when it is the CPU, whose memory
+    the set is already in, or when the set takes under a quarter of the free GPU memory). On
+    the device, training batches are cut by ``loader.DeviceBatchLoader``; left in host memory,
+    they go through a DataLoader."""
+    return mode == "yes" or (mode == "auto" and _fits_on(device, images.nbytes + targets.nbytes))
 
-    ``mode`` is --data-on-device: 'yes', 'no', or 'auto' (on the device when it is the CPU,
-    whose memory the set is already in, or when the set takes under a quarter of the free GPU
-    memory). On the device, training batches are cut by ``loader.DeviceBatchLoader``; left in
-    host memory, they go through a DataLoader.
-    """
-    on_device = mode == "yes" or (mode == "auto" and _fits_on(device, images.nbytes + targets.nbytes))
+
+def dataset_tensors(images: np.ndarray, targets: np.ndarray, device: torch.device, on_device: bool):
+    """The uint8 set and its targets as tensors, moved to ``device`` once or left in host memory."""
     tensors = torch.from_numpy(images), torch.from_numpy(targets)
-    if on_device:
-        tensors = tuple(t.to(device) for t in tensors)
-    return (*tensors, on_device)
+    return tuple(t.to(device) for t in tensors) if on_device else tensors
 
 
 def _fits_on(device: torch.device, nbytes: int) -> bool:

@@ -83,16 +83,20 @@ def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
     if not config_path.is_file():
         raise UserError(f"--split {split} needs the run's {ckpt.CONFIG_FILE} beside {weights.name} to rebuild its "
                         "split; for weights without their run folder use --split all")
-    recorded = json.loads(config_path.read_text())
+    try:
+        recorded = json.loads(config_path.read_text())
+        recorded_config = recorded["config"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{config_path}: not a covid_ddp run configuration ({error}); use --split all")
     _check_same_data(recorded.get("data", {}).get("files", {}), data, config_path)
-    config = TrainConfig(**{k: v for k, v in recorded["config"].items() if k in TrainConfig.__dataclass_fields__})
+    config = TrainConfig(**{k: v for k, v in recorded_config.items() if k in TrainConfig.__dataclass_fields__})
     rebuilt = make_split(to_binary(data.labels), config.split_plan(), data.meta)
     saved_path = run_dir / ckpt.SPLITS_FILE
     if saved_path.is_file():
-        with np.load(saved_path, allow_pickle=False) as saved:
-            if not all(np.array_equal(saved[part], rows) for part, rows in rebuilt.as_arrays().items()):
-                raise UserError(f"{saved_path} does not match the split rebuilt from {config_path}; the data "
-                                "or covid_ddp's split code changed since the run")
+        saved = ckpt.read_splits(saved_path)
+        if not all(np.array_equal(saved.get(part), rows) for part, rows in rebuilt.as_arrays().items()):
+            raise UserError(f"{saved_path} does not match the split rebuilt from {config_path}; the data "
+                            "or covid_ddp's split code changed since the run")
     rows = rebuilt.test if split == "test" else rebuilt.val
     if not len(rows):
         raise UserError(f"the run has no {split} part (--val-size 0?); choose another --split")

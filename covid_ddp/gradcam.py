@@ -48,15 +48,21 @@ def _gradcam_batch(model: Net, images: torch.Tensor, target_class: int) -> torch
         captured["maps"] = F.relu(output)
         return captured["maps"]
 
-    hook = model.bn4.register_forward_hook(keep_activations)
+    def keep_logits(module, args, output):
+        captured["logits"] = output
+
+    hooks = [model.bn4.register_forward_hook(keep_activations), model.fc2.register_forward_hook(keep_logits)]
     try:
         with torch.enable_grad():
-            # Log-probabilities: for two classes the gradient of log p1 is p0 * d(z1 - z0), the
-            # logit margin's scaled per image, which the per-image normalisation below removes.
-            scores = model(images)[:, target_class]
+            model(images)
+            # The logit margin z_target - z_other, not the log-probability: log-softmax saturates
+            # for a confident model (its gradient vanishes once P is ~1), and the heatmap with it.
+            logits = captured["logits"].float()
+            scores = logits[:, target_class] - logits[:, 1 - target_class]
             (gradients,) = torch.autograd.grad(scores.sum(), captured["maps"])
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     weights = gradients.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * captured["maps"]).sum(dim=1, keepdim=True)).detach()
     cam = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]

@@ -124,14 +124,18 @@ def choose_threshold(p_covid: np.ndarray, targets: np.ndarray, target_sensitivit
     targets = np.asarray(targets).astype(np.int64)
     if len(np.unique(targets)) < 2:
         return {"threshold": DEFAULT_THRESHOLD, "method": "default 0.5 (the validation split lacks a class)"}
-    false_positive, true_positive, thresholds = roc_curve(targets, p_covid)
+    # Every distinct score is a candidate: the default drops points off the curve's corners,
+    # which can skip the highest threshold that reaches a target sensitivity.
+    false_positive, true_positive, thresholds = roc_curve(targets, p_covid, drop_intermediate=False)
     if target_sensitivity is None:
         best = int(np.argmax(true_positive - false_positive))
         method = "youden"
     else:
         best = int(np.argmax(true_positive >= target_sensitivity))  # thresholds fall as sensitivity rises
         method = f"sensitivity>={target_sensitivity:g}"
-    # roc_curve's first threshold is +inf (nothing positive); a probability threshold stays in [0, 1].
-    return {"threshold": float(min(thresholds[best], 1.0)), "method": method,
+    if best == 0:  # roc_curve's first point (+inf: call nothing COVID) beat every real threshold
+        return {"threshold": DEFAULT_THRESHOLD,
+                "method": "default 0.5 (no threshold does better than chance on the validation split)"}
+    return {"threshold": float(thresholds[best]), "method": method,
             "validation_sensitivity": float(true_positive[best]),
             "validation_specificity": float(1 - false_positive[best])}

@@ -197,7 +197,9 @@ def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]
     stored = read_decision(weights)
     if stored is None:
         return 0.5, f"default 0.5 (no {decision_path(weights).name} beside the weights)"
-    return stored["threshold"], f"{stored['method']} on the validation split"
+    method = stored.get("method", "stored")
+    chosen_on = " on the validation split" if stored.get("chosen_on") == "validation" else ""
+    return stored["threshold"], f"{method}{chosen_on}, from {decision_path(weights).name}"
 
 
 def run(arguments: argparse.Namespace) -> None:

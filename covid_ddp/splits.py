@@ -57,6 +57,7 @@ class SplitPlan:
 def make_split(targets: np.ndarray, plan: SplitPlan, meta: dict | None = None) -> Split:
     """The split ``plan`` asks for; ``meta`` holds per-image ``patient_id`` and ``dataset`` arrays."""
     _check_meta(plan, meta, len(targets))
+    meta = _as_text(meta)
     rows = np.arange(len(targets))
     if plan.exclude_sources:
         rows = rows[~np.isin(meta["dataset"], plan.exclude_sources)]
@@ -99,6 +100,14 @@ def _hold_out(rows: np.ndarray, targets: np.ndarray, groups: np.ndarray | None, 
         raise UserError(f"cannot split {len(rows)} images with {flag} {fraction} over {unit}: {error}")
 
 
+def _as_text(meta: dict | None) -> dict | None:
+    """Ids and source names compared as text: a meta.npz may store them as numbers or bytes."""
+    if meta is None:
+        return None
+    return {key: np.char.decode(values) if values.dtype.kind == "S" else values.astype(str)
+            for key, values in meta.items() if key in ("patient_id", "dataset")}
+
+
 def _check_meta(plan: SplitPlan, meta: dict | None, count: int) -> None:
     if not plan.needs_meta():
         return
@@ -111,6 +120,7 @@ def _check_meta(plan: SplitPlan, meta: dict | None, count: int) -> None:
                             "(one entry per image) next to the data files")
         if len(meta[key]) != count:
             raise UserError(f"meta.npz: '{key}' has {len(meta[key])} entries for {count} images")
+    meta = _as_text(meta)
     if "dataset" in meta:
         known = sorted(set(meta["dataset"].tolist()))
         for name in [plan.holdout_source, *plan.exclude_sources]:

@@ -40,7 +40,8 @@ from . import checkpoint as ckpt
 from .cli import run_cli
 from .config import TrainConfig, default_output_dir, parse_config
 from .board import Logger
-from .data import XrayDataset, collate_batch, dataset_tensors, load_dataset, pixel_statistics, to_binary
+from .data import (XrayDataset, collate_batch, dataset_tensors, load_dataset, pixel_statistics, to_binary,
+                   wants_device)
 from .errors import UserError
 from .files import write_json
 from .hardware import make_optimizer, resolve_mixed_precision, tune_backends, with_device_defaults
@@ -223,7 +224,7 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
                             config.pins())
     targets = to_binary(data.labels)
     split = make_split(targets, config.split_plan(), data.meta)
-    on_main_process(accelerator, lambda: ckpt.save_splits(output_dir, split))
+    on_main_process(accelerator, lambda: ckpt.keep_split(output_dir, split, resuming=resume_from is not None))
     run = prepare_run(config, data, targets, split, accelerator)
     progress = ckpt.TrainingProgress()
     accelerator.register_for_checkpointing(run.scheduler, progress)
@@ -261,9 +262,10 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
                       f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
                       f"{decision['method']})")
+    if accelerator.is_main_process:  # before the weights, whose presence marks a finished run
+        ckpt.write_decision(output_dir / ckpt.WEIGHTS_FILE, decision)
     weights_path = ckpt.export_weights(accelerator, run.model, output_dir)
     if accelerator.is_main_process:
-        ckpt.write_decision(weights_path, decision)
         write_json(output_dir / ckpt.CONFIG_FILE,
                    _run_config(config, accelerator, data.provenance, split, output_dir, run))
         write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
@@ -312,10 +314,14 @@ def build_model(config: TrainConfig, device: torch.device, normalization: tuple[
 
 def prepare_run(config: TrainConfig, data, targets: np.ndarray, split, accelerator: Accelerator) -> Prepared:
     """Loaders, model (normalised with training-split statistics), optimizer and LR schedule."""
-    images, targets_t, on_device = dataset_tensors(data.images, targets, accelerator.device, config.data_on_device)
+    # Decided once, on the main process: ranks with different free GPU memory still agree.
+    on_device = [wants_device(data.images, targets, accelerator.device, config.data_on_device)]
+    broadcast_object_list(on_device)
+    images, targets_t = dataset_tensors(data.images, targets, accelerator.device, on_device[0])
     train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config,
                                                          num_processes=accelerator.num_processes,
-                                                         process_index=accelerator.process_index, on_device=on_device)
+                                                         process_index=accelerator.process_index,
+                                                         on_device=on_device[0])
     set_seed(config.seed)  # identical initial weights on every rank
     model = build_model(config, accelerator.device, pixel_statistics(data.images, split.train))
     optimizer = make_optimizer(model, config.lr, accelerator.device)
@@ -323,7 +329,7 @@ def prepare_run(config: TrainConfig, data, targets: np.ndarray, split, accelerat
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
     # prepare() passes a DeviceBatchLoader through untouched and wraps a DataLoader for sharding.
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    placement = (str(images.device), "device" if on_device else "DataLoader")
+    placement = (str(images.device), "device" if on_device[0] else "DataLoader")
     if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
         return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement)
     return Prepared(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
@@ -408,7 +414,8 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, t
         accelerator.sync_gradients = step % config.grad_accum_steps == 0 or step == steps_per_epoch
         with contextlib.nullcontext() if accelerator.sync_gradients else accelerator.no_sync(model):
             loss = F.nll_loss(model(images), targets)
-            accelerator.backward(loss)
+            # backward() divides by grad_accum_steps; an epoch's last cycle may hold fewer.
+            accelerator.backward(loss * _short_cycle_scale(step, steps_per_epoch, config.grad_accum_steps))
             if config.max_grad_norm is not None and accelerator.sync_gradients:
                 accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
             optimizer.step()
@@ -434,6 +441,12 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, t
     accelerator.print(f"Train Epoch: {epoch} [{train_size}/{train_size} (100%)]\tLoss: {mean_loss:.6f}\t"
                       f"LR: {optimizer.param_groups[0]['lr']:.6g}\t{totals[1].item() / elapsed:.0f} img/s")
     return mean_loss, totals[1].item() / elapsed
+
+
+def _short_cycle_scale(step: int, steps_per_epoch: int, accumulation: int) -> float:
+    """accumulation / (micro-batches in this step's cycle): 1 except in a short last cycle."""
+    cycle_start = (step - 1) // accumulation * accumulation + 1
+    return accumulation / min(accumulation, steps_per_epoch - cycle_start + 1)
 
 
 def _stop_if_not_finite(accelerator, totals, first_bad_step, epoch: int) -> None:

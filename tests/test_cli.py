@@ -58,7 +58,7 @@ def test_predict_cli_scores_npz_png_and_folders(trained_run, small_data, tmp_pat
     np.testing.assert_allclose([float(r["p_covid"]) for r in rows[:5]], expected, atol=1e-5)
     assert float(rows[5]["p_covid"]) == pytest.approx(expected[0], abs=1e-5), "a 64x64 PNG is used as is"
     threshold = json.loads((output_dir / "COVID_binary_classifier.json").read_text())["threshold"]
-    assert f"threshold {threshold:.4f} (youden on the validation split)" in result.stderr
+    assert f"threshold {threshold:.4f} (youden on the validation split, from COVID_binary_classifier.json)" in result.stderr
     assert all(r["prediction"] == ("COVID" if float(r["p_covid"]) >= threshold else "Non-COVID") for r in rows)
     assert "resized from 192x128 to 64x64" in result.stderr
 

@@ -142,3 +142,19 @@ def test_evaluate_all_scores_every_image_of_a_new_data_set(patient_run, tmp_path
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     assert report["metrics"]["n"] == 90 and report["rows"] == list(range(90))
     assert "ci95" not in report["metrics"], "--bootstrap 0: no intervals"
+
+
+def test_resuming_with_other_split_flags_is_refused(patient_run, cohort_data, tmp_path, capsys):
+    """Else the new test part would hold images the first epochs trained on."""
+    import shutil
+
+    from covid_ddp.train import main as train_main
+
+    run_dir = shutil.copytree(patient_run, tmp_path / "run")
+    code = train_main(["--cpu", "--data-dir", str(cohort_data), "--output-dir", str(run_dir), "--resume", "latest",
+                       "--epochs", "3", "--batch-size", "40"])  # without --group-split
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0 and "trained on another train/val/test split" in error
+    with np.load(run_dir / "splits.npz", allow_pickle=False) as kept, \
+            np.load(patient_run / "splits.npz", allow_pickle=False) as original:
+        assert all(np.array_equal(kept[part], original[part]) for part in ("train", "val", "test"))

@@ -47,3 +47,14 @@ def test_the_model_is_left_as_it_was():
     assert model.training, "its mode is restored"
     assert all(p.grad is None for p in model.parameters()), "parameter gradients untouched"
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()), "BatchNorm statistics untouched"
+
+
+def test_a_confident_model_still_gets_a_heatmap():
+    """log-softmax saturates when P(class) ~ 1; the logit margin, which Grad-CAM uses, does not."""
+    images = np.random.default_rng(2).integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    model = model_with_statistics()
+    reference = gradcam(model, images, target_class=0)
+    with torch.no_grad():
+        model.fc2.weight.mul_(1000)  # logit margins of thousands: P is exactly 0 or 1 in float32
+        model.fc2.bias.mul_(1000)
+    np.testing.assert_allclose(gradcam(model, images, target_class=0), reference, atol=1e-4)

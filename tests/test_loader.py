@@ -69,3 +69,12 @@ def test_skipping_batches_resumes_inside_the_epoch():
 def test_a_batch_that_does_not_divide_over_the_processes_is_refused():
     with pytest.raises(ValueError, match="does not divide"):
         DeviceBatchLoader(IMAGES, TARGETS, TRAIN_ROWS, 9, seed=1, num_processes=2)
+
+
+def test_a_short_last_accumulation_cycle_averages_over_its_own_micro_batches():
+    from covid_ddp.train import _short_cycle_scale
+
+    # 7 steps, accumulating 3: cycles (1, 2, 3), (4, 5, 6), (7); backward() divides by 3.
+    assert [_short_cycle_scale(step, 7, 3) for step in range(1, 8)] == [1, 1, 1, 1, 1, 1, 3]
+    assert [_short_cycle_scale(step, 6, 4) for step in range(1, 7)] == [1, 1, 1, 1, 2, 2]
+    assert _short_cycle_scale(5, 9, 1) == 1

@@ -91,3 +91,16 @@ def test_resampled_ranking_metrics_equal_scikit_learn_with_sample_weights(scores
         assert auc[row] == pytest.approx(sk.roc_auc_score(targets, p_covid, sample_weight=weight), abs=1e-12)
         expected_ap = sk.average_precision_score(targets, p_covid, sample_weight=weight)
         assert average_precision[row] == pytest.approx(expected_ap, abs=1e-12)
+
+
+def test_a_target_sensitivity_takes_the_highest_threshold_reaching_it():
+    """Every distinct score is a candidate (roc_curve would otherwise drop collinear points)."""
+    p_covid = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
+    targets = np.array([1, 1, 1, 1, 0, 0])
+    chosen = choose_threshold(p_covid, targets, target_sensitivity=0.5)
+    assert chosen["threshold"] == pytest.approx(0.8) and chosen["validation_sensitivity"] == 0.5
+
+
+def test_a_model_no_better_than_chance_keeps_the_default_threshold():
+    chosen = choose_threshold(np.array([0.9, 0.1, 0.8, 0.2]), np.array([0, 1, 0, 1]))
+    assert chosen["threshold"] == 0.5 and "better than chance" in chosen["method"]
