@@ -78,16 +78,16 @@ def test_finished_run_is_not_overwritten_without_overwrite(trained_run, small_da
     assert (copy / "COVID_binary_classifier.pth").read_bytes() == before
 
 
-def test_resume_after_epoch_one_ends_with_the_same_weights(small_data, tmp_path):
-    run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "straight")])
+def test_resume_after_epoch_one_ends_with_the_same_weights(trained_run, small_data, tmp_path):
+    straight_dir, _ = trained_run  # the same recipe, never stopped
     run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "resumed", "--epochs", "1")])
     result = run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "resumed", "--resume", "latest")])
     assert "Resumed from" in result.stdout and "Train Epoch: 1 " not in result.stdout, "epoch 1 is skipped"
-    straight = torch.load(tmp_path / "straight" / "COVID_binary_classifier.pth", weights_only=True)
+    straight = torch.load(straight_dir / "COVID_binary_classifier.pth", weights_only=True)
     resumed = torch.load(tmp_path / "resumed" / "COVID_binary_classifier.pth", weights_only=True)
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
-    history = [json.loads((tmp_path / name / "metrics.json").read_text())["history"] for name in ("straight", "resumed")]
+    history = [json.loads((folder / "metrics.json").read_text())["history"] for folder in (straight_dir, tmp_path / "resumed")]
     assert [h["validation_loss"] for h in history[0]] == pytest.approx([h["validation_loss"] for h in history[1]], abs=1e-6)
 
 
@@ -144,14 +144,13 @@ def test_accelerate_config_is_a_valid_multi_gpu_bf16_config():
     assert config.num_machines == 1 and config.num_processes >= 2
 
 
-@pytest.mark.parametrize("placement", ["yes", "no"])
-def test_data_placement_does_not_change_the_result(trained_run, small_data, tmp_path, placement):
-    """yes: batches cut by DeviceBatchLoader; no: by a DataLoader. The trained weights are the same."""
+def test_data_placement_does_not_change_the_result(trained_run, small_data, tmp_path):
+    """auto (yes on a CPU): batches cut by DeviceBatchLoader; no: by a DataLoader. Same weights."""
     reference_dir, _ = trained_run
-    run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "run", "--data-on-device", placement)])
+    run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "run", "--data-on-device", "no")])
     reference = torch.load(reference_dir / "COVID_binary_classifier.pth", weights_only=True)
     placed = torch.load(tmp_path / "run" / "COVID_binary_classifier.pth", weights_only=True)
     assert all(torch.equal(placed[k], reference[k]) for k in reference)
-    recorded = json.loads((tmp_path / "run" / "config.json").read_text())["distributed"]
-    assert recorded["data_device"] == "cpu"
-    assert recorded["train_loader"] == {"yes": "device", "no": "DataLoader"}[placement]
+    for folder, loader in ((reference_dir, "device"), (tmp_path / "run", "DataLoader")):
+        recorded = json.loads((folder / "config.json").read_text())["distributed"]
+        assert recorded["data_device"] == "cpu" and recorded["train_loader"] == loader
