@@ -23,7 +23,7 @@ from . import checkpoint as ckpt
 from . import figures
 from .cli import run_cli
 from .config import TrainConfig
-from .data import load_data_dir, to_binary
+from .data import load_data_dir, load_dataset, to_binary
 from .errors import UserError
 from .files import write_json
 from .metrics import METRICS, binary_metrics
@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--weights", required=True, help="COVID_binary_classifier.pth (of a run folder, for "
                         "--split test|val)")
-    parser.add_argument("--data-dir", required=True, help="folder with train_images64.npz and train_labels.npz "
-                        "(and meta.npz for patient-level or source splits)")
+    parser.add_argument("--data-dir", help="folder with train_images64.npz and train_labels.npz (and meta.npz for "
+                        "patient-level or source splits); default: the data the weights' run trained on")
     parser.add_argument("--split", default="test", choices=["test", "val", "all"],
                         help="which images: the run's test or validation part, or all of them")
     parser.add_argument("--output-dir", help="where evaluation.json and the figures go "
@@ -56,14 +56,14 @@ def run(arguments: argparse.Namespace) -> dict:
     if arguments.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {arguments.bootstrap}")
     model = inference_model(load_model(weights, resolve_device(arguments.device)))
-    data = load_data_dir(Path(arguments.data_dir))
+    data = load_evaluation_data(arguments.data_dir, weights)
     rows = rows_to_score(arguments.split, weights, data)
     threshold, threshold_source = decision_threshold(arguments.threshold, weights)
     targets = to_binary(data.labels)[rows]
     p_covid = predict(model, data.images[rows])
     metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, arguments.bootstrap)
     output_dir = Path(arguments.output_dir or weights.parent / f"evaluation-{arguments.split}")
-    report = {"weights": str(weights), "data_dir": str(Path(arguments.data_dir).resolve()),
+    report = {"weights": str(weights), "data": data.provenance,
               "split": arguments.split, "threshold_source": threshold_source, "metrics": metrics,
               "rows": rows.tolist()}
     write_json(output_dir / "evaluation.json", report)
@@ -74,20 +74,41 @@ def run(arguments: argparse.Namespace) -> dict:
     return report
 
 
+def load_evaluation_data(data_dir: str | None, weights: Path):
+    """``--data-dir``, or else the set the weights' run trained on (regenerated when synthetic)."""
+    if data_dir is not None:
+        return load_data_dir(Path(data_dir))
+    recorded = _run_config(weights, "without --data-dir")
+    config, provenance = recorded["config"], recorded.get("data", {})
+    if config.get("dataset") == "synthetic":
+        return load_dataset("synthetic", None, config["synthetic_size"], config["seed"], config["mcfam_url"])
+    if not provenance.get("data_dir"):
+        raise UserError(f"{weights.parent / ckpt.CONFIG_FILE} records no data folder; pass --data-dir")
+    return load_data_dir(Path(provenance["data_dir"]))
+
+
+def _run_config(weights: Path, purpose: str) -> dict:
+    """The config.json of the run folder ``weights`` sits in; a missing or damaged one is a user error."""
+    config_path = weights.parent / ckpt.CONFIG_FILE
+    if not config_path.is_file():
+        raise UserError(f"{purpose} the run's {ckpt.CONFIG_FILE} must sit beside {weights.name}; for weights "
+                        "without their run folder pass --data-dir and use --split all")
+    try:
+        recorded = json.loads(config_path.read_text())
+        recorded["config"]["dataset"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{config_path}: not a covid_ddp run configuration ({error}); pass --data-dir and use "
+                        "--split all")
+    return recorded
+
+
 def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
     """All rows, or the run's own test/validation rows, rebuilt from its config.json."""
     if split == "all":
         return np.arange(len(data.images))
-    run_dir = weights.parent
-    config_path = run_dir / ckpt.CONFIG_FILE
-    if not config_path.is_file():
-        raise UserError(f"--split {split} needs the run's {ckpt.CONFIG_FILE} beside {weights.name} to rebuild its "
-                        "split; for weights without their run folder use --split all")
-    try:
-        recorded = json.loads(config_path.read_text())
-        recorded_config = recorded["config"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{config_path}: not a covid_ddp run configuration ({error}); use --split all")
+    run_dir, config_path = weights.parent, weights.parent / ckpt.CONFIG_FILE
+    recorded = _run_config(weights, f"to rebuild --split {split},")
+    recorded_config = recorded["config"]
     _check_same_data(recorded.get("data", {}).get("files", {}), data, config_path)
     config = TrainConfig(**{k: v for k, v in recorded_config.items() if k in TrainConfig.__dataclass_fields__})
     rebuilt = make_split(to_binary(data.labels), config.split_plan(), data.meta)

@@ -158,3 +158,12 @@ def test_resuming_with_other_split_flags_is_refused(patient_run, cohort_data, tm
     with np.load(run_dir / "splits.npz", allow_pickle=False) as kept, \
             np.load(patient_run / "splits.npz", allow_pickle=False) as original:
         assert all(np.array_equal(kept[part], original[part]) for part in ("train", "val", "test"))
+
+
+def test_evaluate_without_a_data_dir_uses_the_runs_own_data(patient_run, tmp_path):
+    code = evaluate_main(["--weights", str(patient_run / "COVID_binary_classifier.pth"), "--bootstrap", "0",
+                          "--output-dir", str(tmp_path / "eval")])
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    test = json.loads((patient_run / "metrics.json").read_text())["test"]
+    assert report["metrics"]["confusion_matrix"] == test["confusion_matrix"]
