@@ -252,7 +252,19 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
                 f"{saved}. To continue, run the same command with --resume latest --output-dir {output_dir}",
                 stop.signum) from None
 
-    # The operating point comes from the validation split; the test split is scored once, with it.
+    run_config = _run_config(config, accelerator, data.provenance, split, output_dir, run)
+    test_metrics, weights_path = _test_and_save(run, accelerator, config, output_dir, monitored, board, progress,
+                                                run_config)
+    del run  # the DDP wrapper holds the process group: release it before shutting down
+    shut_down(accelerator)
+    accelerator.print(f"Model saved to {weights_path}")
+    return test_metrics
+
+
+def _test_and_save(run: Prepared, accelerator: Accelerator, config: TrainConfig, output_dir: Path,
+                   monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
+                   run_config: dict) -> tuple[dict, Path]:
+    """Pick the threshold on validation, score the test split once with it, write the run's outputs."""
     if monitored is None:  # no epoch ran here (resume refuses that today): score the model as it is
         monitored = evaluate(run.model, run.monitor_loader, accelerator)
     decision = decide_threshold(monitored if run.monitor_name == "Validation" else None, config)
@@ -262,18 +274,14 @@ def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
                       f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
                       f"{decision['method']})")
-    if accelerator.is_main_process:  # before the weights, whose presence marks a finished run
-        ckpt.write_decision(output_dir / ckpt.WEIGHTS_FILE, decision)
+    # Before the weights, whose presence marks a finished run; a write error stops every rank.
+    on_main_process(accelerator, lambda: ckpt.write_decision(output_dir / ckpt.WEIGHTS_FILE, decision))
     weights_path = ckpt.export_weights(accelerator, run.model, output_dir)
     if accelerator.is_main_process:
-        write_json(output_dir / ckpt.CONFIG_FILE,
-                   _run_config(config, accelerator, data.provenance, split, output_dir, run))
+        write_json(output_dir / ckpt.CONFIG_FILE, run_config)
         write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
         board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch)
-    del run  # the DDP wrapper holds the process group: release it before shutting down
-    shut_down(accelerator)
-    accelerator.print(f"Model saved to {weights_path}")
-    return test_metrics
+    return test_metrics, weights_path
 
 
 def decide_threshold(validation: Evaluation | None, config: TrainConfig) -> dict:
