@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import zipfile
 import re
 import shutil
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import read_npz
 from .errors import UserError
 from .files import atomic_path, save_torch, write_json
 
@@ -158,12 +158,8 @@ def keep_split(output_dir: Path, split, resuming: bool) -> None:
 
 
 def read_splits(path: Path) -> dict:
-    """The arrays of a splits.npz (no pickles); a damaged file is a user error."""
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            return {part: saved[part] for part in saved.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: not a readable splits file ({error}); remove it to write a new one")
+    """The arrays of a splits.npz (no pickles; a damaged file is a one-line error)."""
+    return read_npz(path)
 
 
 def checkpoint_path(output_dir: Path, epoch: int, step: int = 0) -> Path:

@@ -52,8 +52,8 @@ def default_data_dir() -> Path:
 # --- loading and validation -------------------------------------------------
 
 
-def load_array(path: Path, key: str) -> np.ndarray:
-    """One array from an ``.npz`` file, refusing pickled objects; errors name the file."""
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, refusing pickled objects; errors name the file (and the array)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
@@ -61,17 +61,28 @@ def load_array(path: Path, key: str) -> np.ndarray:
         raise UserError(f"{path}: not a readable .npz file (not a zip archive: truncated, corrupted or another format)")
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if key not in archive.files:
-                raise UserError(f"{path}: no array named '{key}' (found: {', '.join(archive.files) or 'none'})")
-            return archive[key]
+            return {key: _read_array(archive, key, path) for key in archive.files}
     except UserError:
         raise
+    except Exception as error:  # zipfile.BadZipFile, EOFError, OSError, ...: a damaged file.
+        raise UserError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})")
+
+
+def _read_array(archive, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
     except ValueError as error:
         if "pickle" in str(error).lower():
             raise UserError(f"{path}: '{key}' is an object array; pickled data is refused, save it as a numeric array")
         raise UserError(f"{path}: not a readable .npz file ({error})")
-    except Exception as error:  # zipfile.BadZipFile, EOFError, OSError, ...: a damaged file.
-        raise UserError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})")
+
+
+def load_array(path: Path, key: str) -> np.ndarray:
+    """The array ``key`` of an ``.npz`` file (see ``read_npz``)."""
+    arrays = read_npz(path)
+    if key not in arrays:
+        raise UserError(f"{path}: no array named '{key}' (found: {', '.join(arrays) or 'none'})")
+    return arrays[key]
 
 
 def validate_images(images: np.ndarray, path: Path) -> None:
@@ -122,13 +133,7 @@ def load_meta(path: Path, count: int) -> dict | None:
     """The per-image arrays of an optional meta.npz (patient ids, sources), checked against the image count."""
     if not path.is_file():
         return None
-    try:
-        if not zipfile.is_zipfile(path):  # else numpy would try to read it as a pickle
-            raise ValueError("not a zip archive")
-        with np.load(path, allow_pickle=False) as archive:
-            meta = {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, zipfile.BadZipFile) as error:
-        raise UserError(f"{path}: not a readable .npz of plain arrays ({error}); fix or remove it")
+    meta = read_npz(path)
     for key, values in meta.items():
         if np.ndim(values) != 1 or len(values) != count:
             raise UserError(f"{path}: '{key}' has shape {np.shape(values)} for {count} images; one entry per image "
