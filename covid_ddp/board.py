@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .gradcam import gradcam
+from .predict import predict
 from .model import CLASS_NAMES
 
 WATCHED_IMAGES = 8  # validation images shown every epoch
@@ -47,7 +48,7 @@ class Logger:
         from . import figures
 
         heatmaps = gradcam(model, self.watched_images)
-        scores = _scores(model, self.watched_images)
+        scores = predict(model, self.watched_images)  # the model is in eval mode after evaluate()
         titles = [f"true {CLASS_NAMES[t]}\npred {CLASS_NAMES[int(p >= 0.5)]} p={p:.2f}"
                   for t, p in zip(self.watched_targets, scores)]
         self.writer.add_figure(f"{name}/inputs", figures.overlay_grid_figure(self.watched_images, None, titles),
@@ -77,13 +78,3 @@ def watched_rows(targets: np.ndarray, monitor_rows: np.ndarray, count: int = WAT
     """A fixed, class-balanced handful of monitored rows (the first of each class, in row order)."""
     per_class = [monitor_rows[targets[monitor_rows] == label][: count // 2] for label in (1, 0)]
     return np.concatenate(per_class)
-
-
-@torch.no_grad()
-def _scores(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    log_probs = model(torch.as_tensor(images).unsqueeze(1).to(device).float())
-    model.train(was_training)
-    return log_probs[:, 1].float().exp().cpu().numpy()
