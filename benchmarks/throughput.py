@@ -8,8 +8,8 @@
 ``Dataset`` that converts each image to float and takes the one-hot argmax,
 ``DataLoader(num_workers=1)``, fp32, NCHW, Adam, batch 100. (b) ``covid_ddp`` runs the
 package's own pieces: the device-resident loader, ``train_one_epoch`` and ``evaluate`` of
-``covid_ddp.train`` under accelerate, and the BatchNorm-folded inference model of
-``covid-ddp-predict``. Every variant runs in its own process (accelerate's state is
+``covid_ddp.engine`` under accelerate (as training runs them, stop-request and NaN checks
+included), and the BatchNorm-folded inference model of ``covid-ddp-predict``. Every variant runs in its own process (accelerate's state is
 process-wide), the variants take turns within each repeat, and the median of the repeats
 is printed, warm-up (and compilation) excluded. Printed per variant: training, evaluation
 and inference images/s, model FLOP utilisation (MFU: 3 x forward FLOPs x training images/s
@@ -125,7 +125,7 @@ class CovidDdpTrainer:
         from covid_ddp.hardware import make_optimizer, tune_backends, with_device_defaults
         from covid_ddp.train import build_accelerator, build_model, make_loaders
 
-        config = TrainConfig(cpu=args.device == "cpu", batch_size=args.batch_size, log_every=10**9,
+        config = TrainConfig(cpu=args.device == "cpu", batch_size=args.batch_size,
                              mixed_precision="bf16" if args.precision == "bf16" else "no", compile=args.compile)
         self.accelerator = build_accelerator(config)
         self.config = with_device_defaults(config, self.accelerator.device, self.accelerator.num_processes)
@@ -142,20 +142,23 @@ class CovidDdpTrainer:
 
     def train(self, max_steps: int | None = None) -> tuple[int, float]:
         """(images trained on by all processes, seconds) for one epoch (or its first ``max_steps`` batches)."""
-        from covid_ddp.train import train_one_epoch
+        from covid_ddp.engine import train_one_epoch
+        from covid_ddp.interrupt import GracefulStop
 
         self.epoch += 1
         loader = self.train_loader
         if max_steps is not None:
             loader = dataclasses.replace(loader, rows=loader.rows[: max_steps * loader.batch_size])
         started = time.perf_counter()
-        train_one_epoch(self.model, self.optimizer, loader, self.accelerator, self.config, self.epoch, 0)
+        with GracefulStop() as stopper:  # as training runs it: stop requests and NaN checks included
+            train_one_epoch(self.model, self.optimizer, loader, self.accelerator, self.config, self.epoch,
+                            stopper=stopper)
         _sync(self.accelerator.device)
         return len(loader) * loader.batch_size, time.perf_counter() - started
 
     def evaluate(self) -> tuple[float, float]:
-        """(accuracy, images/s) of ``covid_ddp.train.evaluate`` over the evaluation rows."""
-        from covid_ddp.train import evaluate
+        """(accuracy, images/s) of ``covid_ddp.engine.evaluate`` over the evaluation rows."""
+        from covid_ddp.engine import evaluate
 
         started = time.perf_counter()
         result = evaluate(self.model, self.eval_loader, self.accelerator)
@@ -335,14 +338,15 @@ def print_speed_table(args, variants, medians) -> None:
     print(f"device: {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
           f"{args.steps} timed steps x {args.repeats} repeats (median); forward {flops / 1e6:.0f} MFLOP/image; "
           + ", ".join(f"{p} matmul peak {peak / 1e12:.2f} TFLOP/s" for p, peak in sorted(peaks.items())))
-    header = ["variant", "batch", "train img/s", "eval img/s", "infer img/s", "MFU %", "10-ep MCFAM s",
+    header = ["variant", "batch", "ms/step", "train img/s", "eval img/s", "infer img/s", "MFU %", "10-ep MCFAM s",
               "train x", "eval x"]
     print("".join(f"{h:>14}" if i else f"{h:<30}" for i, h in enumerate(header)))
     reference = medians["original"]
     for variant in variants:
         figures = medians[variant.name]
         mfu = 100 * 3 * flops * figures["train"] / peaks[variant.precision]
-        row = [variant.name, variant.batch_size, f"{figures['train']:.0f}", f"{figures['eval']:.0f}",
+        row = [variant.name, variant.batch_size, f"{1000 * variant.batch_size / figures['train']:.2f}",
+               f"{figures['train']:.0f}", f"{figures['eval']:.0f}",
                "-" if figures["inference"] is None else f"{figures['inference']:.0f}", f"{mfu:.1f}",
                f"{10 * MCFAM_TRAIN_IMAGES_PER_EPOCH / figures['train']:.1f}",
                f"{figures['train'] / reference['train']:.2f}", f"{figures['eval'] / reference['eval']:.2f}"]
