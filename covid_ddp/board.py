@@ -7,14 +7,18 @@ ROC and confusion matrix, and the run's hyper-parameters next to its final metri
 HParams tab. Figures are drawn with matplotlib, imported only when one is drawn.
 
 Only the main process calls these (``Logger`` is ``None`` elsewhere); nothing here is a
-collective, and Grad-CAM runs on the unwrapped model, so DDP never sees it.
+collective, and Grad-CAM runs on the unwrapped model, so DDP never sees it. A figure that
+fails to draw is a warning: the run goes on without it.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
+from .cli import say
 from .gradcam import gradcam
 from .predict import predict
 from .model import CLASS_NAMES
@@ -43,8 +47,11 @@ class Logger:
     def epoch(self, model: torch.nn.Module, monitored, monitor_name: str, epoch: int) -> None:
         name = monitor_name.lower()
         self.writer.add_pr_curve(f"{name}/pr_curve", monitored.targets, monitored.p_covid, global_step=epoch)
-        if not self.images_every or epoch % self.images_every:
-            return
+        if self.images_every and epoch % self.images_every == 0:
+            with _figures_may_fail(f"the TensorBoard figures of epoch {epoch}"):
+                self._watched_figures(model, name, epoch)
+
+    def _watched_figures(self, model: torch.nn.Module, name: str, epoch: int) -> None:
         from . import figures
 
         heatmaps = gradcam(model, self.watched_images)
@@ -59,7 +66,8 @@ class Logger:
     def final(self, test, metrics: dict, hparams: dict, epoch: int) -> None:
         self.writer.add_pr_curve("test/pr_curve", test.targets, test.p_covid, global_step=epoch)
         if self.images_every:
-            self._test_figures(test, metrics, epoch)
+            with _figures_may_fail("the final TensorBoard figures"):
+                self._test_figures(test, metrics, epoch)
         finals = {f"final/{k}": metrics[k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc")
                   if metrics[k] is not None}
         self.writer.add_hparams(hparams, finals, run_name="hparams")
@@ -72,6 +80,16 @@ class Logger:
                                global_step=epoch)
         self.writer.add_figure("test/confusion", figures.confusion_figure(metrics["confusion_matrix"],
                                                                           metrics["threshold"]), global_step=epoch)
+
+
+@contextlib.contextmanager
+def _figures_may_fail(what: str):
+    """A figure is worth a warning, not the run: matplotlib errors (a broken font cache, a
+    backend problem) end up here, on the main process only, and training goes on."""
+    try:
+        yield
+    except Exception as error:
+        say(f"covid-ddp-train: warning: could not draw {what} ({type(error).__name__}: {error}); training goes on")
 
 
 def watched_rows(targets: np.ndarray, monitor_rows: np.ndarray, count: int = WATCHED_IMAGES) -> np.ndarray:

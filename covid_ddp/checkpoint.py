@@ -1,6 +1,6 @@
-"""Run folders, resumable epoch checkpoints and the final consolidated weights.
+"""What a run folder holds, and how each file is read: checkpoints, weights, threshold, splits.
 
-A run folder holds::
+(``run_folder.RunFolder`` writes them during a run.) A run folder holds::
 
     COVID_binary_classifier.pth   the consolidated state_dict (plain keys, fp32, CPU)
     COVID_binary_classifier.json  its decision threshold, chosen on the validation split
@@ -10,23 +10,21 @@ A run folder holds::
     tensorboard/                  event files
 
 Checkpoints are written under a ``.tmp`` name and renamed once every rank has
-finished writing, so ``latest`` only ever finds complete ones.
+finished writing, so ``latest`` only ever finds complete ones. A checkpoint taken on a
+signal, inside an epoch, is ``epoch_NNN_step_NNNNN``: NNN is the epoch in progress.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import re
-import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .data import read_npz
 from .errors import UserError
-from .files import atomic_path, save_torch, write_json
+from .files import write_json
 
 WEIGHTS_FILE = "COVID_binary_classifier.pth"
 METRICS_FILE = "metrics.json"
@@ -61,6 +59,10 @@ class TrainingProgress:
         self.step = int(state.get("step", 0))
         self.partial_sums = [list(map(float, sums)) for sums in state.get("partial_sums", [])]
 
+    def end_epoch(self, record: dict) -> None:
+        self.epoch = record["epoch"]
+        self.history.append(record)
+
     def sums_for(self, process_index: int, num_processes: int) -> list[float]:
         """This rank's share of the interrupted epoch's loss sums (all of it on rank 0 if the count changed)."""
         if not self.partial_sums:
@@ -71,51 +73,9 @@ class TrainingProgress:
         return totals if process_index == 0 else [0.0, 0.0]
 
 
-class RunLock:
-    """An exclusive lock on a run folder, held by the main process for the whole run.
-
-    Two runs writing one folder would interleave checkpoints and overwrite each other's
-    weights; the second one refuses instead. ``flock`` is released by the kernel when the
-    process dies, so a killed run never leaves a stale lock behind.
-    """
-
-    def __init__(self, output_dir: Path):
-        self.output_dir = Path(output_dir)
-        self._handle = None
-
-    def acquire(self) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.output_dir / LOCK_FILE, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise UserError(f"{self.output_dir} is in use by another covid_ddp run; wait for it to finish or "
-                            "choose another --output-dir") from None
-        self._handle = handle
-
-    def release(self) -> None:
-        """Unlock; a folder the failed run left empty is removed (nothing half-made stays behind)."""
-        if self._handle is None:
-            return
-        (self.output_dir / LOCK_FILE).unlink(missing_ok=True)
-        fcntl.flock(self._handle, fcntl.LOCK_UN)
-        self._handle.close()
-        self._handle = None
-        if not any(self.output_dir.iterdir()):
-            self.output_dir.rmdir()
-
-
 def is_finished_run(output_dir: Path) -> bool:
+    """Outputs of a run are there (a new run must not overwrite them without --overwrite)."""
     return (Path(output_dir) / WEIGHTS_FILE).exists() or (Path(output_dir) / METRICS_FILE).exists()
-
-
-def clear_run(output_dir: Path) -> None:
-    """Remove what a run writes (and nothing else: the folder may hold the user's files)."""
-    for name in (WEIGHTS_FILE, decision_path(WEIGHTS_FILE).name, METRICS_FILE, CONFIG_FILE, SPLITS_FILE):
-        (Path(output_dir) / name).unlink(missing_ok=True)
-    for name in (CHECKPOINTS_DIR, TENSORBOARD_DIR):
-        shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
 
 
 def decision_path(weights: Path | str) -> Path:
@@ -140,21 +100,6 @@ def read_decision(weights: Path) -> dict | None:
     if not 0 <= threshold <= 1:
         raise UserError(f"{path}: threshold {threshold} is outside [0, 1]; fix it or pass --threshold")
     return {**decision, "threshold": threshold}
-
-
-def keep_split(output_dir: Path, split, resuming: bool) -> None:
-    """Write splits.npz (the rows of each part, to audit or rebuild a split); when resuming,
-    refuse a split other than the one the run trained on, or its test images would have been
-    trained on in the epochs before."""
-    path = Path(output_dir) / SPLITS_FILE
-    if resuming and path.is_file():
-        saved = read_splits(path)
-        if any(not np.array_equal(saved.get(part), rows) for part, rows in split.as_arrays().items()):
-            raise UserError(f"{path}: the run was trained on another train/val/test split; resume with the split "
-                            f"flags it started with (see {Path(output_dir) / CONFIG_FILE} or its first command)")
-        return
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **split.as_arrays())
 
 
 def read_splits(path: Path) -> dict:
@@ -182,42 +127,18 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
-def resolve_resume(resume: str, output_dir: Path | None) -> Path:
-    """``latest`` -> the newest complete checkpoint of ``output_dir``; else a checkpoint folder."""
-    if resume == "latest":
-        if output_dir is None:
-            raise UserError("--resume latest needs --output-dir: the run folder whose checkpoints to continue")
-        checkpoints = complete_checkpoints(output_dir)
-        if not checkpoints:
-            raise UserError(f"--resume latest: no complete checkpoint in {Path(output_dir) / CHECKPOINTS_DIR}")
-        return checkpoints[-1]
-    path = Path(resume)
+def epochs_done(checkpoint: Path) -> int:
+    """Finished epochs in a checkpoint, read from its name (``epoch_003`` -> 3, ``epoch_003_step_00012`` -> 2)."""
+    match = _CHECKPOINT_NAME.match(Path(checkpoint).name)
+    return int(match.group(1)) - (1 if match.group(2) else 0)
+
+
+def checked_checkpoint(path: Path) -> Path:
+    """``path`` if it is a complete checkpoint folder, else a one-line error."""
     if not (path.is_dir() and _CHECKPOINT_NAME.match(path.name) and any(path.glob("model*"))):
-        raise UserError(f"--resume {resume}: not a checkpoint folder (expected <run>/{CHECKPOINTS_DIR}/epoch_NNN[_step_NNNNN])")
+        raise UserError(f"--resume {path}: not a checkpoint folder (expected <run>/{CHECKPOINTS_DIR}/epoch_NNN"
+                        "[_step_NNNNN], or latest, or auto)")
     return path
-
-
-def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int, step: int = 0) -> Path:
-    """Every rank calls this (``save_state`` is collective); the main process renames and prunes."""
-    final = checkpoint_path(output_dir, epoch, step)
-    partial = final.with_name(final.name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    try:
-        accelerator.save_state(str(partial))
-    except OSError as error:  # e.g. ENOSPC: the previous checkpoint stays the latest complete one
-        shutil.rmtree(partial, ignore_errors=True)
-        raise UserError(f"cannot write checkpoint {final}: {error.strerror or error}; free some space or choose "
-                        f"another --output-dir, then --resume latest") from error
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        for old in complete_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
 
 
 def consolidated_state_dict(state_dict: dict) -> dict:
@@ -229,16 +150,6 @@ def consolidated_state_dict(state_dict: dict) -> dict:
         value = value.detach().to("cpu").contiguous()  # plain NCHW, whatever layout training used
         clean[key] = value.float() if value.is_floating_point() else value
     return clean
-
-
-def export_weights(accelerator, model, output_dir: Path) -> Path:
-    """Collective: gathers the full state_dict; the main process alone writes the file."""
-    state_dict = accelerator.get_state_dict(model)
-    path = Path(output_dir) / WEIGHTS_FILE
-    if accelerator.is_main_process:
-        save_torch(path, consolidated_state_dict(state_dict))
-    accelerator.wait_for_everyone()
-    return path
 
 
 def load_weights(path: Path, map_location="cpu") -> dict:

@@ -1,13 +1,26 @@
-"""What every command-line entry point shares: user mistakes become one line and exit code 2."""
+"""What every command-line entry point shares: user mistakes become one line and exit code 2.
+
+In a multi-process job only the main process (global rank 0) prints that line. Every
+other rank raises the same error at the same point, because errors after the process
+group forms are agreed on by all ranks (``distributed.on_main_process`` and friends) and
+the ones before it come from the same flags and files; N copies of the line would only
+bury it. Under torchrun the main process also writes the launcher's error file and leaves
+first (the others wait a second), so the launcher's failure summary names rank 0 and the
+problem as the root cause, not a rank that merely stopped with it.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 from typing import Callable
 
 from .errors import UserError
 
 USER_ERROR_EXIT = 2
+LAUNCHER_GRACE_S = 1.0  # how long the other ranks let the main process be first to fail
 
 
 def run_cli(command: Callable[[], object], prog: str) -> int:
@@ -15,6 +28,38 @@ def run_cli(command: Callable[[], object], prog: str) -> int:
     try:
         command()
     except UserError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr, flush=True)
+        if is_main_rank():
+            say(f"{prog}: error: {error}")
+            _tell_the_launcher(f"{prog}: {error}")
+        elif "TORCHELASTIC_RUN_ID" in os.environ:
+            # Leave first: the launcher's summary names the first process it sees fail.
+            time.sleep(LAUNCHER_GRACE_S)
         return getattr(error, "exit_code", USER_ERROR_EXIT)  # 128 + signal for an interrupted run
     return 0
+
+
+def is_main_rank() -> bool:
+    """Global rank 0, or no launcher at all (read from the environment: valid before the group forms)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def say(line: str) -> None:
+    """One line on stderr; a closed terminal (the launcher is gone) is not worth a traceback."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except OSError:
+        pass
+
+
+def _tell_the_launcher(message: str) -> None:
+    """torchrun's summary shows the error file of the earliest failure as its root cause."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    record = {"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                            "timestamp": str(int(time.time()))}}}
+    try:
+        with open(path, "w") as handle:
+            json.dump(record, handle)
+    except OSError:
+        pass

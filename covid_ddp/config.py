@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .cli import is_main_rank
 from .data import MCFAM_BASE_URL
 from .errors import UserError
 from .splits import SplitPlan
@@ -70,8 +72,9 @@ class TrainConfig:
                                            "it natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX), fp16 on older "
                                            "GPUs, else no (default: from the accelerate config)",
                                            choices=["no", "fp16", "bf16", "auto"])
-    compile: bool = _flag(False, "torch.compile the model (inductor). Pays on GPUs; on a 2-core CPU it trained "
-                          "slower (benchmarks/throughput.py); the first steps include the compilation")
+    compile: bool = _flag(False, "torch.compile the model (inductor, or the accelerate config's dynamo_backend). "
+                          "Pays on GPUs; on a 2-core CPU it trained slower (benchmarks/throughput.py); the first "
+                          "steps include the compilation. Can be switched on or off at a --resume")
     sync_bn: bool = _flag(False, "use SyncBatchNorm: batch statistics over all processes' shards")
     cpu: bool = _flag(False, "train on the CPU even when a GPU is present")
     data_on_device: str = _flag("auto", "hold the uint8 set on each process's device (one copy, batches drawn by "
@@ -132,8 +135,18 @@ def _dashed(name: str) -> str:
     return name.replace("_", "-")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors (an unknown flag, a bad choice) printed by the main process only:
+    every rank parses the same command line, and N copies of the usage would bury the line."""
+
+    def error(self, message: str):
+        if is_main_rank():
+            self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n" if is_main_rank() else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="covid-ddp-train",
         description="Train the COVID / non-COVID chest X-ray CNN on one or many processes "
         "(launch with `accelerate launch`, `torchrun` or plain `python`). Not for clinical use.",

@@ -211,20 +211,34 @@ def check_pins(data: RawData, pins: dict) -> None:
                             "the file differs from the one you pinned")
 
 
+def fetch_dataset(dataset: str, data_dir: Path | None, base_url: str, pins: dict | None = None) -> None:
+    """Download what ``load_dataset`` will read and is missing (MCFAM only; other sets need nothing)."""
+    if dataset == "mcfam":
+        fetch_mcfam(Path(data_dir) if data_dir is not None else default_data_dir(), base_url, pins)
+
+
 def load_dataset(dataset: str, data_dir: Path | None, synthetic_size: int, seed: int, base_url: str,
-                 pins: dict | None = None) -> RawData:
-    """The set a run trains on. For ``mcfam``, files already in ``data_dir`` are used as they are."""
+                 pins: dict | None = None, download: bool = True) -> RawData:
+    """The set a run trains on. For ``mcfam``, files already in ``data_dir`` are used as they are;
+    missing ones are downloaded unless ``download`` is false (the trainer downloads first, once)."""
     if dataset == "synthetic":
         images, labels = make_synthetic(synthetic_size, seed)
         return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed})
     if dataset != "mcfam":
         raise UserError(f"unknown dataset '{dataset}': use 'mcfam' or 'synthetic'")
-    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
-    fetch_mcfam(data_dir, base_url, pins)
-    data = load_data_dir(data_dir)
+    if download:
+        fetch_dataset(dataset, data_dir, base_url, pins)
+    data = load_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
     check_pins(data, pins or {})
     data.provenance["source_url"] = base_url
     return data
+
+
+def fingerprint(data: RawData) -> str:
+    """What identifies the set's content (not where it lies): the files' sha256, or the generator's settings."""
+    files = data.provenance.get("files")
+    parts = {name: entry["sha256"] for name, entry in files.items()} if files else data.provenance
+    return ", ".join(f"{key} {value}" for key, value in sorted(parts.items()))
 
 
 # --- labels, splits, statistics ---------------------------------------------

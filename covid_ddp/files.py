@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,9 @@ from pathlib import Path
 import torch
 
 from .errors import UserError
+
+# torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos ...".
+_NEARLY_FULL_BYTES = 1 << 20
 
 
 @contextmanager
@@ -25,7 +29,7 @@ def atomic_path(destination: Path):
         destination.parent.mkdir(parents=True, exist_ok=True)
         handle, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
     except OSError as error:
-        raise _cannot_write(destination, error) from error
+        raise cannot_write(destination, error) from error
     os.close(handle)
     tmp_path = Path(tmp_name)
     try:
@@ -33,14 +37,29 @@ def atomic_path(destination: Path):
         with open(tmp_path, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp_path, destination)
-    except OSError as error:  # a full disk, a read-only folder: the old file, if any, is untouched
-        raise _cannot_write(destination, error) from error
+    except (OSError, RuntimeError) as error:  # a full disk, a read-only folder: the old file, if any, is untouched
+        raise cannot_write(destination, error) from error  # (before the partial file is removed: see cannot_write)
     finally:
         tmp_path.unlink(missing_ok=True)
 
 
-def _cannot_write(destination: Path, error: OSError) -> UserError:
-    return UserError(f"cannot write {destination}: {error.strerror or error}")
+def cannot_write(destination: Path, error: Exception) -> UserError:
+    """The failed write in words. Call it while the partial file still fills the disk."""
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    elif _nearly_full(Path(destination)):
+        reason = "No space left on device"
+    else:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UserError(f"cannot write {destination}: {reason}")
+
+
+def _nearly_full(path: Path) -> bool:
+    folder = next((p for p in (path, *path.parents) if p.exists()), None)
+    try:
+        return folder is not None and shutil.disk_usage(folder).free < _NEARLY_FULL_BYTES
+    except OSError:
+        return False
 
 
 def write_json(destination: Path, payload: dict) -> None:

@@ -7,35 +7,52 @@ performance section); where a trick does not pay on a device it stays off there.
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 
 import torch
 
 from .config import TrainConfig
 
 
-def cuda_in_use(config: TrainConfig) -> bool:
-    return not config.cpu and torch.cuda.is_available()
+def resolve_mixed_precision(config: TrainConfig, on_cpu: bool) -> TrainConfig:
+    """The precision the run really uses, recorded as such in config.json.
+
+    Without ``--mixed-precision`` it is the accelerate config's (``accelerate launch`` passes
+    it in ACCELERATE_MIXED_PRECISION), else fp32. ``auto`` becomes what the device computes
+    natively. On a CPU, so does a half precision that came from the accelerate config (a GPU
+    config that lands on a machine without GPUs: emulated bf16 would be slower than fp32
+    there) and fp16 from any source (accelerate would drop it silently: fp16 autocast needs
+    a GPU). An explicit ``--mixed-precision bf16`` on a CPU is kept.
+    """
+    configured = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    requested = config.mixed_precision or configured
+    gpu_setting_on_cpu = on_cpu and (requested == "fp16" or (config.mixed_precision is None and requested != "no"))
+    if requested == "auto" or gpu_setting_on_cpu:
+        requested = _native_precision(on_cpu)
+    return dataclasses.replace(config, mixed_precision=requested)
 
 
-def resolve_mixed_precision(config: TrainConfig) -> TrainConfig:
-    """Turn ``--mixed-precision auto`` into what the device computes natively."""
-    if config.mixed_precision != "auto":
-        return config
-    if cuda_in_use(config):
-        # Native bf16 only (Ampere and newer); emulated bf16 on a V100 or T4 is slower than fp16,
-        # which runs with a GradScaler.
-        chosen = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-    else:
-        # On a CPU with AVX512-BF16 (this project's 2-core EPYC) bf16 autocast trained 2.2x
-        # faster than fp32; without native bf16 it would be emulated, and slower.
-        chosen = "bf16" if cpu_has_native_bf16() else "no"
-    return dataclasses.replace(config, mixed_precision=chosen)
+def _native_precision(on_cpu: bool) -> str:
+    if not on_cpu:
+        # Native bf16 only (Ampere and newer, compute capability 8); emulated bf16 on a V100 or
+        # T4 is slower than fp16, which runs with a GradScaler.
+        return "bf16" if torch.cuda.get_device_capability()[0] >= 8 else "fp16"
+    # On a CPU with AVX512-BF16 (this project's 2-core EPYC) bf16 autocast trained 2.2x
+    # faster than fp32; without native bf16 it would be emulated, and slower.
+    return "bf16" if cpu_has_native_bf16() else "no"
 
 
 def cpu_has_native_bf16() -> bool:
-    # torch exposes these checks only as private helpers; absent ones mean "no".
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    """AVX512-BF16 or AMX: torch's (private) checks where it has them, else the CPU's flags (Linux)."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is not None for check in checks):
+        return any(check() for check in checks if check is not None)
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def with_device_defaults(config: TrainConfig, device: torch.device, num_processes: int) -> TrainConfig:

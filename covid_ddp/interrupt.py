@@ -1,15 +1,15 @@
 """Graceful stop: SIGINT / SIGTERM become a request honoured at the next step boundary.
 
-Every rank installs the handler (launchers forward the signal to every worker), and at each
-optimizer-step boundary all ranks agree with one tiny all-gather, so they stop at the same
-step, save one resumable checkpoint together, and exit. A second signal stops at once.
+Every rank installs the handler (launchers forward the signal to every worker; a worker
+whose launcher died sends it to itself, see ``distributed.watch_launcher``). The handler
+only records the signal: the ranks swap it with their loss tallies every ``--log-every``
+steps (``engine.StepTally``), so they stop at the same optimizer-step boundary, save one
+resumable checkpoint together, and exit. A second signal stops at once.
 """
 
 from __future__ import annotations
 
 import signal
-
-import torch
 
 from .errors import UserError
 
@@ -53,10 +53,3 @@ class GracefulStop:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         self.signum = signum
-
-    def agreed_signal(self, accelerator) -> int:
-        """Collective: the signal any rank received (0 if none), the same on every rank."""
-        if accelerator.num_processes == 1:
-            return self.signum
-        flag = torch.tensor([self.signum], device=accelerator.device)
-        return int(accelerator.gather(flag).max().item())

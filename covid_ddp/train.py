@@ -1,85 +1,128 @@
 """Distributed training of the chest X-ray CNN, driven by accelerate.
 
-Run it with any launcher; accelerate reads the process layout from the environment::
+Any launcher works, and without a usable GPU the processes train on the CPU by themselves::
 
-    python launch/train.py --dataset synthetic                 # one process (GPU if present, else CPU)
-    accelerate launch launch/train.py                          # as accelerate_config.yaml says
-    torchrun --nproc_per_node 2 launch/train.py --cpu ...      # two CPU processes (gloo)
+    python launch/train.py --dataset synthetic                     # one process (GPU if present, else CPU)
+    accelerate launch --config_file accelerate_config.yaml launch/train.py
+    torchrun --nproc_per_node 2 launch/train.py                    # two processes, on GPUs or CPU (gloo)
 
-Every rank trains on its shard of each global batch, evaluates its shard of the
-validation/test parts (combined exactly with ``gather_for_metrics``) and steps
-the LR schedule with the same, globally reduced validation loss. Only the main
-process prints, logs to TensorBoard and writes files.
+Every rank trains on its shard of each global batch (``engine.train_one_epoch``),
+evaluates its shard of the validation/test parts (combined exactly with
+``gather_for_metrics``) and steps the LR schedule with the same, globally reduced
+validation loss. Only the main process prints, logs to TensorBoard and writes the run
+folder (``run_folder.RunFolder``); any failure there ends every rank together.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import gc
 import os
-import signal
-import sys
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import (
-    DataLoaderConfiguration,
-    InitProcessGroupKwargs,
-    broadcast_object_list,
-    set_seed,
-)
-from tqdm.auto import tqdm
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 
 from . import checkpoint as ckpt
-from .cli import run_cli
-from .config import TrainConfig, default_output_dir, parse_config
+from . import hardware
 from .board import Logger
-from .data import (XrayDataset, collate_batch, dataset_tensors, load_dataset, pixel_statistics, to_binary,
-                   wants_device)
+from .cli import run_cli
+from .config import TrainConfig, parse_config
+from .data import (RawData, XrayDataset, collate_batch, dataset_tensors, fetch_dataset, fingerprint, load_dataset,
+                   pixel_statistics, to_binary, wants_device)
+from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, lost_another_process,
+                          join_restarted_group, on_every_process, on_main_process, refuse_independent_launch,
+                          same_on_every_process, watch_launcher)
+from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError
-from .files import write_json
-from .hardware import make_optimizer, resolve_mixed_precision, tune_backends, with_device_defaults
-from .augment import augment_batch
-from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
 from .loader import DeviceBatchLoader
 from .metrics import binary_metrics, choose_threshold
 from .model import Net
 from .provenance import environment_summary, resident_memory_mb
+from .run_folder import RunFolder
 from .splits import make_split
 from .sync_batchnorm import convert_sync_batchnorm
-
-
-@dataclass
-class Evaluation:
-    """Everything an evaluation pass produced, identical on every rank."""
-
-    loss: float
-    p_covid: np.ndarray
-    targets: np.ndarray
-    rows: np.ndarray
-
-    @property
-    def accuracy(self) -> float:
-        return float(((self.p_covid >= 0.5) == self.targets).mean())
 
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: train(parse_config(argv)), prog="covid-ddp-train")
 
 
-def build_accelerator(config: TrainConfig) -> Accelerator:
-    """``config`` with ``--mixed-precision auto`` already resolved (``hardware.resolve_mixed_precision``)."""
-    return Accelerator(
-        cpu=config.cpu,
+def train(config: TrainConfig) -> dict | None:
+    """Train, checkpoint every epoch, test once, write the run folder; returns the final test metrics
+    (None when ``--resume auto`` finds the run already finished)."""
+    accelerator, config = start_job(config)
+    run_dir = "RUN"  # for the message below, once known
+    try:
+        with RunFolder.open(accelerator, config) as folder:
+            run_dir = folder.path
+            accelerator.print(f"covid-ddp-train: {describe(accelerator)}; run folder {folder.path}")
+            if folder.finished:
+                accelerator.print(f"{folder.path} is already trained to epoch {config.epochs}: nothing to do")
+                shut_down(accelerator)
+                return None
+            return _train_in(folder, config, accelerator)
+    except Exception as error:
+        shut_down(accelerator, barrier=False)  # the other ranks may not reach a barrier
+        if lost_another_process(error):
+            raise JobFailed(f"another process of this job ended while this one waited for it ({_first_line(error)}); "
+                            f"its own output says why. Complete checkpoints are kept: rerun with --resume auto "
+                            f"--output-dir {run_dir}") from None
+        raise
+
+
+def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) -> dict:
+    data = load_training_data(accelerator, config)
+    targets = to_binary(data.labels)
+    split = make_split(targets, config.split_plan(), data.meta)
+    folder.keep_split(split)
+    run = prepare_run(config, data, targets, split, accelerator)
+    progress = ckpt.TrainingProgress()
+    accelerator.register_for_checkpointing(run.scheduler, progress)
+    folder.restore(progress, config.epochs)
+    board = start_logging(accelerator, folder, data.images, targets, split, config)
+
+    monitored = None
+    with folder.stop_on_signal() as stopper:
+        for epoch in range(progress.epoch + 1, config.epochs + 1):
+            record, monitored = run_epoch(run, accelerator, config, epoch, progress, stopper, board)
+            progress.end_epoch(record)
+            folder.save_checkpoint(epoch)
+
+    test_metrics = finish(run, folder, accelerator, config, monitored, board, progress, _run_config(
+        config, accelerator, data.provenance, split, folder, run))
+    del run  # the DDP wrapper holds the process group: release it before shutting down
+    shut_down(accelerator)
+    return test_metrics
+
+
+# --- start-up ---------------------------------------------------------------------------------
+
+
+def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
+    """The process group (GPUs, or CPU processes where no GPU is usable) and the settings that
+    depend on the device it landed on."""
+    check_launch()
+    cpu = cpu_only(config.cpu)
+    if not cpu and torch.cuda.is_available():
+        check_gpus_per_machine()
+    config = hardware.resolve_mixed_precision(config, on_cpu=cpu or not torch.cuda.is_available())
+    join_restarted_group(cpu, datetime.timedelta(seconds=config.dist_timeout))
+    accelerator = build_accelerator(config, cpu)
+    refuse_independent_launch(accelerator.num_processes)
+    watch_launcher()
+    hardware.tune_backends(accelerator.device)
+    return accelerator, hardware.with_device_defaults(config, accelerator.device, accelerator.num_processes)
+
+
+def build_accelerator(config: TrainConfig, cpu: bool | None = None) -> Accelerator:
+    """``config`` with its mixed precision resolved (``hardware.resolve_mixed_precision``)."""
+    accelerator = Accelerator(
+        cpu=cpu_only(config.cpu) if cpu is None else cpu,
         mixed_precision=config.mixed_precision,
-        # Compiled after DDP wrapping, as accelerate does it; None leaves it to the accelerate config.
-        dynamo_backend="inductor" if config.compile else None,
+        dynamo_backend=_dynamo_backend(config.compile),
         gradient_accumulation_steps=config.grad_accum_steps,
         log_with="tensorboard",
         # A placeholder: the run folder is settled (and shared by all ranks) after start-up.
@@ -90,56 +133,80 @@ def build_accelerator(config: TrainConfig) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=config.seed),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.dist_timeout))],
     )
+    # backward() divides by this; ACCELERATE_GRADIENT_ACCUMULATION_STEPS in the environment would
+    # override it, while the loop counts cycles with --grad-accum-steps: the flag wins.
+    accelerator.gradient_accumulation_steps = config.grad_accum_steps
+    return accelerator
 
 
-def refuse_independent_launch(accelerator: Accelerator) -> None:
-    """The launcher said N processes but accelerate formed no process group: N separate runs."""
-    launched = int(os.environ.get("WORLD_SIZE", "1"))
-    if launched > 1 and accelerator.num_processes == 1:
-        raise UserError(
-            f"WORLD_SIZE={launched} but accelerate sees 1 process: the launcher started {launched} independent "
-            "runs that would each train on all the data and overwrite each other's files. Without GPUs, pass --cpu to "
-            "the training script (`accelerate launch --multi_gpu --num_processes N launch/train.py --cpu`, or "
-            "`torchrun --nproc_per_node N launch/train.py --cpu`); with GPUs, check that each process sees one"
-        )
+def _dynamo_backend(compile_flag: bool) -> str | None:
+    """--compile: the accelerate config's backend if it names one, else inductor. Without it,
+    None leaves the choice to the accelerate config. Either way the model is compiled after DDP
+    wrapping, as accelerate does it."""
+    configured = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "NO").upper()
+    return ("inductor" if configured == "NO" else configured.lower()) if compile_flag else None
 
 
-def resolve_output_dir(config: TrainConfig) -> Path:
-    """The run folder, the same on every rank."""
-    if config.output_dir:
-        return Path(config.output_dir)
-    if config.resume and config.resume != "latest":
-        return Path(config.resume).resolve().parent.parent
-    # Processes start seconds apart: the main process picks the timestamp for all.
-    stamp = [datetime.datetime.now().strftime("%Y%m%d-%H%M%S")]
-    broadcast_object_list(stamp)
-    return default_output_dir(stamp[0])
+def load_training_data(accelerator: Accelerator, config: TrainConfig) -> RawData:
+    """The main process downloads what is missing, then the first process of every other machine
+    (whose cache may be a disk of its own); then every process reads its copy, and all check
+    that they hold the same files."""
+    def fetch():
+        fetch_dataset(config.dataset, config.data_dir, config.mcfam_url, config.pins())
+
+    on_main_process(accelerator, fetch, "download the data")
+    on_every_process(accelerator, fetch, "download the data",
+                     here=accelerator.is_local_main_process and not accelerator.is_main_process)
+    data = on_every_process(accelerator, lambda: load_dataset(
+        config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url, config.pins(),
+        download=False), "read the data")
+    same_on_every_process(accelerator, fingerprint(data), "data files")
+    return data
 
 
-def claim_output_dir(output_dir: Path, lock: ckpt.RunLock, config: TrainConfig) -> None:
-    """Main process only: lock the folder; refuse a finished run unless --overwrite or --resume."""
-    lock.acquire()
-    if ckpt.is_finished_run(output_dir) and not config.resume:
-        if not config.overwrite:
-            raise UserError(f"{output_dir} holds a finished run; choose another --output-dir or pass --overwrite")
-        ckpt.clear_run(output_dir)
+@dataclass
+class Prepared:
+    """What the loop works with, after ``accelerator.prepare``."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    train_loader: DeviceBatchLoader | torch.utils.data.DataLoader
+    monitor_loader: torch.utils.data.DataLoader  # validation, or test when --val-size 0
+    test_loader: torch.utils.data.DataLoader
+    monitor_name: str
+    data_device: str  # where the uint8 set lives (--data-on-device)
+    train_loader_kind: str  # 'device' (DeviceBatchLoader) or 'DataLoader'
 
 
-def on_main_process(accelerator: Accelerator, check) -> None:
-    """Run ``check`` on the main process; if it raises a ``UserError``, every rank raises it.
+def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, accelerator: Accelerator,
+                make_optimizer=hardware.make_optimizer) -> Prepared:
+    """Loaders, model (normalised with training-split statistics), optimizer and LR schedule.
 
-    Without this, the other ranks would wait in their next collective until the launcher
-    killed them, and the user would see a wall of tracebacks instead of one line.
+    ``make_optimizer(model, lr, device)`` builds the optimizer (the recipe's Adam; the
+    gradient tests pass SGD, whose update shows the gradient's scale, which Adam hides).
     """
-    error = [None]
-    if accelerator.is_main_process:
-        try:
-            check()
-        except UserError as failure:
-            error = [str(failure)]
-    broadcast_object_list(error)
-    if error[0] is not None:
-        raise UserError(error[0])
+    # Decided once, on the main process: ranks with different free GPU memory still agree.
+    on_device = on_main_process(accelerator, lambda: wants_device(data.images, targets, accelerator.device,
+                                                                  config.data_on_device), "place the data")
+    images, targets_t = dataset_tensors(data.images, targets, accelerator.device, on_device)
+    train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config,
+                                                         num_processes=accelerator.num_processes,
+                                                         process_index=accelerator.process_index,
+                                                         on_device=on_device)
+    set_seed(config.seed)  # identical initial weights on every rank
+    model = build_model(config, accelerator.device, pixel_statistics(data.images, split.train))
+    # On its device before the optimizer sees it: fused Adam checks where the parameters are.
+    optimizer = make_optimizer(model.to(accelerator.device), config.lr, accelerator.device)
+    # Not passed to prepare(): accelerate's wrapper would step it once per process.
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
+    # prepare() passes a DeviceBatchLoader through untouched and wraps a DataLoader for sharding.
+    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    placement = (str(images.device), "device" if on_device else "DataLoader")
+    if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
+        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement)
+    return Prepared(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
+                    "Validation", *placement)
 
 
 def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: int, process_index: int,
@@ -182,90 +249,64 @@ def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: 
     return train_loader, val_loader, test_loader
 
 
-@dataclass
-class Prepared:
-    """What the loop works with, after ``accelerator.prepare``."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
-    train_loader: DeviceBatchLoader | torch.utils.data.DataLoader
-    monitor_loader: torch.utils.data.DataLoader  # validation, or test when --val-size 0
-    test_loader: torch.utils.data.DataLoader
-    monitor_name: str
-    data_device: str  # where the uint8 set lives (--data-on-device)
-    train_loader_kind: str  # 'device' (DeviceBatchLoader) or 'DataLoader'
+def build_model(config: TrainConfig, device: torch.device, normalization: tuple[float, float]) -> torch.nn.Module:
+    """``Net`` with the training split's intensity statistics, laid out for speed."""
+    model = Net(dropout=config.dropout)
+    model.set_normalization(*normalization)
+    if config.sync_bn:
+        model = convert_sync_batchnorm(model, device)
+    # NHWC convolutions: faster training and evaluation on this project's 2-core CPU
+    # (benchmarks/throughput.py), and the layout GPU tensor cores want.
+    return model.to(memory_format=torch.channels_last)
 
 
-def train(config: TrainConfig) -> dict:
-    """Train, checkpoint every epoch, test once, write the run folder; returns the final test metrics."""
-    config = resolve_mixed_precision(config)
-    accelerator = build_accelerator(config)
-    refuse_independent_launch(accelerator)
-    config = with_device_defaults(config, accelerator.device, accelerator.num_processes)
-    tune_backends(accelerator.device)
-    output_dir = resolve_output_dir(config)
-    lock = ckpt.RunLock(output_dir)
-    try:
-        on_main_process(accelerator, lambda: claim_output_dir(output_dir, lock, config))
-        return _train_in(output_dir, config, accelerator)
-    except UserError:
-        shut_down(accelerator, barrier=False)  # the other ranks may not reach a barrier
-        raise
-    finally:
-        lock.release()
+def start_logging(accelerator: Accelerator, folder: RunFolder, images, targets, split,
+                  config: TrainConfig) -> Logger | None:
+    """TensorBoard in <run>/tensorboard, on the main process (its hyper-parameters go in at the
+    end, next to the final metrics: see ``board.Logger.final``)."""
+    # Both: set_directories keeps the placeholder logging_dir given at start-up (which put the
+    # events of a default runs/<timestamp> run in runs/tensorboard).
+    accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(folder.path)
+    on_main_process(accelerator, lambda: accelerator.init_trackers(ckpt.TENSORBOARD_DIR),
+                    f"start TensorBoard logging in {folder.path / ckpt.TENSORBOARD_DIR}")
+    return Logger.for_run(accelerator, images, targets, split.val if len(split.val) else split.test,
+                          config.log_images_every)
 
 
-def _train_in(output_dir: Path, config: TrainConfig, accelerator: Accelerator) -> dict:
-    resume_from = ckpt.resolve_resume(config.resume, output_dir) if config.resume else None
-
-    with accelerator.main_process_first():  # the main process downloads; the others then read the cache
-        data = load_dataset(config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url,
-                            config.pins())
-    targets = to_binary(data.labels)
-    split = make_split(targets, config.split_plan(), data.meta)
-    on_main_process(accelerator, lambda: ckpt.keep_split(output_dir, split, resuming=resume_from is not None))
-    run = prepare_run(config, data, targets, split, accelerator)
-    progress = ckpt.TrainingProgress()
-    accelerator.register_for_checkpointing(run.scheduler, progress)
-    if resume_from is not None:
-        resume(accelerator, resume_from, progress, config.epochs)
-
-    accelerator.project_configuration.set_directories(str(output_dir))
-    # Hyper-parameters go to TensorBoard once, at the end, next to the final metrics (board.final).
-    accelerator.init_trackers(ckpt.TENSORBOARD_DIR)
-    board = Logger.for_run(accelerator, data.images, targets, split.val if len(split.val) else split.test,
-                           config.log_images_every)
-    monitored = None
-    with GracefulStop() as stopper:
-        try:
-            for epoch in range(progress.epoch + 1, config.epochs + 1):
-                record, monitored = run_epoch(run, accelerator, config, epoch, len(split.train), progress, stopper,
-                                              board)
-                progress.epoch = epoch
-                progress.history.append(record)
-                ckpt.save_checkpoint(accelerator, output_dir, epoch, config.keep_checkpoints)
-        except StopRequested as stop:
-            saved = ckpt.save_checkpoint(accelerator, output_dir, stop.epoch, config.keep_checkpoints, step=stop.step)
-            raise TrainingInterrupted(
-                f"stopped by {signal.Signals(stop.signum).name} at epoch {stop.epoch}, step {stop.step}; saved "
-                f"{saved}. To continue, run the same command with --resume latest --output-dir {output_dir}",
-                stop.signum) from None
-
-    run_config = _run_config(config, accelerator, data.provenance, split, output_dir, run)
-    test_metrics, weights_path = _test_and_save(run, accelerator, config, output_dir, monitored, board, progress,
-                                                run_config)
-    del run  # the DDP wrapper holds the process group: release it before shutting down
-    shut_down(accelerator)
-    accelerator.print(f"Model saved to {weights_path}")
-    return test_metrics
+# --- an epoch ---------------------------------------------------------------------------------
 
 
-def _test_and_save(run: Prepared, accelerator: Accelerator, config: TrainConfig, output_dir: Path,
-                   monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
-                   run_config: dict) -> tuple[dict, Path]:
+def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoch: int,
+              progress: ckpt.TrainingProgress, stopper=None, board: Logger | None = None) -> tuple[dict, Evaluation]:
+    """Train one epoch, evaluate, step the LR schedule; returns the epoch's history record and evaluation."""
+    if progress.step == 0:
+        # Dropout masks differ per rank and epoch and depend only on (seed, epoch, rank), so a
+        # resumed epoch is exact. (Resuming inside an epoch, load_state restored the RNG instead.)
+        set_seed(config.seed + epoch, device_specific=True)
+    train_loss, images_per_s = train_one_epoch(run.model, run.optimizer, run.train_loader, accelerator, config,
+                                               epoch, progress, stopper)
+    monitored = evaluate(run.model, run.monitor_loader, accelerator)
+    run.scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
+    name = run.monitor_name.lower()
+    record = {"epoch": epoch, "train_loss": train_loss, f"{name}_loss": monitored.loss,
+              f"{name}_accuracy": monitored.accuracy, "lr": run.optimizer.param_groups[0]["lr"],
+              "images_per_s": images_per_s, "rss_mb": resident_memory_mb()}
+    accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch)
+    if board is not None:  # main process only; no collectives inside
+        board.epoch(accelerator.unwrap_model(run.model, keep_torch_compile=False), monitored, run.monitor_name, epoch)
+    accelerator.print(f"{run.monitor_name} set: Average loss: {monitored.loss:.4f}, "
+                      f"Accuracy: {100 * monitored.accuracy:.2f}% [COVID Detection]")
+    return record, monitored
+
+
+# --- the end ----------------------------------------------------------------------------------
+
+
+def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
+           monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
+           run_config: dict) -> dict:
     """Pick the threshold on validation, score the test split once with it, write the run's outputs."""
-    if monitored is None:  # no epoch ran here (resume refuses that today): score the model as it is
+    if monitored is None:  # resumed after the last epoch (a run stopped while writing its outputs)
         monitored = evaluate(run.model, run.monitor_loader, accelerator)
     decision = decide_threshold(monitored if run.monitor_name == "Validation" else None, config)
     final = evaluate(run.model, run.test_loader, accelerator)
@@ -274,14 +315,12 @@ def _test_and_save(run: Prepared, accelerator: Accelerator, config: TrainConfig,
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
                       f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
                       f"{decision['method']})")
-    # Before the weights, whose presence marks a finished run; a write error stops every rank.
-    on_main_process(accelerator, lambda: ckpt.write_decision(output_dir / ckpt.WEIGHTS_FILE, decision))
-    weights_path = ckpt.export_weights(accelerator, run.model, output_dir)
-    if accelerator.is_main_process:
-        write_json(output_dir / ckpt.CONFIG_FILE, run_config)
-        write_json(output_dir / ckpt.METRICS_FILE, {"test": test_metrics, "history": progress.history})
-        board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch)
-    return test_metrics, weights_path
+    weights = ckpt.consolidated_state_dict(accelerator.get_state_dict(run.model))  # collective under FSDP
+    draw_final = board and (lambda: board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch))
+    path = folder.write_outputs(decision, weights, run_config, {"test": test_metrics, "history": progress.history},
+                                draw_final)
+    accelerator.print(f"Model saved to {path}")
+    return test_metrics
 
 
 def decide_threshold(validation: Evaluation | None, config: TrainConfig) -> dict:
@@ -309,73 +348,6 @@ def shut_down(accelerator: Accelerator, barrier: bool = True) -> None:
     gc.collect()
 
 
-def build_model(config: TrainConfig, device: torch.device, normalization: tuple[float, float]) -> torch.nn.Module:
-    """``Net`` with the training split's intensity statistics, laid out for speed."""
-    model = Net(dropout=config.dropout)
-    model.set_normalization(*normalization)
-    if config.sync_bn:
-        model = convert_sync_batchnorm(model, device)
-    # NHWC convolutions: faster training and evaluation on this project's 2-core CPU
-    # (benchmarks/throughput.py), and the layout GPU tensor cores want.
-    return model.to(memory_format=torch.channels_last)
-
-
-def prepare_run(config: TrainConfig, data, targets: np.ndarray, split, accelerator: Accelerator) -> Prepared:
-    """Loaders, model (normalised with training-split statistics), optimizer and LR schedule."""
-    # Decided once, on the main process: ranks with different free GPU memory still agree.
-    on_device = [wants_device(data.images, targets, accelerator.device, config.data_on_device)]
-    broadcast_object_list(on_device)
-    images, targets_t = dataset_tensors(data.images, targets, accelerator.device, on_device[0])
-    train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config,
-                                                         num_processes=accelerator.num_processes,
-                                                         process_index=accelerator.process_index,
-                                                         on_device=on_device[0])
-    set_seed(config.seed)  # identical initial weights on every rank
-    model = build_model(config, accelerator.device, pixel_statistics(data.images, split.train))
-    optimizer = make_optimizer(model, config.lr, accelerator.device)
-    # Not passed to prepare(): accelerate's wrapper would step it once per process.
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
-    # prepare() passes a DeviceBatchLoader through untouched and wraps a DataLoader for sharding.
-    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    placement = (str(images.device), "device" if on_device[0] else "DataLoader")
-    if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
-        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement)
-    return Prepared(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
-                    "Validation", *placement)
-
-
-def resume(accelerator: Accelerator, checkpoint: Path, progress: ckpt.TrainingProgress, epochs: int) -> None:
-    accelerator.load_state(str(checkpoint))
-    accelerator.print(f"Resumed from {checkpoint} (epoch {progress.epoch} done)")
-    if progress.epoch >= epochs:
-        raise UserError(f"{checkpoint} is already at epoch {progress.epoch} of --epochs {epochs}; "
-                        "pass a larger --epochs to train longer")
-
-
-def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoch: int, train_size: int,
-              progress: ckpt.TrainingProgress, stopper: GracefulStop,
-              board: Logger | None = None) -> tuple[dict, Evaluation]:
-    """Train one epoch, evaluate, step the LR schedule; returns the epoch's history record and evaluation."""
-    if progress.step == 0:
-        # Dropout masks differ per rank and epoch and depend only on (seed, epoch, rank), so a
-        # resumed epoch is exact. (Resuming inside an epoch, load_state restored the RNG instead.)
-        set_seed(config.seed + epoch, device_specific=True)
-    train_loss, images_per_s = train_one_epoch(run.model, run.optimizer, run.train_loader, accelerator, config,
-                                               epoch, train_size, progress, stopper)
-    monitored = evaluate(run.model, run.monitor_loader, accelerator)
-    run.scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
-    name = run.monitor_name.lower()
-    record = {"epoch": epoch, "train_loss": train_loss, f"{name}_loss": monitored.loss,
-              f"{name}_accuracy": monitored.accuracy, "lr": run.optimizer.param_groups[0]["lr"],
-              "images_per_s": images_per_s, "rss_mb": resident_memory_mb()}
-    accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch)
-    if board is not None:  # main process only; no collectives inside
-        board.epoch(accelerator.unwrap_model(run.model, keep_torch_compile=False), monitored, run.monitor_name, epoch)
-    accelerator.print(f"{run.monitor_name} set: Average loss: {monitored.loss:.4f}, "
-                      f"Accuracy: {100 * monitored.accuracy:.2f}% [COVID Detection]")
-    return record, monitored
-
-
 def _describe_rates(metrics: dict) -> str:
     def rate(value):
         return "n/a" if value is None else f"{value:.3f}"
@@ -384,108 +356,8 @@ def _describe_rates(metrics: dict) -> str:
             f"specificity {rate(metrics['specificity'])}, ROC AUC {rate(metrics['roc_auc'])}")
 
 
-def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int, train_size: int,
-                    progress: ckpt.TrainingProgress | None = None,
-                    stopper: GracefulStop | None = None) -> tuple[float, float]:
-    """One pass over this rank's shard; returns (global mean training loss, global images/s).
-
-    With ``progress.step`` > 0 (resuming inside the epoch) the steps already done are skipped.
-    On an agreed stop signal, ``progress`` records where the epoch stands and ``StopRequested``
-    is raised on every rank at the same step.
-    """
-    progress = progress if progress is not None else ckpt.TrainingProgress()
-    model.train()
-    steps_per_epoch = len(loader)
-    if progress.step:
-        loader = (loader.skip_first_batches(progress.step) if isinstance(loader, DeviceBatchLoader)
-                  else accelerator.skip_first_batches(loader, progress.step))
-    loader.set_epoch(epoch)  # the same permutation on every rank, new each epoch
-    loss_sum, seen = (torch.tensor(value, device=accelerator.device)
-                      for value in progress.sums_for(accelerator.process_index, accelerator.num_processes))
-    first_bad_step = torch.full((), -1, device=accelerator.device)  # updated without a host sync
-    started = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
-               disable=None if accelerator.is_main_process else True)  # None: off when not a terminal
-    # Creating a DataLoader's iterator draws a seed from the global RNG (a DeviceBatchLoader
-    # draws none). The state is put back once the iterator exists, so dropout and augmentation
-    # see the same random stream with either loader, and after a resume inside the epoch.
-    rng_before_iterator = torch.get_rng_state()
-    for step, (images, targets, _) in enumerate(bar, start=progress.step + 1):
-        if rng_before_iterator is not None:
-            torch.set_rng_state(rng_before_iterator)
-            rng_before_iterator = None
-        if config.augment:
-            images = augment_batch(images)
-        # Accumulation boundaries follow the step within the epoch (not accelerate's running
-        # counter): the last micro-batches of an epoch still make an optimizer step, and a
-        # resumed epoch has the same boundaries. The optimizer only steps when they sync.
-        accelerator.sync_gradients = step % config.grad_accum_steps == 0 or step == steps_per_epoch
-        with contextlib.nullcontext() if accelerator.sync_gradients else accelerator.no_sync(model):
-            loss = F.nll_loss(model(images), targets)
-            # backward() divides by grad_accum_steps; an epoch's last cycle may hold fewer.
-            accelerator.backward(loss * _short_cycle_scale(step, steps_per_epoch, config.grad_accum_steps))
-            if config.max_grad_norm is not None and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad()
-        loss_sum += loss.detach().float() * len(targets)
-        seen += len(targets)
-        first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(loss.detach()), step, first_bad_step)
-        if step % config.log_every == 0:  # same step on every rank: the reduce is a collective
-            totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
-            _stop_if_not_finite(accelerator, totals, first_bad_step, epoch)
-            _log_step(accelerator, optimizer, totals, started, epoch, step, steps_per_epoch)
-        # Only between optimizer steps: a stop inside an accumulation cycle would lose its gradients.
-        if stopper is not None and accelerator.sync_gradients and (signum := stopper.agreed_signal(accelerator)):
-            progress.step = step
-            progress.partial_sums = accelerator.gather(torch.stack([loss_sum, seen]).unsqueeze(0)).tolist()
-            raise StopRequested(signum, epoch, step)
-    accelerator.sync_gradients = True
-    totals = accelerator.reduce(torch.stack([loss_sum, seen]), reduction="sum")
-    _stop_if_not_finite(accelerator, totals, first_bad_step, epoch)
-    progress.step, progress.partial_sums = 0, []
-    elapsed = time.perf_counter() - started
-    mean_loss = (totals[0] / totals[1]).item()
-    accelerator.print(f"Train Epoch: {epoch} [{train_size}/{train_size} (100%)]\tLoss: {mean_loss:.6f}\t"
-                      f"LR: {optimizer.param_groups[0]['lr']:.6g}\t{totals[1].item() / elapsed:.0f} img/s")
-    return mean_loss, totals[1].item() / elapsed
-
-
-def _short_cycle_scale(step: int, steps_per_epoch: int, accumulation: int) -> float:
-    """accumulation / (micro-batches in this step's cycle): 1 except in a short last cycle."""
-    cycle_start = (step - 1) // accumulation * accumulation + 1
-    return accumulation / min(accumulation, steps_per_epoch - cycle_start + 1)
-
-
-def _stop_if_not_finite(accelerator, totals, first_bad_step, epoch: int) -> None:
-    """Every rank sees the same reduced sum, so all stop together, before anything is saved."""
-    if torch.isfinite(totals[0]):
-        return
-    steps = accelerator.gather(first_bad_step.reshape(1))
-    step = int(steps[steps >= 0].min())
-    raise UserError(f"the training loss became NaN or infinite at epoch {epoch}, step {step}; stopped without "
-                    "saving this epoch (the last complete checkpoint is kept). Try a lower --lr, --max-grad-norm, "
-                    "or --mixed-precision no")
-
-
-def _log_step(accelerator, optimizer, totals, started, epoch, step, steps_per_epoch) -> None:
-    global_step = (epoch - 1) * steps_per_epoch + step
-    accelerator.log({"train/loss": (totals[0] / totals[1]).item(), "train/lr": optimizer.param_groups[0]["lr"],
-                     "train/images_per_s": totals[1].item() / (time.perf_counter() - started)}, step=global_step)
-
-
-@torch.inference_mode()
-def evaluate(model, loader, accelerator) -> Evaluation:
-    """Every rank scores its shard; ``gather_for_metrics`` drops the padding of the last batch."""
-    model.eval()
-    log_probs, targets, rows = [], [], []
-    for images, batch_targets, batch_rows in loader:
-        gathered = accelerator.gather_for_metrics((model(images).float(), batch_targets, batch_rows))
-        for bucket, tensor in zip((log_probs, targets, rows), gathered):
-            bucket.append(tensor.cpu())
-    log_probs, targets, rows = torch.cat(log_probs), torch.cat(targets), torch.cat(rows)
-    loss = F.nll_loss(log_probs, targets, reduction="mean").item()
-    return Evaluation(loss, log_probs[:, 1].exp().numpy(), targets.numpy(), rows.numpy())
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
@@ -495,16 +367,17 @@ def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
     return values
 
 
-def _run_config(config: TrainConfig, accelerator: Accelerator, provenance: dict, split, output_dir: Path,
+def _run_config(config: TrainConfig, accelerator: Accelerator, provenance: dict, split, folder: RunFolder,
                 run: Prepared) -> dict:
     return {
         "config": config.to_dict(),
-        "output_dir": str(output_dir),
+        "output_dir": str(folder.path),
         "data": {"dataset": config.dataset, **provenance,
                  "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
         "distributed": {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
                         "mixed_precision": accelerator.mixed_precision, "data_device": run.data_device,
                         "train_loader": run.train_loader_kind,
-                        "distributed_type": str(accelerator.distributed_type)},
+                        "distributed_type": str(accelerator.distributed_type),
+                        "dynamo_backend": str(accelerator.state.dynamo_plugin.backend.value)},
         "environment": environment_summary(),
     }

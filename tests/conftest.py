@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +24,9 @@ PREDICT_SCRIPT = ROOT / "launch" / "predict.py"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
 # A small, quick recipe: 400 images, 2 epochs, global batch 40 (20 per process with 2). No
-# TensorBoard figures (~1.5 s a run); tests/test_evaluation.py draws and checks them.
-SMALL_RUN = ["--cpu", "--data-dir", "{data}", "--epochs", "2", "--batch-size", "40", "--eval-batch-size", "60",
+# TensorBoard figures (~1.5 s a run); tests/test_evaluation.py draws and checks them. No --cpu:
+# on this GPU-less machine every run goes through the automatic CPU fallback, as a user's would.
+SMALL_RUN = ["--data-dir", "{data}", "--epochs", "2", "--batch-size", "40", "--eval-batch-size", "60",
              "--log-images-every", "0"]
 
 
@@ -70,3 +76,109 @@ def torchrun(nproc: int, script: Path, args: list, **kwargs) -> subprocess.Compl
 
 def small_args(data: Path, output_dir: Path, *extra) -> list:
     return [a.format(data=data) for a in SMALL_RUN] + ["--output-dir", output_dir, *extra]
+
+
+# --- a local MCFAM mirror (the real URL is never called) ----------------------------------------
+
+
+def npz_bytes(**arrays) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+IMAGES = npz_bytes(train_images=np.zeros((8, 64, 64), np.uint8))
+LABELS = npz_bytes(train_labels=np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 2])
+
+
+class FakeMirror:
+    """Serves files by name; ``failures[name]`` requests fail with 500 first; ``truncate`` cuts bodies short."""
+
+    def __init__(self):
+        self.files = {"train_images64.npz": IMAGES, "train_labels.npz": LABELS}
+        self.failures: dict[str, int] = {}
+        self.truncate: set[str] = set()
+        self.requests: list[str] = []
+        self.stall_s = 0.0
+        mirror = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                mirror.requests.append(name)
+                if mirror.failures.get(name, 0) > 0:
+                    mirror.failures[name] -= 1
+                    self.send_error(500)
+                    return
+                if name not in mirror.files:
+                    self.send_error(404)
+                    return
+                body = mirror.files[name]
+                time.sleep(mirror.stall_s)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in mirror.truncate else body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/MCFAM/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+# --- a multi-process job, as its user sees it and rank by rank --------------------------------
+
+
+@dataclass
+class Job:
+    """A finished launcher run: its exit code, wall time, the console (launcher and ranks
+    interleaved, each rank's lines prefixed ``[default<rank>]:``) and each rank's own stderr."""
+
+    returncode: int
+    seconds: float
+    console: str
+    ranks: dict
+
+
+def launch_job(launcher: list, script: Path, args: list, log_dir: Path, timeout: float = 120, env=None,
+               cwd=ROOT) -> Job:
+    """``launcher`` + ``script args``, with every rank's output also kept per rank (torchrun's
+    and accelerate's ``--tee 3`` with a log folder)."""
+    log_flags = ["--log-dir", log_dir] if "torch.distributed.run" in map(str, launcher) else ["--log_dir", log_dir]
+    command = [*launcher, "--tee", "3", *log_flags, script, *args]
+    started = time.monotonic()
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, timeout=timeout,
+                            env=env or clean_env(), cwd=cwd)
+    ranks = {}
+    for path in sorted(Path(log_dir).rglob("stderr.log")):  # <run id>/attempt_<n>/<local rank>/stderr.log
+        ranks[int(path.parent.name)] = path.read_text()
+    return Job(result.returncode, time.monotonic() - started, result.stdout + result.stderr, ranks)
+
+
+def torchrun_launcher(nproc: int = 2) -> list:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", nproc, "--master_addr", "127.0.0.1",
+            "--master_port", free_port()]
+
+
+def assert_failed_together(job: Job, *fragments, within: float = 40.0) -> str:
+    """The job failed as one: quickly, one error line written by the main process alone, no
+    traceback from any rank. Returns that line."""
+    assert job.returncode != 0, job.console[-3000:]
+    assert job.seconds < within, f"the job took {job.seconds:.0f} s to end"
+    assert sorted(job.ranks) == [0, 1], job.ranks.keys()
+    main_errors = [line for line in job.ranks[0].splitlines() if line.startswith("covid-ddp-train: error:")]
+    assert len(main_errors) == 1, job.ranks[0][-3000:]
+    for rank, text in job.ranks.items():
+        assert "Traceback" not in text, f"rank {rank}:\n{text[-3000:]}"
+        if rank:
+            assert "error" not in text.lower(), f"rank {rank} printed:\n{text[-3000:]}"
+    assert job.console.count("covid-ddp-train: error:") == 1, job.console[-3000:]
+    for fragment in fragments:
+        assert fragment in main_errors[0], main_errors[0]
+    return main_errors[0]

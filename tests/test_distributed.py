@@ -7,14 +7,16 @@ several tests.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import HELPERS, clean_env, free_port, run, small_args, torchrun
+from conftest import SMALL_RUN, TRAIN_SCRIPT, HELPERS, FakeMirror, clean_env, free_port, run, small_args, torchrun
 from covid_ddp import Net, load_model, predict
 from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.splits import split_indices
@@ -78,6 +80,7 @@ def test_two_processes_write_one_consolidated_run(two_process_run):
     assert result.stdout.count("Test set: Average loss") == 1, "only the main process prints"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["distributed"]["num_processes"] == 2
+    assert config["distributed"]["distributed_type"].endswith("MULTI_CPU"), "torchrun without --cpu: a gloo group"
 
 
 def test_ranks_end_with_identical_weights(two_process_run):
@@ -112,58 +115,111 @@ def test_consolidated_weights_reproduce_the_trained_model(two_process_run, small
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
 
 
-def test_two_nodes_on_localhost_match_the_two_process_run(two_process_run, small_data, tmp_path):
-    """Two torchrun launchers (--nnodes 2, one process each) form one job with the same result."""
-    port = free_port()
-    launchers = []
-    for node_rank in (0, 1):
-        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
-                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
-                   str(HELPERS / "train_and_dump.py"), str(tmp_path / "dump"),
-                   *map(str, small_args(small_data, tmp_path / "run"))]
-        launchers.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env()))
-    outputs = [launcher.communicate(timeout=240) for launcher in launchers]
+def test_a_two_process_checkpoint_resumes_on_one_process(two_process_run, small_data, tmp_path):
+    """The 2-process run as if stopped after epoch 1, continued by one process to its end."""
+    folder, _ = two_process_run
+    resumed = shutil.copytree(folder / "run", tmp_path / "run")
+    shutil.rmtree(resumed / "checkpoints" / "epoch_002")
+    for name in ("COVID_binary_classifier.pth", "COVID_binary_classifier.json", "metrics.json", "config.json"):
+        (resumed / name).unlink()
+    result = run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, resumed, "--resume", "latest")])
+    assert "Resumed from" in result.stdout and "Train Epoch: 2" in result.stdout
+    assert [h["epoch"] for h in json.loads((resumed / "metrics.json").read_text())["history"]] == [1, 2]
+    assert json.loads((resumed / "config.json").read_text())["distributed"]["num_processes"] == 1
+
+
+def _start_node(node_rank: int, port: int, cwd, flags: list, env: dict, wrapper=()) -> subprocess.Popen:
+    """One torchrun agent of a 2-node job (one process each), as a second machine would start it."""
+    command = [*wrapper, sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
+               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+               str(HELPERS / "train_and_dump.py"), str(cwd / "dump"), *map(str, flags)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+
+def test_two_nodes_from_different_folders_make_one_run_and_download_once_each(two_process_run, small_data, tmp_path):
+    """Two torchrun agents (--nnodes 2) on 127.0.0.1, started in different working directories,
+    each with its own data cache (a machine's local disk): one job, one run folder (the
+    default runs/<timestamp>, resolved by the main process), one download per machine, and
+    the weights of the 2-process run."""
+    mirror = FakeMirror()
+    mirror.files = {name: (small_data / name).read_bytes() for name in ("train_images64.npz", "train_labels.npz")}
+    port, launchers = free_port(), []
+    flags = [a.format(data=small_data) for a in SMALL_RUN if a not in ("--data-dir", "{data}")]
+    try:
+        for node in (0, 1):
+            (tmp_path / f"node{node}").mkdir()
+            env = clean_env(XDG_CACHE_HOME=str(tmp_path / f"node{node}" / "cache"))
+            launchers.append(_start_node(node, port, tmp_path / f"node{node}", [*flags, "--mcfam-url", mirror.url],
+                                         env))
+        outputs = [launcher.communicate(timeout=240) for launcher in launchers]
+    finally:
+        mirror.close()
     for launcher, (stdout, stderr) in zip(launchers, outputs):
         assert launcher.returncode == 0, stderr[-3000:]
+    assert sorted(mirror.requests) == ["train_images64.npz"] * 2 + ["train_labels.npz"] * 2, "once per machine"
+    run_dirs = list((tmp_path / "node0" / "runs").iterdir())
+    assert len(run_dirs) == 1 and not (tmp_path / "node1" / "runs").exists(), "one run folder, the main process's"
 
     two_proc_folder, _ = two_process_run
     reference = torch.load(two_proc_folder / "run" / "COVID_binary_classifier.pth", weights_only=True)
-    multi_node = torch.load(tmp_path / "run" / "COVID_binary_classifier.pth", weights_only=True)
+    multi_node = torch.load(run_dirs[0] / "COVID_binary_classifier.pth", weights_only=True)
     for key in reference:
         torch.testing.assert_close(multi_node[key], reference[key], rtol=0, atol=1e-6, msg=key)
-    rank0, rank1 = (torch.load(tmp_path / "dump" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    rank0, rank1 = (torch.load(tmp_path / f"node{n}" / "dump" / f"rank{n}.pt", weights_only=True) for n in (0, 1))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
-    assert len(list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert len(list((run_dirs[0] / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
-def _probe_weights(path):
-    return torch.load(path, weights_only=True)
+def test_a_run_folder_one_machine_cannot_see_is_refused_in_one_line(small_data, tmp_path):
+    """Node 1 sees another filesystem at the run folder's path (its own mount namespace with a
+    tmpfs there, as a machine without the shared disk would): the job refuses, naming the fix."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "true"]).returncode != 0:
+        pytest.skip("needs unshare --mount (root) to give one node a filesystem of its own")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    flags = small_args(small_data, shared / "run")
+    port = free_port()
+    private_disk = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                    f'mount -t tmpfs tmpfs "{shared}" && exec "$0" "$@"']
+    started = time.monotonic()
+    launchers = [_start_node(0, port, tmp_path, flags, clean_env()),
+                 _start_node(1, port, tmp_path, flags, clean_env(), wrapper=private_disk)]
+    outputs = [launcher.communicate(timeout=120) for launcher in launchers]
+    assert time.monotonic() - started < 40, "the job ends at once, not after --dist-timeout"
+    assert all(launcher.returncode != 0 for launcher in launchers)
+    errors = [line for _, stderr in outputs for line in stderr.splitlines() if "covid-ddp-train: error:" in line]
+    assert len(errors) == 1 and "not shared with the main process" in errors[0], errors
+    assert "every machine mounts at the same path" in errors[0]
+    assert "covid-ddp-train: error:" in outputs[0][1], "printed by the main process"
+    for _, stderr in outputs:  # the only traceback: each launcher's own ChildFailedError summary
+        assert stderr.count("Traceback (most recent call last)") == stderr.count("errors.ChildFailedError:"), stderr
 
 
-def test_gradient_sync_two_half_batches_equal_one_full_batch(small_data, tmp_path):
-    """Dropout off, SyncBatchNorm on: 2 processes x 20 images == 1 process x 40 images per step.
-
-    Runs covid_ddp's own loader, DDP wrapping, SyncBatchNorm and training loop for 3 Adam steps.
-    """
-    probe = HELPERS / "step_probe.py"
-    torchrun(2, probe, [tmp_path / "two.pt", small_data, 40, 1, 1, 0])
-    run([sys.executable, probe, tmp_path / "one.pt", small_data, 40, 1, 1, 0])
-    two, one = _probe_weights(tmp_path / "two.pt"), _probe_weights(tmp_path / "one.pt")
-    moved = max((one[k] - Net().double().state_dict()[k]).abs().max().item() for k in ("fc1.weight",))
-    assert moved > 1e-4, "the probe must actually train"
-    for key in one:
-        torch.testing.assert_close(two[key], one[key], rtol=0, atol=1e-5, msg=key)
+def _probe(cases: list, small_data, tmp_path, processes: int) -> dict:
+    out = tmp_path / f"probe{processes}.json"
+    if processes == 1:
+        run([sys.executable, HELPERS / "step_probe.py", out, small_data, *cases])
+    else:
+        torchrun(processes, HELPERS / "step_probe.py", [out, small_data, *cases])
+    return json.loads(out.read_text())
 
 
-def test_gradient_accumulation_two_half_batches_equal_one_full_batch(small_data, tmp_path):
-    """--grad-accum-steps 2 on batches of 20 == batches of 40 (dropout off, BatchNorm statistics frozen)."""
-    probe = HELPERS / "step_probe.py"
-    run([sys.executable, probe, tmp_path / "accum.pt", small_data, 20, 2, 0, 1])
-    run([sys.executable, probe, tmp_path / "full.pt", small_data, 40, 1, 0, 1])
-    accum, full = _probe_weights(tmp_path / "accum.pt"), _probe_weights(tmp_path / "full.pt")
-    for key in full:
-        torch.testing.assert_close(accum[key], full[key], rtol=0, atol=1e-5, msg=key)
-    # And it is not vacuous: without accumulation the same batches of 20 take twice the steps.
-    run([sys.executable, probe, tmp_path / "plain.pt", small_data, 20, 1, 0, 1])
-    plain = _probe_weights(tmp_path / "plain.pt")
-    assert (plain["fc1.weight"] - full["fc1.weight"]).abs().max() > 1e-4
+def _assert_exact(results: dict) -> None:
+    for case, result in results.items():
+        assert result["max_difference"] < 1e-10, (case, result)
+        assert result["moved"] > 1e-4, (case, "the probe must actually train")
+
+
+def test_two_processes_train_exactly_like_one_on_the_whole_batch(small_data, tmp_path):
+    """Through prepare_run and train_one_epoch, with SGD in float64: 2 processes x half batches,
+    synced by DDP (and SyncBatchNorm), equal plain PyTorch on whole batches to 1e-10, also with
+    accumulation, a short last cycle and clipping of the synced gradient."""
+    results = _probe(["sync", "sync_accumulation_clipping"], small_data, tmp_path, processes=2)
+    _assert_exact(results)
+    assert results["sync_accumulation_clipping"]["largest_gradient_norm"] > 0.05, "clipping was engaged"
+
+
+def test_accumulation_short_cycles_and_clipping_equal_whole_batch_steps(small_data, tmp_path):
+    results = _probe(["accumulation", "short_last_cycle", "clipping"], small_data, tmp_path, processes=1)
+    _assert_exact(results)
+    assert results["clipping"]["largest_gradient_norm"] > 0.05, "clipping was engaged"

@@ -3,70 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
-from conftest import TRAIN_SCRIPT, run
+from conftest import IMAGES, LABELS, TRAIN_SCRIPT, FakeMirror, npz_bytes, run
 from covid_ddp.data import fetch_mcfam, load_data_dir, sha256_of
 from covid_ddp.download import DownloadError, download
 from covid_ddp.errors import UserError
-
-
-def npz_bytes(**arrays) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
-IMAGES = npz_bytes(train_images=np.zeros((8, 64, 64), np.uint8))
-LABELS = npz_bytes(train_labels=np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 2])
-
-
-class FakeMirror:
-    """Serves files by name; ``failures[name]`` requests fail with 500 first; ``truncate`` cuts bodies short."""
-
-    def __init__(self):
-        self.files = {"train_images64.npz": IMAGES, "train_labels.npz": LABELS}
-        self.failures: dict[str, int] = {}
-        self.truncate: set[str] = set()
-        self.requests: list[str] = []
-        self.stall_s = 0.0
-        mirror = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                name = self.path.rsplit("/", 1)[-1]
-                mirror.requests.append(name)
-                if mirror.failures.get(name, 0) > 0:
-                    mirror.failures[name] -= 1
-                    self.send_error(500)
-                    return
-                if name not in mirror.files:
-                    self.send_error(404)
-                    return
-                body = mirror.files[name]
-                time.sleep(mirror.stall_s)
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body[: len(body) // 2] if name in mirror.truncate else body)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/MCFAM/"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

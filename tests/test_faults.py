@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import HELPERS, TRAIN_SCRIPT, clean_env, free_port, run, small_args, torchrun, write_mcfam
-from covid_ddp.checkpoint import RunLock, complete_checkpoints, load_weights
+from conftest import HELPERS, TRAIN_SCRIPT, run, small_args, write_mcfam
+from covid_ddp.checkpoint import complete_checkpoints
+from covid_ddp.run_folder import RunLock
 from covid_ddp.errors import UserError
 from covid_ddp.train import main as train_main
 
@@ -113,126 +109,10 @@ def test_a_non_finite_loss_stops_before_saving(small_data, tmp_path):
     assert "Resumed from" in resumed.stdout, "the last good checkpoint is intact"
 
 
-def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one(small_data, tmp_path):
-    """save_state writes 4 files a checkpoint here: the 6th is inside the second checkpoint."""
-    result = run([sys.executable, HELPERS / "faulty_train.py", "enospc:6", *small_args(small_data, tmp_path / "run")],
-                 check=False)
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "No space left on device" in result.stderr and "Traceback" not in result.stderr
-    checkpoints = tmp_path / "run" / "checkpoints"
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["epoch_001"], "no half-written checkpoint"
-    assert load_weights(next((checkpoints / "epoch_001").glob("optimizer.bin")))
-    assert not (tmp_path / "run" / "COVID_binary_classifier.pth").exists()
-
-
 def test_a_local_copy_that_differs_from_its_pin_is_refused(capsys, small_data, tmp_path):
     code, err = train_in_process(capsys, small_data, tmp_path / "run", "--sha256-labels", "ab" * 32)
     assert_refused(code, err, "train_labels.npz: sha256 is", "not the pinned abab")
     assert not (tmp_path / "run").exists()
-
-
-# --- signals, killed ranks and exact resume (real 2-process runs) ---------------------------
-
-# --augment: its random draws must resume exactly too (they come from the checkpointed RNG).
-TRIAL_FLAGS = ("--epochs", "3", "--batch-size", "20", "--augment")
-
-
-def _start_two_process_run(data, output_dir, *script, extra=()) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(free_port()), *map(str, script or [TRAIN_SCRIPT]),
-               *map(str, small_args(data, output_dir, *TRIAL_FLAGS, *extra))]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
-                            start_new_session=True)
-
-
-def _wait_for(path, timeout=120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(small_data, tmp_path_factory):
-    """The reference: the same 2-process, 3-epoch run, never stopped."""
-    output_dir = tmp_path_factory.mktemp("reference") / "run"
-    launcher = _start_two_process_run(small_data, output_dir)
-    _, stderr = launcher.communicate(timeout=240)
-    assert launcher.returncode == 0, stderr[-3000:]
-    return output_dir
-
-
-def _assert_same_run(resumed_dir, reference_dir) -> None:
-    reference = torch.load(reference_dir / "COVID_binary_classifier.pth", weights_only=True)
-    resumed = torch.load(resumed_dir / "COVID_binary_classifier.pth", weights_only=True)
-    worst = max((resumed[key].double() - reference[key].double()).abs().max().item() for key in reference)
-    print(f"max |weight difference| after resume: {worst:.3g}")  # shown with pytest -s
-    assert worst <= 1e-6
-    history = [json.loads((d / "metrics.json").read_text())["history"] for d in (reference_dir, resumed_dir)]
-    assert [h["validation_loss"] for h in history[1]] == pytest.approx([h["validation_loss"] for h in history[0]], abs=1e-6)
-    assert [h["train_loss"] for h in history[1]] == pytest.approx([h["train_loss"] for h in history[0]], abs=1e-6)
-    tests = [json.loads((d / "metrics.json").read_text())["test"] for d in (reference_dir, resumed_dir)]
-    assert tests[1]["confusion_matrix"] == tests[0]["confusion_matrix"]
-    assert tests[1]["loss"] == pytest.approx(tests[0]["loss"], abs=1e-6)
-
-
-def _resume(data, output_dir, *extra) -> None:
-    torchrun(2, TRAIN_SCRIPT, small_args(data, output_dir, *TRIAL_FLAGS, *extra, "--resume", "latest"), timeout=240)
-
-
-def test_sigterm_to_the_launcher_saves_a_checkpoint_and_resume_is_exact(small_data, tmp_path, uninterrupted):
-    # Through the DataLoader path (the reference used the device-resident loader): the two must
-    # give the same batches, and accelerate's skip_first_batches must resume it exactly.
-    dataloader_path = ("--data-on-device", "no")
-    launcher = _start_two_process_run(small_data, tmp_path / "run", extra=dataloader_path)
-    _wait_for(tmp_path / "run" / "checkpoints" / "epoch_001")
-    launcher.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
-    _, stderr = launcher.communicate(timeout=120)
-    assert launcher.returncode != 0
-    assert "stopped by SIGTERM at epoch" in stderr and "--resume latest --output-dir" in stderr
-    inside_epoch = [p.name for p in complete_checkpoints(tmp_path / "run") if "_step_" in p.name]
-    assert inside_epoch, "a checkpoint is saved where training stopped"
-    assert not (tmp_path / "run" / "COVID_binary_classifier.pth").exists()
-    _resume(small_data, tmp_path / "run", *dataloader_path)
-    _assert_same_run(tmp_path / "run", uninterrupted)
-
-
-@pytest.mark.parametrize("moment", ["inside an epoch", "during evaluation", "during a checkpoint write"])
-def test_a_rank_killed_with_sigkill_ends_the_job_and_resume_is_exact(small_data, tmp_path, uninterrupted, moment):
-    run_dir = tmp_path / "run"
-    if moment == "inside an epoch":
-        launcher = _start_two_process_run(small_data, run_dir)
-        _wait_for(run_dir / "checkpoints" / "epoch_001")
-        time.sleep(0.3)
-    elif moment == "during evaluation":  # the 2nd validation pass takes 3 s more
-        launcher = _start_two_process_run(small_data, run_dir, HELPERS / "faulty_train.py", "sloweval:2")
-        _wait_for(run_dir / "checkpoints" / "epoch_001")
-        time.sleep(1.5)
-        assert not (run_dir / "checkpoints" / "epoch_002").exists()
-    else:  # the 2nd checkpoint's 2nd file takes 3 s more: the kill lands while it is half-written
-        launcher = _start_two_process_run(small_data, run_dir, HELPERS / "faulty_train.py", "slowsave:6")
-        _wait_for(run_dir / "checkpoints" / "epoch_002.tmp")
-        time.sleep(0.5)
-    workers = [int(pid) for pid in subprocess.run(["pgrep", "-f", f"output-dir {run_dir}"], capture_output=True,
-                                                  text=True).stdout.split() if int(pid) != launcher.pid]
-    os.kill(max(workers), signal.SIGKILL)  # one worker (the launcher has the lowest pid) dies at once
-    launcher.communicate(timeout=120)
-    assert launcher.returncode != 0, "the launcher ends the job"
-    assert complete_checkpoints(run_dir), "a complete checkpoint survives"
-    _resume(small_data, run_dir)
-    _assert_same_run(run_dir, uninterrupted)
-
-
-def test_ctrl_c_on_a_plain_python_run_saves_and_says_how_to_resume(small_data, tmp_path):
-    command = [sys.executable, str(TRAIN_SCRIPT), *map(str, small_args(small_data, tmp_path / "run", "--epochs", "3",
-                                                                       "--batch-size", "20"))]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
-    _wait_for(tmp_path / "run" / "checkpoints" / "epoch_001")
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGINT
-    assert "stopped by SIGINT" in stderr and "--resume latest" in stderr and "Traceback" not in stderr
-    assert len(complete_checkpoints(tmp_path / "run")) >= 2
 
 
 def test_fewer_evaluation_images_than_processes_is_refused():

@@ -14,15 +14,32 @@ from covid_ddp.config import TrainConfig
 def test_auto_precision_on_the_cpu_follows_native_bf16_support(monkeypatch):
     config = TrainConfig(cpu=True, mixed_precision="auto")
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
-    assert hardware.resolve_mixed_precision(config).mixed_precision == "bf16"
+    assert hardware.resolve_mixed_precision(config, on_cpu=True).mixed_precision == "bf16"
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
-    assert hardware.resolve_mixed_precision(config).mixed_precision == "no"
+    assert hardware.resolve_mixed_precision(config, on_cpu=True).mixed_precision == "no"
 
 
-def test_an_explicit_precision_is_kept():
-    for choice in (None, "no", "fp16", "bf16"):
-        config = TrainConfig(cpu=True, mixed_precision=choice)
-        assert hardware.resolve_mixed_precision(config) == config
+def test_an_explicit_precision_is_kept(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    for choice in ("no", "fp16", "bf16"):
+        assert hardware.resolve_mixed_precision(TrainConfig(mixed_precision=choice), on_cpu=False).mixed_precision == choice
+    assert hardware.resolve_mixed_precision(TrainConfig(mixed_precision="bf16"), on_cpu=True).mixed_precision == "bf16"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_accelerate_configs_precision_is_a_gpu_setting(monkeypatch, native):
+    """Without the flag: the config's precision on a GPU; on a CPU (a GPU config on a laptop) the
+    CPU's own best, since emulated bf16 is slower than fp32 and fp16 autocast needs a GPU."""
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == "no"
+    for configured in ("bf16", "fp16"):
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", configured)  # what accelerate launch passes
+        assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=False).mixed_precision == configured
+        assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == (
+            "bf16" if native else "no")
+    assert hardware.resolve_mixed_precision(TrainConfig(mixed_precision="fp16"), on_cpu=True).mixed_precision == (
+        "bf16" if native else "no"), "fp16 on a CPU, asked for or not, is the CPU's best"
 
 
 def test_eval_batch_defaults_per_device_and_process_count():
@@ -50,9 +67,32 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
+@pytest.mark.parametrize("precision, expected", [("bf16", torch.bfloat16), ("no", torch.float32)])
+def test_mixed_precision_runs_the_training_convolutions_in_it(small_data, fresh_accelerate_state, precision, expected):
+    """A hook on the model that train_one_epoch trains sees its activations' dtype: bf16 autocast
+    really ran (and fp32 without it), while the weights themselves stay fp32."""
+    from covid_ddp.data import load_data_dir, to_binary
+    from covid_ddp.engine import train_one_epoch
+    from covid_ddp.splits import split_indices
+    from covid_ddp.train import build_accelerator, prepare_run
+
+    config = TrainConfig(mixed_precision=precision, batch_size=40, eval_batch_size=60, log_every=1000)
+    accelerator = build_accelerator(config)
+    data = load_data_dir(small_data)
+    targets = to_binary(data.labels)
+    run = prepare_run(config, data, targets, split_indices(targets, 0.3, 0.1), accelerator)
+    seen = set()
+    model = accelerator.unwrap_model(run.model)
+    model.conv3.register_forward_hook(lambda module, inputs, output: seen.add(output.dtype))
+    train_one_epoch(run.model, run.optimizer, run.train_loader, accelerator, config, epoch=1)
+    assert seen == {expected}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
 def test_compile_wraps_the_prepared_model_and_the_export_stays_plain(tmp_path, fresh_accelerate_state):
     """--compile hands the model to torch.compile (lazily: nothing compiles until a forward)."""
-    from accelerate.utils import DynamoBackend, is_compiled_module
+    from accelerate.utils import DynamoBackend
+    from torch._dynamo.eval_frame import OptimizedModule
 
     from covid_ddp import Net
     from covid_ddp.checkpoint import consolidated_state_dict
@@ -61,6 +101,6 @@ def test_compile_wraps_the_prepared_model_and_the_export_stays_plain(tmp_path, f
     accelerator = build_accelerator(TrainConfig(cpu=True, compile=True, output_dir=str(tmp_path)))
     assert accelerator.state.dynamo_plugin.backend == DynamoBackend.INDUCTOR
     model = accelerator.prepare(Net())
-    assert is_compiled_module(model)
+    assert isinstance(model, OptimizedModule)
     exported = consolidated_state_dict(accelerator.get_state_dict(model))
     assert exported.keys() == Net().state_dict().keys()

@@ -72,9 +72,13 @@ def test_a_batch_that_does_not_divide_over_the_processes_is_refused():
 
 
 def test_a_short_last_accumulation_cycle_averages_over_its_own_micro_batches():
-    from covid_ddp.train import _short_cycle_scale
+    from covid_ddp.engine import AccumulationCycles
+
+    def scales(steps, accumulation):
+        cycles = AccumulationCycles(None, None, accumulation, steps)
+        return [cycles.loss_scale(step) for step in range(1, steps + 1)]
 
     # 7 steps, accumulating 3: cycles (1, 2, 3), (4, 5, 6), (7); backward() divides by 3.
-    assert [_short_cycle_scale(step, 7, 3) for step in range(1, 8)] == [1, 1, 1, 1, 1, 1, 3]
-    assert [_short_cycle_scale(step, 6, 4) for step in range(1, 7)] == [1, 1, 1, 1, 2, 2]
-    assert _short_cycle_scale(5, 9, 1) == 1
+    assert scales(7, 3) == [1, 1, 1, 1, 1, 1, 3]
+    assert scales(6, 4) == [1, 1, 1, 1, 2, 2]
+    assert scales(9, 1) == [1] * 9

@@ -2,12 +2,11 @@
 
 Usage: faulty_train.py FAULT [covid-ddp-train flags...]
   nan:N      the N-th training loss (counting from 1 over the whole run) is NaN
-  enospc:N   the N-th file accelerate's save_state writes fails with "No space left on device"
   slowsave:N the N-th file accelerate's save_state writes takes 3 s longer (a window to kill the run in)
   sloweval:N the N-th evaluation pass takes 3 s longer
+  figure:N   the N-th TensorBoard figure fails to draw (as a broken matplotlib install would)
 """
 
-import errno
 import sys
 import time
 
@@ -33,14 +32,12 @@ if kind == "nan":
         return loss
 
     F.nll_loss = nll_loss
-elif kind in ("enospc", "slowsave"):
+elif kind == "slowsave":
     real_save = accelerate.checkpointing.save
 
     def save(*args, **kwargs):
         global calls
         calls += 1
-        if calls == trigger and kind == "enospc":
-            raise OSError(errno.ENOSPC, "No space left on device")
         if calls == trigger:
             time.sleep(3)
         return real_save(*args, **kwargs)
@@ -57,6 +54,19 @@ elif kind == "sloweval":
         return real_evaluate(*args, **kwargs)
 
     train.evaluate = evaluate
+elif kind == "figure":
+    from covid_ddp import figures
+
+    real_figure = figures.overlay_grid_figure
+
+    def overlay_grid_figure(*args, **kwargs):
+        global calls
+        calls += 1
+        if calls == trigger:
+            raise RuntimeError("injected: matplotlib cannot read its font cache")
+        return real_figure(*args, **kwargs)
+
+    figures.overlay_grid_figure = overlay_grid_figure
 else:
     raise SystemExit(f"unknown fault {sys.argv[1]}")
 

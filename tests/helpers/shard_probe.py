@@ -14,7 +14,8 @@ from covid_ddp.config import TrainConfig
 from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.splits import split_indices
 from covid_ddp.model import Net
-from covid_ddp.train import build_accelerator, evaluate, make_loaders, shut_down
+from covid_ddp.engine import evaluate
+from covid_ddp.train import build_accelerator, make_loaders, shut_down
 
 out_dir, data_dir = Path(sys.argv[1]), Path(sys.argv[2])
 

@@ -1,7 +1,8 @@
 """Run covid_ddp training, and let every rank also dump the weights it ends with.
 
 Usage (under any launcher): train_and_dump.py DUMP_DIR [covid-ddp-train flags...]
-Each rank writes DUMP_DIR/rank<R>.pt, so a test can check that all ranks agree.
+Each rank writes DUMP_DIR/rank<R>.pt (the consolidated weights it hands to the run folder,
+computed from its own model), so a test can check that all ranks agree.
 """
 
 import sys
@@ -9,18 +10,18 @@ from pathlib import Path
 
 import torch
 
-from covid_ddp import checkpoint, train
+from covid_ddp import train
+from covid_ddp.run_folder import RunFolder
 
 dump_dir = Path(sys.argv[1])
-original_export = checkpoint.export_weights
+original_write = RunFolder.write_outputs
 
 
-def export_and_dump(accelerator, model, output_dir):
-    state = accelerator.unwrap_model(model).state_dict()
+def write_and_dump(self, decision, weights, *args, **kwargs):
     dump_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu().clone() for k, v in state.items()}, dump_dir / f"rank{accelerator.process_index}.pt")
-    return original_export(accelerator, model, output_dir)
+    torch.save(weights, dump_dir / f"rank{self.accelerator.process_index}.pt")
+    return original_write(self, decision, weights, *args, **kwargs)
 
 
-checkpoint.export_weights = export_and_dump
+RunFolder.write_outputs = write_and_dump
 sys.exit(train.main(sys.argv[2:]))

@@ -1,0 +1,218 @@
+"""The job's processes: where they train, work they agree on, and the launcher they depend on.
+
+Every rank of a job must reach the same answer to three questions, or the job hangs, or
+splits into independent runs that overwrite each other's files:
+
+- **Where to train.** ``cpu_only`` is true with ``--cpu`` or when no CUDA device is usable;
+  the accelerator is then built for the CPU, which is what makes accelerate join the
+  launcher's processes in a gloo group (asked for GPUs it would not, and every process
+  would train alone). So ``accelerate launch`` with a multi-GPU config, ``torchrun`` and
+  plain ``python`` all work on a laptop without flags.
+- **Who does what, and did it work.** ``on_main_process`` runs work one process does for all
+  (download, run lock, checkpoint and final writes) and ``on_every_process`` work each does
+  for itself (reading the data, its share of a checkpoint). Both end in one small all-gather
+  of the outcome, so ANY failure, on any rank, is raised on every rank in the same call as
+  ``JobFailed``: the job ends everywhere within seconds and only the main process prints
+  its one line (``cli.run_cli``). A rank that fails outside them (a crash, ``kill -9``) is
+  seen by the others as a closed connection: ``lost_another_process`` names that case.
+- **Is the launcher still there.** A worker of a killed launcher would train on as an
+  orphan, holding the run's lock; ``watch_launcher`` turns the launcher's death into
+  SIGTERM, which stops training at the next agreed step with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from accelerate.utils import gather_object
+
+from .errors import UserError
+
+LAUNCHER_POLL_S = 0.5  # how often a worker checks that its launcher is alive
+
+
+class JobFailed(UserError):
+    """A failure every rank raises together; the message names the rank when it was not the main one."""
+
+
+# --- where to train -------------------------------------------------------------------------
+
+
+def cpu_only(cpu_flag: bool) -> bool:
+    """Train on the CPU: asked for (``--cpu``), or several processes were launched and no CUDA
+    device is here to join them (accelerate would then leave each process alone). A single
+    process is left to accelerate, which picks a GPU, Apple's MPS, or the CPU."""
+    return cpu_flag or (launched_processes() > 1 and not torch.cuda.is_available())
+
+
+def launched_processes() -> int:
+    """The job's process count as the launcher set it (torchrun, accelerate launch, MPI)."""
+    for name in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 1
+
+
+def describe(accelerator) -> str:
+    """'2 CPU processes (gloo), bf16 autocast': the console's first line."""
+    count, device = accelerator.num_processes, accelerator.device.type
+    kind = "CUDA GPU" if device == "cuda" else device.upper()
+    group = f" ({torch.distributed.get_backend()})" if count > 1 else ""
+    precision = "fp32" if accelerator.mixed_precision == "no" else f"{accelerator.mixed_precision} autocast"
+    return f"{count} {kind} process{'es' if count > 1 else ''}{group}, {precision}"
+
+
+def check_gpus_per_machine() -> None:
+    """More processes on this machine than GPUs: accelerate would give one of them a GPU that
+    does not exist. Every rank sees the same counts, so every rank refuses alike."""
+    processes, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
+    if processes > gpus:
+        raise UserError(f"{processes} processes were started on this machine but it has {gpus} usable GPU(s); "
+                        f"start at most {gpus} per machine (--nproc_per_node / --num_processes), or pass --cpu to "
+                        "train on CPU processes")
+
+
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun and accelerate set
+
+
+def check_launch() -> None:
+    """Before the group forms: a process count without the variables to find the others by
+    (a hand-set WORLD_SIZE, a bare ``srun``) would fail deep inside torch, or train alone."""
+    launched = launched_processes()
+    missing = [name for name in LAUNCHER_VARIABLES if name not in os.environ]
+    if launched > 1 and missing:
+        raise UserError(f"WORLD_SIZE={launched} is set but {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+                        "not, so these processes cannot form one job; start them with torchrun or accelerate launch "
+                        "(see the README's launchers), or unset WORLD_SIZE to train in one process")
+
+
+def refuse_independent_launch(num_processes: int) -> None:
+    """After it: the launcher said N processes but accelerate formed no group (an accelerator
+    type this project does not drive), so N runs would overwrite each other's files."""
+    launched = launched_processes()
+    if launched > 1 and num_processes == 1:
+        raise UserError(f"{launched} processes were launched but accelerate joined none of them into a group, so each "
+                        "would train alone and overwrite the others' files; pass --cpu to train on CPU processes")
+
+
+def join_restarted_group(cpu: bool, timeout: datetime.timedelta) -> None:
+    """A group restarted by torchrun (``--max-restarts``) forms under a key prefix of its own.
+
+    torchelastic hands every attempt the same store (seen with torch 2.13, also
+    pytorch/pytorch#167288), still holding the dead attempt's addresses: a restarted rank
+    that reads its peer's key before the new peer wrote it connects to a dead port and the
+    restart fails (half the time, on this project's machine). accelerate uses a process group
+    that already exists, so the group is formed here, with this attempt's keys apart.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if attempt == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or \
+            torch.distributed.is_initialized():
+        return
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                                       int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
+    torch.distributed.init_process_group("gloo" if cpu else "nccl", timeout=timeout,
+                                         store=torch.distributed.PrefixStore(f"covid_ddp/attempt_{attempt}", store),
+                                         rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+
+
+# --- work the ranks agree on ----------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    error: str | None = None
+    value: Any = None
+
+
+def on_main_process(accelerator, work: Callable[[], Any], what: str) -> Any:
+    """Run ``work`` on the main process; every rank returns its result (keep it small: it is
+    pickled to the others) or raises ``JobFailed`` if it failed. Called by every rank at the
+    same point; ``what`` completes "cannot ..." in the message of an unexpected OSError."""
+    mine = _attempt(work, what) if accelerator.is_main_process else _Outcome()
+    return _agree(accelerator, mine, share_value=True)
+
+
+def on_every_process(accelerator, work: Callable[[], Any], what: str, *, here: bool = True) -> Any:
+    """Run ``work`` on every rank where ``here`` is true; each returns its own result, or all
+    raise ``JobFailed`` if it failed on any of them."""
+    mine = _attempt(work, what) if here else _Outcome()
+    _agree(accelerator, _Outcome(mine.error), share_value=False)
+    return mine.value
+
+
+def gather_values(accelerator, value) -> list:
+    """Collective: every rank's (small, picklable) ``value``, in rank order, on every rank."""
+    return gather_object([value]) if accelerator.num_processes > 1 else [value]
+
+
+def same_on_every_process(accelerator, value, what: str) -> None:
+    """Refuse, on every rank, a ``value`` (e.g. the data's sha256) that differs from the main process's."""
+    values = gather_values(accelerator, (value, socket.gethostname()))
+    for rank, (theirs, host) in enumerate(values):
+        if theirs != values[0][0]:
+            raise JobFailed(f"process {rank} (on {host}) has other {what} than the main process ({theirs} vs "
+                            f"{values[0][0]}); give every machine the same files")
+
+
+def _attempt(work: Callable[[], Any], what: str) -> _Outcome:
+    try:
+        return _Outcome(value=work())
+    except UserError as error:
+        return _Outcome(error=str(error))
+    except OSError as error:  # a full disk, a read-only or missing folder, no flock on this filesystem
+        where = f"{error.filename}: " if error.filename else ""
+        return _Outcome(error=f"cannot {what}: {where}{error.strerror or error}")
+    except Exception as error:  # a bug: keep its traceback, on the rank where it happened
+        traceback.print_exc()
+        return _Outcome(error=f"could not {what}: {type(error).__name__}: {error} (traceback above)")
+
+
+def _agree(accelerator, mine: _Outcome, share_value: bool) -> Any:
+    """One all-gather of every rank's outcome; the first failure (by rank) is raised everywhere."""
+    outcomes = gather_values(accelerator, (mine.error, mine.value if share_value else None, socket.gethostname()))
+    for rank, (error, _, host) in enumerate(outcomes):
+        if error is not None:
+            raise JobFailed(error if rank == 0 else f"{error} (process {rank}, on {host})")
+    return outcomes[0][1] if share_value else mine.value
+
+
+# --- a rank that vanished -------------------------------------------------------------------
+
+# What gloo raises in a collective whose peer process died (a plain RuntimeError), and NCCL's.
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def lost_another_process(error: BaseException) -> bool:
+    """True for the error a collective raises when another rank of the job died mid-way."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    return isinstance(error, RuntimeError) and (isinstance(error, dist_error) or any(
+        text in str(error) for text in _PEER_GONE))
+
+
+# --- the launcher ---------------------------------------------------------------------------
+
+
+def watch_launcher() -> None:
+    """Under an elastic launcher (torchrun, a multi-process ``accelerate launch``), send this
+    process SIGTERM when the launcher dies, as ``kill -9`` of the launcher or of the
+    terminal's process group does: elastic workers run in sessions of their own, so nothing
+    else would reach them. A plain ``python`` run (``nohup`` included) is left alone."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:  # an orphan is re-parented to init or a subreaper
+            time.sleep(LAUNCHER_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)  # a graceful stop inside training, an exit elsewhere
+
+    threading.Thread(target=watch, name="covid_ddp-launcher-watch", daemon=True).start()

@@ -1,0 +1,209 @@
+"""One epoch of training and one evaluation pass, on every rank.
+
+``train_one_epoch`` is the recipe's loop: forward, NLL loss, backward, optimizer step.
+Three things around it have a helper each, so the loop still reads as the recipe:
+
+- ``AccumulationCycles``: which micro-steps end an optimizer step (``--grad-accum-steps``).
+- ``StepTally``: the loss sum and image count, kept on the device. Nothing in a step waits
+  for the device or for the other ranks; every ``--log-every`` steps and at the end of
+  the epoch the ranks swap their tallies and any stop request in ONE small all-gather,
+  which gives them the same loss to log, the same NaN verdict and the same stop step.
+- ``numbered_batches``: this rank's batches of the epoch, resumable at any step.
+
+``evaluate`` scores each rank's shard; ``gather_for_metrics`` makes it exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .augment import augment_batch
+from .checkpoint import TrainingProgress
+from .errors import UserError
+from .interrupt import StopRequested
+from .loader import DeviceBatchLoader
+
+
+@dataclass
+class Evaluation:
+    """Everything an evaluation pass produced, identical on every rank."""
+
+    loss: float
+    p_covid: np.ndarray
+    targets: np.ndarray
+    rows: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float(((self.p_covid >= 0.5) == self.targets).mean())
+
+
+def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int,
+                    progress: TrainingProgress | None = None, stopper=None) -> tuple[float, float]:
+    """One pass over this rank's shard; returns (global mean training loss, global images/s).
+
+    With ``progress.step`` > 0 (resuming inside the epoch) the steps already done are skipped.
+    On an agreed stop signal, ``progress`` records where the epoch stands and ``StopRequested``
+    is raised on every rank at the same step.
+    """
+    progress = progress if progress is not None else TrainingProgress()
+    model.train()
+    cycles = AccumulationCycles(accelerator, model, config.grad_accum_steps, len(loader))
+    tally = StepTally(accelerator, progress.sums_for(accelerator.process_index, accelerator.num_processes))
+    totals = None
+    for step, (images, targets, _) in numbered_batches(loader, accelerator, epoch, progress.step):
+        with cycles.micro_step(step) as ends_cycle:
+            loss = F.nll_loss(model(augment_batch(images) if config.augment else images), targets)
+            accelerator.backward(loss * cycles.loss_scale(step))
+            if ends_cycle:
+                if config.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+        tally.add(loss, len(targets), step)
+        if step % config.log_every == 0 or step == len(loader):  # the same steps on every rank
+            totals = tally.agree(stopper.signum if stopper else 0)
+            totals.stop_if_not_finite(epoch)
+            _log_step(accelerator, optimizer, totals, epoch, step, len(loader))
+            if totals.signum and ends_cycle:  # never inside an accumulation cycle
+                progress.step, progress.partial_sums = step, totals.per_rank
+                raise StopRequested(totals.signum, epoch, step)
+    if totals is None:  # resumed from a stop at the epoch's last step: nothing left to train
+        totals = tally.agree(0)
+    progress.step, progress.partial_sums = 0, []
+    accelerator.print(f"Train Epoch: {epoch} [{totals.images}/{totals.images} (100%)]\tLoss: {totals.mean_loss:.6f}"
+                      f"\tLR: {optimizer.param_groups[0]['lr']:.6g}\t{totals.images_per_s:.0f} img/s")
+    return totals.mean_loss, totals.images_per_s
+
+
+class AccumulationCycles:
+    """Which micro-steps of an epoch end an optimizer step, and how much each loss counts.
+
+    Boundaries follow the step within the epoch (not accelerate's running counter, which
+    only resets at the end of a prepared DataLoader): the last micro-batches of an epoch
+    still make an optimizer step, and a resumed epoch has the same boundaries. Gradients
+    are synced across ranks only on the last micro-step of a cycle (``no_sync`` before it).
+    """
+
+    def __init__(self, accelerator, model, accumulation: int, steps_per_epoch: int):
+        self.accelerator, self.model = accelerator, model
+        self.accumulation, self.steps = accumulation, steps_per_epoch
+
+    @contextlib.contextmanager
+    def micro_step(self, step: int):
+        ends_cycle = step % self.accumulation == 0 or step == self.steps
+        self.accelerator.sync_gradients = ends_cycle  # the optimizer and clipping follow this flag
+        with contextlib.nullcontext() if ends_cycle else self.accelerator.no_sync(self.model):
+            yield ends_cycle
+        self.accelerator.sync_gradients = True
+
+    def loss_scale(self, step: int) -> float:
+        """accumulation / (micro-batches in this step's cycle): ``backward`` divides by the
+        accumulation, and an epoch's last cycle may hold fewer micro-batches."""
+        cycle_start = (step - 1) // self.accumulation * self.accumulation + 1
+        return self.accumulation / min(self.accumulation, self.steps - cycle_start + 1)
+
+
+@dataclass
+class AgreedTotals:
+    """What every rank learnt at the last agreement: identical on all of them."""
+
+    per_rank: list  # [[loss sum, images], ...] by rank: what a mid-epoch checkpoint keeps
+    first_bad_step: int  # first step with a NaN/inf loss on any rank, or -1
+    signum: int  # a stop signal any rank received, or 0
+    images_per_s: float
+
+    @property
+    def images(self) -> int:
+        return int(sum(images for _, images in self.per_rank))
+
+    @property
+    def mean_loss(self) -> float:
+        return sum(loss for loss, _ in self.per_rank) / max(self.images, 1)
+
+    def stop_if_not_finite(self, epoch: int) -> None:
+        """Every rank sees the same table, so all stop together, before anything is saved."""
+        if self.first_bad_step >= 0:
+            raise UserError(f"the training loss became NaN or infinite at epoch {epoch}, step {self.first_bad_step}; "
+                            "stopped without saving this epoch (the last complete checkpoint is kept). Try a lower "
+                            "--lr, --max-grad-norm, or --mixed-precision no")
+
+
+class StepTally:
+    """This rank's loss sum, image count and first non-finite step of the epoch, on the device."""
+
+    def __init__(self, accelerator, start: list[float]):
+        self.accelerator, self.started = accelerator, time.perf_counter()
+        self.sums = torch.tensor(start, device=accelerator.device)  # [sum of loss x batch size, images]
+        self.first_bad_step = torch.full((), -1.0, device=accelerator.device)
+
+    def add(self, loss: torch.Tensor, count: int, step: int) -> None:
+        """Device arithmetic only: no host sync, no collective."""
+        loss = loss.detach().float()
+        self.sums += torch.stack([loss * count, torch.ones_like(loss) * count])
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step,
+                                          self.first_bad_step)
+
+    def agree(self, signum: int) -> AgreedTotals:
+        """Collective: one all-gather of [loss sum, images, first bad step, signal] from every rank."""
+        mine = torch.cat([self.sums, self.first_bad_step.view(1), self.sums.new_tensor([signum])])
+        table = self.accelerator.gather(mine.unsqueeze(0)).cpu().double()  # the one host sync
+        bad = table[:, 2][table[:, 2] >= 0]
+        elapsed = time.perf_counter() - self.started
+        return AgreedTotals(per_rank=table[:, :2].tolist(), first_bad_step=int(bad.min()) if len(bad) else -1,
+                            signum=int(table[:, 3].max()), images_per_s=float(table[:, 1].sum()) / elapsed)
+
+
+def numbered_batches(loader, accelerator, epoch: int, done_steps: int):
+    """(step, batch) for this rank from step ``done_steps + 1`` of ``epoch`` on (steps count from 1).
+
+    Creating a DataLoader's iterator draws a seed from the global RNG (a DeviceBatchLoader
+    draws none). The state is put back once the iterator exists, so dropout and augmentation
+    see the same random stream with either loader, and after a resume inside the epoch.
+    """
+    if done_steps >= len(loader):  # stopped at the epoch's last step: nothing left of it to train
+        return
+    if done_steps:
+        loader = (loader.skip_first_batches(done_steps) if isinstance(loader, DeviceBatchLoader)
+                  else accelerator.skip_first_batches(loader, done_steps))
+    loader.set_epoch(epoch)  # the same permutation on every rank, new each epoch
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+               disable=None if accelerator.is_main_process else True)  # None: off when not a terminal
+    rng_before_iterator = torch.get_rng_state()
+    for step, batch in enumerate(bar, start=done_steps + 1):
+        if rng_before_iterator is not None:
+            torch.set_rng_state(rng_before_iterator)
+            rng_before_iterator = None
+        yield step, batch
+
+
+def _log_step(accelerator, optimizer, totals: AgreedTotals, epoch: int, step: int, steps_per_epoch: int) -> None:
+    accelerator.log({"train/loss": totals.mean_loss, "train/lr": optimizer.param_groups[0]["lr"],
+                     "train/images_per_s": totals.images_per_s}, step=(epoch - 1) * steps_per_epoch + step)
+
+
+def evaluate(model, loader, accelerator) -> Evaluation:
+    """Every rank scores its shard; ``gather_for_metrics`` drops the padding of the last batch.
+
+    The forward pass runs in inference mode, the gather outside it: gloo's all-gather fills
+    its output tensors in place, which torch 2.4 refuses for tensors made in inference mode.
+    """
+    model.eval()
+    log_probs, targets, rows = [], [], []
+    for images, batch_targets, batch_rows in loader:
+        with torch.inference_mode():
+            scores = model(images).float()
+        gathered = accelerator.gather_for_metrics((scores, batch_targets, batch_rows))
+        for bucket, tensor in zip((log_probs, targets, rows), gathered):
+            bucket.append(tensor.cpu())
+    log_probs, targets, rows = torch.cat(log_probs), torch.cat(targets), torch.cat(rows)
+    loss = F.nll_loss(log_probs, targets, reduction="mean").item()
+    return Evaluation(loss, log_probs[:, 1].exp().numpy(), targets.numpy(), rows.numpy())

@@ -1,0 +1,283 @@
+"""A training job's run folder, as every rank of the job sees it.
+
+::
+
+    with RunFolder.open(accelerator, config) as folder:  # one path for all ranks, locked, checked shared
+        folder.keep_split(split)
+        folder.restore(checkpointed)                      # --resume: load the chosen checkpoint
+        with folder.stop_on_signal() as stopper:          # SIGINT/SIGTERM: an agreed checkpoint, then exit
+            ... folder.save_checkpoint(epoch) ...
+        folder.write_outputs(...)                         # threshold, weights, config, metrics
+
+Every method is called by every rank at the same point. The main process does the file
+work through ``distributed.on_main_process``, so a failure there (a full disk, a folder
+that is a file, a filesystem without ``flock``) stops every rank in the same call with
+one message. The other ranks only write their share of a checkpoint (accelerate saves
+each process's random state), and read the folder on resume: it must be on a filesystem
+every machine of the job mounts at the same path, which ``open`` checks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import os
+import shutil
+import signal
+import socket
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from . import checkpoint as ckpt
+from .config import TrainConfig, default_output_dir
+from .distributed import JobFailed, gather_values, on_every_process, on_main_process
+from .errors import UserError
+from .files import atomic_path, cannot_write, save_torch, write_json
+from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held by the main process for the whole run.
+
+    Two runs writing one folder would interleave checkpoints and overwrite each other's
+    weights; the second one refuses instead. ``flock`` is released by the kernel when the
+    process dies, so a killed run never leaves a stale lock behind. The lock file holds a
+    token of this job, which the other ranks read to prove they see the same folder.
+    """
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+        self._handle = None
+
+    def acquire(self, token: str = "") -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(self.output_dir / ckpt.LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().split("\n")[0]
+            handle.close()
+            raise UserError(f"{self.output_dir} is in use by another covid_ddp run{f' ({owner})' if owner else ''}; "
+                            "wait for it to finish or choose another --output-dir") from None
+        except OSError:
+            handle.close()
+            raise
+        handle.truncate(0)
+        handle.write(f"{socket.gethostname()} pid {os.getpid()}\n{token}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Unlock; a folder the failed run left empty is removed (nothing half-made stays behind)."""
+        if self._handle is None:
+            return
+        (self.output_dir / ckpt.LOCK_FILE).unlink(missing_ok=True)
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+        if self.output_dir.is_dir() and not any(self.output_dir.iterdir()):
+            self.output_dir.rmdir()
+
+
+class RunFolder:
+    """The folder of one training job; build it with ``RunFolder.open``."""
+
+    def __init__(self, accelerator, path: Path, resume_from: Path | None, finished: bool, keep: int):
+        self.accelerator, self.path, self.keep = accelerator, path, keep
+        self.resume_from = resume_from  # the checkpoint this run continues, chosen by the main process
+        self.finished = finished  # --resume auto on a run that has nothing left to do
+
+    @classmethod
+    @contextlib.contextmanager
+    def open(cls, accelerator, config: TrainConfig):
+        """Settle the folder (the main process decides: the same absolute path for every rank),
+        lock it, choose the checkpoint to resume, and check that every rank sees it."""
+        path = Path(on_main_process(accelerator, lambda: str(choose_path(config)), "choose the run folder"))
+        lock = RunLock(path) if accelerator.is_main_process else None
+        try:
+            token, resume_from, finished = on_main_process(accelerator, lambda: _claim(path, lock, config),
+                                                           f"lock the run folder {path}")
+            on_every_process(accelerator, lambda: _check_shared(path, token), f"read {path / ckpt.LOCK_FILE}",
+                             here=not accelerator.is_main_process)
+            yield cls(accelerator, path, Path(resume_from) if resume_from else None, finished,
+                      config.keep_checkpoints)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    # --- the run's life ----------------------------------------------------------------------
+
+    def keep_split(self, split) -> None:
+        """splits.npz: the rows of each part; a resume must use the split the run trained on."""
+        on_main_process(self.accelerator, lambda: _keep_split(self.path, split, self.resume_from is not None),
+                        f"write {self.path / ckpt.SPLITS_FILE}")
+
+    def restore(self, progress: ckpt.TrainingProgress, epochs: int) -> None:
+        """Load ``resume_from`` (weights, optimizer, schedule, progress, random states) on every rank."""
+        if self.resume_from is None:
+            return
+        on_every_process(self.accelerator, lambda: self.accelerator.load_state(str(self.resume_from)),
+                         f"read checkpoint {self.resume_from}")
+        self.accelerator.print(f"Resumed from {self.resume_from} (epoch {progress.epoch} done)")
+        if progress.epoch > epochs:
+            raise UserError(f"{self.resume_from} is already at epoch {progress.epoch} of --epochs {epochs}; "
+                            "pass a larger --epochs to train longer")
+
+    def save_checkpoint(self, epoch: int, step: int = 0) -> Path:
+        """accelerate ``save_state`` into ``<name>.tmp``, renamed once every rank has written its share."""
+        final = ckpt.checkpoint_path(self.path, epoch, step)
+        partial = final.with_name(final.name + ".tmp")
+        what = f"write checkpoint {final}"
+        on_main_process(self.accelerator, lambda: _empty_folder(partial), what)
+        try:
+            on_every_process(self.accelerator, lambda: _save_state(self.accelerator, partial, final), what)
+        except JobFailed as failure:
+            if self.accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise JobFailed(f"{failure}; the previous checkpoint is kept: free some space or choose another "
+                            f"--output-dir, then rerun with --resume auto") from None
+        on_main_process(self.accelerator, lambda: _publish(partial, final, self.path, self.keep), what)
+        return final
+
+    @contextlib.contextmanager
+    def stop_on_signal(self):
+        """SIGINT/SIGTERM stop training at the next agreed step: checkpoint, then exit 128 + signal.
+        A signal that came after the last agreed step of the last epoch stops the run before
+        its final stage (that epoch's checkpoint is saved): it is not dropped."""
+        with GracefulStop() as stopper:
+            try:
+                yield stopper
+            except StopRequested as stop:
+                saved = self.save_checkpoint(stop.epoch, stop.step)
+                self._interrupted(stop.signum, f"at epoch {stop.epoch}, step {stop.step}; saved {saved}")
+            late = max(gather_values(self.accelerator, stopper.signum))
+            if late:
+                self._interrupted(late, "after the last epoch, whose checkpoint is saved")
+
+    def _interrupted(self, signum: int, where: str):
+        raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} {where}. To continue, run the same "
+                                  f"command with --resume auto --output-dir {self.path}", signum) from None
+
+    def write_outputs(self, decision: dict, weights: dict, run_config: dict, metrics: dict, board=None) -> Path:
+        """The finished run's files, by the main process, metrics.json last: its presence marks a finished run."""
+        weights_path = self.path / ckpt.WEIGHTS_FILE
+
+        def write() -> None:
+            if board is not None:
+                board()
+            ckpt.write_decision(weights_path, decision)  # before the weights it belongs to
+            save_torch(weights_path, weights)
+            write_json(self.path / ckpt.CONFIG_FILE, run_config)
+            write_json(self.path / ckpt.METRICS_FILE, metrics)
+
+        on_main_process(self.accelerator, write, f"write the outputs in {self.path}")
+        return weights_path
+
+
+# --- what the main process does for all ---------------------------------------------------------
+
+
+def choose_path(config: TrainConfig) -> Path:
+    """The run folder as an absolute path: relative paths and the default runs/<timestamp> are
+    resolved here, on the main process, so every machine of the job uses the same one."""
+    if config.output_dir:
+        return Path(config.output_dir).resolve()
+    if config.resume not in (None, "latest", "auto"):
+        return Path(config.resume).resolve().parent.parent
+    if config.resume:
+        raise UserError(f"--resume {config.resume} needs --output-dir: the run folder whose checkpoints to continue")
+    return default_output_dir(datetime.datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+
+
+def _claim(path: Path, lock: RunLock, config: TrainConfig) -> tuple[str, str | None, bool]:
+    """Lock the folder and decide what this run does there: (token, checkpoint to resume, finished)."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--output-dir {path} is a file, not a folder; choose another --output-dir")
+    token = uuid.uuid4().hex
+    lock.acquire(token)
+    for stale in path.glob(f"{ckpt.CHECKPOINTS_DIR}/*.tmp"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
+    resume_from = _resume_point(path, config)
+    done = ckpt.is_finished_run(path)
+    if resume_from is None and done:
+        if not config.overwrite:
+            raise UserError(f"{path} holds a finished run; choose another --output-dir, pass --overwrite, or "
+                            "--resume latest with a larger --epochs")
+        clear_run(path)
+    finished = bool(resume_from) and (path / ckpt.METRICS_FILE).exists() and \
+        ckpt.epochs_done(resume_from) >= config.epochs
+    if finished and config.resume != "auto":
+        raise UserError(f"{resume_from} is already at epoch {ckpt.epochs_done(resume_from)} of --epochs "
+                        f"{config.epochs}; pass a larger --epochs to train longer")
+    return token, str(resume_from) if resume_from else None, finished
+
+
+def _resume_point(path: Path, config: TrainConfig) -> Path | None:
+    """--resume latest: the newest complete checkpoint (one is needed); auto: the same, or None
+    for a new run; a folder: that checkpoint."""
+    if config.resume is None:
+        return None
+    if config.resume in ("latest", "auto"):
+        found = ckpt.complete_checkpoints(path)
+        if not found and config.resume == "latest":
+            raise UserError(f"--resume latest: no complete checkpoint in {path / ckpt.CHECKPOINTS_DIR}")
+        return found[-1] if found else None
+    return ckpt.checked_checkpoint(Path(config.resume))
+
+
+def _check_shared(path: Path, token: str) -> None:
+    try:
+        seen = (path / ckpt.LOCK_FILE).read_text()
+    except OSError:
+        seen = ""
+    if token not in seen:
+        raise UserError(f"the run folder {path} is not shared with the main process: {socket.gethostname()} does "
+                        "not see its files there. A job on several machines needs --output-dir on a filesystem "
+                        "that every machine mounts at the same path (NFS, Lustre, ...)")
+
+
+def clear_run(output_dir: Path) -> None:
+    """Remove what a run writes (and nothing else: the folder may hold the user's files)."""
+    for name in (ckpt.WEIGHTS_FILE, ckpt.decision_path(ckpt.WEIGHTS_FILE).name, ckpt.METRICS_FILE,
+                 ckpt.CONFIG_FILE, ckpt.SPLITS_FILE):
+        (Path(output_dir) / name).unlink(missing_ok=True)
+    for name in (ckpt.CHECKPOINTS_DIR, ckpt.TENSORBOARD_DIR):
+        shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
+
+
+def _keep_split(output_dir: Path, split, resuming: bool) -> None:
+    """Write splits.npz; when resuming, refuse a split other than the one the run trained on,
+    or its test images would have been trained on in the epochs before."""
+    path = Path(output_dir) / ckpt.SPLITS_FILE
+    if resuming and path.is_file():
+        saved = ckpt.read_splits(path)
+        if any(not np.array_equal(saved.get(part), rows) for part, rows in split.as_arrays().items()):
+            raise UserError(f"{path}: the run was trained on another train/val/test split; resume with the split "
+                            f"flags it started with (see {Path(output_dir) / ckpt.CONFIG_FILE} or its first command)")
+        return
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **split.as_arrays())
+
+
+def _empty_folder(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def _save_state(accelerator, partial: Path, final: Path) -> None:
+    """This rank's share of ``save_state`` (the main process writes the model and optimizer)."""
+    try:
+        accelerator.save_state(str(partial))
+    except Exception as error:  # torch.save and safetensors report a full disk in their own words
+        raise cannot_write(final, error) from error
+
+
+def _publish(partial: Path, final: Path, output_dir: Path, keep: int) -> None:
+    shutil.rmtree(final, ignore_errors=True)
+    partial.rename(final)
+    for old in ckpt.complete_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

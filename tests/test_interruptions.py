@@ -1,0 +1,248 @@
+"""Interruptions of real 2-process runs: signals, a killed rank, a killed launcher, a requeued Slurm job.
+
+Each ends, after a restart or a resume, with exactly the weights of the same run never
+interrupted (``uninterrupted``): on the CPU a resume is bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import HELPERS, ROOT, TRAIN_SCRIPT, clean_env, free_port, small_args, torchrun
+from covid_ddp.checkpoint import complete_checkpoints
+from covid_ddp.run_folder import RunLock
+
+# --augment: its random draws must resume exactly too (they come from the checkpointed RNG).
+TRIAL_FLAGS = ("--epochs", "3", "--batch-size", "20", "--augment")
+
+
+def _start_two_process_run(data, output_dir, *script, extra=(), launcher_flags=()) -> subprocess.Popen:
+    """torchrun in a session of its own: killing its process group is what a closed terminal does."""
+    rendezvous = launcher_flags or ("--master_addr", "127.0.0.1", "--master_port", str(free_port()))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *rendezvous,
+               *map(str, script or [TRAIN_SCRIPT]),
+               *map(str, small_args(data, output_dir, *TRIAL_FLAGS, *extra))]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+                            start_new_session=True)
+
+
+def _wait_for(path, timeout=120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def _workers_of(run_dir, launcher) -> list[int]:
+    found = subprocess.run(["pgrep", "-f", f"output-dir {run_dir} "], capture_output=True, text=True).stdout.split()
+    return [int(pid) for pid in found if int(pid) != launcher.pid]
+
+
+def _alive(pid: int) -> bool:
+    """Running (an exited orphan stays a zombie until init reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_data, tmp_path_factory):
+    """The reference: the same 2-process, 3-epoch run, never stopped."""
+    output_dir = tmp_path_factory.mktemp("reference") / "run"
+    launcher = _start_two_process_run(small_data, output_dir)
+    _, stderr = launcher.communicate(timeout=240)
+    assert launcher.returncode == 0, stderr[-3000:]
+    return output_dir
+
+
+def _assert_same_run(resumed_dir, reference_dir) -> None:
+    reference = torch.load(reference_dir / "COVID_binary_classifier.pth", weights_only=True)
+    resumed = torch.load(resumed_dir / "COVID_binary_classifier.pth", weights_only=True)
+    worst = max((resumed[key].double() - reference[key].double()).abs().max().item() for key in reference)
+    print(f"max |weight difference| after resume: {worst:.3g}")  # shown with pytest -s
+    assert worst == 0, "resuming on the CPU is bit-identical"
+    history = [json.loads((d / "metrics.json").read_text())["history"] for d in (reference_dir, resumed_dir)]
+    assert [h["validation_loss"] for h in history[1]] == pytest.approx([h["validation_loss"] for h in history[0]], abs=1e-6)
+    assert [h["train_loss"] for h in history[1]] == pytest.approx([h["train_loss"] for h in history[0]], abs=1e-6)
+    tests = [json.loads((d / "metrics.json").read_text())["test"] for d in (reference_dir, resumed_dir)]
+    assert tests[1]["confusion_matrix"] == tests[0]["confusion_matrix"]
+    assert tests[1]["loss"] == pytest.approx(tests[0]["loss"], abs=1e-6)
+
+
+def _resume(data, output_dir, *extra, how="latest") -> None:
+    torchrun(2, TRAIN_SCRIPT, small_args(data, output_dir, *TRIAL_FLAGS, *extra, "--resume", how), timeout=240)
+
+
+def test_sigterm_to_the_launcher_saves_a_checkpoint_and_resume_is_exact(small_data, tmp_path, uninterrupted):
+    # Through the DataLoader path (the reference used the device-resident loader): the two must
+    # give the same batches, and accelerate's skip_first_batches must resume it exactly.
+    dataloader_path = ("--data-on-device", "no")
+    launcher = _start_two_process_run(small_data, tmp_path / "run", extra=dataloader_path)
+    _wait_for(tmp_path / "run" / "checkpoints" / "epoch_001")
+    launcher.send_signal(signal.SIGTERM)  # torchrun forwards it to both ranks
+    _, stderr = launcher.communicate(timeout=120)
+    assert launcher.returncode != 0
+    assert stderr.count("stopped by SIGTERM at epoch") == 1, "said once, by the main process"
+    assert "--resume auto --output-dir" in stderr
+    inside_epoch = [p.name for p in complete_checkpoints(tmp_path / "run") if "_step_" in p.name]
+    assert inside_epoch, "a checkpoint is saved where training stopped"
+    assert not (tmp_path / "run" / "COVID_binary_classifier.pth").exists()
+    _resume(small_data, tmp_path / "run", *dataloader_path)
+    _assert_same_run(tmp_path / "run", uninterrupted)
+
+
+@pytest.mark.parametrize("moment", ["inside an epoch", "during a checkpoint write"])
+def test_a_killed_rank_is_restarted_by_the_launcher_and_the_run_ends_exact(small_data, tmp_path, uninterrupted,
+                                                                           moment):
+    """torchrun --max-restarts 1 with --resume auto: a worker's kill -9 costs a restart, not the run.
+    (Without distributed.join_restarted_group half of these restarts failed to connect.)"""
+    run_dir = tmp_path / "run"
+    restarts = ("--max-restarts", "1", "--master_addr", "127.0.0.1", "--master_port", str(free_port()))
+    if moment == "inside an epoch":
+        launcher = _start_two_process_run(small_data, run_dir, extra=("--resume", "auto"), launcher_flags=restarts)
+        _wait_for(run_dir / "checkpoints" / "epoch_001")
+        time.sleep(0.3)
+    else:  # the 2nd checkpoint's 2nd file takes 3 s more: the kill lands while it is half-written
+        launcher = _start_two_process_run(small_data, run_dir, HELPERS / "faulty_train.py", "slowsave:6",
+                                          extra=("--resume", "auto"), launcher_flags=restarts)
+        _wait_for(run_dir / "checkpoints" / "epoch_002.tmp")
+        time.sleep(0.5)
+    os.kill(max(_workers_of(run_dir, launcher)), signal.SIGKILL)  # rank 1 (started last) dies at once
+    stdout, stderr = launcher.communicate(timeout=240)
+    assert launcher.returncode == 0, stderr[-3000:]
+    assert "Resumed from" in stdout, "the restarted group continued from a checkpoint"
+    _assert_same_run(run_dir, uninterrupted)
+
+
+@pytest.mark.parametrize("moment", ["before the first checkpoint", "inside an epoch", "during a checkpoint write",
+                                    "while writing the outputs"])
+def test_a_killed_launcher_takes_its_workers_with_it(small_data, tmp_path, uninterrupted, moment):
+    """kill -9 of the launcher's whole process group (a closed terminal): the workers, in sessions
+    of their own, notice within seconds, stop, free the lock; the run then resumes exactly."""
+    run_dir = tmp_path / "run"
+    script, wait_for = (), run_dir / "checkpoints" / "epoch_001"
+    if moment == "before the first checkpoint":
+        wait_for = run_dir / "splits.npz"
+    elif moment == "during a checkpoint write":
+        script, wait_for = (HELPERS / "faulty_train.py", "slowsave:6"), run_dir / "checkpoints" / "epoch_002.tmp"
+    elif moment == "while writing the outputs":  # the final test pass (the 4th evaluation) takes 3 s more
+        script, wait_for = (HELPERS / "faulty_train.py", "sloweval:4"), run_dir / "checkpoints" / "epoch_003"
+    launcher = _start_two_process_run(small_data, run_dir, *script)
+    _wait_for(wait_for)
+    time.sleep(0.3)
+    workers = _workers_of(run_dir, launcher)
+    assert len(workers) == 2
+    os.killpg(launcher.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    while any(_alive(pid) for pid in workers) and time.monotonic() - killed < 60:
+        time.sleep(0.05)
+    gone = time.monotonic() - killed
+    launcher.communicate(timeout=10)
+    print(f"workers gone {gone:.1f} s after the launcher's kill -9")
+    assert gone < 15, "no orphaned worker"
+    assert not (run_dir / "metrics.json").exists(), "the workers stopped instead of training on as orphans"
+    if moment == "inside an epoch":
+        assert any("_step_" in p.name for p in complete_checkpoints(run_dir)), "they stopped with a checkpoint"
+    lock = RunLock(run_dir)
+    lock.acquire()  # free: nobody holds the run any more
+    lock.release()
+    if moment == "before the first checkpoint":
+        assert not complete_checkpoints(run_dir)
+        return
+    _resume(small_data, run_dir, how="latest" if moment == "inside an epoch" else "auto")
+    _assert_same_run(run_dir, uninterrupted)
+
+
+def test_ctrl_c_on_a_plain_python_run_saves_and_says_how_to_resume(small_data, tmp_path):
+    command = [sys.executable, str(TRAIN_SCRIPT), *map(str, small_args(small_data, tmp_path / "run", "--epochs", "3",
+                                                                       "--batch-size", "20"))]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    _wait_for(tmp_path / "run" / "checkpoints" / "epoch_001")
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGINT
+    assert "stopped by SIGINT" in stderr and "--resume auto" in stderr and "Traceback" not in stderr
+    assert len(complete_checkpoints(tmp_path / "run")) >= 2
+
+
+# --- launch/slurm.sbatch, as Slurm runs it ----------------------------------------------------
+#
+# On one node, with stand-ins: ``srun`` starts its command as the job step (as srun does on
+# each node); ``scontrol requeue`` records the requeue and, as Slurm does, sends SIGTERM to
+# the running step. The job then runs again with the same job id, as a requeued job does.
+
+SBATCH = ROOT / "launch" / "slurm.sbatch"
+SRUN = """#!/bin/bash
+while [[ "$1" == --* ]]; do shift; done      # srun's own options
+echo $$ > "$STUBS/step.pid"                  # exec keeps the pid: the step's
+exec "$@"
+"""
+SCONTROL = """#!/bin/bash
+case "$1 $2" in
+    "show hostnames") echo 127.0.0.1 ;;
+    requeue*) echo "$2" >> "$STUBS/requeued"; kill -TERM "$(cat "$STUBS/step.pid")" ;;
+esac
+"""
+
+
+@pytest.fixture
+def slurm(tmp_path):
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", SCONTROL)):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    path = f"{stubs}:{Path(sys.executable).parent}:{os.environ['PATH']}"  # this interpreter's torchrun
+    env = clean_env(STUBS=str(stubs), PATH=path, SLURM_JOB_ID="4242", SLURM_NNODES="1",
+                    SLURM_JOB_NODELIST="node001", SLURM_SUBMIT_DIR=str(ROOT), NPROC_PER_NODE="2",
+                    MASTER_PORT=str(free_port()), RUN_DIR=str(tmp_path / "run"))
+    return stubs, env
+
+
+def test_the_batch_script_is_valid_bash():
+    assert subprocess.run(["bash", "-n", SBATCH]).returncode == 0
+
+
+def test_a_slurm_job_requeued_at_its_time_limit_resumes_and_ends_exact(slurm, small_data, tmp_path, uninterrupted):
+    """USR1 (--signal=B:USR1@120) requeues the job; the step stops with a checkpoint; the requeued
+    job continues with --resume auto to the uninterrupted run's exact weights; a third start
+    finds the run finished and exits 0."""
+    stubs, env = slurm
+    flags = [str(a) for a in small_args(small_data, tmp_path / "ignored", *TRIAL_FLAGS)]
+    flags = flags[: flags.index("--output-dir")] + flags[flags.index("--output-dir") + 2:]  # RUN_DIR decides
+    run_dir = tmp_path / "run"
+
+    job = subprocess.Popen(["bash", SBATCH, *flags], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "epoch_001").exists():
+        assert time.monotonic() < deadline and job.poll() is None, job.communicate()[1][-3000:]
+        time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)  # what Slurm sends the batch shell 120 s before the time limit
+    stdout, stderr = job.communicate(timeout=120)
+    assert (stubs / "requeued").read_text().split() == ["4242"]
+    assert "requeued, it will resume from its checkpoint" in stdout
+    assert "stopped by SIGTERM" in stderr and job.returncode != 0
+    assert not (run_dir / "metrics.json").exists()
+
+    requeued = subprocess.run(["bash", SBATCH, *flags], env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=180)
+    assert requeued.returncode == 0, requeued.stderr[-3000:]
+    assert "Resumed from" in requeued.stdout
+    history = json.loads((run_dir / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+
+    again = subprocess.run(["bash", SBATCH, *flags], env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stderr[-3000:]
+    _assert_same_run(run_dir, uninterrupted)
