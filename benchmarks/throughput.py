@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                            # CPU: original vs covid_ddp fp32 and bf16
     python benchmarks/throughput.py --scaling --time-to-accuracy
     python benchmarks/throughput.py --device cuda --compile    # GPU: adds bf16 at batch 1024, compiled
+    python benchmarks/throughput.py --sync-cost                # what a step spends agreeing across 2 processes
 
 (a) ``original`` is a faithful re-implementation of the original script: a per-item
 ``Dataset`` that converts each image to float and takes the one-hot argmax,
@@ -251,6 +252,53 @@ def time_to_accuracy_worker(args) -> dict:
     return {"seconds": elapsed if reached else None, "epochs": len(curve), "curve": curve}
 
 
+def sync_cost_worker(args) -> dict:
+    """Microseconds a training step spends agreeing with the other ranks, without the model:
+    (old) an all-gather of a stop flag and a host sync every step, as covid_ddp did before;
+    (now) engine.StepTally's device-side tally every step and one all-gather every 20 steps."""
+    from covid_ddp.config import TrainConfig
+    from covid_ddp.engine import StepTally
+    from covid_ddp.train import build_accelerator, shut_down
+
+    accelerator = build_accelerator(TrainConfig(cpu=args.device == "cpu", mixed_precision="no"))
+    device, steps, log_every = accelerator.device, 2000, TrainConfig().log_every
+    loss = torch.tensor(0.5, device=device)
+
+    def per_step_agreement():
+        for _ in range(steps):
+            int(accelerator.gather(torch.tensor([0], device=device)).max().item())
+
+    def every_k_agreement():
+        tally = StepTally(accelerator, [0.0, 0.0])
+        for step in range(1, steps + 1):
+            tally.add(loss, 8, step)
+            if step % log_every == 0:
+                tally.agree(0)
+
+    figures = {}
+    for name, loop in (("old", per_step_agreement), ("now", every_k_agreement)):
+        loop()  # warm-up
+        _sync(device)
+        started = time.perf_counter()
+        loop()
+        _sync(device)
+        figures[name] = 1e6 * (time.perf_counter() - started) / steps
+    shut_down(accelerator)
+    return figures
+
+
+def measure_sync_cost(args) -> None:
+    """Two processes (two GPUs with --device cuda: one process per GPU, as training runs)."""
+    from covid_ddp.config import TrainConfig
+
+    if args.device == "cuda" and torch.cuda.device_count() < 2:
+        raise SystemExit("--sync-cost on GPUs needs 2 of them (one process alone agrees with nobody)")
+    result = run_worker(Variant("sync cost", "sync-cost", processes=2), args, ["--worker", "sync-cost"])
+    print(f"per-step cost of agreeing across 2 {args.device} processes (2000 steps, no model): all-gather + host "
+          f"sync every step (before) {result['old']:.1f} us/step; device tally + one all-gather every "
+          f"{TrainConfig().log_every} steps (now) {result['now']:.1f} us/step")
+
+
 def synthetic(count: int, seed: int = 0):
     from covid_ddp.synthetic import make_synthetic
 
@@ -389,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-images", type=int, default=None,
                         help="images scored in the evaluation timing (default: 3,000 CPU, 100,000 GPU)")
     parser.add_argument("--scaling", action="store_true", help="add covid_ddp with 2 CPU processes (torchrun)")
+    parser.add_argument("--sync-cost", action="store_true",
+                        help="only time what a step spends agreeing across 2 processes, before and now")
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help=f"time (a) and (b) to {TARGET_ACCURACY:.0%} validation accuracy")
     parser.add_argument("--max-epochs", type=int, default=10, help="epochs --time-to-accuracy tries at most")
@@ -403,10 +453,14 @@ def main() -> None:
     args.warmup_steps = args.warmup_steps or (30 if gpu else 3)
     args.eval_images = args.eval_images or (100000 if gpu else 3000)
     if args.worker:
-        worker = time_to_accuracy_worker if args.worker.startswith("tta-") else speed_worker
+        workers = {"sync-cost": sync_cost_worker}
+        worker = workers.get(args.worker, time_to_accuracy_worker if args.worker.startswith("tta-") else speed_worker)
         result = worker(args)
         if int(os.environ.get("RANK", "0")) == 0:
             print("RESULT " + json.dumps(result), flush=True)
+        return
+    if args.sync_cost:
+        measure_sync_cost(args)
         return
     if args.scaling and gpu:
         raise SystemExit("--scaling compares CPU processes; on GPUs use accelerate launch with --num_processes")

@@ -4,10 +4,10 @@
 Three things around it have a helper each, so the loop still reads as the recipe:
 
 - ``AccumulationCycles``: which micro-steps end an optimizer step (``--grad-accum-steps``).
-- ``StepTally``: the loss sum and image count, kept on the device. Nothing in a step waits
-  for the device or for the other ranks; every ``--log-every`` steps and at the end of
-  the epoch the ranks swap their tallies and any stop request in ONE small all-gather,
-  which gives them the same loss to log, the same NaN verdict and the same stop step.
+- ``StepTally``: the losses, kept on the device. Nothing in a step waits for the device or
+  for the other ranks; every ``--log-every`` steps and at the end of the epoch the ranks
+  swap their tallies and any stop request in ONE small all-gather, which gives them the
+  same loss to log, the same NaN verdict and the same stop step.
 - ``numbered_batches``: this rank's batches of the epoch, resumable at any step.
 
 ``evaluate`` scores each rank's shard; ``gather_for_metrics`` makes it exact.
@@ -138,23 +138,32 @@ class AgreedTotals:
 
 
 class StepTally:
-    """This rank's loss sum, image count and first non-finite step of the epoch, on the device."""
+    """This rank's loss sum and image count of the epoch, on the device.
+
+    A step only keeps its (detached) loss: no device work, no host sync. At an agreement the
+    kept losses are summed in one go, checked for NaN/inf, and swapped with the other ranks.
+    """
 
     def __init__(self, accelerator, start: list[float]):
         self.accelerator, self.started = accelerator, time.perf_counter()
         self.sums = torch.tensor(start, device=accelerator.device)  # [sum of loss x batch size, images]
-        self.first_bad_step = torch.full((), -1.0, device=accelerator.device)
+        self.pending: list[tuple[int, int, torch.Tensor]] = []  # (step, images, loss) since the last agreement
 
     def add(self, loss: torch.Tensor, count: int, step: int) -> None:
-        """Device arithmetic only: no host sync, no collective."""
-        loss = loss.detach().float()
-        self.sums += torch.stack([loss * count, torch.ones_like(loss) * count])
-        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(loss), step,
-                                          self.first_bad_step)
+        self.pending.append((step, count, loss.detach()))
 
     def agree(self, signum: int) -> AgreedTotals:
         """Collective: one all-gather of [loss sum, images, first bad step, signal] from every rank."""
-        mine = torch.cat([self.sums, self.first_bad_step.view(1), self.sums.new_tensor([signum])])
+        first_bad_step = self.sums.new_full((1,), -1.0)
+        if self.pending:
+            steps, counts, losses = zip(*self.pending)
+            losses = torch.stack(losses).float()
+            counts = torch.tensor(counts, dtype=losses.dtype, device=losses.device)
+            self.sums += torch.stack([(losses * counts).sum(), counts.sum()])
+            bad = torch.tensor(steps, dtype=losses.dtype, device=losses.device)[~torch.isfinite(losses)]
+            first_bad_step = torch.cat([bad, first_bad_step])[:1]  # the earliest, as steps only increase
+            self.pending = []
+        mine = torch.cat([self.sums, first_bad_step, self.sums.new_tensor([signum])])
         table = self.accelerator.gather(mine.unsqueeze(0)).cpu().double()  # the one host sync
         bad = table[:, 2][table[:, 2] >= 0]
         elapsed = time.perf_counter() - self.started

@@ -37,8 +37,8 @@ def atomic_path(destination: Path):
         with open(tmp_path, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp_path, destination)
-    except (OSError, RuntimeError) as error:  # a full disk, a read-only folder: the old file, if any, is untouched
-        raise cannot_write(destination, error) from error  # (before the partial file is removed: see cannot_write)
+    except OSError as error:  # a full disk, a read-only folder: the old file, if any, is untouched
+        raise cannot_write(destination, error) from error
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -69,4 +69,7 @@ def write_json(destination: Path, payload: dict) -> None:
 
 def save_torch(destination: Path, payload) -> None:
     with atomic_path(destination) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as error:  # its words for a full disk; the partial file is still there to tell
+            raise cannot_write(destination, error) from error
