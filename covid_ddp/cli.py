@@ -1,6 +1,7 @@
 """What every command-line entry point shares: user mistakes become one line and exit code 2.
 
-In a multi-process job only the main process (global rank 0) prints that line. Every
+In a multi-process job only the main process (global rank 0) prints that line (a
+``LocalError``, one machine's own problem, is printed by every process that has it). Every
 other rank raises the same error at the same point, because errors after the process
 group forms are agreed on by all ranks (``distributed.on_main_process`` and friends) and
 the ones before it come from the same flags and files; N copies of the line would only
@@ -17,7 +18,7 @@ import sys
 import time
 from typing import Callable
 
-from .errors import UserError
+from .errors import LocalError, UserError
 
 USER_ERROR_EXIT = 2
 LAUNCHER_GRACE_S = 1.0  # how long the other ranks let the main process be first to fail
@@ -31,6 +32,8 @@ def run_cli(command: Callable[[], object], prog: str) -> int:
         if is_main_rank():
             say(f"{prog}: error: {error}")
             _tell_the_launcher(f"{prog}: {error}")
+        elif isinstance(error, LocalError):
+            say(f"{prog}: error: process {os.environ.get('RANK')}: {error}")
         elif "TORCHELASTIC_RUN_ID" in os.environ:
             # Leave first: the launcher's summary names the first process it sees fail.
             time.sleep(LAUNCHER_GRACE_S)

@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from accelerate.utils import gather_object
 
-from .errors import UserError
+from .errors import LocalError, UserError
 
 LAUNCHER_POLL_S = 0.5  # how often a worker checks that its launcher is alive
 
@@ -76,7 +76,7 @@ def check_gpus_per_machine() -> None:
     does not exist. Every rank sees the same counts, so every rank refuses alike."""
     processes, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
     if processes > gpus:
-        raise UserError(f"{processes} processes were started on this machine but it has {gpus} usable GPU(s); "
+        raise LocalError(f"{processes} processes were started on this machine but it has {gpus} usable GPU(s); "
                         f"start at most {gpus} per machine (--nproc_per_node / --num_processes), or pass --cpu to "
                         "train on CPU processes")
 
@@ -110,18 +110,24 @@ def join_restarted_group(cpu: bool, timeout: datetime.timedelta) -> None:
     torchelastic hands every attempt the same store (seen with torch 2.13, also
     pytorch/pytorch#167288), still holding the dead attempt's addresses: a restarted rank
     that reads its peer's key before the new peer wrote it connects to a dead port and the
-    restart fails (half the time, on this project's machine). accelerate uses a process group
+    restart fails (most of the time, on this project's machine). accelerate uses a process group
     that already exists, so the group is formed here, with this attempt's keys apart.
+
+    On one machine only: there every process has the same restart count, from the one
+    torchrun. The agents of several machines count restarts each their own way (a machine
+    restarted for another's failure does not count it), so their prefixes could differ.
     """
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    if attempt == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or \
-            torch.distributed.is_initialized():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    one_machine = world == int(os.environ.get("LOCAL_WORLD_SIZE", "0"))
+    if attempt == "0" or world == 1 or not one_machine or torch.distributed.is_initialized() or \
+            os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return
-    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
-                                       int(os.environ["WORLD_SIZE"]), is_master=False, timeout=timeout)
-    torch.distributed.init_process_group("gloo" if cpu else "nccl", timeout=timeout,
-                                         store=torch.distributed.PrefixStore(f"covid_ddp/attempt_{attempt}", store),
-                                         rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                       is_master=False, timeout=timeout)
+    backend = "gloo" if cpu or not torch.cuda.is_available() else "nccl"
+    torch.distributed.init_process_group(backend, timeout=timeout, rank=int(os.environ["RANK"]), world_size=world,
+                                         store=torch.distributed.PrefixStore(f"covid_ddp/attempt_{attempt}", store))
 
 
 # --- work the ranks agree on ----------------------------------------------------------------
@@ -192,10 +198,9 @@ _PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken p
 
 
 def lost_another_process(error: BaseException) -> bool:
-    """True for the error a collective raises when another rank of the job died mid-way."""
-    dist_error = getattr(torch.distributed, "DistError", ())
-    return isinstance(error, RuntimeError) and (isinstance(error, dist_error) or any(
-        text in str(error) for text in _PEER_GONE))
+    """True for the error a collective raises when another rank of the job died mid-way (not a
+    timeout: a slow process is not a dead one)."""
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _PEER_GONE)
 
 
 # --- the launcher ---------------------------------------------------------------------------

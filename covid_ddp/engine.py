@@ -147,13 +147,14 @@ class StepTally:
     def __init__(self, accelerator, start: list[float]):
         self.accelerator, self.started = accelerator, time.perf_counter()
         self.sums = torch.tensor(start, device=accelerator.device)  # [sum of loss x batch size, images]
+        self.restored_images = start[1]  # counted before a resume, not in this process's time
         self.pending: list[tuple[int, int, torch.Tensor]] = []  # (step, images, loss) since the last agreement
 
     def add(self, loss: torch.Tensor, count: int, step: int) -> None:
         self.pending.append((step, count, loss.detach()))
 
     def agree(self, signum: int) -> AgreedTotals:
-        """Collective: one all-gather of [loss sum, images, first bad step, signal] from every rank."""
+        """Collective: one all-gather of [loss sum, images, first bad step, signal, images restored]."""
         first_bad_step = self.sums.new_full((1,), -1.0)
         if self.pending:
             steps, counts, losses = zip(*self.pending)
@@ -163,12 +164,13 @@ class StepTally:
             bad = torch.tensor(steps, dtype=losses.dtype, device=losses.device)[~torch.isfinite(losses)]
             first_bad_step = torch.cat([bad, first_bad_step])[:1]  # the earliest, as steps only increase
             self.pending = []
-        mine = torch.cat([self.sums, first_bad_step, self.sums.new_tensor([signum])])
+        mine = torch.cat([self.sums, first_bad_step, self.sums.new_tensor([signum, self.restored_images])])
         table = self.accelerator.gather(mine.unsqueeze(0)).cpu().double()  # the one host sync
         bad = table[:, 2][table[:, 2] >= 0]
-        elapsed = time.perf_counter() - self.started
+        trained_here = float(table[:, 1].sum() - table[:, 4].sum())
         return AgreedTotals(per_rank=table[:, :2].tolist(), first_bad_step=int(bad.min()) if len(bad) else -1,
-                            signum=int(table[:, 3].max()), images_per_s=float(table[:, 1].sum()) / elapsed)
+                            signum=int(table[:, 3].max()),
+                            images_per_s=trained_here / max(time.perf_counter() - self.started, 1e-9))
 
 
 def numbered_batches(loader, accelerator, epoch: int, done_steps: int):

@@ -8,3 +8,8 @@ to go on.
 
 class UserError(Exception):
     """Bad input, a bad flag or an unreachable resource: something the user can fix."""
+
+
+class LocalError(UserError):
+    """A problem of one machine's own (its GPU count, say) that the others may not share: every
+    process that meets it prints it, where other errors are printed by the main process alone."""

@@ -13,7 +13,9 @@ import signal
 
 from .errors import UserError
 
-_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: torchrun forwards it when its terminal closes. (Not where it is ignored, as under
+# nohup: a run started that way must survive its terminal.)
+_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class TrainingInterrupted(UserError):
@@ -33,7 +35,12 @@ class StopRequested(Exception):
 
 
 class GracefulStop:
-    """Context manager that records the first SIGINT/SIGTERM instead of dying on it."""
+    """Context manager that records the first stop signal instead of dying on it.
+
+    Only a second Ctrl-C (SIGINT) stops at once. SIGTERM often comes twice for one request
+    (Slurm signals every process of a job step, and torchrun forwards its own copy; the
+    launcher watchdog may add one), so repeats of it do not cut the checkpoint short.
+    """
 
     def __init__(self):
         self.signum = 0
@@ -41,7 +48,8 @@ class GracefulStop:
 
     def __enter__(self) -> "GracefulStop":
         for sig in _SIGNALS:
-            self._previous[sig] = signal.signal(sig, self._record)
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                self._previous[sig] = signal.signal(sig, self._record)
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -49,7 +57,7 @@ class GracefulStop:
             signal.signal(sig, handler)
 
     def _record(self, signum, frame) -> None:
-        if self.signum:  # the second signal: the user means it
+        if self.signum and signum == signal.SIGINT:  # Ctrl-C again: the user means it
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
-        self.signum = signum
+        self.signum = self.signum or signum

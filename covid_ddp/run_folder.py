@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -69,18 +70,27 @@ class RunLock:
         handle.truncate(0)
         handle.write(f"{socket.gethostname()} pid {os.getpid()}\n{token}\n")
         handle.flush()
+        os.fsync(handle.fileno())  # on NFS, what other machines read is what reached the server
         self._handle = handle
 
     def release(self) -> None:
-        """Unlock; a folder the failed run left empty is removed (nothing half-made stays behind)."""
+        """Unlock; a folder the failed run left empty is removed (nothing half-made stays behind).
+
+        The lock file itself stays otherwise: removed while locked, a run that opened it just
+        before could lock the removed file while a third locks a new one.
+        """
         if self._handle is None:
             return
-        (self.output_dir / ckpt.LOCK_FILE).unlink(missing_ok=True)
+        lock_file = self.output_dir / ckpt.LOCK_FILE
+        nothing_else = {p.name for p in self.output_dir.iterdir()} == {ckpt.LOCK_FILE}
+        if nothing_else:
+            lock_file.unlink(missing_ok=True)
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         self._handle = None
-        if self.output_dir.is_dir() and not any(self.output_dir.iterdir()):
-            self.output_dir.rmdir()
+        if nothing_else:
+            with contextlib.suppress(OSError):  # another run may have just created something there
+                self.output_dir.rmdir()
 
 
 class RunFolder:
@@ -205,8 +215,10 @@ def _claim(path: Path, lock: RunLock, config: TrainConfig) -> tuple[str, str | N
     done = ckpt.is_finished_run(path)
     if resume_from is None and done:
         if not config.overwrite:
-            raise UserError(f"{path} holds a finished run; choose another --output-dir, pass --overwrite, or "
-                            "--resume latest with a larger --epochs")
+            unfinished = "" if (path / ckpt.METRICS_FILE).exists() else \
+                " (its outputs are incomplete: --resume auto finishes them)"
+            raise UserError(f"{path} holds a finished run{unfinished}; choose another --output-dir, pass "
+                            "--overwrite, or --resume latest with a larger --epochs")
         clear_run(path)
     finished = bool(resume_from) and (path / ckpt.METRICS_FILE).exists() and \
         ckpt.epochs_done(resume_from) >= config.epochs
@@ -229,15 +241,23 @@ def _resume_point(path: Path, config: TrainConfig) -> Path | None:
     return ckpt.checked_checkpoint(Path(config.resume))
 
 
-def _check_shared(path: Path, token: str) -> None:
-    try:
-        seen = (path / ckpt.LOCK_FILE).read_text()
-    except OSError:
-        seen = ""
-    if token not in seen:
+def _check_shared(path: Path, token: str, patience_s: float = 5.0) -> None:
+    """The main process's token in <run>/.lock, read from here (a few seconds allowed for a
+    network filesystem's attribute cache to see the new file)."""
+    deadline = time.monotonic() + patience_s
+    while token not in _read_or_empty(path / ckpt.LOCK_FILE) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if token not in _read_or_empty(path / ckpt.LOCK_FILE):
         raise UserError(f"the run folder {path} is not shared with the main process: {socket.gethostname()} does "
                         "not see its files there. A job on several machines needs --output-dir on a filesystem "
                         "that every machine mounts at the same path (NFS, Lustre, ...)")
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def clear_run(output_dir: Path) -> None:

@@ -54,22 +54,23 @@ def train(config: TrainConfig) -> dict | None:
     """Train, checkpoint every epoch, test once, write the run folder; returns the final test metrics
     (None when ``--resume auto`` finds the run already finished)."""
     accelerator, config = start_job(config)
-    run_dir = "RUN"  # for the message below, once known
+    run_dir = None  # for the message below, once known
     try:
         with RunFolder.open(accelerator, config) as folder:
             run_dir = folder.path
             accelerator.print(f"covid-ddp-train: {describe(accelerator)}; run folder {folder.path}")
             if folder.finished:
-                accelerator.print(f"{folder.path} is already trained to epoch {config.epochs}: nothing to do")
+                accelerator.print(f"{folder.path} is finished (--epochs {config.epochs} reached): nothing to do")
                 shut_down(accelerator)
                 return None
             return _train_in(folder, config, accelerator)
     except Exception as error:
         shut_down(accelerator, barrier=False)  # the other ranks may not reach a barrier
         if lost_another_process(error):
+            resume = f" Complete checkpoints are kept: rerun with --resume auto --output-dir {run_dir}" \
+                if run_dir else ""
             raise JobFailed(f"another process of this job ended while this one waited for it ({_first_line(error)}); "
-                            f"its own output says why. Complete checkpoints are kept: rerun with --resume auto "
-                            f"--output-dir {run_dir}") from None
+                            f"its own output says why.{resume}") from None
         raise
 
 
@@ -189,7 +190,8 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
     # Decided once, on the main process: ranks with different free GPU memory still agree.
     on_device = on_main_process(accelerator, lambda: wants_device(data.images, targets, accelerator.device,
                                                                   config.data_on_device), "place the data")
-    images, targets_t = dataset_tensors(data.images, targets, accelerator.device, on_device)
+    images, targets_t = on_every_process(accelerator, lambda: dataset_tensors(  # a GPU may run out of memory
+        data.images, targets, accelerator.device, on_device), "put the data on the device")
     train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config,
                                                          num_processes=accelerator.num_processes,
                                                          process_index=accelerator.process_index,

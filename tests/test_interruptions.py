@@ -178,19 +178,18 @@ def test_ctrl_c_on_a_plain_python_run_saves_and_says_how_to_resume(small_data, t
 # --- launch/slurm.sbatch, as Slurm runs it ----------------------------------------------------
 #
 # On one node, with stand-ins: ``srun`` starts its command as the job step (as srun does on
-# each node); ``scontrol requeue`` records the requeue and, as Slurm does, sends SIGTERM to
-# the running step. The job then runs again with the same job id, as a requeued job does.
+# each node; a signal to it reaches torchrun, as srun forwards it); ``scontrol requeue``
+# records the requeue. The job then runs again with the same job id, as a requeued job does.
 
 SBATCH = ROOT / "launch" / "slurm.sbatch"
 SRUN = """#!/bin/bash
 while [[ "$1" == --* ]]; do shift; done      # srun's own options
-echo $$ > "$STUBS/step.pid"                  # exec keeps the pid: the step's
 exec "$@"
 """
 SCONTROL = """#!/bin/bash
 case "$1 $2" in
     "show hostnames") echo 127.0.0.1 ;;
-    requeue*) echo "$2" >> "$STUBS/requeued"; kill -TERM "$(cat "$STUBS/step.pid")" ;;
+    requeue*) echo "$2" >> "$STUBS/requeued" ;;
 esac
 """
 
@@ -230,8 +229,8 @@ def test_a_slurm_job_requeued_at_its_time_limit_resumes_and_ends_exact(slurm, sm
         time.sleep(0.05)
     job.send_signal(signal.SIGUSR1)  # what Slurm sends the batch shell 120 s before the time limit
     stdout, stderr = job.communicate(timeout=120)
-    assert (stubs / "requeued").read_text().split() == ["4242"]
-    assert "requeued, it will resume from its checkpoint" in stdout
+    assert (stubs / "requeued").read_text().split() == ["4242"], "requeued once the step had stopped"
+    assert "stopping it with a checkpoint, then requeueing it" in stdout and "requeued; the job will resume" in stdout
     assert "stopped by SIGTERM" in stderr and job.returncode != 0
     assert not (run_dir / "metrics.json").exists()
 
