@@ -1,7 +1,7 @@
 """What every command-line entry point shares: user mistakes become one line and exit code 2.
 
 In a multi-process job only the main process (global rank 0) prints that line (a
-``LocalError``, one machine's own problem, is printed by every process that has it). Every
+``LocalError``, one machine's own problem, is printed once by every machine that has it). Every
 other rank raises the same error at the same point, because errors after the process
 group forms are agreed on by all ranks (``distributed.on_main_process`` and friends) and
 the ones before it come from the same flags and files; N copies of the line would only
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 from typing import Callable
@@ -32,8 +33,8 @@ def run_cli(command: Callable[[], object], prog: str) -> int:
         if is_main_rank():
             say(f"{prog}: error: {error}")
             _tell_the_launcher(f"{prog}: {error}")
-        elif isinstance(error, LocalError):
-            say(f"{prog}: error: process {os.environ.get('RANK')}: {error}")
+        elif isinstance(error, LocalError) and os.environ.get("LOCAL_RANK") == "0":  # once per machine
+            say(f"{prog}: error: on {socket.gethostname()}: {error}")
         elif "TORCHELASTIC_RUN_ID" in os.environ:
             # Leave first: the launcher's summary names the first process it sees fail.
             time.sleep(LAUNCHER_GRACE_S)

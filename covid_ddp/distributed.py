@@ -73,7 +73,7 @@ def describe(accelerator) -> str:
 
 def check_gpus_per_machine() -> None:
     """More processes on this machine than GPUs: accelerate would give one of them a GPU that
-    does not exist. Every rank sees the same counts, so every rank refuses alike."""
+    does not exist. A machine's own problem (another may have enough): printed once per machine."""
     processes, gpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), torch.cuda.device_count()
     if processes > gpus:
         raise LocalError(f"{processes} processes were started on this machine but it has {gpus} usable GPU(s); "
@@ -126,6 +126,8 @@ def join_restarted_group(cpu: bool, timeout: datetime.timedelta) -> None:
     store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                                        is_master=False, timeout=timeout)
     backend = "gloo" if cpu or not torch.cuda.is_available() else "nccl"
+    if backend == "nccl":  # NCCL binds to the current device: this process's, as accelerate would set it
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
     torch.distributed.init_process_group(backend, timeout=timeout, rank=int(os.environ["RANK"]), world_size=world,
                                          store=torch.distributed.PrefixStore(f"covid_ddp/attempt_{attempt}", store))
 

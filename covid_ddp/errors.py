@@ -11,5 +11,5 @@ class UserError(Exception):
 
 
 class LocalError(UserError):
-    """A problem of one machine's own (its GPU count, say) that the others may not share: every
-    process that meets it prints it, where other errors are printed by the main process alone."""
+    """A problem of one machine's own (its GPU count, say) that the others may not share: each
+    machine that meets it prints it, where other errors are printed by the main process alone."""
