@@ -10,8 +10,9 @@
 ``DataLoader(num_workers=1)``, fp32, NCHW, Adam, batch 100. (b) ``covid_ddp`` runs the
 package's own pieces: the device-resident loader, ``train_one_epoch`` and ``evaluate`` of
 ``covid_ddp.engine`` under accelerate (as training runs them, stop-request and NaN checks
-included), and the BatchNorm-folded inference model of ``covid-ddp-predict``. Every variant runs in its own process (accelerate's state is
-process-wide), the variants take turns within each repeat, and the median of the repeats
+included), and the BatchNorm-folded inference model of ``covid-ddp-predict``. Every variant
+runs in its own process (accelerate's state is process-wide), the variants take turns
+within each repeat, and the median of the repeats
 is printed, warm-up (and compilation) excluded. Printed per variant: training, evaluation
 and inference images/s, model FLOP utilisation (MFU: 3 x forward FLOPs x training images/s
 over this device's matmul peak, measured in this run in the variant's precision), the
@@ -168,11 +169,12 @@ class CovidDdpTrainer:
     def inference(self, rows: np.ndarray) -> float:
         """Images/s of the shipped inference path: the consolidated weights, BatchNorm folded, channels_last."""
         from covid_ddp.checkpoint import consolidated_state_dict
-        from covid_ddp.model import Net
+        from covid_ddp.model import Net, raw_pixel_state_dict
         from covid_ddp.predict import inference_model, predict
 
         net = Net()
-        net.load_state_dict(consolidated_state_dict(self.accelerator.get_state_dict(self.model)))
+        net.load_state_dict(raw_pixel_state_dict(consolidated_state_dict(self.accelerator.get_state_dict(self.model)),
+                                                 self.accelerator.unwrap_model(self.model)))
         model = inference_model(net.to(self.accelerator.device).eval())
         images = torch.from_numpy(self.images[rows]).to(self.accelerator.device)
         batch = self.config.eval_batch_size

@@ -3,9 +3,9 @@
 Small random translation, scale and intensity (contrast, brightness) changes, drawn
 per image and applied to the whole batch at once with one ``grid_sample`` on the
 device the batch is on. No flips: left and right anatomy differ (the heart sits on
-the left), so a mirrored radiograph is not a plausible radiograph. The random numbers
-come from the device's global generator, which ``set_seed`` seeds per (seed, epoch,
-rank) and checkpoints save, so augmented runs resume exactly.
+the left), so a mirrored radiograph is not a plausible radiograph. The trainer passes a
+generator of the ``augment`` stream of (seed, epoch, rank, step) (``seeding``), so the
+draws are their own, apart from dropout's, and a resumed run rebuilds them exactly.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 
-def augment_batch(images: torch.Tensor, max_shift_px: float = 4.0, max_scale: float = 0.1,
-                  max_contrast: float = 0.1, max_brightness: float = 10.0) -> torch.Tensor:
+def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None, max_shift_px: float = 4.0,
+                  max_scale: float = 0.1, max_contrast: float = 0.1, max_brightness: float = 10.0) -> torch.Tensor:
     """Raw 0-255 images (N, 1, H, W), any dtype -> augmented float32 images, still 0-255.
 
     Per image: shift up to ``max_shift_px`` pixels each way, zoom by 1 +/- ``max_scale``,
@@ -23,7 +23,7 @@ def augment_batch(images: torch.Tensor, max_shift_px: float = 4.0, max_scale: fl
     """
     count, _, height, width = images.shape
     images = images.float()
-    draws = torch.rand(count, 5, device=images.device) * 2 - 1  # uniform in [-1, 1)
+    draws = torch.rand(count, 5, device=images.device, generator=generator) * 2 - 1  # uniform in [-1, 1)
     zoom = 1 + max_scale * draws[:, 0]
     # affine_grid works in [-1, 1] coordinates: a shift of s pixels is 2 * s / size there.
     theta = torch.zeros(count, 2, 3, device=images.device)

@@ -160,5 +160,10 @@ def load_weights(path: Path, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # UnpicklingError, truncated zip, ...
+        with open(path, "rb") as handle:
+            zip_archive = handle.read(4) == b"PK\x03\x04"
+        if not zip_archive:  # a text file, an image...: torch's own words would be "pop from empty list"
+            raise UserError(f"{path}: not a PyTorch weights file (torch.save writes a zip archive and this file is "
+                            "not one)") from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path}: not a loadable weights file ({first_line})")
+        raise UserError(f"{path}: not a loadable weights file ({first_line})") from None

@@ -55,7 +55,8 @@ class TrainConfig:
     lr_patience: int = _flag(2, "ReduceLROnPlateau patience (epochs)")
     lr_factor: float = _flag(0.6, "ReduceLROnPlateau factor")
     dropout: float = _flag(0.7, "dropout probability after the first fully connected layer")
-    seed: int = _flag(1, "random seed for weights, dropout and shuffling (the split always uses random_state 42)")
+    seed: int = _flag(1, "random seed (0 or more) of the run's independent streams: initial weights, data order, "
+                      "dropout and augmentation per process, bootstrap; the split always uses random_state 42")
     grad_accum_steps: int = _flag(1, "micro-batches per optimizer step (gradient accumulation)")
     max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)")
     augment: bool = _flag(False, "augment training batches on the device: small random shifts (up to 4 px), zoom "
@@ -113,6 +114,8 @@ class TrainConfig:
             raise UserError(f"--log-images-every must be 0 (never) or more, got {self.log_images_every}")
         if self.target_sensitivity is not None and not 0 < self.target_sensitivity <= 1:
             raise UserError(f"--target-sensitivity must be in (0, 1], got {self.target_sensitivity}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be 0 or more, got {self.seed}")
         if self.bootstrap < 0:
             raise UserError(f"--bootstrap must be 0 or more, got {self.bootstrap}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:

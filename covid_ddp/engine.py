@@ -30,6 +30,7 @@ from .checkpoint import TrainingProgress
 from .errors import UserError
 from .interrupt import StopRequested
 from .loader import DeviceBatchLoader
+from .seeding import generator
 
 
 @dataclass
@@ -61,7 +62,10 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int,
     totals = None
     for step, (images, targets, _) in numbered_batches(loader, accelerator, epoch, progress.step):
         with cycles.micro_step(step) as ends_cycle:
-            loss = F.nll_loss(model(augment_batch(images) if config.augment else images), targets)
+            if config.augment:
+                images = augment_batch(images, generator(config.seed, "augment", images.device, epoch,
+                                                         accelerator.process_index, step))
+            loss = F.nll_loss(model(images), targets)
             accelerator.backward(loss * cycles.loss_scale(step))
             if ends_cycle:
                 if config.max_grad_norm is not None:

@@ -4,8 +4,9 @@
     covid-ddp-export --weights runs/demo/COVID_binary_classifier.pth --onnx covid.onnx
 
 The graph takes raw 0-255 pixels, float32 of shape (batch, 1, 64, 64) with a dynamic batch
-axis, and returns P(non-COVID), P(COVID) per image: the training split's normalisation and the
-softmax are inside, BatchNorm is folded into the convolutions. The decision threshold stays
+axis, and returns P(non-COVID), P(COVID) per image: the softmax is inside, BatchNorm is folded
+into the convolutions (and the training split's normalisation already is, into conv1, in the
+weights file). Weights written by the original script export the same way. The decision threshold stays
 outside (in the weights' sidecar JSON), since a deployment may choose its own operating point.
 """
 

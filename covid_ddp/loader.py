@@ -2,8 +2,8 @@
 
 A 64x64 grayscale set of 10,000 images is 41 MB, so each process holds all of it on its
 device (``data.dataset_tensors``) and a batch is one ``index_select`` there. What the
-DataLoader path (accelerate's seedable sampler + ``split_batches``) guarantees is kept,
-batch for batch: every epoch all ranks draw the same permutation, seeded ``seed + epoch``;
+DataLoader path (``EpochPermutation`` + accelerate's ``split_batches``) guarantees is kept,
+batch for batch: every epoch all ranks draw the same permutation (``epoch_permutation``);
 global batch ``b`` is ``permutation[b * B:(b + 1) * B]`` and rank ``r`` takes the ``r``-th
 contiguous slice of it; the last partial global batch is dropped. So shards are disjoint,
 complete up to that remainder, reshuffled each epoch, identical to the DataLoader path
@@ -16,6 +16,8 @@ import dataclasses
 
 import numpy as np
 import torch
+
+from .seeding import generator
 
 
 @dataclasses.dataclass
@@ -49,14 +51,8 @@ class DeviceBatchLoader:
         return dataclasses.replace(self, start_step=steps)
 
     def permutation(self) -> torch.Tensor:
-        """The epoch's order of ``rows``, on the device.
-
-        Drawn on the CPU with the generator accelerate's seedable sampler uses, so it is the
-        same on every rank and device type and equals the DataLoader path's; 8 bytes an image,
-        moved once an epoch.
-        """
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return torch.randperm(len(self.rows), generator=generator).to(self._rows.device)
+        """The epoch's order of ``rows``, on the device: ``epoch_permutation``, moved once an epoch."""
+        return epoch_permutation(len(self.rows), self.seed, self.epoch).to(self._rows.device)
 
     def __iter__(self):
         order = self._rows[self.permutation()]
@@ -65,3 +61,25 @@ class DeviceBatchLoader:
             start = step * self.batch_size + self.process_index * share
             rows = order[start : start + share]
             yield self.images.index_select(0, rows).unsqueeze(1), self.targets.index_select(0, rows), rows
+
+
+def epoch_permutation(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of an epoch's training rows: the ``data_order`` stream of (seed, epoch), drawn
+    on the CPU, so it is the same on every rank and device type. 8 bytes an image."""
+    return torch.randperm(count, generator=generator(seed, "data_order", torch.device("cpu"), epoch))
+
+
+class EpochPermutation(torch.utils.data.Sampler):
+    """The DataLoader path's sampler (``--data-on-device no``): the same order as the device loader's."""
+
+    def __init__(self, count: int, seed: int):
+        self.count, self.seed, self.epoch = count, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # accelerate's prepared loader passes it on
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(epoch_permutation(self.count, self.seed, self.epoch).tolist())
+
+    def __len__(self) -> int:
+        return self.count

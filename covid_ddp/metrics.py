@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from .seeding import stream_seed
+
 METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc",
            "average_precision", "brier", "ece")
 CALIBRATION_BINS = 10
@@ -49,7 +51,7 @@ def binary_metrics(p_covid: np.ndarray, targets: np.ndarray, loss: float | None 
 
 def bootstrap_intervals(p_covid, targets, threshold, resamples: int, seed: int, point: dict) -> dict:
     """Percentile 95% intervals; resamples where a metric is undefined (a class not drawn) are skipped."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(stream_seed(seed, "bootstrap"))
     count = len(targets)
     weights = rng.multinomial(count, np.full(count, 1.0 / count), size=resamples).astype(np.float64)
     drawn = _weighted_metrics(p_covid, targets, threshold, weights)

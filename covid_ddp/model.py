@@ -1,16 +1,19 @@
-"""The original COVID / non-COVID chest X-ray CNN, with its input normalisation inside.
+"""The original COVID / non-COVID chest X-ray CNN, interchangeable with the original script's.
 
-``Net`` keeps the original layers, names and parameter count, so the original
-reload snippet works verbatim::
+``Net`` keeps the original layers, names and parameter count, and its state_dict holds
+exactly the original's keys (``conv1``..``conv4``, ``bn1``..``bn4`` with their running
+statistics, ``fc1``, ``fc2``), for raw 0-255 pixels. So a ``COVID_binary_classifier.pth``
+written by covid_ddp loads into the original script's own ``Net`` with the original reload
+snippet, and one written by the original script loads here::
 
-    from covid_ddp import Net
     model = Net()
     model.load_state_dict(torch.load("COVID_binary_classifier.pth", weights_only=True))
     model.eval()
 
-The two extra buffers, ``pixel_mean`` and ``pixel_std``, hold the training
-split's intensity statistics. They are part of the state_dict, so a saved model
-is self-contained: inference feeds raw 0-255 pixel values, as the original did.
+Training normalises the pixels with the training split's mean and std (``set_normalization``:
+non-persistent buffers, recomputed from the split on resume). The weights file carries no
+such buffers: ``raw_pixel_state_dict`` folds the normalisation into ``conv1``, which is exact
+because ``conv1`` has no padding (every tap of every output sees an image pixel).
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ class Net(nn.Module):
         self.conv4 = nn.Conv2d(128, 256, kernel_size=3, stride=1)
         self.bn4 = nn.BatchNorm2d(256)
         self.dropout = nn.Dropout(dropout)
-        # Identity normalisation until the trainer sets the training split's statistics.
-        self.register_buffer("pixel_mean", torch.zeros(()))
-        self.register_buffer("pixel_std", torch.ones(()))
+        # Identity normalisation until the trainer sets the training split's statistics; not in
+        # the state_dict, which keeps the original's keys (see raw_pixel_state_dict).
+        self.register_buffer("pixel_mean", torch.zeros(()), persistent=False)
+        self.register_buffer("pixel_std", torch.ones(()), persistent=False)
         self.fc1 = nn.Linear(self._flattened_size(), 512)
         self.fc2 = nn.Linear(512, NUM_CLASSES)
 
@@ -70,6 +74,33 @@ class Net(nn.Module):
 
 
 CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv4", "bn4"))
+NORMALIZATION_KEYS = ("pixel_mean", "pixel_std")  # in weights files of covid_ddp before 0.2
+
+
+def fold_normalization(state_dict: dict, mean: float, std: float) -> dict:
+    """``state_dict`` for raw pixels: conv1(((x - mean) / std)) == conv1'(x) with
+    W' = W / std and b' = b - mean / std * sum(W) (computed in float64, stored as it was)."""
+    folded = dict(state_dict)
+    weight, bias = state_dict["conv1.weight"], state_dict["conv1.bias"]
+    wide = weight.double()
+    folded["conv1.weight"] = (wide / std).to(weight.dtype)
+    folded["conv1.bias"] = (bias.double() - mean / std * wide.sum(dim=(1, 2, 3))).to(bias.dtype)
+    return folded
+
+
+def raw_pixel_state_dict(state_dict: dict, model: Net) -> dict:
+    """The weights file's state_dict: ``state_dict`` (of ``model``) with ``model``'s pixel
+    normalisation folded into conv1, so it holds the original keys only."""
+    return fold_normalization(state_dict, float(model.pixel_mean), float(model.pixel_std))
+
+
+def original_state_dict(state_dict: dict) -> dict:
+    """A state_dict of the original's keys from any covid_ddp or original weights file: older
+    covid_ddp files carried ``pixel_mean``/``pixel_std``, folded into conv1 here."""
+    if not all(key in state_dict for key in NORMALIZATION_KEYS):
+        return state_dict
+    rest = {k: v for k, v in state_dict.items() if k not in NORMALIZATION_KEYS}
+    return fold_normalization(rest, float(state_dict["pixel_mean"]), float(state_dict["pixel_std"]))
 
 
 def fold_batchnorm(model: Net) -> Net:

@@ -36,7 +36,7 @@ from .data import IMAGES_KEY, load_array, validate_images
 from .errors import UserError
 from .files import atomic_path
 from .gradcam import gradcam
-from .model import CLASS_NAMES, IMAGE_SIZE, Net, fold_batchnorm
+from .model import CLASS_NAMES, IMAGE_SIZE, Net, fold_batchnorm, original_state_dict
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 NPZ_SUFFIX = ".npz"
@@ -59,17 +59,20 @@ def resolve_device(device: str) -> torch.device:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Net:
-    """A ``Net`` in eval mode with the weights of ``path`` (loaded with ``weights_only=True``, strict)."""
+    """A ``Net`` in eval mode with the weights of ``path`` (loaded with ``weights_only=True``, strict):
+    written by covid_ddp (any version) or by the original script; raw 0-255 pixels in."""
     state_dict = load_weights(Path(path))
+    if isinstance(state_dict, dict):
+        state_dict = original_state_dict(state_dict)
     model = Net()
     missing, unexpected = _key_mismatch(model, state_dict)
     if missing or unexpected:
-        raise UserError(f"{path}: not covid_ddp.Net weights (missing keys: {', '.join(missing) or 'none'}; "
-                        f"unexpected keys: {', '.join(unexpected) or 'none'})")
+        raise UserError(f"{path}: not weights of this network, the original script's Net (missing keys: "
+                        f"{', '.join(missing) or 'none'}; unexpected keys: {', '.join(unexpected) or 'none'})")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
-        raise UserError(f"{path}: weights do not fit covid_ddp.Net ({str(error).splitlines()[-1].strip()})")
+        raise UserError(f"{path}: weights do not fit the original script's Net ({str(error).splitlines()[-1].strip()})")
     return model.to(device).eval()
 
 

@@ -130,7 +130,7 @@ class RunFolder:
         """Load ``resume_from`` (weights, optimizer, schedule, progress, random states) on every rank."""
         if self.resume_from is None:
             return
-        on_every_process(self.accelerator, lambda: self.accelerator.load_state(str(self.resume_from)),
+        on_every_process(self.accelerator, lambda: _load_state(self.accelerator, self.resume_from),
                          f"read checkpoint {self.resume_from}")
         self.accelerator.print(f"Resumed from {self.resume_from} (epoch {progress.epoch} done)")
         if progress.epoch > epochs:
@@ -281,6 +281,17 @@ def _keep_split(output_dir: Path, split, resuming: bool) -> None:
         return
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **split.as_arrays())
+
+
+def _load_state(accelerator, checkpoint: Path) -> None:
+    try:
+        accelerator.load_state(str(checkpoint))
+    except RuntimeError as error:
+        if "Unexpected key(s)" in str(error) or "Missing key(s)" in str(error):
+            raise UserError(f"{checkpoint}: its model does not fit this version of covid_ddp (a checkpoint of an "
+                            "earlier version holds pixel_mean/pixel_std); resume it with the version that wrote it, "
+                            "or start a new run") from None
+        raise
 
 
 def _empty_folder(path: Path) -> None:

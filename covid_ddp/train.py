@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from . import checkpoint as ckpt
 from . import hardware
@@ -37,11 +37,12 @@ from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_o
                           same_on_every_process, watch_launcher)
 from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError
-from .loader import DeviceBatchLoader
+from .loader import DeviceBatchLoader, EpochPermutation
 from .metrics import binary_metrics, choose_threshold
-from .model import Net
+from .model import Net, raw_pixel_state_dict
 from .provenance import environment_summary, resident_memory_mb
 from .run_folder import RunFolder
+from .seeding import seed_global_generators
 from .splits import make_split
 from .sync_batchnorm import convert_sync_batchnorm
 
@@ -129,9 +130,9 @@ def build_accelerator(config: TrainConfig, cpu: bool | None = None) -> Accelerat
         # A placeholder: the run folder is settled (and shared by all ranks) after start-up.
         project_dir=config.output_dir or "runs",
         # split_batches: --batch-size is global and each process takes its slice of every
-        # batch; the seedable sampler gives every rank the same permutation for each epoch
-        # (seed + epoch), so shards are disjoint, reshuffled per epoch and reproducible on resume.
-        dataloader_config=DataLoaderConfiguration(split_batches=True, use_seedable_sampler=True, data_seed=config.seed),
+        # batch; the sampler (loader.EpochPermutation) gives every rank the same permutation for
+        # each epoch, so shards are disjoint, reshuffled per epoch and reproducible on resume.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.dist_timeout))],
     )
     # backward() divides by this; ACCELERATE_GRADIENT_ACCUMULATION_STEPS in the environment would
@@ -196,7 +197,7 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
                                                          num_processes=accelerator.num_processes,
                                                          process_index=accelerator.process_index,
                                                          on_device=on_device)
-    set_seed(config.seed)  # identical initial weights on every rank
+    seed_global_generators(config.seed, "weights")  # identical initial weights on every rank
     model = build_model(config, accelerator.device, pixel_statistics(data.images, split.train))
     # On its device before the optimizer sees it: fused Adam checks where the parameters are.
     optimizer = make_optimizer(model.to(accelerator.device), config.lr, accelerator.device)
@@ -238,7 +239,8 @@ def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: 
         # every image is still used): padding it, as DistributedSampler does, would make N
         # processes train on other images than 1 process. Evaluation keeps every image.
         dataset = XrayDataset(images, targets, rows)
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle,
+        sampler = EpochPermutation(len(rows), config.seed) if shuffle else None
+        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle,
                                            collate_fn=collate_batch)
 
     if on_device:
@@ -284,7 +286,7 @@ def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoc
     if progress.step == 0:
         # Dropout masks differ per rank and epoch and depend only on (seed, epoch, rank), so a
         # resumed epoch is exact. (Resuming inside an epoch, load_state restored the RNG instead.)
-        set_seed(config.seed + epoch, device_specific=True)
+        seed_global_generators(config.seed, "dropout", epoch, accelerator.process_index)
     train_loss, images_per_s = train_one_epoch(run.model, run.optimizer, run.train_loader, accelerator, config,
                                                epoch, progress, stopper)
     monitored = evaluate(run.model, run.monitor_loader, accelerator)
@@ -317,7 +319,10 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
                       f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
                       f"{decision['method']})")
-    weights = ckpt.consolidated_state_dict(accelerator.get_state_dict(run.model))  # collective under FSDP
+    # The original's keys for raw pixels (normalisation folded into conv1); get_state_dict is
+    # a collective under FSDP.
+    weights = raw_pixel_state_dict(ckpt.consolidated_state_dict(accelerator.get_state_dict(run.model)),
+                                   accelerator.unwrap_model(run.model, keep_torch_compile=False))
     draw_final = board and (lambda: board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch))
     path = folder.write_outputs(decision, weights, run_config, {"test": test_metrics, "history": progress.history},
                                 draw_final)

@@ -17,6 +17,7 @@ from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, run, small_args, t
 from covid_ddp import load_model, predict
 from covid_ddp.config import build_parser
 from covid_ddp.data import load_data_dir
+from original_net import Net as OriginalNet
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,21 @@ def test_predict_cli_scores_npz_png_and_folders(trained_run, small_data, tmp_pat
     out_file = tmp_path / "scores.csv"
     run([sys.executable, PREDICT_SCRIPT, "--weights", weights, "--threshold", "0", "--output", out_file, tmp_path / "five.npz"])
     assert {r["prediction"] for r in csv.DictReader(out_file.open())} == {"COVID"}
+
+
+def test_the_weights_file_loads_into_the_original_scripts_class(trained_run, small_data):
+    """The original reload snippet, with the original script's own Net, scores as covid-ddp-predict."""
+    output_dir, _ = trained_run
+    weights = output_dir / "COVID_binary_classifier.pth"
+    model = OriginalNet()
+    model.load_state_dict(torch.load(weights))
+    model.eval()
+    images = load_data_dir(small_data).images[:100]
+    with torch.no_grad():
+        original = model(torch.from_numpy(images).float().unsqueeze(1))[:, 1].exp().numpy()
+    worst = np.abs(original - predict(load_model(weights), images)).max()
+    print(f"max |P(COVID) difference|, original class vs covid-ddp: {worst:.3g}")  # shown with pytest -s
+    assert worst < 1e-5
 
 
 def test_finished_run_is_not_overwritten_without_overwrite(trained_run, small_data, tmp_path):

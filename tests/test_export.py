@@ -6,22 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from covid_ddp import Net, load_model, predict
+from covid_ddp import load_model, predict
 from covid_ddp.export import main as export_main
+from original_net import Net as OriginalNet
+from original_net import trained_like
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    torch.manual_seed(0)
-    model = Net()
-    model.set_normalization(110.0, 45.0)
-    model.train()
-    with torch.no_grad():
-        model(torch.randint(0, 256, (32, 1, 64, 64)).float())
+    """Weights as the original script writes them (covid_ddp's own have the same keys)."""
     path = tmp_path_factory.mktemp("export") / "COVID_binary_classifier.pth"
-    torch.save(model.state_dict(), path)
+    torch.save(trained_like(OriginalNet(), seed=0).state_dict(), path)
     return path
 
 

@@ -1,4 +1,4 @@
-"""The original architecture, its normalisation buffers and the reload snippet."""
+"""The original architecture, its keys both ways, the folded normalisation and the reload snippet."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import torch
 
 from covid_ddp import Net
 from covid_ddp.checkpoint import consolidated_state_dict
+from covid_ddp.model import raw_pixel_state_dict
+from original_net import Net as OriginalNet
+from original_net import trained_like
 
 # Conv 1->32->64->128->256 (3x3) with BatchNorm, FC 1024->512, FC 512->2.
 ORIGINAL_PARAMETERS = (320 + 64) + (18496 + 128) + (73856 + 256) + (295168 + 512) + 524800 + 1026
@@ -21,31 +24,37 @@ def test_architecture_matches_the_original():
     torch.testing.assert_close(out.exp().sum(dim=1), torch.ones(3)), "log-softmax output"
 
 
-def test_normalisation_buffers_travel_in_the_state_dict():
-    model = Net()
-    model.set_normalization(120.0, 40.0)
-    state = model.state_dict()
-    assert state["pixel_mean"].item() == 120.0 and state["pixel_std"].item() == 40.0
-    raw = torch.full((1, 1, 64, 64), 120.0)
-    reference = Net()
-    reference.load_state_dict(state)
-    zero_input = Net()
-    zero_input.load_state_dict(state)
-    zero_input.set_normalization(0.0, 1.0)
-    torch.testing.assert_close(reference.eval()(raw), zero_input.eval()(torch.zeros(1, 1, 64, 64)))
+def test_the_state_dict_holds_exactly_the_original_keys():
+    ours, original = Net().state_dict(), OriginalNet().state_dict()
+    assert list(ours) == list(original), "conv1..conv4, bn1..bn4 (running statistics too), fc1, fc2"
+    assert all(ours[k].shape == original[k].shape and ours[k].dtype == original[k].dtype for k in ours)
 
 
-def test_original_reload_snippet_works_with_weights_only_and_strict(tmp_path):
-    trained = Net()
-    trained.set_normalization(100.0, 30.0)
+def test_normalisation_folded_into_conv1_scores_raw_pixels_as_before():
+    """Training normalises with the training split's statistics; the weights file, for raw
+    pixels, folds them into conv1 (exact: no padding) and loads into the original class."""
+    model = trained_like(Net())
+    model.set_normalization(117.0, 43.0)
+    folded = raw_pixel_state_dict(model.state_dict(), model)
+    original = OriginalNet()
+    original.load_state_dict(folded, strict=True)
+    pixels = torch.randint(0, 256, (8, 1, 64, 64)).float()
+    with torch.no_grad():
+        torch.testing.assert_close(original.eval()(pixels), model(pixels), rtol=0, atol=1e-4)
+        assert (OriginalNet().eval()(pixels) - model(pixels)).abs().max() > 1e-2, "a fold that does nothing fails"
+
+
+def test_original_reload_snippet_works_with_both_classes(tmp_path):
+    model = trained_like(Net())
+    model.set_normalization(100.0, 30.0)
     path = tmp_path / "COVID_binary_classifier.pth"
-    torch.save(consolidated_state_dict(trained.state_dict()), path)
-
-    model = Net()
-    model.load_state_dict(torch.load(path, weights_only=True), strict=True)
-    model.eval()
-    x = torch.rand(4, 1, 64, 64) * 255
-    torch.testing.assert_close(model(x), trained.eval()(x))
+    torch.save(raw_pixel_state_dict(consolidated_state_dict(model.state_dict()), model), path)
+    pixels = torch.rand(4, 1, 64, 64) * 255
+    for cls in (OriginalNet, Net):  # the original script's class and covid_ddp's, same snippet
+        reloaded = cls()
+        reloaded.load_state_dict(torch.load(path, weights_only=True))
+        reloaded.eval()
+        torch.testing.assert_close(reloaded(pixels), model(pixels), rtol=0, atol=1e-4)
 
 
 def test_consolidated_state_dict_strips_wrappers_and_casts_to_fp32_cpu():

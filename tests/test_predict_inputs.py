@@ -14,6 +14,10 @@ from PIL import Image
 
 from covid_ddp import Net, load_model, predict
 from covid_ddp.checkpoint import consolidated_state_dict
+from covid_ddp.evaluation import main as evaluate_main
+from covid_ddp.model import raw_pixel_state_dict
+from original_net import Net as OriginalNet
+from original_net import trained_like
 from covid_ddp.predict import main as predict_main
 
 
@@ -23,7 +27,7 @@ def weights(tmp_path_factory) -> pathlib.Path:
     model = Net()
     model.set_normalization(100.0, 50.0)
     path = tmp_path_factory.mktemp("weights") / "COVID_binary_classifier.pth"
-    torch.save(consolidated_state_dict(model.state_dict()), path)
+    torch.save(raw_pixel_state_dict(consolidated_state_dict(model.state_dict()), model), path)
     return path
 
 
@@ -156,3 +160,44 @@ def test_a_truncated_weights_file_is_named(capsys, weights, tmp_path):
     Image.fromarray(xray()).save(tmp_path / "x.png")
     code, _, err = run_predict(capsys, "--weights", tmp_path / "cut.pth", tmp_path / "x.png")
     assert_one_line_error(code, err, "cut.pth", "not a loadable weights file")
+
+
+def test_a_text_file_given_as_weights_says_what_it_is(capsys, tmp_path):
+    (tmp_path / "notes.pth").write_text("these are not weights\n")
+    Image.fromarray(xray()).save(tmp_path / "x.png")
+    code, _, err = run_predict(capsys, "--weights", tmp_path / "notes.pth", tmp_path / "x.png")
+    assert_one_line_error(code, err, "notes.pth", "not a PyTorch weights file", "zip archive")
+    assert "pop from empty list" not in err
+
+
+def test_weights_written_by_the_original_script_score_as_its_own_class_does(capsys, tmp_path):
+    """covid-ddp-predict and covid-ddp-evaluate take the original script's .pth as it is."""
+    original = trained_like(OriginalNet(), seed=5)
+    path = tmp_path / "COVID_binary_classifier.pth"
+    torch.save(original.state_dict(), path)  # what the original script writes
+    images = np.stack([xray(seed) for seed in range(6)])
+    np.savez(tmp_path / "six.npz", train_images=images)
+    code, out, err = run_predict(capsys, "--weights", path, "--device", "cpu", tmp_path / "six.npz")
+    assert code == 0, err
+    scored = np.array([float(line.split(",")[2]) for line in out.strip().splitlines()[1:]])
+    with torch.no_grad():
+        expected = original(torch.from_numpy(images).float().unsqueeze(1))[:, 1].exp().numpy()
+    assert np.abs(scored - expected).max() < 1e-5
+
+    labels = np.eye(4, dtype=np.float32)[[0, 2, 1, 3, 0, 2]]
+    np.savez(tmp_path / "train_images64.npz", train_images=images)
+    np.savez(tmp_path / "train_labels.npz", train_labels=labels)
+    assert evaluate_main(["--weights", str(path), "--data-dir", str(tmp_path), "--split", "all",
+                          "--bootstrap", "0", "--output-dir", str(tmp_path / "eval")]) == 0
+    capsys.readouterr()
+
+
+def test_weights_of_earlier_covid_ddp_versions_still_load(tmp_path):
+    """They carried the training split's normalisation as pixel_mean / pixel_std."""
+    model = trained_like(Net(), seed=6)
+    model.set_normalization(90.0, 35.0)
+    old_format = {**model.state_dict(), "pixel_mean": torch.tensor(90.0), "pixel_std": torch.tensor(35.0)}
+    torch.save(old_format, tmp_path / "old.pth")
+    pixels = torch.randint(0, 256, (5, 1, 64, 64)).float()
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "old.pth")(pixels), model(pixels), rtol=0, atol=1e-4)

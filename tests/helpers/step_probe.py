@@ -10,7 +10,7 @@ or sync average); SGD's update shows it. Everything runs in float64, which remov
 float32 round-off (and the max-pool near-ties it flips), so the result must equal the
 reference to ~1e-10. The reference is independent of covid_ddp's loop: one process, one
 plain ``nn.BatchNorm2d`` net, each optimizer step on the whole cycle's images at once
-(``torch.randperm(seed + epoch)`` gives the epoch's order, as the loader documents).
+(``loader.epoch_permutation`` gives the epoch's order, as the loader documents).
 
 With frozen BatchNorm (running statistics), micro-batches normalise like one big batch,
 which accumulation needs; sync cases use ``--sync-bn`` instead, in training mode.
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from covid_ddp.config import TrainConfig
 from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.engine import train_one_epoch
+from covid_ddp.loader import epoch_permutation
 from covid_ddp.model import Net
 from covid_ddp.splits import split_indices
 from covid_ddp.train import build_accelerator, prepare_run, shut_down
@@ -64,6 +65,7 @@ def covid_ddp_epoch(case: str, data, targets, split):
     if frozen:
         freeze_batchnorm(model)
     initial = copy.deepcopy(model.state_dict())
+    initial["normalization"] = (float(model.pixel_mean), float(model.pixel_std))  # not in the state_dict
     norms = []
     clip = accelerator.clip_grad_norm_
     accelerator.clip_grad_norm_ = lambda params, limit: norms.append(float(clip(params, limit))) or norms[-1]
@@ -75,14 +77,15 @@ def reference_epoch(case: str, initial: dict, images, targets, train_rows, seed:
     """Plain PyTorch: one optimizer step per cycle, on all of the cycle's images at once."""
     batch, accumulation, max_norm, _, frozen = CASES[case]
     model = Net(dropout=0.0)
-    model.load_state_dict(initial)
+    model.load_state_dict({k: v for k, v in initial.items() if k != "normalization"})
+    model.set_normalization(*initial["normalization"])
     model.train()
     if frozen:
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):
                 module.eval()
     optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    order = train_rows[torch.randperm(len(train_rows), generator=torch.Generator().manual_seed(seed + epoch))]
+    order = train_rows[epoch_permutation(len(train_rows), seed, epoch)]
     steps = len(train_rows) // batch
     for first in range(0, steps, accumulation):
         rows = order[first * batch : min(first + accumulation, steps) * batch]
@@ -109,7 +112,7 @@ def main() -> None:
         results[case] = {
             "max_difference": max((final[k] - expected[k]).abs().max().item() for k in expected
                                   if expected[k].is_floating_point()),
-            "moved": max((final[k] - initial[k]).abs().max().item() for k in initial if initial[k].is_floating_point()),
+            "moved": max((final[k] - initial[k]).abs().max().item() for k in final if final[k].is_floating_point()),
             "largest_gradient_norm": largest_norm,
         }
     if accelerator.is_main_process:
