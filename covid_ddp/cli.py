@@ -12,10 +12,12 @@ problem as the root cause, not a rank that merely stopped with it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import socket
 import sys
+import textwrap
 import time
 from typing import Callable
 
@@ -67,3 +69,21 @@ def _tell_the_launcher(message: str) -> None:
             json.dump(record, handle)
     except OSError:
         pass
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's layout with the default said once: appended only where the help text does not
+    already say it (and not for flags and unset options), numbers as written (300, not 300.0);
+    lines break between words only, so URLs and --flag-names stay whole."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or action.required or default in (None, False, argparse.SUPPRESS) or \
+                action.option_strings == [] or isinstance(default, bool):
+            return text
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)

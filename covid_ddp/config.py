@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .cli import is_main_rank
+from .cli import HelpFormatter, is_main_rank
 from .data import MCFAM_BASE_URL
 from .errors import UserError
 from .splits import SplitPlan
@@ -28,47 +28,47 @@ class TrainConfig:
     # Data
     dataset: str = _flag("mcfam", "'mcfam' (downloaded once and cached) or 'synthetic' (generated, offline)",
                          choices=["mcfam", "synthetic"])
-    data_dir: Optional[str] = _flag(None, "folder with train_images64.npz and train_labels.npz; used as is when both "
-                                    "are there, else the MCFAM files are downloaded into it "
-                                    "(default: ~/.cache/covid_ddp/mcfam)")
-    mcfam_url: str = _flag(MCFAM_BASE_URL, "base URL of the MCFAM files (a mirror, for example)")
+    data_dir: Optional[str] = _flag(None, "folder with train_images64.npz and train_labels.npz (and an optional "
+                                    "meta.npz), used as is; for --dataset mcfam a new or empty folder is filled by a "
+                                    "download (default: ~/.cache/covid_ddp/mcfam)", metavar="DIR")
+    mcfam_url: str = _flag(MCFAM_BASE_URL, "base URL of the MCFAM files (a mirror, for example)", metavar="URL")
     sha256_images: Optional[str] = _flag(None, "refuse a train_images64.npz whose sha256 is not this (pin the "
-                                         "file: the MCFAM source is plain HTTP)")
-    sha256_labels: Optional[str] = _flag(None, "refuse a train_labels.npz whose sha256 is not this")
-    synthetic_size: int = _flag(10000, "number of images of --dataset synthetic")
-    test_size: float = _flag(0.3, "fraction of the data held out for the final test (stratified, random_state 42)")
+                                         "file: the MCFAM source is plain HTTP)", metavar="HEX")
+    sha256_labels: Optional[str] = _flag(None, "refuse a train_labels.npz whose sha256 is not this", metavar="HEX")
+    synthetic_size: int = _flag(10000, "number of images of --dataset synthetic", metavar="N")
+    test_size: float = _flag(0.3, "fraction of the data held out for the final test (stratified, random_state 42)", metavar="FRACTION")
     val_size: float = _flag(0.1, "fraction of the training part held out for validation, which drives the LR "
                             "schedule; 0 trains on the whole training part and steps the schedule on the test "
-                            "loss, as the original did")
+                            "loss, as the original did", metavar="FRACTION")
     group_split: bool = _flag(False, "split by patient (meta.npz 'patient_id' in --data-dir): no patient in two "
                               "of train/val/test; --test-size and --val-size are then fractions of patients")
     holdout_source: Optional[str] = _flag(None, "test on every image of this source (meta.npz 'dataset') and "
-                                          "train/validate on the rest: leave-one-source-out; --test-size is unused")
+                                          "train/validate on the rest: leave-one-source-out; --test-size is unused", metavar="SOURCE")
     exclude_source: Optional[str] = _flag(None, "comma-separated sources (meta.npz 'dataset') left out of every "
-                                          "part, e.g. kermany for the adult-only subset of real-cxr")
+                                          "part, e.g. kermany for the adult-only subset of real-cxr", metavar="SOURCES")
     # Recipe
-    epochs: int = _flag(10, "number of passes over the training part")
+    epochs: int = _flag(10, "number of passes over the training part", metavar="N")
     batch_size: int = _flag(100, "GLOBAL batch size: images per optimizer micro-step summed over all processes "
                             "(each process gets batch-size / num-processes), so the recipe does not change with "
-                            "the process count; an optimizer step sees batch-size x grad-accum-steps images")
-    lr: float = _flag(1e-3, "Adam learning rate")
-    lr_patience: int = _flag(2, "ReduceLROnPlateau patience (epochs)")
-    lr_factor: float = _flag(0.6, "ReduceLROnPlateau factor")
-    dropout: float = _flag(0.7, "dropout probability after the first fully connected layer")
+                            "the process count; an optimizer step sees batch-size x grad-accum-steps images", metavar="N")
+    lr: float = _flag(1e-3, "Adam learning rate", metavar="LR")
+    lr_patience: int = _flag(2, "ReduceLROnPlateau patience (epochs)", metavar="EPOCHS")
+    lr_factor: float = _flag(0.6, "ReduceLROnPlateau factor", metavar="FACTOR")
+    dropout: float = _flag(0.7, "dropout probability after the first fully connected layer", metavar="P")
     seed: int = _flag(1, "random seed (0 or more) of the run's independent streams: initial weights, data order, "
-                      "dropout and augmentation per process, bootstrap; the split always uses random_state 42")
-    grad_accum_steps: int = _flag(1, "micro-batches per optimizer step (gradient accumulation)")
-    max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)")
+                      "dropout and augmentation per process, bootstrap; the split always uses random_state 42", metavar="N")
+    grad_accum_steps: int = _flag(1, "micro-batches per optimizer step (gradient accumulation)", metavar="N")
+    max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)", metavar="NORM")
     augment: bool = _flag(False, "augment training batches on the device: small random shifts (up to 4 px), zoom "
                           "(+/-10%%) and contrast/brightness changes; never flips (left and right anatomy differ)")
     # Evaluation
     target_sensitivity: Optional[float] = _flag(None, "choose the decision threshold on the validation split as "
-                                                "the highest reaching this sensitivity (default: Youden's J)")
+                                                "the highest reaching this sensitivity (default: Youden's J)", metavar="S")
     bootstrap: int = _flag(1000, "bootstrap resamples for the 95%% confidence intervals of the test metrics "
-                           "(0: none)")
+                           "(0: none)", metavar="N")
     # Hardware and distribution
     dist_timeout: float = _flag(300.0, "seconds a process waits in a collective for the others before the job fails "
-                                "(a dead or hung rank then ends the run instead of hanging it)")
+                                "(a dead or hung rank then ends the run instead of hanging it)", metavar="SECONDS")
     mixed_precision: Optional[str] = _flag(None, "'no', 'fp16', 'bf16', or 'auto': bf16 where the device computes "
                                            "it natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX), fp16 on older "
                                            "GPUs, else no (default: from the accelerate config)",
@@ -83,17 +83,17 @@ class TrainConfig:
                                 choices=["auto", "yes", "no"])
     eval_batch_size: Optional[int] = _flag(None, "global batch size for validation and test evaluation (default: "
                                            "100 per process on CPU, where small batches stay in cache and run 2x "
-                                           "faster than 500; 1000 per process on GPU)")
+                                           "faster than 500; 1000 per process on GPU)", metavar="N")
     # Outputs
     output_dir: Optional[str] = _flag(None, "run folder (default: runs/<timestamp>); a finished run there is "
-                                      "refused unless --overwrite")
+                                      "refused unless --overwrite", metavar="DIR")
     overwrite: bool = _flag(False, "replace a finished run in --output-dir")
-    resume: Optional[str] = _flag(None, "'latest' (newest checkpoint of --output-dir) or a checkpoint folder")
-    keep_checkpoints: int = _flag(3, "number of epoch checkpoints kept in <output-dir>/checkpoints")
-    log_every: int = _flag(20, "log training loss, learning rate and images/s to TensorBoard every this many steps")
+    resume: Optional[str] = _flag(None, "'latest' (newest checkpoint of --output-dir) or a checkpoint folder", metavar="latest|auto|CHECKPOINT")
+    keep_checkpoints: int = _flag(3, "number of epoch checkpoints kept in <output-dir>/checkpoints", metavar="N")
+    log_every: int = _flag(20, "log training loss, learning rate and images/s to TensorBoard every this many steps", metavar="STEPS")
     log_images_every: int = _flag(1, "draw TensorBoard figures every this many epochs: validation inputs with their "
                                   "labels, Grad-CAM overlays, and at the end test ROC and confusion matrix (0: never; "
-                                  "each drawing takes ~0.5 s on a CPU)")
+                                  "each drawing takes ~0.5 s on a CPU)", metavar="EPOCHS")
 
     def validate(self) -> None:
         """Reject values that cannot work, with the flag named."""
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="covid-ddp-train",
         description="Train the COVID / non-COVID chest X-ray CNN on one or many processes "
         "(launch with `accelerate launch`, `torchrun` or plain `python`). Not for clinical use.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     for spec in dataclasses.fields(TrainConfig):
         extra = {key: value for key, value in spec.metadata.items() if key != "help"}

@@ -165,6 +165,8 @@ def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | Non
     changes on disk is noticed and fetched again.
     """
     pins = pins or {}
+    if not all((Path(data_dir) / name).exists() for name in (IMAGES_FILE, LABELS_FILE)):
+        refuse_a_folder_of_other_files(Path(data_dir))
     for name, key, validate in ((IMAGES_FILE, IMAGES_KEY, validate_images), (LABELS_FILE, LABELS_KEY, validate_labels)):
         destination = Path(data_dir) / name
         problem = ""
@@ -190,6 +192,20 @@ def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | Non
             ) from None
         with atomic_path(_hash_record(destination)) as tmp:
             tmp.write_text(sha256_of(destination) + "\n")
+
+
+def refuse_a_folder_of_other_files(folder: Path) -> None:
+    """A --data-dir without the two files but with others (a folder of PNGs, say) is a mistake to
+    name, not a cache to download MCFAM into: only a new, empty or MCFAM-only folder is one."""
+    if not folder.is_dir():
+        return
+    ours = {IMAGES_FILE, LABELS_FILE, *(_hash_record(Path(name)).name for name in (IMAGES_FILE, LABELS_FILE))}
+    others = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith("."))
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(f"{folder} holds no {IMAGES_FILE} and {LABELS_FILE} but {len(others)} other file(s) ({listed}); "
+                        "--data-dir takes a folder with those two files (the README's Data section shows how to make "
+                        "them from images), and MCFAM is downloaded only into a new or empty folder")
 
 
 def _hash_record(path: Path) -> Path:

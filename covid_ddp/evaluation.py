@@ -21,32 +21,34 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import figures
-from .cli import run_cli
+from .cli import HelpFormatter, run_cli
 from .config import TrainConfig
 from .data import load_data_dir, load_dataset, to_binary
 from .errors import UserError
 from .files import write_json
 from .metrics import METRICS, binary_metrics
-from .predict import decision_threshold, inference_model, load_model, predict, resolve_device
+from .predict import WEIGHTS_HELP, decision_threshold, inference_model, load_model, predict, resolve_device
 from .splits import make_split
 
 FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="covid-ddp-evaluate", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--weights", required=True, help="COVID_binary_classifier.pth (of a run folder, for "
-                        "--split test|val)")
-    parser.add_argument("--data-dir", help="folder with train_images64.npz and train_labels.npz (and meta.npz for "
-                        "patient-level or source splits); default: the data the weights' run trained on")
+    parser = argparse.ArgumentParser(prog="covid-ddp-evaluate", formatter_class=HelpFormatter,
+                                     description="Score trained weights on a data folder on one device: every "
+                                     "metric with a 95% bootstrap interval, and the figures. Not for clinical use.")
+    parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP + "; --split test|val needs "
+                        "its run folder")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder with train_images64.npz and train_labels.npz (and "
+                        "meta.npz for patient-level or source splits) (default: the data the weights' run trained on)")
     parser.add_argument("--split", default="test", choices=["test", "val", "all"],
                         help="which images: the run's test or validation part, or all of them")
-    parser.add_argument("--output-dir", help="where evaluation.json and the figures go "
+    parser.add_argument("--output-dir", metavar="DIR", help="where evaluation.json and the figures go "
                         "(default: evaluation-<split> beside the weights)")
-    parser.add_argument("--threshold", type=float, help="decision threshold (default: the one chosen on the "
-                        "validation split, from the weights' sidecar JSON; else 0.5)")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--threshold", type=float, metavar="P", help="decision threshold (default: the one chosen on "
+                        "the validation split, from the weights' sidecar JSON; else 0.5)")
+    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples for the 95%% intervals")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     return parser
 

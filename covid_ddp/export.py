@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .cli import run_cli
+from .cli import HelpFormatter, run_cli
 from .errors import UserError
 from .files import atomic_path
 from .model import IMAGE_SIZE, Net, fold_batchnorm
-from .predict import load_model
+from .predict import WEIGHTS_HELP, load_model
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 OPSET = 18
@@ -62,9 +62,9 @@ def export_onnx(model: Net, destination: Path) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="covid-ddp-export", description=__doc__.split("\n\n")[0] +
-                                     " Not for clinical use.")
-    parser.add_argument("--weights", required=True, help="a COVID_binary_classifier.pth written by covid-ddp-train")
-    parser.add_argument("--onnx", required=True, help="where to write the ONNX model (e.g. covid.onnx)")
+                                     " Not for clinical use.", formatter_class=HelpFormatter)
+    parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP)
+    parser.add_argument("--onnx", required=True, metavar="PATH", help="where to write the ONNX model (e.g. covid.onnx)")
     return parser
 
 

@@ -1,7 +1,9 @@
 """Atomic file writes: a reader sees the old file or the whole new one, never half of one.
 
 Each writer fills a temporary file in the destination's folder (same file
-system, so the final ``os.replace`` is atomic), flushes it to disk, then renames.
+system, so the final ``os.replace`` is atomic), flushes it to disk, then renames. The
+file gets the mode the user's umask gives, as any tool's output does (``mkstemp``
+alone makes 0600: nobody else on a shared machine could read the model).
 """
 
 from __future__ import annotations
@@ -36,11 +38,26 @@ def atomic_path(destination: Path):
         yield tmp_path
         with open(tmp_path, "rb+") as written:
             os.fsync(written.fileno())
+        os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, destination)
     except OSError as error:  # a full disk, a read-only folder: the old file, if any, is untouched
         raise cannot_write(destination, error) from error
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process's umask, read where Linux shows it (setting it to read it, the portable way,
+    would race with other threads creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def cannot_write(destination: Path, error: Exception) -> UserError:

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import decision_path, load_weights, read_decision
-from .cli import run_cli
+from .cli import HelpFormatter, run_cli
 from .data import IMAGES_KEY, load_array, validate_images
 from .errors import UserError
 from .files import atomic_path
@@ -175,20 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="covid-ddp-predict",
         description="Score chest X-rays with a trained covid_ddp model on one device. Not for clinical use.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    parser.add_argument("inputs", nargs="+", help=".npz files (key train_images), PNG/JPEG images, or folders of them")
-    parser.add_argument("--weights", required=True, help="a COVID_binary_classifier.pth written by covid-ddp-train")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help=".npz files (key train_images), PNG/JPEG images, or folders of them")
+    parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
-    parser.add_argument("--threshold", type=float, help="p_covid at or above this is called COVID (default: the "
-                        "threshold chosen on the validation split, from the JSON beside the weights; else 0.5)")
-    parser.add_argument("--gradcam", metavar="OUTDIR", help="also write a Grad-CAM overlay PNG per image here "
+    parser.add_argument("--threshold", type=float, metavar="P", help="p_covid at or above this is called COVID "
+                        "(default: the threshold chosen on the validation split, from the JSON beside the weights; "
+                        "else 0.5)")
+    parser.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per image here "
                         "(the radiograph, the heatmap of what drove P(COVID), p_covid in the title)")
-    parser.add_argument("--batch-size", type=int, default=512, help="images per forward pass")
-    parser.add_argument("--output", help="write the CSV to this file instead of standard output")
+    parser.add_argument("--batch-size", type=int, default=512, metavar="N", help="images per forward pass")
+    parser.add_argument("--output", metavar="CSV", help="write the CSV to this file instead of standard output")
     parser.add_argument("--skip-errors", action="store_true",
                         help="report unreadable inputs on stderr and score the rest (default: stop at the first)")
     return parser
+
+
+WEIGHTS_HELP = ("a COVID_binary_classifier.pth written by covid-ddp-train, or by the original script (the same "
+                "format)")
 
 
 def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]:

@@ -176,6 +176,24 @@ def test_every_flag_has_help_text():
         assert action.help, f"{action.option_strings} has no help"
 
 
+def test_help_says_each_default_once_and_keeps_urls_and_flags_whole(monkeypatch):
+    from covid_ddp.evaluation import build_parser as evaluate_parser
+    from covid_ddp.export import build_parser as export_parser
+    from covid_ddp.predict import build_parser as predict_parser
+
+    monkeypatch.setenv("COLUMNS", "80")
+    for parser in (build_parser(), predict_parser(), evaluate_parser(), export_parser()):
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, parser.prog
+        for option in text.split("\n  -")[1:]:
+            assert option.count("(default:") <= 1, option
+        assert "default: ~" not in text or "(default: ~/.cache/covid_ddp/mcfam)" in " ".join(text.split())
+    train_help = " ".join(build_parser().format_help().split())
+    assert "http://www-users.math.umn.edu/~jwcalder/MCFAM/" in train_help, "the URL is not broken across lines"
+    assert "(default: 300)" in train_help and "300.0" not in train_help
+    assert "--output-dir" in train_help and "--output- dir" not in train_help
+
+
 def test_accelerate_config_is_a_valid_multi_gpu_bf16_config():
     from accelerate.commands.config.config_args import load_config_from_file
 

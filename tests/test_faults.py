@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -125,3 +126,40 @@ def test_fewer_evaluation_images_than_processes_is_refused():
     with pytest.raises(UserError, match="the validation part has 1 images, fewer than the 2 processes"):
         make_loaders(images, targets, split, TrainConfig(batch_size=4, eval_batch_size=4), num_processes=2,
                      process_index=0, on_device=True)
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_written_files_get_the_umasks_mode(tmp_path, umask, mode):
+    """Weights, JSON and figures go through files.atomic_path: readable as the umask says, like
+    any tool's output (mkstemp alone would make them 0600)."""
+    from covid_ddp.files import save_torch, write_json
+
+    previous = os.umask(umask)
+    try:
+        write_json(tmp_path / "metrics.json", {"a": 1})
+        save_torch(tmp_path / "w.pth", {"x": torch.zeros(1)})
+    finally:
+        os.umask(previous)
+    for name in ("metrics.json", "w.pth"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_a_data_dir_of_other_files_is_named_and_nothing_is_downloaded_into_it(capsys, tmp_path):
+    """A folder of PNGs given as --data-dir: say what it lacks and how to make it; never fill a
+    folder of the user's files with a download (the URL here would refuse anyway)."""
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(b"\x89PNG")
+    code, err = train_in_process(capsys, folder, tmp_path / "run", "--mcfam-url", "http://127.0.0.1:9/")
+    assert_refused(code, err, "holds no train_images64.npz and train_labels.npz but 2 other file(s) (a.png, b.png)",
+                   "README's Data section")
+    assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png"]
+
+
+def test_a_data_dir_with_the_two_files_and_others_is_used_as_it_is(small_data, tmp_path):
+    """Other files beside the two (a README, meta.npz) are fine: it is the user's data folder."""
+    folder = write_mcfam(tmp_path / "data", GOOD_IMAGES, GOOD_LABELS)
+    (folder / "README.md").write_text("my X-rays")
+    assert train_main(["--data-dir", str(folder), "--output-dir", str(tmp_path / "run"), "--epochs", "1",
+                       "--batch-size", "20", "--mcfam-url", "http://127.0.0.1:9/", "--bootstrap", "0"]) == 0
