@@ -52,16 +52,13 @@ class Logger:
                 self._watched_figures(model, name, epoch)
 
     def _watched_figures(self, model: torch.nn.Module, name: str, epoch: int) -> None:
-        from . import figures
-
         heatmaps = gradcam(model, self.watched_images)
         scores = predict(model, self.watched_images)  # the model is in eval mode after evaluate()
-        titles = [f"true {CLASS_NAMES[t]}\npred {CLASS_NAMES[int(p >= 0.5)]} p={p:.2f}"
-                  for t, p in zip(self.watched_targets, scores)]
-        self.writer.add_figure(f"{name}/inputs", figures.overlay_grid_figure(self.watched_images, None, titles),
-                               global_step=epoch)
-        self.writer.add_figure(f"{name}/gradcam", figures.overlay_grid_figure(self.watched_images, heatmaps, titles),
-                               global_step=epoch)
+        captions = [f"true {CLASS_NAMES[t]}\npred {CLASS_NAMES[int(p >= 0.5)]} p={p:.2f}"
+                    for t, p in zip(self.watched_targets, scores)]
+        self.writer.add_image(f"{name}/inputs", tile_grid(self.watched_images, None, captions), global_step=epoch)
+        self.writer.add_image(f"{name}/gradcam", tile_grid(self.watched_images, heatmaps, captions),
+                              global_step=epoch)
 
     def final(self, test, metrics: dict, hparams: dict, epoch: int) -> None:
         self.writer.add_pr_curve("test/pr_curve", test.targets, test.p_covid, global_step=epoch)
@@ -90,6 +87,33 @@ def _figures_may_fail(what: str):
         yield
     except Exception as error:
         say(f"covid-ddp-train: warning: could not draw {what} ({type(error).__name__}: {error}); training goes on")
+
+
+def tile_grid(images: np.ndarray, heatmaps: np.ndarray | None, captions: list[str], columns: int = 4,
+              scale: int = 2) -> np.ndarray:
+    """A (3, H, W) uint8 grid of the radiographs (upscaled), their heatmaps blended in over them,
+    a caption above each. Drawn with numpy and Pillow: a matplotlib figure of the same took
+    about 0.7 s, every epoch, on this project's 2-core CPU."""
+    from PIL import Image, ImageDraw
+
+    caption_height, size = 26, images.shape[-1] * scale
+    rows = -(-len(images) // columns)
+    canvas = Image.new("RGB", (columns * size, rows * (size + caption_height)), "black")
+    draw = ImageDraw.Draw(canvas)
+    for position, (image, caption) in enumerate(zip(images, captions)):
+        tile = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1).astype(np.float32)[..., None].repeat(3, -1)
+        if heatmaps is not None:
+            heat = np.repeat(np.repeat(heatmaps[position], scale, axis=0), scale, axis=1)
+            tile = 0.55 * tile + 0.45 * 255 * _jet(heat)
+        left, top = position % columns * size, position // columns * (size + caption_height)
+        canvas.paste(Image.fromarray(tile.clip(0, 255).astype(np.uint8)), (left, top + caption_height))
+        draw.multiline_text((left + 2, top + 1), caption, fill="white", spacing=1)
+    return np.asarray(canvas).transpose(2, 0, 1).copy()
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """The jet colour map, (H, W) in [0, 1] -> (H, W, 3) in [0, 1]: within 0.13 of matplotlib's, without it."""
+    return np.clip(1.5 - np.abs(4 * values[..., None] - np.array([3.0, 2.0, 1.0])), 0, 1)
 
 
 def watched_rows(targets: np.ndarray, monitor_rows: np.ndarray, count: int = WATCHED_IMAGES) -> np.ndarray:

@@ -80,23 +80,6 @@ def overlay_figure(image: np.ndarray, heatmap: np.ndarray, title: str) -> Figure
     return figure
 
 
-def overlay_grid_figure(images: np.ndarray, heatmaps: np.ndarray | None, titles: list[str],
-                        columns: int = 4) -> Figure:
-    """Several radiographs with a title each, optionally with their heatmaps over them."""
-    rows = -(-len(images) // columns)
-    figure, grid = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
-    for axes in grid.flat:
-        axes.axis("off")
-    for position, (image, title) in enumerate(zip(images, titles)):
-        axes = grid.flat[position]
-        axes.imshow(image, cmap="gray", vmin=0, vmax=255)
-        if heatmaps is not None:
-            axes.imshow(heatmaps[position], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-        axes.set_title(title, fontsize=7)
-    figure.tight_layout()
-    return figure
-
-
 def save_figure(figure: Figure, path: Path) -> None:
     """Write a PNG atomically and free the figure (pyplot keeps every open figure alive)."""
     with atomic_path(Path(path)) as tmp:

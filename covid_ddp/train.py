@@ -313,7 +313,8 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
     if monitored is None:  # resumed after the last epoch (a run stopped while writing its outputs)
         monitored = evaluate(run.model, run.monitor_loader, accelerator)
     decision = decide_threshold(monitored if run.monitor_name == "Validation" else None, config)
-    final = evaluate(run.model, run.test_loader, accelerator)
+    # With --val-size 0 the last epoch already scored the test split with this very model.
+    final = monitored if run.monitor_name == "Test" else evaluate(run.model, run.test_loader, accelerator)
     test_metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
                                   bootstrap=config.bootstrap if accelerator.is_main_process else 0, seed=config.seed)
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "

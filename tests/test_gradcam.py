@@ -58,3 +58,21 @@ def test_a_confident_model_still_gets_a_heatmap():
         model.fc2.weight.mul_(1000)  # logit margins of thousands: P is exactly 0 or 1 in float32
         model.fc2.bias.mul_(1000)
     np.testing.assert_allclose(gradcam(model, images, target_class=0), reference, atol=1e-4)
+
+
+def test_the_tensorboard_grid_shows_each_radiograph_under_its_caption_with_its_heatmap():
+    from covid_ddp.board import tile_grid
+
+    images = np.stack([np.full((64, 64), 200, np.uint8), np.zeros((64, 64), np.uint8)])
+    heat = np.zeros((2, 64, 64), np.float32)
+    heat[1] = 1.0  # the second image's heatmap is hot everywhere
+    plain = tile_grid(images, None, ["a", "b"], columns=2, scale=2)
+    overlaid = tile_grid(images, heat, ["a", "b"], columns=2, scale=2)
+    assert plain.shape == overlaid.shape == (3, 26 + 128, 2 * 128) and plain.dtype == np.uint8
+    first, second = plain[:, 26:, :128], plain[:, 26:, 128:]
+    assert (first == 200).all() and (second == 0).all(), "the radiographs, upscaled, untouched without heatmaps"
+    assert plain[:, :26].any(), "captions are drawn above the tiles"
+    hot = overlaid[:, 26:, 128:].reshape(3, -1).mean(axis=1)
+    assert hot[0] > 50 and hot[1] == hot[2] == 0, "a heat of 1 is jet's dark red"
+    cold = overlaid[:, 26:, :128].reshape(3, -1).mean(axis=1)
+    assert cold[2] > cold[0], "a heat of 0 is jet's blue over the image"

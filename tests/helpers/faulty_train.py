@@ -4,7 +4,7 @@ Usage: faulty_train.py FAULT [covid-ddp-train flags...]
   nan:N      the N-th training loss (counting from 1 over the whole run) is NaN
   slowsave:N the N-th file accelerate's save_state writes takes 3 s longer (a window to kill the run in)
   sloweval:N the N-th evaluation pass takes 3 s longer
-  figure:N   the N-th TensorBoard figure fails to draw (as a broken matplotlib install would)
+  figure:N   the N-th TensorBoard image grid fails to draw (as a broken Pillow install would)
 """
 
 import sys
@@ -55,18 +55,18 @@ elif kind == "sloweval":
 
     train.evaluate = evaluate
 elif kind == "figure":
-    from covid_ddp import figures
+    from covid_ddp import board
 
-    real_figure = figures.overlay_grid_figure
+    real_grid = board.tile_grid
 
-    def overlay_grid_figure(*args, **kwargs):
+    def tile_grid(*args, **kwargs):
         global calls
         calls += 1
         if calls == trigger:
-            raise RuntimeError("injected: matplotlib cannot read its font cache")
-        return real_figure(*args, **kwargs)
+            raise OSError("injected: Pillow cannot load its default font")
+        return real_grid(*args, **kwargs)
 
-    figures.overlay_grid_figure = overlay_grid_figure
+    board.tile_grid = tile_grid
 else:
     raise SystemExit(f"unknown fault {sys.argv[1]}")
 
