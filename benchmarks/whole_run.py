@@ -1,0 +1,86 @@
+"""A whole run, as a user starts it: the original script vs covid-ddp-train with default flags.
+
+    python benchmarks/whole_run.py                       # 1 epoch, 3 repeats, a 10,000-image npz folder
+    python benchmarks/whole_run.py --epochs 10 --repeats 1 --variant "fp32=--mixed-precision no"
+
+Each command runs as a fresh process on the same MCFAM-format folder (10,000 synthetic
+images, written once to a temporary folder, or ``--data-dir``), timed from start to exit:
+imports, loading, split, training, evaluation, writing the weights. The variants take
+turns in every repeat (this machine is shared and noisy: compare within one run); the
+median and the ratio to the original are printed. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_data(folder: Path, size: int) -> Path:
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from covid_ddp.synthetic import make_synthetic
+
+    images, labels = make_synthetic(size, seed=1)
+    np.savez(folder / "train_images64.npz", train_images=images)
+    np.savez(folder / "train_labels.npz", train_labels=labels)
+    return folder
+
+
+def commands(args, data: Path, work: Path) -> dict[str, list[str]]:
+    epochs = ["--epochs", str(args.epochs)]
+    chosen = {"original script": [sys.executable, str(ROOT / "benchmarks" / "original_script.py"),
+                                  "--data-dir", str(data), "--output", str(work / "original.pth"), *epochs]}
+    train = [sys.executable, str(ROOT / "launch" / "train.py"), "--data-dir", str(data), *epochs, "--overwrite"]
+    chosen["covid-ddp-train (defaults)"] = [*train, "--output-dir", str(work / "default")]
+    for spec in args.variant:
+        name, _, flags = spec.partition("=")
+        chosen[f"covid-ddp-train {name}"] = [*train, "--output-dir", str(work / name), *flags.split()]
+    return chosen
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", help="an MCFAM-format folder (default: 10,000 synthetic images, made once)")
+    parser.add_argument("--size", type=int, default=10000, help="images of the default synthetic folder")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                        help="another covid-ddp-train run to time, e.g. 'fp32=--mixed-precision no'")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        data = Path(args.data_dir) if args.data_dir else make_data(work, args.size)
+        runs = commands(args, data, work)
+        seconds = {name: [] for name in runs}
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for _ in range(args.repeats):
+            for name, command in runs.items():
+                started = time.perf_counter()
+                done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=work)
+                if done.returncode != 0:
+                    raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
+                seconds[name].append(time.perf_counter() - started)
+    import torch
+
+    print(f"{args.epochs} epoch(s) on {'%s' % args.data_dir if args.data_dir else f'{args.size} synthetic images'}, "
+          f"whole process, {args.repeats} repeat(s) taking turns; torch {torch.__version__}, {os.cpu_count()} cores")
+    reference = statistics.median(seconds["original script"])
+    print(f"{'command':<40}{'median s':>10}{'runs s':>28}{'vs original':>14}")
+    for name, values in seconds.items():
+        median = statistics.median(values)
+        runs_text = ", ".join(f"{v:.1f}" for v in values)
+        print(f"{name:<40}{median:>10.1f}{runs_text:>28}{reference / median:>13.2f}x")
+
+
+if __name__ == "__main__":
+    main()
