@@ -71,7 +71,7 @@ class TrainConfig:
                                 "(a dead or hung rank then ends the run instead of hanging it)", metavar="SECONDS")
     mixed_precision: Optional[str] = _flag(None, "'no', 'fp16', 'bf16', or 'auto': bf16 where the device computes "
                                            "it natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX), fp16 on older "
-                                           "GPUs, else no (default: from the accelerate config)",
+                                           "GPUs, else no (default: auto; a bf16/fp16 accelerate config is kept on GPUs)",
                                            choices=["no", "fp16", "bf16", "auto"])
     compile: bool = _flag(False, "torch.compile the model (inductor, or the accelerate config's dynamo_backend). "
                           "Pays on GPUs; on a 2-core CPU it trained slower (benchmarks/throughput.py); the first "

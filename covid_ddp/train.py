@@ -40,6 +40,7 @@ from .errors import UserError
 from .loader import DeviceBatchLoader, EpochPermutation
 from .metrics import binary_metrics, choose_threshold
 from .model import Net, raw_pixel_state_dict
+from .predict import inference_model
 from .provenance import environment_summary, resident_memory_mb
 from .run_folder import RunFolder
 from .seeding import seed_global_generators
@@ -309,26 +310,41 @@ def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoc
 def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
            monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
            run_config: dict) -> dict:
-    """Pick the threshold on validation, score the test split once with it, write the run's outputs."""
-    if monitored is None:  # resumed after the last epoch (a run stopped while writing its outputs)
-        monitored = evaluate(run.model, run.monitor_loader, accelerator)
+    """Pick the threshold on validation, score the test split once with it, write the run's outputs.
+
+    The threshold and metrics.json describe the weights file itself: a run trained in bf16/fp16
+    is scored again by the shipped fp32 weights (what covid-ddp-predict computes); an fp32 run's
+    training model already computes that, and its last epoch's scores are reused.
+    """
+    # The original's keys for raw pixels (normalisation folded into conv1); get_state_dict is
+    # a collective under FSDP.
+    weights = raw_pixel_state_dict(ckpt.consolidated_state_dict(accelerator.get_state_dict(run.model)),
+                                   accelerator.unwrap_model(run.model, keep_torch_compile=False))
+    if monitored is None or accelerator.mixed_precision != "no":  # (None: resumed after the last epoch)
+        scorer = shipped_model(weights, accelerator.device)
+        monitored = evaluate(scorer, run.monitor_loader, accelerator)
+    else:
+        scorer = run.model
     decision = decide_threshold(monitored if run.monitor_name == "Validation" else None, config)
-    # With --val-size 0 the last epoch already scored the test split with this very model.
-    final = monitored if run.monitor_name == "Test" else evaluate(run.model, run.test_loader, accelerator)
+    # With --val-size 0 the monitored split is the test split.
+    final = monitored if run.monitor_name == "Test" else evaluate(scorer, run.test_loader, accelerator)
     test_metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
                                   bootstrap=config.bootstrap if accelerator.is_main_process else 0, seed=config.seed)
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
                       f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
                       f"{decision['method']})")
-    # The original's keys for raw pixels (normalisation folded into conv1); get_state_dict is
-    # a collective under FSDP.
-    weights = raw_pixel_state_dict(ckpt.consolidated_state_dict(accelerator.get_state_dict(run.model)),
-                                   accelerator.unwrap_model(run.model, keep_torch_compile=False))
     draw_final = board and (lambda: board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch))
     path = folder.write_outputs(decision, weights, run_config, {"test": test_metrics, "history": progress.history},
                                 draw_final)
     accelerator.print(f"Model saved to {path}")
     return test_metrics
+
+
+def shipped_model(weights: dict, device: torch.device) -> Net:
+    """The weights file's model as covid-ddp-predict runs it: fp32, BatchNorm folded."""
+    model = Net()
+    model.load_state_dict(weights)
+    return inference_model(model.to(device).eval())
 
 
 def decide_threshold(validation: Evaluation | None, config: TrainConfig) -> dict:

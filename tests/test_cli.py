@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
 from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, run, small_args, torchrun
 from covid_ddp import load_model, predict
 from covid_ddp.config import build_parser
-from covid_ddp.data import load_data_dir
+from covid_ddp.data import load_data_dir, to_binary
+from covid_ddp.metrics import choose_threshold
+from covid_ddp.splits import split_indices
 from original_net import Net as OriginalNet
 
 
@@ -154,6 +157,18 @@ def test_bf16_mixed_precision_trains_and_saves_fp32_weights(small_data, tmp_path
     metrics = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
     assert np.isfinite(metrics["history"][0]["train_loss"])
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["distributed"]["mixed_precision"] == "bf16"
+
+    # The threshold and the test metrics are those of the weights file (fp32), not of the bf16 model.
+    data = load_data_dir(small_data)
+    targets = to_binary(data.labels)
+    split = split_indices(targets, 0.3, 0.1)
+    shipped = load_model(tmp_path / "bf16" / "COVID_binary_classifier.pth")
+    p_val, p_test = predict(shipped, data.images[split.val]), predict(shipped, data.images[split.test])
+    sidecar = json.loads((tmp_path / "bf16" / "COVID_binary_classifier.json").read_text())
+    assert sidecar["threshold"] == pytest.approx(choose_threshold(p_val, targets[split.val])["threshold"], abs=1e-6)
+    test = metrics["test"]
+    assert test["roc_auc"] == pytest.approx(roc_auc_score(targets[split.test], p_test), abs=1e-12)
+    assert test["accuracy"] == pytest.approx(((p_test >= test["threshold"]) == targets[split.test]).mean(), abs=1e-12)
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -27,19 +27,30 @@ def test_an_explicit_precision_is_kept(monkeypatch):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_the_accelerate_configs_precision_is_a_gpu_setting(monkeypatch, native):
-    """Without the flag: the config's precision on a GPU; on a CPU (a GPU config on a laptop) the
-    CPU's own best, since emulated bf16 is slower than fp32 and fp16 autocast needs a GPU."""
+def test_without_the_flag_a_run_gets_the_devices_best_precision(monkeypatch, native):
+    """The default is auto. The accelerate config's bf16/fp16 is a GPU setting: kept on a GPU; on a
+    CPU (a GPU config on a laptop) the CPU's own best, since emulated bf16 is slower than fp32 and
+    fp16 autocast needs a GPU. Its 'no' is what accelerate launch sets when nobody asked: auto."""
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+    best_on_cpu = "bf16" if native else "no"
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == "no"
+    assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == best_on_cpu
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == best_on_cpu
     for configured in ("bf16", "fp16"):
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", configured)  # what accelerate launch passes
         assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=False).mixed_precision == configured
-        assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == (
-            "bf16" if native else "no")
+        assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == best_on_cpu
     assert hardware.resolve_mixed_precision(TrainConfig(mixed_precision="fp16"), on_cpu=True).mixed_precision == (
-        "bf16" if native else "no"), "fp16 on a CPU, asked for or not, is the CPU's best"
+        best_on_cpu), "fp16 on a CPU, asked for or not, is the CPU's best"
+    assert hardware.resolve_mixed_precision(TrainConfig(mixed_precision="no"), on_cpu=True).mixed_precision == "no"
+
+
+def test_without_the_flag_a_gpu_gets_its_native_half_precision(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    for capability, expected in (((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device, c=capability: c)
+        assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=False).mixed_precision == expected
 
 
 def test_eval_batch_defaults_per_device_and_process_count():
