@@ -265,17 +265,18 @@ def to_binary(labels: np.ndarray) -> np.ndarray:
     return (labels.argmax(axis=1) >= 2).astype(np.int64)
 
 
-def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int = 4096) -> tuple[float, float]:
-    """Mean and std of the pixels of ``images[rows]``, in float64 chunks (no float copy of the set)."""
-    total = total_sq = 0.0
+def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int = 1024) -> tuple[float, float]:
+    """Mean and std of the pixels of ``images[rows]`` (uint8), exact: integer sums of the values
+    and their squares over chunks (no float copy of the set)."""
+    total = total_sq = 0
     for start in range(0, len(rows), chunk):
-        block = images[rows[start : start + chunk]].astype(np.float64)
-        total += block.sum()
-        total_sq += np.square(block).sum()
+        block = images[rows[start : start + chunk]].reshape(-1).astype(np.int64)
+        total += int(block.sum())
+        total_sq += int(block @ block)
     count = len(rows) * images.shape[1] * images.shape[2]
     mean = total / count
-    std = max((total_sq / count - mean**2) ** 0.5, 1e-6)
-    return mean, std
+    std = max((total_sq - total * total / count) / count, 0.0) ** 0.5
+    return mean, max(std, 1e-6)
 
 
 # --- the torch side ----------------------------------------------------------
