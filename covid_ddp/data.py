@@ -204,8 +204,8 @@ def refuse_a_folder_of_other_files(folder: Path) -> None:
     if others:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise UserError(f"{folder} holds no {IMAGES_FILE} and {LABELS_FILE} but {len(others)} other file(s) ({listed}); "
-                        "--data-dir takes a folder with those two files (the README's Data section shows how to make "
-                        "them from images), and MCFAM is downloaded only into a new or empty folder")
+                        "--data-dir takes a folder with those two files (covid-ddp-prepare --output-dir DIR SRC makes one "
+                        "from PNG/JPEG/DICOM images), and MCFAM is downloaded only into a new or empty folder")
 
 
 def _hash_record(path: Path) -> Path:

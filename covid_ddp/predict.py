@@ -10,7 +10,7 @@ Python::
     model = load_model("COVID_binary_classifier.pth")
     p_covid = predict(model, images)          # images: (N, 64, 64) uint8, raw pixel values
 
-Inputs are MCFAM-format ``.npz`` files (key ``train_images``), PNG/JPEG images
+Inputs are MCFAM-format ``.npz`` files (key ``train_images``), PNG/JPEG/DICOM images
 (converted to 8-bit grayscale, center-cropped to a square and resized to 64x64,
 with a note on stderr when that happens) or folders of them. Output is CSV:
 ``source,index,p_covid,prediction``. Not for clinical use.
@@ -22,13 +22,11 @@ import argparse
 import csv
 import io
 import sys
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .checkpoint import decision_path, load_weights, read_decision
 from .cli import HelpFormatter, run_cli
@@ -37,8 +35,8 @@ from .errors import UserError
 from .files import atomic_path
 from .gradcam import gradcam
 from .model import CLASS_NAMES, IMAGE_SIZE, Net, fold_batchnorm, original_state_dict
+from .radiographs import is_radiograph_file, read_grayscale, to_model_size
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 NPZ_SUFFIX = ".npz"
 
 
@@ -111,9 +109,10 @@ def collect_files(inputs: list[str]) -> list[Path]:
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | {NPZ_SUFFIX})
+            found = sorted(p for p in path.rglob("*")
+                           if is_radiograph_file(p) or (p.is_file() and p.suffix.lower() == NPZ_SUFFIX))
             if not found:
-                raise UserError(f"{path}: the folder holds no .npz, .png or .jpg files")
+                raise UserError(f"{path}: the folder holds no .npz, .png, .jpg or .dcm files")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -127,45 +126,18 @@ def read_input(path: Path) -> InputImages:
         images = load_array(path, IMAGES_KEY)
         validate_images(images, path)
         return InputImages(str(path), images)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_radiograph_file(path):
         return InputImages(str(path), read_image(path)[None])
-    raise UserError(f"{path}: unsupported input type '{path.suffix}'; give .npz, .png or .jpg files or folders")
+    raise UserError(f"{path}: unsupported input type '{path.suffix}'; give .npz, .png, .jpg or .dcm files or folders")
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file -> 64x64 uint8 grayscale, as the real-cxr set was made."""
-    try:
-        with warnings.catch_warnings():
-            # Pillow only warns between 1x and 2x its pixel limit; a scan that large is refused too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                image.load()
-                gray = to_grayscale_8bit(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise UserError(f"{path}: refused, too many pixels for an X-ray (Pillow's decompression-bomb guard: {error})")
-    except (OSError, ValueError, SyntaxError) as error:  # unidentified, truncated or corrupt files
-        raise UserError(f"{path}: not a readable image ({error})")
+    """An image file (PNG, JPEG, DICOM) -> 64x64 uint8, as the shared real sets were made."""
+    gray = read_grayscale(path)
     if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
         print(f"note: {path}: resized from {gray.size[0]}x{gray.size[1]} to {IMAGE_SIZE}x{IMAGE_SIZE}"
               " (center-cropped to a square first)", file=sys.stderr)
-        side = min(gray.size)
-        left, top = (gray.size[0] - side) // 2, (gray.size[1] - side) // 2
-        gray = gray.crop((left, top, left + side, top + side)).resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS)
-    return np.array(gray, dtype=np.uint8)  # a writable copy (torch refuses read-only arrays)
-
-
-def to_grayscale_8bit(image: Image.Image) -> Image.Image:
-    """Alpha is composited onto black; 16/32-bit images are min-max scaled to 0-255."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        low, high = values.min(), values.max()
-        scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
-        return Image.fromarray(scaled.round().astype(np.uint8))
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        image = Image.alpha_composite(background, rgba)
-    return image.convert("L")
+    return to_model_size(gray)
 
 
 # --- command line ------------------------------------------------------------
@@ -178,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help=".npz files (key train_images), PNG/JPEG images, or folders of them")
+                        help=".npz files (key train_images), PNG/JPEG/DICOM images, or folders of them")
     parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     parser.add_argument("--threshold", type=float, metavar="P", help="p_covid at or above this is called COVID "

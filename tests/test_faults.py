@@ -153,7 +153,7 @@ def test_a_data_dir_of_other_files_is_named_and_nothing_is_downloaded_into_it(ca
         (folder / name).write_bytes(b"\x89PNG")
     code, err = train_in_process(capsys, folder, tmp_path / "run", "--mcfam-url", "http://127.0.0.1:9/")
     assert_refused(code, err, "holds no train_images64.npz and train_labels.npz but 2 other file(s) (a.png, b.png)",
-                   "README's Data section")
+                   "covid-ddp-prepare --output-dir DIR SRC")
     assert sorted(p.name for p in folder.iterdir()) == ["a.png", "b.png"]
 
 

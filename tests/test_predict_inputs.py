@@ -80,7 +80,7 @@ def test_a_decompression_bomb_is_refused(capsys, weights, tmp_path):
 def test_an_empty_folder_is_refused(capsys, weights, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = run_predict(capsys, "--weights", weights, tmp_path / "empty")
-    assert_one_line_error(code, err, "empty", "holds no .npz, .png or .jpg files")
+    assert_one_line_error(code, err, "empty", "holds no .npz, .png, .jpg or .dcm files")
 
 
 def test_rgba_and_16_bit_images_are_converted_not_refused(capsys, weights, tmp_path):
@@ -99,6 +99,22 @@ def test_rgba_and_16_bit_images_are_converted_not_refused(capsys, weights, tmp_p
     expected_deep[0, 0], expected_deep[0, 1] = 0, 255
     scores = [float(line.split(",")[2]) for line in out.strip().splitlines()[1:]]
     np.testing.assert_allclose(scores, predict(load_model(weights), np.stack([expected_rgba, expected_deep])), atol=1e-6)
+
+
+def test_a_dicom_folder_export_is_scored_like_its_pixels(capsys, weights, tmp_path):
+    pytest.importorskip("pydicom")
+    from dicom_files import write_dicom
+
+    gray = xray(2)
+    stored = gray.astype(np.uint16) * 16  # 12-bit, 0..4080; no window: min-max back to `gray`
+    stored[0, 0], stored[0, 1] = 0, 4080
+    write_dicom(tmp_path / "export" / "IM0001", stored, photometric="MONOCHROME1")  # no suffix, inverted
+    code, out, err = run_predict(capsys, "--weights", weights, tmp_path / "export")
+    assert code == 0, err
+    expected = 255 - gray
+    expected[0, 0], expected[0, 1] = 255, 0
+    score = float(out.strip().splitlines()[1].split(",")[2])
+    assert score == pytest.approx(float(predict(load_model(weights), expected[None])[0]), abs=1e-6)
 
 
 def test_first_bad_input_stops_the_run_and_writes_nothing(capsys, weights, tmp_path):

@@ -1,0 +1,310 @@
+"""Turn folders of chest X-rays (PNG, JPEG, DICOM) into a covid_ddp training folder.
+
+    covid-ddp-prepare --output-dir data/mine hospital_a/ cases.csv
+    covid-ddp-train --data-dir data/mine --group-split
+
+Each SRC is either a folder with one subfolder per class, or a CSV with the columns
+``path`` and ``label`` and, optionally, ``patient_id``, ``view`` and ``source`` (paths
+relative to the CSV). Class names: ``0``-``3`` (the MCFAM indices), or, in any case,
+``normal`` -> 0, ``pneumonia`` / ``non-covid`` / ``other`` -> 1, ``covid`` / ``covid-19``
+-> 2 (3, MCFAM's "COVID, AP view", when the view is AP); ``--label-map NAME=INDEX,...``
+names others. Writes ``train_images64.npz``, ``train_labels.npz``, ``meta.npz`` (per
+image: ``patient_id``, ``dataset``, ``path``, ``view``, ``label_name``) and
+``prepare.json`` (counts, duplicates, skipped files), all at once or not at all.
+
+Images are decoded in parallel (``--workers``, default every core) by
+``radiographs.read_radiograph``: the shared real sets' processing. Without a patient id
+(CSV column or DICOM PatientID, stored hashed), each image is its own patient; the
+``dataset`` is the CSV's ``source`` column, else the SRC's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cli import HelpFormatter, run_cli, say
+from .data import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE
+from .duplicates import find_duplicates, rows_to_drop
+from .errors import UserError
+from .files import current_umask, write_json
+from .radiographs import is_radiograph_file, radiograph_tags, read_radiograph
+
+CLASS_NAMES = {"0": 0, "1": 1, "2": 2, "3": 3, "normal": 0, "pneumonia": 1, "non-covid": 1, "other": 1,
+               "covid": 2, "covid-19": 2}
+COVID_AP = 3  # MCFAM's class for a COVID film taken in the AP view
+REPORT_FILE = "prepare.json"
+
+
+@dataclass
+class Item:
+    """One image to prepare, with what is known of it before decoding."""
+
+    file: Path
+    shown_path: str  # relative to its SRC: what meta.npz and messages show
+    label_name: str
+    dataset: str
+    patient_id: str = ""
+    view: str = ""
+
+
+# --- finding the images ------------------------------------------------------------
+
+
+def collect_items(sources: list[str]) -> list[Item]:
+    """Every image named by the SRC arguments, in a stable order (SRC, then path)."""
+    items = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            items.extend(_items_of_class_folders(path))
+        elif path.is_file() and path.suffix.lower() == ".csv":
+            items.extend(_items_of_csv(path))
+        else:
+            raise UserError(f"{source}: not a folder of class subfolders or a .csv file")
+    if not items:
+        raise UserError("no images found in " + ", ".join(sources))
+    return items
+
+
+def _items_of_class_folders(folder: Path) -> list[Item]:
+    classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise UserError(f"{folder}: no class subfolders (normal/, pneumonia/, covid/, or 0/ .. 3/); "
+                        "or give a CSV with path and label columns")
+    items = []
+    for class_folder in classes:
+        for file in sorted(p for p in class_folder.rglob("*") if is_radiograph_file(p)):
+            items.append(Item(file, str(file.relative_to(folder)), class_folder.name, folder.resolve().name))
+    return items
+
+
+def _items_of_csv(table: Path) -> list[Item]:
+    with open(table, newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = {name.strip().lower(): name for name in reader.fieldnames or []}
+        missing = [name for name in ("path", "label") if name not in columns]
+        if missing:
+            raise UserError(f"{table}: no {' or '.join(missing)} column (found: {', '.join(columns) or 'none'}); "
+                            "the CSV needs path and label, and may have patient_id, view, source")
+        rows = list(reader)
+    items = []
+    for line, row in enumerate(rows, start=2):
+        value = {key: (row.get(name) or "").strip() for key, name in columns.items()}
+        if not value["path"]:
+            raise UserError(f"{table}, line {line}: empty path")
+        items.append(Item(table.parent / value["path"], value["path"], value["label"],
+                          value.get("source") or table.stem, value.get("patient_id", ""), value.get("view", "")))
+    return items
+
+
+# --- labels ----------------------------------------------------------------------
+
+
+def parse_label_map(text: str | None) -> dict[str, int]:
+    """``NAME=INDEX,...`` on top of the built-in names (case-insensitive)."""
+    names = dict(CLASS_NAMES)
+    for entry in filter(None, (part.strip() for part in (text or "").split(","))):
+        name, _, index = entry.partition("=")
+        if not name.strip() or index.strip() not in ("0", "1", "2", "3"):
+            raise UserError(f"--label-map: '{entry}' is not NAME=INDEX with an index 0-3 "
+                            "(0 normal, 1 other non-COVID, 2 COVID, 3 COVID AP view)")
+        names[name.strip().lower()] = int(index)
+    return names
+
+
+def class_index(item: Item, names: dict[str, int]) -> int:
+    index = names.get(item.label_name.strip().lower())
+    if index is None:
+        raise UserError(f"{item.file}: unknown class '{item.label_name}'; known: {', '.join(sorted(names))}; "
+                        "name it with --label-map NAME=INDEX (0 normal, 1 other non-COVID, 2 COVID)")
+    return COVID_AP if index == 2 and item.view.upper() == "AP" else index
+
+
+# --- decoding --------------------------------------------------------------------
+
+
+def decode(file: Path) -> tuple[np.ndarray | None, dict, str]:
+    """(image, DICOM tags, error message): run in worker processes, so errors come back as text."""
+    try:
+        return read_radiograph(file), radiograph_tags(file), ""
+    except UserError as error:
+        return None, {}, str(error)
+
+
+def decode_all(items: list[Item], workers: int, progress: bool) -> list[tuple[np.ndarray | None, dict, str]]:
+    """Every item decoded, in order, over ``workers`` processes (1: in this process)."""
+    from tqdm import tqdm
+
+    files = [item.file for item in items]
+    bar = dict(total=len(files), unit="img", desc="covid-ddp-prepare", disable=not progress, file=sys.stderr)
+    if workers <= 1:
+        return [decode(file) for file in tqdm(files, **bar)]
+    chunk = max(1, min(64, len(files) // (workers * 8)))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(tqdm(pool.map(decode, files, chunksize=chunk), **bar))
+
+
+# --- the prepared folder ------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    images: np.ndarray  # (N, 64, 64) uint8
+    classes: np.ndarray  # (N,) 0-3
+    items: list[Item]
+    report: dict
+
+
+def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors: bool, drop_duplicates: bool,
+            progress: bool = True) -> Prepared:
+    classes = [class_index(item, names) for item in items]  # unknown names fail before decoding
+    started = time.perf_counter()
+    decoded = decode_all(items, workers, progress)
+    seconds = time.perf_counter() - started
+    skipped = [(item, error) for item, (_, _, error) in zip(items, decoded) if error]
+    if skipped and not skip_errors:
+        raise UserError(f"{skipped[0][1]} ({len(skipped)} unreadable file(s) in all; --skip-errors reports each "
+                        "and prepares the rest)")
+    for _, error in skipped:
+        say(f"covid-ddp-prepare: skipped: {error}")
+    kept = [row for row, (image, _, _) in enumerate(decoded) if image is not None]
+    if not kept:
+        raise UserError("none of the files could be read")
+    for row in kept:
+        _fill_from_tags(items[row], decoded[row][1])
+    images = np.stack([decoded[row][0] for row in kept])
+    items, classes = [items[row] for row in kept], np.array([classes[row] for row in kept], dtype=np.int64)
+    report = {"images_found": len(decoded), "skipped": [{"path": str(i.file), "error": e} for i, e in skipped],
+              "decode_seconds": round(seconds, 2), "images_per_s": round(len(decoded) / max(seconds, 1e-9), 1),
+              "workers": workers}
+    images, classes, items = _handle_duplicates(images, classes, items, drop_duplicates, report)
+    report["images"] = len(items)
+    report["per_class"] = {str(c): int((classes == c).sum()) for c in range(4)}
+    report["per_dataset"] = {name: int(sum(i.dataset == name for i in items)) for name in sorted({i.dataset for i in items})}
+    return Prepared(images, classes, items, report)
+
+
+def _fill_from_tags(item: Item, tags: dict) -> None:
+    """A DICOM's own patient and view where the CSV gave none; else one patient per image."""
+    item.patient_id = item.patient_id or tags.get("patient_id", "") or f"{item.dataset}:{item.shown_path}"
+    item.view = item.view or tags.get("view", "")
+
+
+def _handle_duplicates(images, classes, items, drop: bool, report: dict):
+    pairs = find_duplicates(images)
+    report["duplicates"] = [{"first": items[p.first].shown_path, "second": items[p.second].shown_path,
+                             "first_dataset": items[p.first].dataset, "second_dataset": items[p.second].dataset,
+                             "similarity": p.similarity, "exact": p.exact} for p in pairs]
+    exact = sum(p.exact for p in pairs)
+    if pairs:
+        action = "dropped" if drop else "kept (--drop-duplicates removes them)"
+        say(f"covid-ddp-prepare: {exact} exact and {len(pairs) - exact} near-duplicate pair(s), listed in "
+            f"{REPORT_FILE}; {action}")
+    if not drop or not pairs:
+        report["dropped_duplicates"] = 0
+        return images, classes, items
+    dropped = rows_to_drop(pairs, classes >= 2)
+    keep = np.setdiff1d(np.arange(len(items)), dropped)
+    report["dropped_duplicates"] = int(len(dropped))
+    return images[keep], classes[keep], [items[row] for row in keep]
+
+
+def write_folder(prepared: Prepared, output_dir: Path, overwrite: bool) -> None:
+    """All files into a temporary folder beside ``output_dir``, then one rename: a reader (or an
+    interrupted run) never sees a half-prepared folder."""
+    output_dir = Path(output_dir)
+    _check_output(output_dir, overwrite)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
+    try:
+        _write_files(prepared, staging)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        os.replace(staging, output_dir)
+    except OSError as error:
+        raise UserError(f"{output_dir}: cannot write the prepared folder ({error.strerror or error})")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_output(output_dir: Path, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output-dir {output_dir} is a file; give a folder path")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise UserError(f"--output-dir {output_dir} is not empty; give a new folder, or --overwrite to replace it")
+
+
+def _write_files(prepared: Prepared, folder: Path) -> None:
+    items = prepared.items
+    np.savez_compressed(folder / IMAGES_FILE, **{IMAGES_KEY: prepared.images})
+    np.savez_compressed(folder / LABELS_FILE, **{LABELS_KEY: np.eye(4, dtype=np.float32)[prepared.classes]})
+    np.savez_compressed(folder / META_FILE,
+                        patient_id=np.array([i.patient_id for i in items]), dataset=np.array([i.dataset for i in items]),
+                        path=np.array([i.shown_path for i in items]), view=np.array([i.view for i in items]),
+                        label_name=np.array([i.label_name for i in items]))
+    write_json(folder / REPORT_FILE, prepared.report)
+
+
+# --- command line ----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="covid-ddp-prepare", formatter_class=HelpFormatter,
+        description="Make a covid_ddp training folder (train_images64.npz, train_labels.npz, meta.npz) from "
+                    "chest X-ray images: PNG, JPEG or DICOM, in class folders or listed in a CSV. Not for clinical use.")
+    parser.add_argument("sources", nargs="+", metavar="SRC",
+                        help="a folder with one subfolder per class (normal, pneumonia, covid, or 0-3), or a CSV "
+                             "with columns path, label and optional patient_id, view, source (paths relative to "
+                             "the CSV)")
+    parser.add_argument("--output-dir", required=True, metavar="DIR", help="the training folder to write (new or empty)")
+    parser.add_argument("--label-map", metavar="NAME=INDEX,...",
+                        help="more class names: 0 normal, 1 other non-COVID, 2 COVID, 3 COVID in the AP view "
+                             "(e.g. 'healthy=0,viral=1,sars-cov-2=2')")
+    parser.add_argument("--drop-duplicates", action="store_true",
+                        help="drop the later copy of every exact or near duplicate (both, where their labels "
+                             "disagree); by default they are only reported")
+    parser.add_argument("--skip-errors", action="store_true",
+                        help="report each unreadable file and prepare the rest (default: stop, naming the first)")
+    parser.add_argument("--workers", type=int, default=_cores(), metavar="N",
+                        help="decoding processes (default: this machine's cores)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    return parser
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def run(arguments: argparse.Namespace) -> None:
+    if arguments.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {arguments.workers}")
+    _check_output(Path(arguments.output_dir), arguments.overwrite)
+    names = parse_label_map(arguments.label_map)
+    items = collect_items(arguments.sources)
+    prepared = prepare(items, names, arguments.workers, arguments.skip_errors, arguments.drop_duplicates,
+                       progress=sys.stderr.isatty())
+    write_folder(prepared, Path(arguments.output_dir), arguments.overwrite)
+    report = prepared.report
+    per_class = ", ".join(f"class {c}: {n}" for c, n in report["per_class"].items())
+    print(f"covid-ddp-prepare: {report['images']} images ({per_class}) from {len(report['per_dataset'])} source(s) -> {arguments.output_dir} "
+          f"({report['images_per_s']:.0f} images/s over {arguments.workers} worker(s))")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-prepare")

@@ -1,0 +1,183 @@
+"""One radiograph file (PNG, JPEG or DICOM) -> the 64x64 uint8 image the model reads.
+
+    from covid_ddp.radiographs import read_radiograph
+    image = read_radiograph("scan.dcm")            # (64, 64) uint8
+
+The processing is the one the shared real sets were made with (their READMEs): 8-bit
+grayscale, centre-cropped to a square on the shorter side, resized to 64x64 with Pillow's
+LANCZOS (``reducing_gap=3``), no equalisation. Large JPEGs are decoded at a reduced DCT
+scale of at least 256 px. To 8 bits:
+
+- PNG/JPEG: alpha is composited onto black; 16-bit and 32-bit images are min-max scaled.
+- DICOM (needs ``pydicom``: ``pip install covid_ddp[dicom]``): the modality LUT (rescale
+  slope/intercept) is applied, then the VOI LUT or the first window (centre/width) and
+  its output range is mapped to 0-255; without either, the image is min-max scaled.
+  MONOCHROME1 (white = low values) is inverted so that bone is bright, as in every other
+  format. Multi-frame files give their first frame.
+
+``radiograph_tags`` reads the patient and the view position from a DICOM header, so a
+folder of DICOM files splits by patient without a CSV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import UserError
+
+IMAGE_SIZE = 64
+PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+DICOM_SUFFIXES = {".dcm", ".dicom"}
+RADIOGRAPH_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES
+JPEG_DRAFT_SIZE = (256, 256)  # decode big JPEGs at a DCT scale that keeps >= 256 px a side
+
+
+def read_radiograph(path: str | Path) -> np.ndarray:
+    """The (64, 64) uint8 image of one file; a file that cannot be read is a UserError naming it."""
+    return to_model_size(read_grayscale(path))
+
+
+def read_grayscale(path: str | Path) -> Image.Image:
+    """The file as an 8-bit grayscale Pillow image, at its own size (or a JPEG's draft size)."""
+    path = Path(path)
+    if is_dicom(path):
+        return Image.fromarray(dicom_to_8bit(_read_dicom(path), path))
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its pixel limit; a scan that large is refused too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                if image.format == "JPEG":
+                    image.draft(image.mode, JPEG_DRAFT_SIZE)
+                image.load()
+                return to_grayscale_8bit(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise UserError(f"{path}: refused, too many pixels for an X-ray (Pillow's decompression-bomb guard: {error})")
+    except (OSError, ValueError, SyntaxError) as error:  # unidentified, truncated or corrupt files
+        raise UserError(f"{path}: not a readable image ({error})")
+
+
+def to_model_size(gray: Image.Image) -> np.ndarray:
+    """Centre square crop on the shorter side, then LANCZOS to 64x64; a writable uint8 array."""
+    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+        side = min(gray.size)
+        left, top = (gray.size[0] - side) // 2, (gray.size[1] - side) // 2
+        gray = gray.crop((left, top, left + side, top + side))
+        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS, reducing_gap=3.0)
+    return np.array(gray, dtype=np.uint8)  # a copy: torch refuses read-only arrays
+
+
+def to_grayscale_8bit(image: Image.Image) -> Image.Image:
+    """Alpha is composited onto black; 16/32-bit images are min-max scaled to 0-255."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return Image.fromarray(_min_max_8bit(np.asarray(image, dtype=np.float64)))
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, rgba)
+    return image.convert("L")
+
+
+# --- DICOM ---------------------------------------------------------------------
+
+
+def is_radiograph_file(path: Path) -> bool:
+    """A file this module reads: by suffix, or a suffix-less DICOM (as hospital exports name them)."""
+    if not path.is_file() or path.name.startswith("."):
+        return False
+    return path.suffix.lower() in RADIOGRAPH_SUFFIXES or (path.suffix == "" and is_dicom(path))
+
+
+def is_dicom(path: Path) -> bool:
+    """By suffix, or by the 'DICM' marker at byte 128 (hospital exports often have no suffix)."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    if path.suffix.lower() in PICTURE_SUFFIXES:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def dicom_to_8bit(dataset, path: Path) -> np.ndarray:
+    """Stored values -> modality LUT -> VOI LUT or window -> 0-255, bone bright."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:  # no pixel data, or a compressed syntax without its decoder
+        raise UserError(f"{path}: cannot decode the DICOM pixel data ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else 'no detail'}); compressed files need "
+                        "pylibjpeg (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or gdcm")
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
+        pixels = pixels[0]
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):  # RGB or YBR secondary captures
+        return np.array(Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("L"))
+    values = apply_modality_lut(pixels, dataset)  # integers stay integers: a VOI LUT indexes with them
+    voi_range = _voi_output_range(dataset)
+    if voi_range is None:
+        scaled = _min_max_8bit(values.astype(np.float64))
+    else:
+        low, high = voi_range
+        windowed = apply_voi_lut(values, dataset, index=0, prefer_lut=True).astype(np.float64)
+        scaled = (np.clip((windowed - low) / max(high - low, 1e-12), 0, 1) * 255).round().astype(np.uint8)
+    return 255 - scaled if photometric == "MONOCHROME1" else scaled
+
+
+def radiograph_tags(path: Path) -> dict:
+    """{'patient_id', 'view'} from a DICOM header ('' where absent; {} for other files). The
+    patient id is stored hashed: a prepared folder groups by patient without copying the id."""
+    if not is_dicom(path):
+        return {}
+    dataset = _read_dicom(path, pixels=False)
+    patient = str(dataset.get("PatientID", "") or "").strip()
+    return {"patient_id": "dicom:" + hashlib.sha256(patient.encode()).hexdigest()[:16] if patient else "",
+            "view": str(dataset.get("ViewPosition", "") or "").strip().upper()}
+
+
+def _read_dicom(path: Path, pixels: bool = True):
+    try:
+        import pydicom
+    except ImportError:
+        raise UserError(f"{path}: reading DICOM needs pydicom: pip install 'covid_ddp[dicom]' (or pip install pydicom)")
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=not pixels, force=path.suffix.lower() in DICOM_SUFFIXES)
+    except Exception as error:  # pydicom's InvalidDicomError, truncated files, ...
+        raise UserError(f"{path}: not a readable DICOM file ({type(error).__name__}: {error})")
+
+
+def _voi_output_range(dataset) -> tuple[float, float] | None:
+    """The range apply_voi_lut maps into: the VOI LUT's entries, or the window's output range
+    (PS3.3 C.11.2.1.2: that of the modality LUT's output). None when the file has neither."""
+    if "VOILUTSequence" in dataset and len(dataset.VOILUTSequence):
+        bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2**bits - 1)
+    if "WindowCenter" not in dataset or "WindowWidth" not in dataset:
+        return None
+    bits = int(dataset.get("BitsStored", 16))
+    if dataset.get("ModalityLUTSequence"):
+        low, high = 0.0, float(2 ** int(dataset.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(dataset.get("PixelRepresentation", 0)) == 0:
+        low, high = 0.0, float(2**bits - 1)
+    else:
+        low, high = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = dataset.get("RescaleSlope"), dataset.get("RescaleIntercept")
+    if slope is not None and intercept is not None and not dataset.get("ModalityLUTSequence"):
+        low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+    return low, high
+
+
+def _min_max_8bit(values: np.ndarray) -> np.ndarray:
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return ((values - low) / (high - low) * 255).round().astype(np.uint8)

@@ -1,0 +1,170 @@
+"""covid-ddp-prepare: class folders and CSVs of PNG/JPEG/DICOM in, a training folder out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import TRAIN_SCRIPT, run
+from covid_ddp.data import load_data_dir, to_binary
+from covid_ddp.prepare import main as prepare_main
+
+pytest.importorskip("pydicom")
+from dicom_files import write_dicom  # noqa: E402  (needs pydicom)
+
+RNG = np.random.default_rng(7)
+
+
+def noise(size=(80, 96)) -> np.ndarray:
+    """A distinct picture every call (random images are far from near-duplicates of each other)."""
+    return RNG.integers(0, 256, size, dtype=np.uint8)
+
+
+def class_folders(root, counts={"normal": 3, "Pneumonia": 2, "COVID-19": 3}):
+    for name, count in counts.items():
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            Image.fromarray(noise()).save(root / name / f"{index}.png")
+    return root
+
+
+def cases_csv(root):
+    """A hospital export: DICOM files without suffix, a JPEG, patient ids and views in a CSV."""
+    (root / "files").mkdir(parents=True)
+    rows = [("files/a", "covid", "p1", "AP"), ("files/b", "covid", "p1", "PA"), ("files/c", "normal", "p2", ""),
+            ("files/d.jpg", "pneumonia", "", "")]
+    for path, *_ in rows[:3]:
+        write_dicom(root / path, (noise((128, 128)).astype(np.uint16) * 16), PatientID="secret")
+    Image.fromarray(noise()).save(root / "files" / "d.jpg")
+    with open(root / "cases.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "patient_id", "view", "source"])
+        writer.writerows((*row, "hospital") for row in rows)
+    return root / "cases.csv"
+
+
+def prepare(capsys, *argv):
+    code = prepare_main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_folders_and_a_csv_become_one_training_folder_that_trains(tmp_path, capsys):
+    folders, table = class_folders(tmp_path / "clinic"), cases_csv(tmp_path / "export")
+    out = tmp_path / "prepared"
+    code, stdout, _ = prepare(capsys, "--output-dir", out, "--workers", "2", folders, table)
+    assert code == 0 and "12 images" in stdout
+    data = load_data_dir(out)
+    assert data.images.shape == (12, 64, 64) and data.images.dtype == np.uint8
+    meta = {key: list(values) for key, values in data.meta.items()}
+    classes = list(data.labels.argmax(1))
+    by_path = dict(zip(meta["path"], zip(classes, meta["dataset"], meta["patient_id"], meta["view"])))
+    assert by_path["normal/0.png"] == (0, "clinic", "clinic:normal/0.png", "")
+    assert by_path["Pneumonia/1.png"][0] == 1 and by_path["COVID-19/2.png"][0] == 2
+    assert by_path["files/a"] == (3, "hospital", "p1", "AP"), "COVID in the AP view is MCFAM's class 3"
+    assert by_path["files/b"][:3] == (2, "hospital", "p1") and by_path["files/c"][0] == 0
+    assert by_path["files/d.jpg"][2] == "hospital:files/d.jpg", "no patient id: one patient per image"
+    report = json.loads((out / "prepare.json").read_text())
+    assert report["per_dataset"] == {"clinic": 8, "hospital": 4} and report["duplicates"] == []
+    run([sys.executable, TRAIN_SCRIPT, "--data-dir", out, "--epochs", "1", "--batch-size", "4", "--val-size", "0",
+         "--test-size", "0.5", "--bootstrap", "0", "--log-images-every", "0", "--output-dir", tmp_path / "run"])
+    assert to_binary(data.labels).sum() == 5
+
+
+def test_dicom_patient_ids_are_used_hashed_when_the_csv_has_none(tmp_path, capsys):
+    root = tmp_path / "dicoms"
+    for index, patient in enumerate(["A", "A", "B"]):
+        write_dicom(root / "covid" / f"{index}.dcm", noise((64, 64)).astype(np.uint16), PatientID=patient,
+                    ViewPosition="PA")
+    code, _, _ = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "1", root)
+    meta = load_data_dir(tmp_path / "out").meta
+    ids = list(meta["patient_id"])
+    assert code == 0 and ids[0] == ids[1] != ids[2] and all(i.startswith("dicom:") and "A" != i[-1] for i in ids)
+    assert list(meta["view"]) == ["PA"] * 3
+
+
+def test_duplicates_are_reported_and_dropped_on_request(tmp_path, capsys):
+    root = class_folders(tmp_path / "set", {"normal": 2, "covid": 2})
+    picture = np.asarray(Image.open(root / "normal" / "0.png"))
+    Image.fromarray(picture).save(root / "normal" / "copy.png")  # exact copy, same class
+    brighter = np.clip(picture.astype(int) + 3, 0, 255).astype(np.uint8)
+    Image.fromarray(brighter).save(root / "covid" / "relabelled.png")  # near copy with the other label
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "kept", "--workers", "1", root)
+    assert code == 0 and "1 exact and 2 near-duplicate pair(s)" in err
+    assert len(load_data_dir(tmp_path / "kept").images) == 6
+    report = json.loads((tmp_path / "kept" / "prepare.json").read_text())
+    assert {(d["first"], d["second"], d["exact"]) for d in report["duplicates"]} == {
+        ("normal/0.png", "normal/copy.png", True), ("covid/relabelled.png", "normal/0.png", False),
+        ("covid/relabelled.png", "normal/copy.png", False)}
+    code, _, _ = prepare(capsys, "--output-dir", tmp_path / "dropped", "--workers", "1", "--drop-duplicates", root)
+    kept = list(load_data_dir(tmp_path / "dropped").meta["path"])
+    assert code == 0 and sorted(kept) == ["covid/0.png", "covid/1.png", "normal/1.png"], \
+        "the copy goes; a pair whose labels disagree goes whole"
+
+
+def test_label_map_names_other_classes_and_an_unknown_one_is_named(tmp_path, capsys):
+    root = class_folders(tmp_path / "set", {"healthy": 2, "sars-cov-2": 2})
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", root)
+    assert code == 2 and err.count("\n") == 1 and "unknown class 'healthy'" in err and "--label-map" in err
+    assert not (tmp_path / "out").exists()
+    code, _, _ = prepare(capsys, "--output-dir", tmp_path / "out", "--label-map", "healthy=0, SARS-CoV-2=2",
+                         "--workers", "1", root)
+    assert code == 0 and sorted(load_data_dir(tmp_path / "out").labels.argmax(1)) == [0, 0, 2, 2]
+
+
+def test_an_unreadable_file_stops_with_its_name_or_is_skipped(tmp_path, capsys):
+    root = class_folders(tmp_path / "set", {"normal": 2, "covid": 2})
+    (root / "covid" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "2", root)
+    assert code == 2 and err.count("\n") == 1 and "broken.png" in err and "--skip-errors" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.*")), "nothing half-written"
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "2", "--skip-errors", root)
+    assert code == 0 and "skipped" in err and "broken.png" in err
+    report = json.loads((tmp_path / "out" / "prepare.json").read_text())
+    assert report["images"] == 4 and len(report["skipped"]) == 1
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: p, "not a folder of class subfolders or a .csv file"),
+    (lambda p: (p / "flat").mkdir() or Image.fromarray(noise()).save(p / "flat" / "x.png") or p / "flat",
+     "no class subfolders"),
+    (lambda p: (p / "t.csv").write_text("file,class\nx.png,covid\n") and p / "t.csv", "no path or label column"),
+])
+def test_sources_that_are_not_a_class_folder_or_csv_are_refused(tmp_path, capsys, make, fragment):
+    source = make(tmp_path / "nothing") if fragment.startswith("not a folder") else make(tmp_path)
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", source)
+    assert code == 2 and err.count("\n") == 1 and fragment in err
+
+
+def test_a_non_empty_output_folder_is_kept_unless_overwrite(tmp_path, capsys):
+    root = class_folders(tmp_path / "set", {"normal": 2, "covid": 2})
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("keep me")
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", root)
+    assert code == 2 and "not empty" in err and (tmp_path / "out" / "mine.txt").exists()
+    code, _, _ = prepare(capsys, "--output-dir", tmp_path / "out", "--overwrite", "--workers", "1", root)
+    assert code == 0 and not (tmp_path / "out" / "mine.txt").exists() and len(load_data_dir(tmp_path / "out").images) == 4
+
+
+def test_the_shared_real_sets_images_prepare_to_themselves(tmp_path, capsys):
+    """Their processing is this one: their own 64x64 images, written as PNGs, come back unchanged."""
+    shared = TRAIN_SCRIPT.parents[1].parent / "shared" / "data" / "real-cxr"
+    if not (shared / "train_images64.npz").is_file():
+        pytest.skip("../shared/data/real-cxr is not here")
+    data = load_data_dir(shared)
+    rows = np.flatnonzero(np.diff(data.images[:, 32, 32].astype(int), prepend=-1) != 0)[:12]  # 12 distinct
+    for order, row in enumerate(rows):
+        folder = tmp_path / "pngs" / str(int(data.labels[row].argmax()))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(data.images[row]).save(folder / f"{order:02d}.png")
+    code, _, _ = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "1", tmp_path / "pngs")
+    prepared = load_data_dir(tmp_path / "out")
+    order = np.argsort([int(Path(p).stem) for p in prepared.meta["path"]])
+    np.testing.assert_array_equal(prepared.images[order], data.images[rows])
+    np.testing.assert_array_equal(prepared.labels[order], data.labels[rows])

@@ -1,0 +1,110 @@
+"""Reading radiograph files: PNG/JPEG in every bit depth and mode, DICOM's LUTs and photometrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covid_ddp.errors import UserError
+from covid_ddp.radiographs import radiograph_tags, read_grayscale, read_radiograph
+
+pytest.importorskip("pydicom")
+from dicom_files import write_dicom  # noqa: E402  (needs pydicom)
+
+RAMP = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (256, 1))  # 256 x 256, stored values 0..4080
+
+
+def test_a_64px_grayscale_png_is_read_unchanged(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "x.png")
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "x.png"), image)
+
+
+def test_pictures_are_cropped_to_the_centre_square_and_resized_with_lanczos(tmp_path):
+    wide = np.zeros((300, 500), dtype=np.uint8)
+    wide[:, 100:400] = 200  # the centre 300x300 square is uniform: the sides are cropped away
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    assert (read_radiograph(tmp_path / "wide.png") == 200).all()
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGB", "RGBA", "LA"])
+def test_every_picture_mode_becomes_8bit_grayscale(tmp_path, mode):
+    gray = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
+    if mode == "I;16":
+        picture = Image.fromarray((gray.astype(np.uint16) * 100 + 1000))  # 16-bit: min-max scaled to 0-255
+    else:
+        picture = Image.fromarray(gray).convert(mode)
+    picture.save(tmp_path / "x.png")
+    image = read_radiograph(tmp_path / "x.png")
+    assert image.dtype == np.uint8 and image.shape == (64, 64)
+    assert np.abs(image.astype(int) - gray).max() <= 1
+
+
+def test_transparent_pixels_become_black(tmp_path):
+    rgba = np.zeros((64, 64, 4), dtype=np.uint8)
+    rgba[..., :3], rgba[:, :32, 3], rgba[:, 32:, 3] = 255, 255, 0
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "x.png")
+    image = read_radiograph(tmp_path / "x.png")
+    assert (image[:, :32] == 255).all() and (image[:, 32:] == 0).all()
+
+
+def test_a_large_jpeg_is_decoded_at_a_reduced_scale_of_at_least_256px(tmp_path):
+    Image.fromarray(np.full((2400, 2000), 90, dtype=np.uint8)).save(tmp_path / "big.jpg", quality=95)
+    assert min(read_grayscale(tmp_path / "big.jpg").size) >= 256
+    assert np.abs(read_radiograph(tmp_path / "big.jpg").astype(int) - 90).max() <= 2
+
+
+def test_dicom_without_a_window_is_min_max_scaled_and_monochrome1_is_inverted(tmp_path):
+    plain = np.asarray(read_grayscale(write_dicom(tmp_path / "a.dcm", RAMP)))
+    assert plain.min() == 0 and plain.max() == 255 and (np.diff(plain[0].astype(int)) >= 0).all()
+    inverted = np.asarray(read_grayscale(write_dicom(tmp_path / "b.dcm", RAMP, photometric="MONOCHROME1")))
+    np.testing.assert_array_equal(inverted, 255 - plain)
+
+
+def test_dicom_window_after_the_rescale_maps_the_window_to_0_255(tmp_path):
+    # Stored v -> 2v - 1000 (modality LUT), then the window 3000 +/- 1000: 2000 -> 0, 4000 -> 255.
+    path = write_dicom(tmp_path / "w.dcm", RAMP, RescaleSlope=2, RescaleIntercept=-1000,
+                       WindowCenter=3000, WindowWidth=2000)
+    row = np.asarray(read_grayscale(path))[0].astype(int)
+    rescaled = 2 * RAMP[0].astype(int) - 1000
+    assert (row[rescaled <= 2000] == 0).all() and (row[rescaled >= 4000] == 255).all()
+    inside = (rescaled > 2100) & (rescaled < 3900)
+    expected = (rescaled[inside] - 2000) / 2000 * 255
+    assert np.abs(row[inside] - expected).max() <= 1.5
+
+
+def test_dicom_voi_lut_sequence_is_applied(tmp_path):
+    import pydicom
+
+    lut = pydicom.Dataset()
+    lut.LUTDescriptor = [4096, 0, 12]  # 4096 entries from stored value 0, 12-bit output
+    lut.LUTData = (4095 - np.arange(4096)).astype("<u2").tobytes()  # a reversing LUT
+    path = write_dicom(tmp_path / "lut.dcm", RAMP, VOILUTSequence=pydicom.Sequence([lut]))
+    row = np.asarray(read_grayscale(path))[0].astype(int)
+    assert row[0] == 255 and row[-1] <= 1 and (np.diff(row) <= 0).all()
+
+
+def test_signed_16bit_dicom(tmp_path):
+    signed = (RAMP.astype(np.int32) - 2048).astype(np.int16)
+    image = np.asarray(read_grayscale(write_dicom(tmp_path / "s.dcm", signed, bits_stored=16)))
+    assert image[0, 0] == 0 and image[0, -1] == 255
+
+
+def test_a_file_without_suffix_is_recognised_as_dicom_and_its_tags_read(tmp_path):
+    path = write_dicom(tmp_path / "IM0001", RAMP, PatientID="HOSP-123", ViewPosition="AP")
+    assert read_radiograph(path).shape == (64, 64)
+    tags = radiograph_tags(path)
+    assert tags["view"] == "AP" and tags["patient_id"].startswith("dicom:") and "HOSP-123" not in tags["patient_id"]
+    assert radiograph_tags(write_dicom(tmp_path / "IM0002", RAMP, PatientID="HOSP-123"))["patient_id"] == tags["patient_id"]
+
+
+@pytest.mark.parametrize("content, message", [(b"\x89PNG\r\n\x1a\n broken", "not a readable image"),
+                                              (b"not an image at all", "not a readable")])
+def test_unreadable_files_are_a_one_line_error_naming_the_file(tmp_path, content, message):
+    for name in ("x.png", "x.dcm"):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError) as raised:
+            read_radiograph(tmp_path / name)
+        assert str(tmp_path / name) in str(raised.value) and "\n" not in str(raised.value)
+        assert message in str(raised.value) or name.endswith(".dcm")
