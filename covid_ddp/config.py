@@ -28,9 +28,11 @@ class TrainConfig:
     # Data
     dataset: str = _flag("mcfam", "'mcfam' (downloaded once and cached) or 'synthetic' (generated, offline)",
                          choices=["mcfam", "synthetic"])
-    data_dir: Optional[str] = _flag(None, "folder with train_images64.npz and train_labels.npz (and an optional "
-                                    "meta.npz), used as is; for --dataset mcfam a new or empty folder is filled by a "
-                                    "download (default: ~/.cache/covid_ddp/mcfam)", metavar="DIR")
+    data_dir: Optional[list] = _flag(None, "folder(s) with train_images64.npz and train_labels.npz (and an optional "
+                                     "meta.npz), used as they are; several are trained on as one set, each image "
+                                     "keeping its source (meta.npz 'dataset', else the folder's name); for --dataset "
+                                     "mcfam one new or empty folder is filled by a download (default: "
+                                     "~/.cache/covid_ddp/mcfam)", metavar="DIR", nargs="+")
     mcfam_url: str = _flag(MCFAM_BASE_URL, "base URL of the MCFAM files (a mirror, for example)", metavar="URL")
     sha256_images: Optional[str] = _flag(None, "refuse a train_images64.npz whose sha256 is not this (pin the "
                                          "file: the MCFAM source is plain HTTP)", metavar="HEX")

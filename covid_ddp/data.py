@@ -227,27 +227,85 @@ def check_pins(data: RawData, pins: dict) -> None:
                             "the file differs from the one you pinned")
 
 
-def fetch_dataset(dataset: str, data_dir: Path | None, base_url: str, pins: dict | None = None) -> None:
-    """Download what ``load_dataset`` will read and is missing (MCFAM only; other sets need nothing)."""
-    if dataset == "mcfam":
-        fetch_mcfam(Path(data_dir) if data_dir is not None else default_data_dir(), base_url, pins)
+def fetch_dataset(dataset: str, data_dir, base_url: str, pins: dict | None = None) -> None:
+    """Download what ``load_dataset`` will read and is missing: MCFAM, into one folder (several
+    folders are the user's own and are read as they are)."""
+    folders = as_folders(data_dir)
+    if dataset == "mcfam" and (folders is None or len(folders) == 1):
+        fetch_mcfam(folders[0] if folders else default_data_dir(), base_url, pins)
 
 
-def load_dataset(dataset: str, data_dir: Path | None, synthetic_size: int, seed: int, base_url: str,
+def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_url: str,
                  pins: dict | None = None, download: bool = True) -> RawData:
-    """The set a run trains on. For ``mcfam``, files already in ``data_dir`` are used as they are;
-    missing ones are downloaded unless ``download`` is false (the trainer downloads first, once)."""
+    """The set a run trains on. For ``mcfam``, files already in ``data_dir`` (one folder or a list)
+    are used as they are; missing ones are downloaded unless ``download`` is false (the trainer
+    downloads first, once)."""
     if dataset == "synthetic":
         images, labels = make_synthetic(synthetic_size, seed)
         return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed})
     if dataset != "mcfam":
         raise UserError(f"unknown dataset '{dataset}': use 'mcfam' or 'synthetic'")
+    folders = as_folders(data_dir) or [default_data_dir()]
+    if pins and len(folders) > 1:
+        raise UserError("--sha256-images/--sha256-labels pin the files of one folder; with several --data-dir "
+                        "folders check config.json's sha256 of each instead")
     if download:
-        fetch_dataset(dataset, data_dir, base_url, pins)
-    data = load_data_dir(Path(data_dir) if data_dir is not None else default_data_dir())
+        fetch_dataset(dataset, folders, base_url, pins)
+    data = load_data_dirs(folders)
     check_pins(data, pins or {})
     data.provenance["source_url"] = base_url
     return data
+
+
+def as_folders(data_dir) -> list[Path] | None:
+    """--data-dir as a list of folders (a config.json of an earlier version holds one string)."""
+    if data_dir is None:
+        return None
+    return [Path(folder) for folder in ([data_dir] if isinstance(data_dir, (str, Path)) else data_dir)]
+
+
+def load_data_dirs(folders: list[Path]) -> RawData:
+    """Several MCFAM-format folders as one set, rows in folder order. Every image keeps its source:
+    meta.npz's ``dataset`` and ``patient_id``, or, for a folder without them, the folder's name
+    and one patient per image; other meta.npz arrays missing in a folder are filled with ''."""
+    if len(folders) == 1:
+        return load_data_dir(folders[0])
+    names = [Path(folder).resolve().name for folder in folders]
+    if len(set(names)) < len(names):
+        raise UserError(f"--data-dir: two folders share a name ({', '.join(map(str, folders))}); their files and "
+                        "sources are told apart by folder name, so rename one")
+    parts = [load_data_dir(folder) for folder in folders]
+    provenance = {"data_dirs": [part.provenance["data_dir"] for part in parts],
+                  "images_per_dir": [len(part.images) for part in parts],
+                  "files": {f"{name}/{file}": entry for name, part in zip(names, parts)
+                            for file, entry in part.provenance["files"].items()}}
+    return RawData(np.concatenate([part.images for part in parts]), np.concatenate([part.labels for part in parts]),
+                   provenance, _merged_meta(parts, names))
+
+
+def _merged_meta(parts: list[RawData], names: list[str]) -> dict:
+    keys = {"dataset", "patient_id"}.union(*(part.meta or {} for part in parts))
+    merged = {}
+    for key in sorted(keys):
+        columns = [_meta_column(part, name, key) for part, name in zip(parts, names)]
+        numeric = all(column.dtype.kind in "biuf" for column in columns)
+        merged[key] = np.concatenate(columns if numeric else [_as_text(column) for column in columns])
+    return merged
+
+
+def _meta_column(part: RawData, folder_name: str, key: str) -> np.ndarray:
+    count = len(part.images)
+    if part.meta is not None and key in part.meta:
+        return part.meta[key]
+    if key == "dataset":
+        return np.full(count, folder_name)
+    if key == "patient_id":
+        return np.array([f"{folder_name}:{row}" for row in range(count)])
+    return np.full(count, "")
+
+
+def _as_text(values: np.ndarray) -> np.ndarray:
+    return np.char.decode(values) if values.dtype.kind == "S" else values.astype(str)
 
 
 def fingerprint(data: RawData) -> str:

@@ -23,7 +23,7 @@ from . import checkpoint as ckpt
 from . import figures
 from .cli import HelpFormatter, run_cli
 from .config import TrainConfig
-from .data import load_data_dir, load_dataset, to_binary
+from .data import as_folders, load_data_dirs, load_dataset, to_binary
 from .errors import UserError
 from .files import write_json
 from .metrics import METRICS, binary_metrics
@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "metric with a 95% bootstrap interval, and the figures. Not for clinical use.")
     parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP + "; --split test|val needs "
                         "its run folder")
-    parser.add_argument("--data-dir", metavar="DIR", help="folder with train_images64.npz and train_labels.npz (and "
-                        "meta.npz for patient-level or source splits) (default: the data the weights' run trained on)")
+    parser.add_argument("--data-dir", metavar="DIR", nargs="+", help="folder(s) with train_images64.npz and "
+                        "train_labels.npz (and meta.npz for patient-level or source splits), several read as one set "
+                        "(default: the data the weights' run trained on)")
     parser.add_argument("--split", default="test", choices=["test", "val", "all"],
                         help="which images: the run's test or validation part, or all of them")
     parser.add_argument("--output-dir", metavar="DIR", help="where evaluation.json and the figures go "
@@ -76,17 +77,18 @@ def run(arguments: argparse.Namespace) -> dict:
     return report
 
 
-def load_evaluation_data(data_dir: str | None, weights: Path):
+def load_evaluation_data(data_dir: list[str] | None, weights: Path):
     """``--data-dir``, or else the set the weights' run trained on (regenerated when synthetic)."""
     if data_dir is not None:
-        return load_data_dir(Path(data_dir))
+        return load_data_dirs(as_folders(data_dir))
     recorded = _run_config(weights, "without --data-dir")
     config, provenance = recorded["config"], recorded.get("data", {})
     if config.get("dataset") == "synthetic":
         return load_dataset("synthetic", None, config["synthetic_size"], config["seed"], config["mcfam_url"])
-    if not provenance.get("data_dir"):
+    folders = provenance.get("data_dirs") or ([provenance["data_dir"]] if provenance.get("data_dir") else None)
+    if not folders:
         raise UserError(f"{weights.parent / ckpt.CONFIG_FILE} records no data folder; pass --data-dir")
-    return load_data_dir(Path(provenance["data_dir"]))
+    return load_data_dirs(as_folders(folders))
 
 
 def _run_config(weights: Path, purpose: str) -> dict:

@@ -21,6 +21,7 @@ from covid_ddp.synthetic import make_synthetic
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_SCRIPT = ROOT / "launch" / "train.py"
 PREDICT_SCRIPT = ROOT / "launch" / "predict.py"
+EVALUATE_SCRIPT = ROOT / "launch" / "evaluate.py"
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
 # A small, quick recipe: 400 images, 2 epochs, global batch 40 (20 per process with 2). No
