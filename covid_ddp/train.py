@@ -408,3 +408,7 @@ def _run_config(config: TrainConfig, accelerator: Accelerator, provenance: dict,
                         "dynamo_backend": str(accelerator.state.dynamo_plugin.backend.value)},
         "environment": environment_summary(),
     }
+
+
+if __name__ == "__main__":  # python -m covid_ddp.train, torchrun -m covid_ddp.train
+    raise SystemExit(main())

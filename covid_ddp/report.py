@@ -1,0 +1,158 @@
+"""How a recipe generalizes across sources: leave-one-source-out over several seeds, in one table.
+
+    covid-ddp-report --data-dir ../shared/data/real-cxr ../shared/data/adult-cxr \\
+        --patient-split-without kermany --output-dir runs/report
+    covid-ddp-report --data-dir DIR --variant "marks=--augment-marks" --output-dir runs/report
+
+A random split of images from several hospitals mostly measures how well a model tells the
+hospitals apart, when each holds mostly one class. This trains the recipe (``covid-ddp-train``
+with the flags after ``--``) once per seed on every setting and collects the test metrics:
+
+- ``patient-level``: ``--group-split`` over every source (the optimistic figure);
+- ``patient-level without X``: the same with sources X left out (``--patient-split-without``;
+  for the shared sets, ``kermany``: its non-COVID images are all children's);
+- ``held out: S``, for every source S whose absence still leaves both classes to train on: train
+  and validate on the other sources, test on all of S. A source holding both classes gets a
+  ROC AUC; one holding a single class can only be scored by its sensitivity or specificity.
+
+Writes ``report.json`` (every run's test metrics) and ``report.md``: per setting and recipe the
+mean ± std over the seeds and, in brackets, the widest 95% bootstrap interval of any one seed's
+run (the spread of one test set). Nothing is chosen on these test sets. Not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .cli import HelpFormatter, run_cli, say
+from .data import as_folders, load_data_dirs, to_binary
+from .errors import UserError
+from .files import atomic_path, write_json
+
+SHOWN = ("roc_auc", "sensitivity", "specificity")
+TRAIN_MODULE = ["-m", "covid_ddp.train"]
+
+
+def settings(meta: dict, targets: np.ndarray, without: tuple[str, ...]) -> dict[str, list[str]]:
+    """Setting name -> the split flags that make it, for this data."""
+    chosen = {"patient-level": ["--group-split"]}
+    if without:
+        chosen[f"patient-level without {', '.join(without)}"] = ["--group-split", "--exclude-source", ",".join(without)]
+    sources = np.asarray(meta["dataset"]).astype(str)
+    for source in sorted(set(sources)):
+        rest = targets[sources != source]
+        if (np.bincount(rest, minlength=2) >= 2).all():  # both classes left to train on
+            chosen[f"held out: {source}"] = ["--group-split", "--holdout-source", source]
+    return chosen
+
+
+def train_once(launcher: list[str], flags: list[str], run_dir: Path) -> dict:
+    command = [*launcher, *flags, "--output-dir", str(run_dir), "--overwrite"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["(no message)"]
+        raise UserError(f"training failed ({shlex.join(command)}): {last[0]}")
+    return json.loads((run_dir / "metrics.json").read_text())["test"]
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Per shown metric: mean, std over seeds, the widest bootstrap interval of one seed (None: undefined)."""
+    summary = {"n": runs[0]["n"], "n_per_class": runs[0]["n_per_class"]}
+    for name in SHOWN:
+        values = [run[name] for run in runs if run.get(name) is not None]
+        if len(values) < len(runs):
+            summary[name] = None
+            continue
+        intervals = [run["ci95"].get(name) for run in runs if run.get("ci95", {}).get(name)]
+        summary[name] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                         "interval": [min(i[0] for i in intervals), max(i[1] for i in intervals)] if intervals else None}
+    return summary
+
+
+def markdown(rows: list[dict], seeds: list[int]) -> str:
+    lines = [f"Mean ± std over seeds {', '.join(map(str, seeds))}; [the widest 95% bootstrap interval of one seed's "
+             "test set]. n/a: the held-out source has one class only.", "",
+             "| setting | recipe | test n (COVID / non-COVID) | ROC AUC | sensitivity | specificity |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        counts = row["summary"]["n_per_class"]
+        cells = [_cell(row["summary"][name]) for name in SHOWN]
+        lines.append(f"| {row['setting']} | {row['recipe']} | {row['summary']['n']} ({counts['covid']} / "
+                     f"{counts['non_covid']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(stats: dict | None) -> str:
+    if stats is None:
+        return "n/a"
+    interval = stats["interval"]
+    shown = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    return shown + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="covid-ddp-report", formatter_class=HelpFormatter,
+                                     description="Leave-one-source-out and patient-level results of a recipe over "
+                                     "several seeds, as a markdown and JSON table. Not for clinical use.")
+    parser.add_argument("--data-dir", nargs="+", required=True, metavar="DIR", help="the data folder(s), with meta.npz "
+                        "'dataset' (a folder without one is a source of its own)")
+    parser.add_argument("--output-dir", required=True, metavar="DIR", help="report.md, report.json and every run")
+    parser.add_argument("--seeds", default="1,2,3", metavar="S,...", help="seeds of every setting")
+    parser.add_argument("--patient-split-without", metavar="SOURCES", help="also a patient-level split with these "
+                        "sources left out (e.g. kermany: the children's images of real-cxr)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
+                        help="another recipe to compare with the default, e.g. 'marks=--augment-marks'")
+    parser.add_argument("--launcher", default=sys.executable, metavar="COMMAND",
+                        help="what runs covid_ddp.train (python, or e.g. 'torchrun --nproc_per_node 2')")
+    parser.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- then covid-ddp-train flags for every run")
+    return parser
+
+
+def run(arguments: argparse.Namespace) -> list[dict]:
+    seeds = [int(seed) for seed in arguments.seeds.split(",") if seed.strip()]
+    folders = as_folders(arguments.data_dir)
+    data = load_data_dirs(folders)
+    if data.meta is None or "dataset" not in data.meta:
+        raise UserError(f"{folders[0]}: no meta.npz with a 'dataset' array: one source cannot be held out; give "
+                        "several folders or a folder made by covid-ddp-prepare")
+    without = tuple(filter(None, (arguments.patient_split_without or "").split(",")))
+    shared = arguments.train_flags[1:] if arguments.train_flags[:1] == ["--"] else arguments.train_flags
+    recipes = {"default": []}
+    for spec in arguments.variant:
+        name, _, flags = spec.partition("=")
+        recipes[name.strip()] = shlex.split(flags)
+    launcher = [*shlex.split(arguments.launcher), *TRAIN_MODULE]
+    output = Path(arguments.output_dir)
+    rows = []
+    for setting, split_flags in settings(data.meta, to_binary(data.labels), without).items():
+        for recipe, recipe_flags in recipes.items():
+            runs = {}
+            for seed in seeds:
+                flags = ["--data-dir", *map(str, folders), *split_flags, *shared, *recipe_flags, "--seed", str(seed)]
+                folder = output / _slug(setting) / recipe / f"seed_{seed}"
+                runs[seed] = train_once(launcher, flags, folder)
+            rows.append({"setting": setting, "recipe": recipe, "flags": split_flags + recipe_flags,
+                         "runs": runs, "summary": summarise(list(runs.values()))})
+            say(f"covid-ddp-report: {setting} / {recipe}: " + ", ".join(
+                f"{name} {_cell(rows[-1]['summary'][name])}" for name in SHOWN))
+            write_json(output / "report.json", {"seeds": seeds, "data_dir": [str(f) for f in folders],
+                                                "train_flags": shared, "rows": rows})
+    with atomic_path(output / "report.md") as tmp:
+        tmp.write_text(markdown(rows, seeds))
+    print(markdown(rows, seeds), end="")
+    return rows
+
+
+def _slug(setting: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in setting).strip("-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-report")

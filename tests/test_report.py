@@ -1,0 +1,45 @@
+"""covid-ddp-report: every held-out source that can be scored, over seeds, as markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from conftest import clean_env, write_mcfam
+from covid_ddp.report import main as report_main
+from covid_ddp.report import settings
+from covid_ddp.synthetic import make_synthetic
+
+
+def test_settings_hold_out_every_source_that_leaves_both_classes_to_train_on():
+    meta = {"dataset": np.array(["a", "a", "a", "a", "b", "b", "c", "c"])}
+    targets = np.array([0, 1, 0, 1, 1, 1, 0, 0])
+    chosen = settings(meta, targets, without=("c",))
+    assert list(chosen) == ["patient-level", "patient-level without c", "held out: a", "held out: b", "held out: c"]
+    assert chosen["held out: b"] == ["--group-split", "--holdout-source", "b"]
+    lonely = settings({"dataset": np.array(["a", "a", "b", "b"])}, np.array([0, 0, 1, 1]), without=())
+    assert list(lonely) == ["patient-level"], "holding out either would leave one class to train on"
+
+
+def test_a_report_over_two_folders_writes_the_table(tmp_path, monkeypatch, capsys):
+    images, labels = make_synthetic(360, seed=4)
+    mixed = write_mcfam(tmp_path / "mixed", images[:240], labels[:240])
+    covid_rows = np.flatnonzero(labels[240:].argmax(1) >= 2) + 240  # a source of COVID images only
+    write_mcfam(tmp_path / "covidonly", images[covid_rows], labels[covid_rows])
+    for name, value in clean_env().items():
+        monkeypatch.setenv(name, value)
+    code = report_main(["--data-dir", str(mixed), str(tmp_path / "covidonly"), "--seeds", "1",
+                        "--output-dir", str(tmp_path / "report"), "--", "--epochs", "1", "--batch-size", "40",
+                        "--bootstrap", "50", "--log-images-every", "0"])
+    assert code == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    by_setting = {row["setting"]: row["summary"] for row in report["rows"]}
+    assert list(by_setting) == ["patient-level", "held out: covidonly"], "'mixed' alone holds both classes"
+    held = by_setting["held out: covidonly"]
+    assert held["n"] == len(covid_rows) and held["roc_auc"] is None and held["specificity"] is None
+    assert 0 <= held["sensitivity"]["mean"] <= 1 and len(held["sensitivity"]["interval"]) == 2
+    assert 0.5 < by_setting["patient-level"]["roc_auc"]["mean"] <= 1
+    table = (tmp_path / "report" / "report.md").read_text()
+    assert "| held out: covidonly | default |" in table and "n/a" in table
+    assert (tmp_path / "report" / "held-out--covidonly" / "default" / "seed_1" / "COVID_binary_classifier.pth").is_file()
