@@ -13,6 +13,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .marks import add_marks
+
+
+def augment(images: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+    """What --augment and --augment-marks ask for, in that order, from one generator."""
+    if config.augment:
+        images = augment_batch(images, generator)
+    if config.augment_marks:
+        images = add_marks(images.float(), generator)
+    return images
+
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator | None = None, max_shift_px: float = 4.0,
                   max_scale: float = 0.1, max_contrast: float = 0.1, max_brightness: float = 10.0) -> torch.Tensor:

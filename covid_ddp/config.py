@@ -63,6 +63,9 @@ class TrainConfig:
     max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)", metavar="NORM")
     augment: bool = _flag(False, "augment training batches on the device: small random shifts (up to 4 px), zoom "
                           "(+/-10%%) and contrast/brightness changes; never flips (left and right anatomy differ)")
+    augment_marks: bool = _flag(False, "stamp arrows, boxes, letters and border bands, the marks publications draw "
+                                "on figures, on half the training images of both classes (against the source "
+                                "shortcut: README, Real chest X-rays)")
     # Evaluation
     target_sensitivity: Optional[float] = _flag(None, "choose the decision threshold on the validation split as "
                                                 "the highest reaching this sensitivity (default: Youden's J)", metavar="S")

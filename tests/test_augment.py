@@ -45,3 +45,29 @@ def test_zero_strength_is_the_identity_and_the_seed_reproduces_a_batch():
     first = augment_batch(images)
     torch.manual_seed(5)
     assert torch.equal(augment_batch(images), first)
+
+
+def test_marks_are_stamped_on_about_half_the_images_reproducibly_and_nowhere_else():
+    from covid_ddp.marks import add_marks
+
+    assert TrainConfig().augment_marks is False
+    images = torch.full((400, 1, 64, 64), 120.0)
+    marked = add_marks(images, torch.Generator().manual_seed(3))
+    changed = (marked != images).flatten(1).any(dim=1)
+    assert 0.4 < changed.float().mean() < 0.6, "probability 0.5 per image"
+    assert marked.min() >= 0 and marked.max() <= 255 and marked.dtype == torch.float32
+    touched = (marked != images).flatten(1).float().mean(dim=1)[changed]
+    assert touched.max() < 0.35, "a mark covers a part of the image, never the whole"
+    bright, dark = (marked > 200).flatten(1).any(dim=1), (marked < 30).flatten(1).any(dim=1)
+    assert bright.sum() > 50 and dark.sum() > 30, "white and black marks"
+    again = add_marks(images, torch.Generator().manual_seed(3))
+    assert torch.equal(marked, again)
+
+
+def test_augment_applies_marks_after_the_geometric_changes():
+    from covid_ddp.augment import augment
+
+    config = TrainConfig(augment=False, augment_marks=True)
+    images = left_bright_images(200)
+    out = augment(images, config, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float32 and (out != images.float()).flatten(1).any(dim=1).float().mean() > 0.3
