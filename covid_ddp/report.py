@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "sources left out (e.g. kermany: the children's images of real-cxr)")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                         help="another recipe to compare with the default, e.g. 'marks=--augment-marks'")
-    parser.add_argument("--launcher", default=sys.executable, metavar="COMMAND",
-                        help="what runs covid_ddp.train (python, or e.g. 'torchrun --nproc_per_node 2')")
+    parser.add_argument("--launcher", metavar="COMMAND", help="what runs covid_ddp.train, e.g. 'torchrun "
+                        "--nproc_per_node 2' (default: this Python, one process)")
     parser.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- then covid-ddp-train flags for every run")
     return parser
 
@@ -128,7 +128,7 @@ def run(arguments: argparse.Namespace) -> list[dict]:
     for spec in arguments.variant:
         name, _, flags = spec.partition("=")
         recipes[name.strip()] = shlex.split(flags)
-    launcher = [*shlex.split(arguments.launcher), *TRAIN_MODULE]
+    launcher = [*(shlex.split(arguments.launcher) if arguments.launcher else [sys.executable]), *TRAIN_MODULE]
     output = Path(arguments.output_dir)
     rows = []
     for setting, split_flags in settings(data.meta, to_binary(data.labels), without).items():
@@ -156,3 +156,7 @@ def _slug(setting: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-report")
+
+
+if __name__ == "__main__":  # python -m covid_ddp.report
+    raise SystemExit(main())
