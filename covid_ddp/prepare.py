@@ -230,13 +230,27 @@ def write_folder(prepared: Prepared, output_dir: Path, overwrite: bool) -> None:
     try:
         _write_files(prepared, staging)
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
+        _swap_in(staging, output_dir)
     except OSError as error:
         raise UserError(f"{output_dir}: cannot write the prepared folder ({error.strerror or error})")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, output_dir: Path) -> None:
+    """Put ``staging`` at ``output_dir``; an existing folder is moved aside first and deleted
+    only once the new one is in place (put back if that fails)."""
+    if not output_dir.exists():
+        os.replace(staging, output_dir)
+        return
+    aside = output_dir.with_name(f".{output_dir.name}.old-{os.getpid()}")
+    os.replace(output_dir, aside)
+    try:
+        os.replace(staging, output_dir)
+    except OSError:
+        os.replace(aside, output_dir)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _check_output(output_dir: Path, overwrite: bool) -> None:

@@ -195,9 +195,12 @@ def test_help_says_each_default_once_and_keeps_urls_and_flags_whole(monkeypatch)
     from covid_ddp.evaluation import build_parser as evaluate_parser
     from covid_ddp.export import build_parser as export_parser
     from covid_ddp.predict import build_parser as predict_parser
+    from covid_ddp.prepare import build_parser as prepare_parser
+    from covid_ddp.report import build_parser as report_parser
 
     monkeypatch.setenv("COLUMNS", "80")
-    for parser in (build_parser(), predict_parser(), evaluate_parser(), export_parser()):
+    for parser in (build_parser(), predict_parser(), evaluate_parser(), export_parser(), prepare_parser(),
+                   report_parser()):
         text = parser.format_help()
         assert "(default: None)" not in text and "(default: False)" not in text, parser.prog
         for option in text.split("\n  -")[1:]:
