@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 NEAR_SIMILARITY = 0.985
-_BLOCK = 1024  # rows compared per matrix product: bounds memory at _BLOCK x N floats
+_BLOCK = 1024  # rows compared per matrix product: memory is N x 4096 + _BLOCK x N floats
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,10 @@ def find_duplicates(images: np.ndarray, threshold: float = NEAR_SIMILARITY) -> l
     for start in range(0, len(unit), _BLOCK):
         block = unit[start : start + _BLOCK]
         similarity = block @ unit[start:].T  # only j >= i: the lower triangle is the same pairs
-        rows, columns = np.nonzero(np.triu(similarity, k=1) > threshold)
+        rows, columns = np.nonzero(similarity > threshold)
         for row, column in zip(rows, columns):
+            if column <= row:  # the image itself, or a pair already seen from the other side
+                continue
             first, second = start + int(row), start + int(column)
             if copy_of[first] != copy_of[second]:  # identical ones are paired with their first copy above
                 pairs.append(DuplicatePair(first, second, round(float(similarity[row, column]), 4), False))
@@ -59,7 +61,8 @@ def _first_copy(images: np.ndarray) -> np.ndarray:
 
 def _standardised(images: np.ndarray) -> np.ndarray:
     """(N, 4096) float32 rows of unit length, each image zero-mean first (a flat image stays 0)."""
-    flat = images.reshape(len(images), -1).astype(np.float32)
+    flat = images.reshape(len(images), -1).astype(np.float32)  # the one N x 4096 copy
     flat -= flat.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(flat, axis=1, keepdims=True)
-    return np.divide(flat, norms, out=np.zeros_like(flat), where=norms > 0)
+    flat /= np.where(norms > 0, norms, 1)
+    return flat

@@ -7,11 +7,11 @@ exports. Grad-CAM of a model trained on such data lights up the marks on COVID i
 at random on every class, the marks carry no label information, and a model that still uses
 them pays for it in training loss.
 
-Per image, with probability ``probability``, one to three marks among: a line or arrow shaft,
+Per image, with probability ``probability``, one to four marks among: a line or arrow shaft,
 a rectangle outline, a short string of letters and digits (rendered once with Pillow's
-built-in font), a border band on one side; each white or black. Batched on the batch's
-device, drawn from the caller's generator (the ``augment`` stream), so a resumed run redraws
-them exactly.
+built-in font: its glyphs depend on the Pillow version), a border band on one side; each
+white or black. Batched on the batch's device, drawn from the caller's generator (the
+``augment`` stream), so a resumed run (same Pillow) redraws them exactly.
 """
 
 from __future__ import annotations
@@ -77,18 +77,19 @@ def _boxes(uniform, yy, xx, count):
 
 
 def _text(uniform, count, height, width, device):
-    """A string of 1-5 letters or digits from the bank, shifted anywhere on the image."""
-    bank = _glyph_bank(height, width, str(device))
+    """A string of 1-5 letters or digits from the bank, moved anywhere it fits whole."""
+    bank, extents = _glyph_bank(height, width, str(device))
     pick = (uniform(count) * len(bank)).long().clamp(max=len(bank) - 1)
-    stamps = bank[pick]
-    shifts = (uniform(count, 2) * torch.tensor([height - 12, width - 30], device=device)).long()
-    rolled = [torch.roll(stamp, (int(dy), int(dx)), dims=(0, 1)) for stamp, (dy, dx) in zip(stamps, shifts.tolist())]
-    return torch.stack(rolled) if rolled else stamps
+    room = torch.tensor([height, width], device=device) - extents[pick]  # (count, 2): free rows, columns
+    shifts = (uniform(count, 2) * room.clamp(min=0)).long().tolist()
+    return torch.stack([torch.roll(bank[index], (dy, dx), dims=(0, 1))
+                        for index, (dy, dx) in zip(pick.tolist(), shifts)])
 
 
 @functools.lru_cache(maxsize=4)
-def _glyph_bank(height: int, width: int, device: str) -> torch.Tensor:
-    """(GLYPH_BANK, H, W) masks of short strings in the top-left corner, from a fixed seed."""
+def _glyph_bank(height: int, width: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(GLYPH_BANK, H, W) masks of short strings in the top-left corner, from a fixed seed, and
+    each one's (height, width) extent."""
     from PIL import Image, ImageDraw, ImageFont
 
     rng = np.random.default_rng(0)
@@ -100,7 +101,11 @@ def _glyph_bank(height: int, width: int, device: str) -> torch.Tensor:
         canvas = Image.new("L", (width, height), 0)
         ImageDraw.Draw(canvas).text((0, 0), text, fill=255, font=font)
         masks.append(np.asarray(canvas) > 127)
-    return torch.tensor(np.stack(masks), dtype=torch.float32, device=device)
+    bank = np.stack(masks)
+    extents = [(rows.nonzero()[0].max() + 1, columns.nonzero()[0].max() + 1) if mask.any() else (0, 0)
+               for mask in bank for rows, columns in [(mask.any(axis=1), mask.any(axis=0))]]
+    return (torch.tensor(bank, dtype=torch.float32, device=device),
+            torch.tensor(extents, dtype=torch.float32, device=device))
 
 
 def _borders(uniform, yy, xx, count):

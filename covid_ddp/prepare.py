@@ -97,12 +97,14 @@ def _items_of_csv(table: Path) -> list[Item]:
         if missing:
             raise UserError(f"{table}: no {' or '.join(missing)} column (found: {', '.join(columns) or 'none'}); "
                             "the CSV needs path and label, and may have patient_id, view, source")
-        rows = list(reader)
+        rows = [(reader.line_num, row) for row in reader]
     items = []
-    for line, row in enumerate(rows, start=2):
+    for line, row in rows:
         value = {key: (row.get(name) or "").strip() for key, name in columns.items()}
-        if not value["path"]:
-            raise UserError(f"{table}, line {line}: empty path")
+        if not any(value.values()):  # an empty row, as spreadsheets leave at the end
+            continue
+        if not value["path"] or not value["label"]:
+            raise UserError(f"{table}, line {line}: empty {'path' if not value['path'] else 'label'}")
         items.append(Item(table.parent / value["path"], value["path"], value["label"],
                           value.get("source") or table.stem, value.get("patient_id", ""), value.get("view", "")))
     return items
@@ -140,6 +142,9 @@ def decode(file: Path) -> tuple[np.ndarray | None, dict, str]:
         return read_radiograph(file), radiograph_tags(file), ""
     except UserError as error:
         return None, {}, str(error)
+    except Exception as error:  # a decoder's own failure on a malformed file: still this file's problem
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+        return None, {}, f"{file}: cannot be read ({type(error).__name__}: {detail})"
 
 
 def decode_all(items: list[Item], workers: int, progress: bool) -> list[tuple[np.ndarray | None, dict, str]]:
@@ -168,7 +173,8 @@ class Prepared:
 
 def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors: bool, drop_duplicates: bool,
             progress: bool = True) -> Prepared:
-    classes = [class_index(item, names) for item in items]  # unknown names fail before decoding
+    for item in items:  # unknown class names fail before the decoding
+        class_index(item, names)
     started = time.perf_counter()
     decoded = decode_all(items, workers, progress)
     seconds = time.perf_counter() - started
@@ -182,9 +188,10 @@ def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors:
     if not kept:
         raise UserError("none of the files could be read")
     for row in kept:
-        _fill_from_tags(items[row], decoded[row][1])
+        _fill_from_tags(items[row], decoded[row][1])  # before the class: a DICOM's view can make it 3
     images = np.stack([decoded[row][0] for row in kept])
-    items, classes = [items[row] for row in kept], np.array([classes[row] for row in kept], dtype=np.int64)
+    items = [items[row] for row in kept]
+    classes = np.array([class_index(item, names) for item in items], dtype=np.int64)
     report = {"images_found": len(decoded), "skipped": [{"path": str(i.file), "error": e} for i, e in skipped],
               "decode_seconds": round(seconds, 2), "images_per_s": round(len(decoded) / max(seconds, 1e-9), 1),
               "workers": workers}
@@ -217,6 +224,9 @@ def _handle_duplicates(images, classes, items, drop: bool, report: dict):
     dropped = rows_to_drop(pairs, classes >= 2)
     keep = np.setdiff1d(np.arange(len(items)), dropped)
     report["dropped_duplicates"] = int(len(dropped))
+    if not len(keep):
+        raise UserError(f"--drop-duplicates would drop all {len(items)} images (every one is in a pair whose labels "
+                        "disagree); see the pairs without it")
     return images[keep], classes[keep], [items[row] for row in keep]
 
 
@@ -308,7 +318,12 @@ def _cores() -> int:
 def run(arguments: argparse.Namespace) -> None:
     if arguments.workers < 1:
         raise UserError(f"--workers must be at least 1, got {arguments.workers}")
-    _check_output(Path(arguments.output_dir), arguments.overwrite)
+    output_dir = Path(arguments.output_dir).resolve()
+    _check_output(output_dir, arguments.overwrite)
+    for source in arguments.sources:
+        if output_dir == Path(source).resolve() or output_dir in Path(source).resolve().parents:
+            raise UserError(f"{source} lies inside --output-dir {arguments.output_dir}, which is replaced as a whole; "
+                            "write the prepared folder elsewhere")
     names = parse_label_map(arguments.label_map)
     items = collect_items(arguments.sources)
     prepared = prepare(items, names, arguments.workers, arguments.skip_errors, arguments.drop_duplicates,

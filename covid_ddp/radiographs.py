@@ -87,14 +87,15 @@ def to_grayscale_8bit(image: Image.Image) -> Image.Image:
 
 
 def is_radiograph_file(path: Path) -> bool:
-    """A file this module reads: by suffix, or a suffix-less DICOM (as hospital exports name them)."""
+    """A file this module reads: by suffix, or a DICOM by its marker whatever its name (PACS
+    exports name files IM0001, or by UID: 1.2.840.113619...)."""
     if not path.is_file() or path.name.startswith("."):
         return False
-    return path.suffix.lower() in RADIOGRAPH_SUFFIXES or (path.suffix == "" and is_dicom(path))
+    return path.suffix.lower() in RADIOGRAPH_SUFFIXES or is_dicom(path)
 
 
 def is_dicom(path: Path) -> bool:
-    """By suffix, or by the 'DICM' marker at byte 128 (hospital exports often have no suffix)."""
+    """By suffix, or by the 'DICM' marker at byte 128 (hospital exports rarely say .dcm)."""
     if path.suffix.lower() in DICOM_SUFFIXES:
         return True
     if path.suffix.lower() in PICTURE_SUFFIXES:
@@ -109,33 +110,65 @@ def is_dicom(path: Path) -> bool:
 
 def dicom_to_8bit(dataset, path: Path) -> np.ndarray:
     """Stored values -> modality LUT -> VOI LUT or window -> 0-255, bone bright."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
-    try:
-        pixels = dataset.pixel_array
-    except Exception as error:  # no pixel data, or a compressed syntax without its decoder
-        raise UserError(f"{path}: cannot decode the DICOM pixel data ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else 'no detail'}); compressed files need "
-                        "pylibjpeg (pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg) or gdcm")
+    pixels = _dicom_pixels(dataset, path)
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
         pixels = pixels[0]
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):  # RGB or YBR secondary captures
-        return np.array(Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("L"))
-    values = apply_modality_lut(pixels, dataset)  # integers stay integers: a VOI LUT indexes with them
+    try:
+        if photometric not in ("MONOCHROME1", "MONOCHROME2"):  # RGB, YBR or palette secondary captures
+            return _colour_to_gray(pixels, dataset, photometric)
+        scaled = _grayscale_to_8bit(pixels, dataset)
+    except Exception as error:  # malformed LUTs or windows: pydicom raises ValueError, AttributeError, ...
+        raise UserError(f"{path}: cannot apply the DICOM's LUT or window ({type(error).__name__}: "
+                        f"{_first_line(error)})")
+    return 255 - scaled if photometric == "MONOCHROME1" else scaled
+
+
+def _dicom_pixels(dataset, path: Path) -> np.ndarray:
+    try:
+        return dataset.pixel_array
+    except Exception as error:  # no pixel data, or a compressed syntax without its decoder
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        hint = ("; this compressed file needs a decoder: pip install pylibjpeg pylibjpeg-libjpeg "
+                "pylibjpeg-openjpeg (or gdcm)") if syntax is not None and syntax.is_compressed else ""
+        raise UserError(f"{path}: cannot decode the DICOM pixel data ({type(error).__name__}: "
+                        f"{_first_line(error)}){hint}")
+
+
+def _grayscale_to_8bit(pixels: np.ndarray, dataset) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(pixels, dataset)
     voi_range = _voi_output_range(dataset)
     if voi_range is None:
-        scaled = _min_max_8bit(values.astype(np.float64))
-    else:
-        low, high = voi_range
-        windowed = apply_voi_lut(values, dataset, index=0, prefer_lut=True).astype(np.float64)
-        scaled = (np.clip((windowed - low) / max(high - low, 1e-12), 0, 1) * 255).round().astype(np.uint8)
-    return 255 - scaled if photometric == "MONOCHROME1" else scaled
+        return _min_max_8bit(values.astype(np.float64))
+    if _uses_voi_lut(dataset):  # a LUT is indexed by the (integer) modality output
+        values = np.rint(values).astype(np.int64)
+    low, high = voi_range
+    windowed = apply_voi_lut(values, dataset, index=0, prefer_lut=True).astype(np.float64)
+    return (np.clip((windowed - low) / max(high - low, 1e-12), 0, 1) * 255).round().astype(np.uint8)
+
+
+def _colour_to_gray(pixels: np.ndarray, dataset, photometric: str) -> np.ndarray:
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        pixels = apply_color_lut(pixels, dataset)
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8:  # 16-bit colour: scale, do not wrap
+        pixels = _min_max_8bit(pixels.astype(np.float64))
+    return np.array(Image.fromarray(pixels).convert("L"))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "no detail"
 
 
 def radiograph_tags(path: Path) -> dict:
     """{'patient_id', 'view'} from a DICOM header ('' where absent; {} for other files). The
-    patient id is stored hashed: a prepared folder groups by patient without copying the id."""
+    patient id is stored as a hash (pseudonymised, not anonymised: a list of candidate ids can be
+    hashed and matched), so a prepared folder groups by patient without copying the id."""
     if not is_dicom(path):
         return {}
     dataset = _read_dicom(path, pixels=False)
@@ -152,13 +185,13 @@ def _read_dicom(path: Path, pixels: bool = True):
     try:
         return pydicom.dcmread(path, stop_before_pixels=not pixels, force=path.suffix.lower() in DICOM_SUFFIXES)
     except Exception as error:  # pydicom's InvalidDicomError, truncated files, ...
-        raise UserError(f"{path}: not a readable DICOM file ({type(error).__name__}: {error})")
+        raise UserError(f"{path}: not a readable DICOM file ({type(error).__name__}: {_first_line(error)})")
 
 
 def _voi_output_range(dataset) -> tuple[float, float] | None:
     """The range apply_voi_lut maps into: the VOI LUT's entries, or the window's output range
     (PS3.3 C.11.2.1.2: that of the modality LUT's output). None when the file has neither."""
-    if "VOILUTSequence" in dataset and len(dataset.VOILUTSequence):
+    if _uses_voi_lut(dataset):
         bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
         return 0.0, float(2**bits - 1)
     if "WindowCenter" not in dataset or "WindowWidth" not in dataset:
@@ -174,6 +207,12 @@ def _voi_output_range(dataset) -> tuple[float, float] | None:
     if slope is not None and intercept is not None and not dataset.get("ModalityLUTSequence"):
         low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
     return low, high
+
+
+def _uses_voi_lut(dataset) -> bool:
+    """pydicom's own condition for applying the VOI LUT rather than the window."""
+    items = dataset.get("VOILUTSequence") or []
+    return bool(items) and "LUTDescriptor" in items[0] and "LUTData" in items[0]
 
 
 def _min_max_8bit(values: np.ndarray) -> np.ndarray:

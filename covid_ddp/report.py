@@ -54,12 +54,18 @@ def settings(meta: dict, targets: np.ndarray, without: tuple[str, ...]) -> dict[
 
 
 def train_once(launcher: list[str], flags: list[str], run_dir: Path) -> dict:
-    command = [*launcher, *flags, "--output-dir", str(run_dir), "--overwrite"]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:] or ["(no message)"]
-        raise UserError(f"training failed ({shlex.join(command)}): {last[0]}")
-    return json.loads((run_dir / "metrics.json").read_text())["test"]
+    """One run (its console in ``train.log`` beside it); a finished run is reused (``--resume auto``),
+    so a report stopped half-way continues where it was."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    command = [*launcher, *flags, "--output-dir", str(run_dir), "--resume", "auto"]
+    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    metrics = run_dir / "metrics.json"
+    if done.returncode != 0 or not metrics.is_file():
+        lines = (run_dir.parent / f"{run_dir.name}.log").read_text().splitlines()
+        cause = next((line for line in reversed(lines) if "error:" in line), lines[-1] if lines else "no output")
+        raise UserError(f"a training run failed: {cause.strip()} (the whole console: {run_dir}.log)")
+    return json.loads(metrics.read_text())["test"]
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -71,8 +77,9 @@ def summarise(runs: list[dict]) -> dict:
             summary[name] = None
             continue
         intervals = [run["ci95"].get(name) for run in runs if run.get("ci95", {}).get(name)]
+        widest = max(intervals, key=lambda i: i[1] - i[0]) if intervals else None
         summary[name] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
-                         "interval": [min(i[0] for i in intervals), max(i[1] for i in intervals)] if intervals else None}
+                         "interval": widest}
     return summary
 
 
@@ -116,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(arguments: argparse.Namespace) -> list[dict]:
-    seeds = [int(seed) for seed in arguments.seeds.split(",") if seed.strip()]
+    seeds = _seeds(arguments.seeds)
     folders = as_folders(arguments.data_dir)
     data = load_data_dirs(folders)
     if data.meta is None or "dataset" not in data.meta:
@@ -124,10 +131,10 @@ def run(arguments: argparse.Namespace) -> list[dict]:
                         "several folders or a folder made by covid-ddp-prepare")
     without = tuple(filter(None, (arguments.patient_split_without or "").split(",")))
     shared = arguments.train_flags[1:] if arguments.train_flags[:1] == ["--"] else arguments.train_flags
-    recipes = {"default": []}
-    for spec in arguments.variant:
-        name, _, flags = spec.partition("=")
-        recipes[name.strip()] = shlex.split(flags)
+    recipes = {"default": [], **dict(_variant(spec) for spec in arguments.variant)}
+    unknown = set(without) - set(np.asarray(data.meta["dataset"]).astype(str))
+    if unknown:
+        raise UserError(f"--patient-split-without: no source named {', '.join(sorted(unknown))} in the data")
     launcher = [*(shlex.split(arguments.launcher) if arguments.launcher else [sys.executable]), *TRAIN_MODULE]
     output = Path(arguments.output_dir)
     rows = []
@@ -148,6 +155,24 @@ def run(arguments: argparse.Namespace) -> list[dict]:
         tmp.write_text(markdown(rows, seeds))
     print(markdown(rows, seeds), end="")
     return rows
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(seed) for seed in text.split(",") if seed.strip()]
+    except ValueError:
+        raise UserError(f"--seeds takes comma-separated whole numbers, got '{text}'")
+    if not seeds or min(seeds) < 0:
+        raise UserError(f"--seeds takes one or more seeds of 0 or more, got '{text}'")
+    return seeds
+
+
+def _variant(spec: str) -> tuple[str, list[str]]:
+    name, equals, flags = spec.partition("=")
+    name = name.strip()
+    if not equals or not name or name == "default" or _slug(name) != name:
+        raise UserError(f"--variant '{spec}' is not NAME=FLAGS with a new name of letters, digits and dashes")
+    return name, shlex.split(flags)
 
 
 def _slug(setting: str) -> str:

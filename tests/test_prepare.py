@@ -168,3 +168,30 @@ def test_the_shared_real_sets_images_prepare_to_themselves(tmp_path, capsys):
     order = np.argsort([int(Path(p).stem) for p in prepared.meta["path"]])
     np.testing.assert_array_equal(prepared.images[order], data.images[rows])
     np.testing.assert_array_equal(prepared.labels[order], data.labels[rows])
+
+
+def test_a_pacs_export_uid_names_ap_views_and_a_malformed_window(tmp_path, capsys):
+    """Files named by UID are DICOM by their marker; a DICOM's AP view makes COVID class 3; a file
+    pydicom cannot window (width 0) is named, or skipped with --skip-errors."""
+    root = tmp_path / "pacs"
+    write_dicom(root / "covid" / "1.2.840.113619.2.55.1", noise((64, 64)).astype(np.uint16), ViewPosition="AP")
+    write_dicom(root / "covid" / "1.2.840.113619.2.55.2", noise((64, 64)).astype(np.uint16), ViewPosition="PA")
+    write_dicom(root / "normal" / "IM.0001", noise((64, 64)).astype(np.uint16))
+    write_dicom(root / "normal" / "IM.0002", noise((64, 64)).astype(np.uint16), WindowCenter=100, WindowWidth=0)
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "1", root)
+    assert code == 2 and err.count("\n") == 1 and "IM.0002" in err and "LUT or window" in err
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "1", "--skip-errors", root)
+    assert code == 0 and "IM.0002" in err
+    data = load_data_dir(tmp_path / "out")
+    assert dict(zip(data.meta["path"], data.labels.argmax(1))) == {
+        "covid/1.2.840.113619.2.55.1": 3, "covid/1.2.840.113619.2.55.2": 2, "normal/IM.0001": 0}
+
+
+def test_csv_blank_rows_are_skipped_and_a_source_inside_the_output_is_refused(tmp_path, capsys):
+    Image.fromarray(noise()).save(tmp_path / "a.png")
+    Image.fromarray(noise()).save(tmp_path / "b.png")
+    (tmp_path / "list.csv").write_text("path,label\na.png,normal\nb.png,covid\n,\n,\n")
+    code, _, _ = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "1", tmp_path / "list.csv")
+    assert code == 0 and len(load_data_dir(tmp_path / "out").images) == 2
+    code, _, err = prepare(capsys, "--output-dir", tmp_path, "--overwrite", tmp_path / "list.csv")
+    assert code == 2 and "lies inside --output-dir" in err and (tmp_path / "a.png").exists()
