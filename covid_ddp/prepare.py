@@ -73,7 +73,7 @@ def collect_items(sources: list[str]) -> list[Item]:
         else:
             raise UserError(f"{source}: not a folder of class subfolders or a .csv file")
     if not items:
-        raise UserError("no images found in " + ", ".join(sources))
+        raise UserError("no PNG, JPEG or DICOM files in the class subfolders or CSVs of " + ", ".join(sources))
     return items
 
 
