@@ -164,7 +164,8 @@ def test_a_killed_launcher_takes_its_workers_with_it(small_data, tmp_path, unint
 
 
 def test_ctrl_c_on_a_plain_python_run_saves_and_says_how_to_resume(small_data, tmp_path):
-    command = [sys.executable, str(TRAIN_SCRIPT), *map(str, small_args(small_data, tmp_path / "run", "--epochs", "3",
+    # 30 epochs: the Ctrl-C after epoch 1 must land while the run trains (bf16 runs these in seconds).
+    command = [sys.executable, str(TRAIN_SCRIPT), *map(str, small_args(small_data, tmp_path / "run", "--epochs", "30",
                                                                        "--batch-size", "20"))]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
     _wait_for(tmp_path / "run" / "checkpoints" / "epoch_001")
