@@ -289,7 +289,7 @@ def _merged_meta(parts: list[RawData], names: list[str]) -> dict:
     for key in sorted(keys):
         columns = [_meta_column(part, name, key) for part, name in zip(parts, names)]
         numeric = all(column.dtype.kind in "biuf" for column in columns)
-        merged[key] = np.concatenate(columns if numeric else [_as_text(column) for column in columns])
+        merged[key] = np.concatenate(columns if numeric else [as_text(column) for column in columns])
     return merged
 
 
@@ -304,7 +304,8 @@ def _meta_column(part: RawData, folder_name: str, key: str) -> np.ndarray:
     return np.full(count, "")
 
 
-def _as_text(values: np.ndarray) -> np.ndarray:
+def as_text(values: np.ndarray) -> np.ndarray:
+    """A meta.npz array as text: ids and names may be stored as numbers or bytes."""
     return np.char.decode(values) if values.dtype.kind == "S" else values.astype(str)
 
 

@@ -38,7 +38,7 @@ from .data import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE
 from .duplicates import find_duplicates, rows_to_drop
 from .errors import UserError
 from .files import current_umask, write_json
-from .radiographs import is_radiograph_file, radiograph_tags, read_radiograph
+from .radiographs import is_radiograph_file, read_with_tags
 
 CLASS_NAMES = {"0": 0, "1": 1, "2": 2, "3": 3, "normal": 0, "pneumonia": 1, "non-covid": 1, "other": 1,
                "covid": 2, "covid-19": 2}
@@ -82,11 +82,9 @@ def _items_of_class_folders(folder: Path) -> list[Item]:
     if not classes:
         raise UserError(f"{folder}: no class subfolders (normal/, pneumonia/, covid/, or 0/ .. 3/); "
                         "or give a CSV with path and label columns")
-    items = []
-    for class_folder in classes:
-        for file in sorted(p for p in class_folder.rglob("*") if is_radiograph_file(p)):
-            items.append(Item(file, str(file.relative_to(folder)), class_folder.name, folder.resolve().name))
-    return items
+    source = folder.resolve().name
+    return [Item(file, str(file.relative_to(folder)), class_folder.name, source) for class_folder in classes
+            for file in sorted(p for p in class_folder.rglob("*") if is_radiograph_file(p))]
 
 
 def _items_of_csv(table: Path) -> list[Item]:
@@ -139,7 +137,7 @@ def class_index(item: Item, names: dict[str, int]) -> int:
 def decode(file: Path) -> tuple[np.ndarray | None, dict, str]:
     """(image, DICOM tags, error message): run in worker processes, so errors come back as text."""
     try:
-        return read_radiograph(file), radiograph_tags(file), ""
+        return (*read_with_tags(file), "")
     except UserError as error:
         return None, {}, str(error)
     except Exception as error:  # a decoder's own failure on a malformed file: still this file's problem
@@ -331,8 +329,8 @@ def run(arguments: argparse.Namespace) -> None:
     write_folder(prepared, Path(arguments.output_dir), arguments.overwrite)
     report = prepared.report
     per_class = ", ".join(f"class {c}: {n}" for c, n in report["per_class"].items())
-    print(f"covid-ddp-prepare: {report['images']} images ({per_class}) from {len(report['per_dataset'])} source(s) -> {arguments.output_dir} "
-          f"({report['images_per_s']:.0f} images/s over {arguments.workers} worker(s))")
+    print(f"covid-ddp-prepare: {report['images']} images ({per_class}) from {len(report['per_dataset'])} source(s) "
+          f"-> {arguments.output_dir} ({report['images_per_s']:.0f} images/s over {arguments.workers} worker(s))")
 
 
 def main(argv: list[str] | None = None) -> int:

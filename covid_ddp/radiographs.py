@@ -42,6 +42,15 @@ def read_radiograph(path: str | Path) -> np.ndarray:
     return to_model_size(read_grayscale(path))
 
 
+def read_with_tags(path: str | Path) -> tuple[np.ndarray, dict]:
+    """``read_radiograph`` and ``radiograph_tags`` of one file, a DICOM parsed once for both."""
+    path = Path(path)
+    if not is_dicom(path):
+        return read_radiograph(path), {}
+    dataset = _read_dicom(path)
+    return to_model_size(Image.fromarray(dicom_to_8bit(dataset, path))), _dicom_tags(dataset)
+
+
 def read_grayscale(path: str | Path) -> Image.Image:
     """The file as an 8-bit grayscale Pillow image, at its own size (or a JPEG's draft size)."""
     path = Path(path)
@@ -169,9 +178,10 @@ def radiograph_tags(path: Path) -> dict:
     """{'patient_id', 'view'} from a DICOM header ('' where absent; {} for other files). The
     patient id is stored as a hash (pseudonymised, not anonymised: a list of candidate ids can be
     hashed and matched), so a prepared folder groups by patient without copying the id."""
-    if not is_dicom(path):
-        return {}
-    dataset = _read_dicom(path, pixels=False)
+    return _dicom_tags(_read_dicom(path, pixels=False)) if is_dicom(path) else {}
+
+
+def _dicom_tags(dataset) -> dict:
     patient = str(dataset.get("PatientID", "") or "").strip()
     return {"patient_id": "dicom:" + hashlib.sha256(patient.encode()).hexdigest()[:16] if patient else "",
             "view": str(dataset.get("ViewPosition", "") or "").strip().upper()}

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from .data import as_text
 from .errors import UserError
 
 SPLIT_SEED = 42  # the original's random_state
@@ -104,8 +105,7 @@ def _as_text(meta: dict | None) -> dict | None:
     """Ids and source names compared as text: a meta.npz may store them as numbers or bytes."""
     if meta is None:
         return None
-    return {key: np.char.decode(values) if values.dtype.kind == "S" else values.astype(str)
-            for key, values in meta.items() if key in ("patient_id", "dataset")}
+    return {key: as_text(values) for key, values in meta.items() if key in ("patient_id", "dataset")}
 
 
 def _check_meta(plan: SplitPlan, meta: dict | None, count: int) -> None:
