@@ -63,6 +63,11 @@ class TrainConfig:
     max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)", metavar="NORM")
     augment: bool = _flag(False, "augment training batches on the device: small random shifts (up to 4 px), zoom "
                           "(+/-10%%) and contrast/brightness changes; never flips (left and right anatomy differ)")
+    augment_acquisition: bool = _flag(False, "vary what differs between machines and exporters, not diseases, "
+                                      "per training image: gamma, window, blur or sharpening, noise (against "
+                                      "the source shortcut: README, Real chest X-rays)")
+    balance_sources: bool = _flag(False, "draw each epoch's training images (with replacement) so that every "
+                                  "source x class pair weighs the same; sources from meta.npz 'dataset'")
     augment_marks: bool = _flag(False, "stamp arrows, boxes, letters and border bands, the marks publications draw "
                                 "on figures, on half the training images of both classes (against the source "
                                 "shortcut: README, Real chest X-rays)")

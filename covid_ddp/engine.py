@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .augment import augment
+from .augment import augment, wants_augmentation
 from .checkpoint import TrainingProgress
 from .errors import UserError
 from .interrupt import StopRequested
@@ -62,7 +62,7 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int,
     totals = None
     for step, (images, targets, _) in numbered_batches(loader, accelerator, epoch, progress.step):
         with cycles.micro_step(step) as ends_cycle:
-            if config.augment or config.augment_marks:
+            if wants_augmentation(config):
                 images = augment(images, config, generator(config.seed, "augment", images.device, epoch,
                                                            accelerator.process_index, step))
             loss = F.nll_loss(model(images), targets)

@@ -8,6 +8,9 @@ global batch ``b`` is ``permutation[b * B:(b + 1) * B]`` and rank ``r`` takes th
 contiguous slice of it; the last partial global batch is dropped. So shards are disjoint,
 complete up to that remainder, reshuffled each epoch, identical to the DataLoader path
 (``--data-on-device no``), and a resumed epoch restarts at any step without replaying it.
+
+With ``--balance-sources`` an epoch's order is a weighted draw with replacement instead
+(``balanced_weights``): the same length, the same stream, the same sharding.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ class DeviceBatchLoader:
     num_processes: int = 1
     epoch: int = 0
     start_step: int = 0  # batches of the epoch already done (resume inside an epoch)
+    weights: np.ndarray | None = None  # --balance-sources: each row's chance to be drawn; None: a permutation
 
     def __post_init__(self):
         if self.batch_size % self.num_processes:
@@ -52,7 +56,7 @@ class DeviceBatchLoader:
 
     def permutation(self) -> torch.Tensor:
         """The epoch's order of ``rows``, on the device: ``epoch_permutation``, moved once an epoch."""
-        return epoch_permutation(len(self.rows), self.seed, self.epoch).to(self._rows.device)
+        return epoch_permutation(len(self.rows), self.seed, self.epoch, self.weights).to(self._rows.device)
 
     def __iter__(self):
         order = self._rows[self.permutation()]
@@ -63,23 +67,40 @@ class DeviceBatchLoader:
             yield self.images.index_select(0, rows).unsqueeze(1), self.targets.index_select(0, rows), rows
 
 
-def epoch_permutation(count: int, seed: int, epoch: int) -> torch.Tensor:
+def epoch_permutation(count: int, seed: int, epoch: int, weights: np.ndarray | None = None) -> torch.Tensor:
     """The order of an epoch's training rows: the ``data_order`` stream of (seed, epoch), drawn
-    on the CPU, so it is the same on every rank and device type. 8 bytes an image."""
-    return torch.randperm(count, generator=generator(seed, "data_order", torch.device("cpu"), epoch))
+    on the CPU, so it is the same on every rank and device type. 8 bytes an image.
+
+    With ``weights``, ``count`` draws with replacement in proportion to them instead."""
+    stream = generator(seed, "data_order", torch.device("cpu"), epoch)
+    if weights is None:
+        return torch.randperm(count, generator=stream)
+    return torch.multinomial(torch.as_tensor(weights, dtype=torch.float64), count, replacement=True, generator=stream)
+
+
+def balanced_weights(sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Each row's weight so that every (source, class) pair present weighs the same in a draw.
+
+    A source that holds one class only still weighs as one pair: a hospital that sent only
+    COVID films cannot be balanced against itself, only kept from drowning the others.
+    """
+    pairs = np.char.add(np.asarray(sources).astype(str), np.char.add("|", np.asarray(targets).astype(str)))
+    _, pair_of_row, pair_sizes = np.unique(pairs, return_inverse=True, return_counts=True)
+    weights = 1.0 / pair_sizes[pair_of_row]
+    return weights / weights.sum()
 
 
 class EpochPermutation(torch.utils.data.Sampler):
     """The DataLoader path's sampler (``--data-on-device no``): the same order as the device loader's."""
 
-    def __init__(self, count: int, seed: int):
-        self.count, self.seed, self.epoch = count, seed, 0
+    def __init__(self, count: int, seed: int, weights: np.ndarray | None = None):
+        self.count, self.seed, self.epoch, self.weights = count, seed, 0, weights
 
     def set_epoch(self, epoch: int) -> None:  # accelerate's prepared loader passes it on
         self.epoch = epoch
 
     def __iter__(self):
-        return iter(epoch_permutation(self.count, self.seed, self.epoch).tolist())
+        return iter(epoch_permutation(self.count, self.seed, self.epoch, self.weights).tolist())
 
     def __len__(self) -> int:
         return self.count

@@ -114,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", default="1,2,3", metavar="S,...", help="seeds of every setting")
     parser.add_argument("--patient-split-without", metavar="SOURCES", help="also a patient-level split with these "
                         "sources left out (e.g. kermany: the children's images of real-cxr)")
+    parser.add_argument("--only", metavar="SETTING,...", help="run only these settings, named as their folders "
+                        "(e.g. held-out-ieee8023,patient-level-without-kermany); default: every one")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                         help="another recipe to compare with the default, e.g. 'marks=--augment-marks'")
     parser.add_argument("--launcher", metavar="COMMAND", help="what runs covid_ddp.train, e.g. 'torchrun "
@@ -138,7 +140,7 @@ def run(arguments: argparse.Namespace) -> list[dict]:
     launcher = [*(shlex.split(arguments.launcher) if arguments.launcher else [sys.executable]), *TRAIN_MODULE]
     output = Path(arguments.output_dir)
     rows = []
-    for setting, split_flags in settings(data.meta, to_binary(data.labels), without).items():
+    for setting, split_flags in _chosen(settings(data.meta, to_binary(data.labels), without), arguments.only).items():
         for recipe, recipe_flags in recipes.items():
             runs = {}
             for seed in seeds:
@@ -155,6 +157,18 @@ def run(arguments: argparse.Namespace) -> list[dict]:
         tmp.write_text(markdown(rows, seeds))
     print(markdown(rows, seeds), end="")
     return rows
+
+
+def _chosen(every: dict[str, list[str]], only: str | None) -> dict[str, list[str]]:
+    """The settings --only names (by folder name), in the report's order."""
+    if only is None:
+        return every
+    wanted = {name.strip() for name in only.split(",") if name.strip()}
+    unknown = wanted - {_slug(setting) for setting in every}
+    if unknown or not wanted:
+        raise UserError(f"--only: no setting named {', '.join(sorted(unknown)) or repr(only)}; this data has "
+                        + ", ".join(_slug(setting) for setting in every))
+    return {setting: flags for setting, flags in every.items() if _slug(setting) in wanted}
 
 
 def _seeds(text: str) -> list[int]:

@@ -37,7 +37,7 @@ from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_o
                           same_on_every_process, watch_launcher)
 from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError
-from .loader import DeviceBatchLoader, EpochPermutation
+from .loader import DeviceBatchLoader, EpochPermutation, balanced_weights
 from .metrics import binary_metrics, choose_threshold
 from .model import Net, raw_pixel_state_dict
 from .predict import inference_model
@@ -197,7 +197,8 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
     train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config,
                                                          num_processes=accelerator.num_processes,
                                                          process_index=accelerator.process_index,
-                                                         on_device=on_device)
+                                                         on_device=on_device,
+                                                         weights=training_weights(config, data, targets, split))
     seed_global_generators(config.seed, "weights")  # identical initial weights on every rank
     model = build_model(config, accelerator.device, pixel_statistics(data.images, split.train))
     # On its device before the optimizer sees it: fused Adam checks where the parameters are.
@@ -213,8 +214,19 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
                     "Validation", *placement)
 
 
+def training_weights(config: TrainConfig, data: RawData, targets: np.ndarray, split) -> np.ndarray | None:
+    """--balance-sources: each training row's chance of being drawn (None: every epoch a permutation)."""
+    if not config.balance_sources:
+        return None
+    if data.meta is None or "dataset" not in data.meta:  # one source: the pairs are the two classes
+        sources = np.zeros(len(targets), dtype=int)
+    else:
+        sources = data.meta["dataset"]
+    return balanced_weights(sources[split.train], targets[split.train])
+
+
 def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: int, process_index: int,
-                 on_device: bool):
+                 on_device: bool, weights: np.ndarray | None = None):
     """Training loader (shuffled) and evaluation loaders over one shared uint8 tensor.
 
     With the set ``on_device``, training batches are cut there by a ``DeviceBatchLoader``;
@@ -240,13 +252,13 @@ def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: 
         # every image is still used): padding it, as DistributedSampler does, would make N
         # processes train on other images than 1 process. Evaluation keeps every image.
         dataset = XrayDataset(images, targets, rows)
-        sampler = EpochPermutation(len(rows), config.seed) if shuffle else None
+        sampler = EpochPermutation(len(rows), config.seed, weights) if shuffle else None
         return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle,
                                            collate_fn=collate_batch)
 
     if on_device:
         train_loader = DeviceBatchLoader(images, targets, split.train, config.batch_size, config.seed,
-                                         process_index, num_processes)
+                                         process_index, num_processes, weights=weights)
     else:
         train_loader = loader(split.train, config.batch_size, shuffle=True)
     val_loader = loader(split.val, config.eval_batch_size, shuffle=False) if len(split.val) else None
