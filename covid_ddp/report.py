@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -190,7 +191,8 @@ def _variant(spec: str) -> tuple[str, list[str]]:
 
 
 def _slug(setting: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in setting).strip("-")
+    """A setting's folder name: 'held out: ieee8023' -> 'held-out-ieee8023'."""
+    return re.sub(r"[^0-9A-Za-z]+", "-", setting).strip("-")
 
 
 def main(argv: list[str] | None = None) -> int:
