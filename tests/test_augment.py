@@ -71,3 +71,29 @@ def test_augment_applies_marks_after_the_geometric_changes():
     images = left_bright_images(200)
     out = augment(images, config, torch.Generator().manual_seed(0))
     assert out.dtype == torch.float32 and (out != images.float()).flatten(1).any(dim=1).float().mean() > 0.3
+
+
+def test_acquisition_changes_tones_and_sharpness_but_never_geometry():
+    from covid_ddp.augment import acquisition_batch
+
+    assert TrainConfig().augment_acquisition is False
+    images = left_bright_images(200)
+    changed = acquisition_batch(images, torch.Generator().manual_seed(1))
+    assert changed.shape == images.shape and changed.dtype == torch.float32
+    assert changed.min() >= 0 and changed.max() <= 255
+    # No shift, zoom or flip: the bright-dark edge stays between columns 23 and 24 in every image.
+    columns = changed[:, 0].mean(dim=1)
+    assert (columns[:, :22].mean(dim=1) > columns[:, 26:].mean(dim=1) + 80).all()
+    assert ((columns[:, 22] - columns[:, 25]).abs() > 40).all(), "an edge softened, not moved"
+    dark = changed[..., 40:]
+    assert dark.mean(dim=(1, 2, 3)).std() > 5, "gamma and window vary the tones from image to image"
+    assert dark.std(dim=(1, 2, 3)).max() > 2, "noise on some images"
+    assert torch.equal(changed, acquisition_batch(images, torch.Generator().manual_seed(1)))
+
+
+def test_acquisition_at_zero_strength_is_the_identity():
+    from covid_ddp.augment import acquisition_batch
+
+    images = torch.randint(0, 256, (4, 1, 64, 64), dtype=torch.uint8)
+    same = acquisition_batch(images, max_gamma=1.0, max_window=0.0, max_sharpness=0.0, max_noise=0.0)
+    torch.testing.assert_close(same, images.float(), rtol=0, atol=1e-3)

@@ -57,6 +57,25 @@ def test_device_loader_shards_equal_the_dataloader_path(shard_probe):
         assert rank["train_rows"] == rank["train_rows_dataloader"]
 
 
+def test_balanced_draws_are_one_draw_sharded_over_ranks_on_both_paths(shard_probe):
+    """--balance-sources: rank r takes the r-th half of every global batch of the one weighted draw."""
+    from covid_ddp.loader import epoch_permutation
+
+    rank0, rank1 = shard_probe
+    train = np.array(rank0["split_train"])
+    for epoch in (1, 2):
+        drawn = train[epoch_permutation(len(train), 1, epoch, np.array(rank0["weights"])).numpy()].tolist()
+        interleaved = []
+        for start in range(0, len(drawn) - len(drawn) % 40, 40):
+            assert rank0["balanced"][epoch - 1][start // 2:start // 2 + 20] == drawn[start:start + 20]
+            assert rank1["balanced"][epoch - 1][start // 2:start // 2 + 20] == drawn[start + 20:start + 40]
+            interleaved += drawn[start:start + 40]
+        assert len(interleaved) == len(rank0["balanced"][epoch - 1]) * 2
+    for rank in shard_probe:
+        assert rank["balanced"] == rank["balanced_dataloader"]
+    assert len(set(rank0["balanced"][0])) < len(rank0["balanced"][0]), "with replacement: some rows come twice"
+
+
 def test_gathered_evaluation_equals_single_process(shard_probe, small_data):
     rank0, rank1 = shard_probe
     assert rank0["test_rows"] == rank1["test_rows"], "every rank must see the same gathered result"

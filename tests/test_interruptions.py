@@ -21,8 +21,9 @@ from conftest import HELPERS, ROOT, TRAIN_SCRIPT, clean_env, free_port, small_ar
 from covid_ddp.checkpoint import complete_checkpoints
 from covid_ddp.run_folder import RunLock
 
-# --augment, --augment-marks: their random draws must resume exactly too (they come from the checkpointed RNG).
-TRIAL_FLAGS = ("--epochs", "3", "--batch-size", "20", "--augment", "--augment-marks")
+# Augmentation and --balance-sources: their draws must resume exactly too (streams of (seed, epoch, rank, step)).
+TRIAL_FLAGS = ("--epochs", "3", "--batch-size", "20", "--augment", "--augment-acquisition", "--augment-marks",
+               "--balance-sources")
 
 
 def _start_two_process_run(data, output_dir, *script, extra=(), launcher_flags=()) -> subprocess.Popen:

@@ -82,3 +82,32 @@ def test_a_short_last_accumulation_cycle_averages_over_its_own_micro_batches():
     assert scales(7, 3) == [1, 1, 1, 1, 1, 1, 3]
     assert scales(6, 4) == [1, 1, 1, 1, 2, 2]
     assert scales(9, 1) == [1] * 9
+
+
+def test_balanced_sources_weigh_every_source_class_pair_the_same():
+    from covid_ddp.loader import balanced_weights, epoch_permutation
+
+    # A big one-class source, a small mixed one and a tiny one-class one: 900 / 60+40 / 20 rows.
+    sources = np.array(["big"] * 900 + ["mixed"] * 100 + ["tiny"] * 20)
+    targets = np.array([0] * 900 + [0] * 60 + [1] * 40 + [1] * 20)
+    weights = balanced_weights(sources, targets)
+    pairs = [(sources == s) & (targets == t) for s, t in (("big", 0), ("mixed", 0), ("mixed", 1), ("tiny", 1))]
+    np.testing.assert_allclose([weights[pair].sum() for pair in pairs], 0.25)
+    drawn = epoch_permutation(len(sources), seed=1, epoch=1, weights=weights).numpy()
+    assert len(drawn) == len(sources), "an epoch keeps its length"
+    shares = [np.isin(drawn, np.flatnonzero(pair)).mean() for pair in pairs]
+    np.testing.assert_allclose(shares, 0.25, atol=0.05)
+    assert np.array_equal(drawn, epoch_permutation(len(sources), seed=1, epoch=1, weights=weights).numpy())
+    assert not np.array_equal(drawn, epoch_permutation(len(sources), seed=1, epoch=2, weights=weights).numpy())
+
+
+def test_balanced_loader_shards_the_same_draw_over_ranks():
+    from covid_ddp.loader import balanced_weights
+
+    weights = balanced_weights(np.where(TRAIN_ROWS < 10, "a", "b"), TARGETS.numpy()[TRAIN_ROWS])
+    loaders = [DeviceBatchLoader(IMAGES, TARGETS, TRAIN_ROWS, 10, seed=1, process_index=rank, num_processes=n,
+                                 weights=weights) for n in (1, 2) for rank in range(n)]
+    single, rank0, rank1 = (rows_of(loader) for loader in loaders)
+    assert [first + second for first, second in zip(rank0, rank1)] == single
+    drawn = [row for batch in single for row in batch]
+    assert sum(row < 10 for row in drawn) > 5, "4 of 24 rows, but 2 of 4 pairs: drawn far more often than 1 in 6"

@@ -42,4 +42,16 @@ def test_a_report_over_two_folders_writes_the_table(tmp_path, monkeypatch, capsy
     assert 0.5 < by_setting["patient-level"]["roc_auc"]["mean"] <= 1
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| held out: covidonly | default |" in table and "n/a" in table
-    assert (tmp_path / "report" / "held-out--covidonly" / "default" / "seed_1" / "COVID_binary_classifier.pth").is_file()
+    assert (tmp_path / "report" / "held-out-covidonly" / "default" / "seed_1" / "COVID_binary_classifier.pth").is_file()
+
+
+def test_only_runs_the_named_settings_and_names_the_known_ones(tmp_path, capsys):
+    images, labels = make_synthetic(120, seed=4)
+    write_mcfam(tmp_path / "a", images[:60], labels[:60])
+    write_mcfam(tmp_path / "b", images[60:], labels[60:])
+    code = report_main(["--data-dir", str(tmp_path / "a"), str(tmp_path / "b"), "--only", "held-out-c",
+                        "--output-dir", str(tmp_path / "report")])
+    err = capsys.readouterr().err
+    assert code != 0 and "no setting named held-out-c" in err
+    assert "patient-level, held-out-a, held-out-b" in err and "Traceback" not in err
+    assert not (tmp_path / "report").exists(), "nothing trained, nothing written"

@@ -15,6 +15,7 @@ from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.splits import split_indices
 from covid_ddp.model import Net
 from covid_ddp.engine import evaluate
+from covid_ddp.loader import balanced_weights
 from covid_ddp.train import build_accelerator, make_loaders, shut_down
 
 out_dir, data_dir = Path(sys.argv[1]), Path(sys.argv[2])
@@ -34,11 +35,16 @@ images, targets = torch.from_numpy(data.images), torch.from_numpy(targets)
 ranks = dict(num_processes=accelerator.num_processes, process_index=accelerator.process_index)
 loaders = make_loaders(images, targets, split, config, **ranks, on_device=True)
 dataloader_path = make_loaders(images, targets, split, config, **ranks, on_device=False)[0]
+# --balance-sources with three made-up sources: the draw must be sharded like the permutation.
+weights = balanced_weights(split.train % 3, targets.numpy()[split.train])
+balanced = make_loaders(images, targets, split, config, **ranks, on_device=True, weights=weights)[0]
+balanced_dataloader = make_loaders(images, targets, split, config, **ranks, on_device=False, weights=weights)[0]
 stage("loaders made")
 torch.manual_seed(0)
 model = Net()
 model.set_normalization(100.0, 50.0)
-model, train_loader, test_loader, dataloader_path = accelerator.prepare(model, loaders[0], loaders[2], dataloader_path)
+model, train_loader, test_loader, dataloader_path, balanced_dataloader = accelerator.prepare(
+    model, loaders[0], loaders[2], dataloader_path, balanced_dataloader)
 
 stage("prepared")
 
@@ -53,15 +59,17 @@ def rows_per_epoch(loader):
 
 epochs = rows_per_epoch(train_loader)
 dataloader_epochs = rows_per_epoch(dataloader_path)
+balanced_epochs, balanced_dataloader_epochs = rows_per_epoch(balanced), rows_per_epoch(balanced_dataloader)
 stage("shards read")
 result = evaluate(model, test_loader, accelerator)
 stage("evaluated")
 out_dir.mkdir(parents=True, exist_ok=True)
 (out_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps({
-    "train_rows": epochs, "train_rows_dataloader": dataloader_epochs, "split_train": split.train.tolist(), "split_test": split.test.tolist(),
+    "train_rows": epochs, "train_rows_dataloader": dataloader_epochs,
+    "balanced": balanced_epochs, "balanced_dataloader": balanced_dataloader_epochs, "weights": weights.tolist(), "split_train": split.train.tolist(), "split_test": split.test.tolist(),
     "test_rows": result.rows.tolist(), "test_p_covid": result.p_covid.tolist(), "test_loss": result.loss,
 }))
 stage("written")
-del model, train_loader, test_loader, dataloader_path
+del model, train_loader, test_loader, dataloader_path, balanced, balanced_dataloader
 shut_down(accelerator)
 stage("ended")
