@@ -288,8 +288,13 @@ def _merged_meta(parts: list[RawData], names: list[str]) -> dict:
     merged = {}
     for key in sorted(keys):
         columns = [_meta_column(part, name, key) for part, name in zip(parts, names)]
-        numeric = all(column.dtype.kind in "biuf" for column in columns)
-        merged[key] = np.concatenate(columns if numeric else [as_text(column) for column in columns])
+        kinds = {column.dtype.kind for column in columns}
+        if kinds <= set("iu"):  # whole numbers stay whole (numpy would make int64 + uint64 float64)
+            merged[key] = np.concatenate(columns, dtype=np.int64)
+        elif kinds <= set("biuf"):
+            merged[key] = np.concatenate(columns)
+        else:
+            merged[key] = np.concatenate([as_text(column) for column in columns])
     return merged
 
 

@@ -129,6 +129,11 @@ def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
 
 
 def _check_same_data(recorded_files: dict, data, config_path: Path) -> None:
+    found_files = data.provenance["files"]
+    if recorded_files and set(recorded_files) != set(found_files):  # other folders, or more or fewer of them
+        raise UserError(f"the run trained on {', '.join(sorted(recorded_files))} ({config_path}), these are "
+                        f"{', '.join(sorted(found_files))}: the split would pick other images; give the run's "
+                        "--data-dir folders or use --split all")
     for name, recorded in recorded_files.items():
         found = data.provenance["files"].get(name, {}).get("sha256")
         if found is not None and recorded.get("sha256") not in (None, found):

@@ -8,7 +8,9 @@ grayscale, centre-cropped to a square on the shorter side, resized to 64x64 with
 LANCZOS (``reducing_gap=3``), no equalisation. Large JPEGs are decoded at a reduced DCT
 scale of at least 256 px. To 8 bits:
 
-- PNG/JPEG: alpha is composited onto black; 16-bit and 32-bit images are min-max scaled.
+- PNG/JPEG: turned as their EXIF orientation says (as every viewer shows them: phone
+  photos of films carry one; the shared sets' processing ignored it); alpha is composited
+  onto black; 16-bit and 32-bit images are min-max scaled.
 - DICOM (needs ``pydicom``: ``pip install covid_ddp[dicom]``): the modality LUT (rescale
   slope/intercept) is applied, then the VOI LUT or the first window (centre/width) and
   its output range is mapped to 0-255; without either, the image is min-max scaled.
@@ -26,7 +28,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .errors import UserError
 
@@ -64,7 +66,7 @@ def read_grayscale(path: str | Path) -> Image.Image:
                 if image.format == "JPEG":
                     image.draft(image.mode, JPEG_DRAFT_SIZE)
                 image.load()
-                return to_grayscale_8bit(image)
+                return to_grayscale_8bit(ImageOps.exif_transpose(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UserError(f"{path}: refused, too many pixels for an X-ray (Pillow's decompression-bomb guard: {error})")
     except (OSError, ValueError, SyntaxError) as error:  # unidentified, truncated or corrupt files

@@ -41,6 +41,16 @@ def test_folders_are_concatenated_and_every_image_keeps_its_source(two_folders):
     assert all(len(entry["sha256"]) == 64 for entry in files.values())
 
 
+def test_whole_number_columns_of_different_types_stay_whole(tmp_path):
+    images, labels = make_synthetic(20, seed=5)
+    folders = [write_mcfam(tmp_path / name, images[rows], labels[rows]) for name, rows in (("a", slice(0, 10)),
+                                                                                          ("b", slice(10, 20)))]
+    np.savez(folders[0] / "meta.npz", year=np.full(10, 2019, dtype=np.int64))
+    np.savez(folders[1] / "meta.npz", year=np.full(10, 2020, dtype=np.uint64))
+    year = load_data_dirs(folders).meta["year"]
+    assert year.dtype == np.int64 and year.tolist() == [2019] * 10 + [2020] * 10, "not 2019.0, as numpy would"
+
+
 def test_splits_work_across_folders(two_folders):
     data = load_data_dirs(list(two_folders))
     targets = to_binary(data.labels)
@@ -72,3 +82,8 @@ def test_a_two_process_run_on_two_folders_records_them_and_evaluate_rebuilds_its
          "--bootstrap", "0"])
     evaluation = json.loads((tmp_path / "run" / "evaluation-test" / "evaluation.json").read_text())
     assert evaluation["rows"] == list(range(160, 240))
+    # Fewer folders than the run trained on: its split would pick other images, so it is refused.
+    fewer = run([sys.executable, EVALUATE_SCRIPT, "--weights", tmp_path / "run" / "COVID_binary_classifier.pth",
+                 "--data-dir", hospital, "--bootstrap", "0"], check=False)
+    assert fewer.returncode != 0 and "Traceback" not in fewer.stderr
+    assert "the run trained on archive/" in fewer.stderr and "give the run's --data-dir folders" in fewer.stderr

@@ -49,6 +49,16 @@ def test_transparent_pixels_become_black(tmp_path):
     assert (image[:, :32] == 255).all() and (image[:, 32:] == 0).all()
 
 
+def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path):
+    pixels = np.full((64, 64), 30, dtype=np.uint8)
+    pixels[:16] = 220  # the top band bright as stored; orientation 6: viewers turn it 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", quality=95, exif=exif)
+    shown = read_radiograph(tmp_path / "phone.jpg").astype(int)
+    assert shown[:, -12:].mean() > 180 and shown[:, :40].mean() < 60, "the bright band is on the right, as shown"
+
+
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale_of_at_least_256px(tmp_path):
     Image.fromarray(np.full((2400, 2000), 90, dtype=np.uint8)).save(tmp_path / "big.jpg", quality=95)
     assert min(read_grayscale(tmp_path / "big.jpg").size) >= 256
