@@ -147,12 +147,26 @@ def _dicom_pixels(dataset, path: Path) -> np.ndarray:
 
 
 def _grayscale_to_8bit(pixels: np.ndarray, dataset) -> np.ndarray:
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels import apply_modality_lut
 
-    values = apply_modality_lut(pixels, dataset)
     voi_range = _voi_output_range(dataset)
     if voi_range is None:
-        return _min_max_8bit(values.astype(np.float64))
+        return _min_max_8bit(apply_modality_lut(pixels, dataset).astype(np.float64))
+    if pixels.dtype.kind in "iu" and int(pixels.max()) - int(pixels.min()) < 1 << 16:
+        # Every step is a function of the stored value alone: map each of the (at most 65,536)
+        # stored values once and look the pixels up, 5-10x faster than windowing 4 million
+        # pixels in float64, and the same numbers.
+        low = int(pixels.min())
+        stored = np.arange(low, int(pixels.max()) + 1, dtype=np.int64).astype(pixels.dtype)
+        return _windowed_8bit(stored, dataset, voi_range)[pixels.astype(np.int64) - low]
+    return _windowed_8bit(pixels, dataset, voi_range)
+
+
+def _windowed_8bit(stored: np.ndarray, dataset, voi_range: tuple[float, float]) -> np.ndarray:
+    """Stored values -> modality LUT -> VOI LUT or window -> its output range mapped to 0-255."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    values = apply_modality_lut(stored, dataset)
     if _uses_voi_lut(dataset):  # a LUT is indexed by the (integer) modality output
         values = np.rint(values).astype(np.int64)
     low, high = voi_range

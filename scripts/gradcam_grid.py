@@ -1,8 +1,8 @@
 """Grad-CAM of several models on the same images, one row each: what changed between recipes.
 
     python scripts/gradcam_grid.py --data-dir ../shared/data/real-cxr --source ieee8023 --label covid \\
-        --weights before=runs/report/held-out--ieee8023/default/seed_1/COVID_binary_classifier.pth \\
-        --weights after=runs/report/held-out--ieee8023/marks/seed_1/COVID_binary_classifier.pth \\
+        --weights before=runs/report/held-out-ieee8023/default/seed_1/COVID_binary_classifier.pth \\
+        --weights after=runs/report/held-out-ieee8023/marks/seed_1/COVID_binary_classifier.pth \\
         --output gradcam-ieee8023.png
 
 Takes the first ``--count`` images of one source and class (meta.npz ``dataset``; labels

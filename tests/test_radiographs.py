@@ -84,6 +84,22 @@ def test_dicom_window_after_the_rescale_maps_the_window_to_0_255(tmp_path):
     assert np.abs(row[inside] - expected).max() <= 1.5
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_windowing_through_a_table_of_stored_values_equals_windowing_every_pixel(tmp_path, signed):
+    import pydicom
+
+    from covid_ddp.radiographs import _grayscale_to_8bit, _voi_output_range, _windowed_8bit
+
+    stored = np.random.default_rng(0).integers(0, 4096, (300, 200))
+    stored = (stored - 2048).astype(np.int16) if signed else stored.astype(np.uint16)
+    path = write_dicom(tmp_path / "w.dcm", stored, bits_stored=16 if signed else 12, RescaleSlope=2,
+                       RescaleIntercept=-1000, WindowCenter=1500, WindowWidth=2500)
+    dataset = pydicom.dcmread(path)
+    pixels = dataset.pixel_array
+    np.testing.assert_array_equal(_grayscale_to_8bit(pixels, dataset),
+                                  _windowed_8bit(pixels, dataset, _voi_output_range(dataset)))
+
+
 def test_dicom_voi_lut_sequence_is_applied(tmp_path):
     import pydicom
 
