@@ -63,11 +63,13 @@ class TrainConfig:
     max_grad_norm: Optional[float] = _flag(None, "clip the gradient norm to this value (default: no clipping)", metavar="NORM")
     augment: bool = _flag(False, "augment training batches on the device: small random shifts (up to 4 px), zoom "
                           "(+/-10%%) and contrast/brightness changes; never flips (left and right anatomy differ)")
-    augment_acquisition: bool = _flag(False, "vary what differs between machines and exporters, not diseases, "
-                                      "per training image: gamma, window, blur or sharpening, noise (against "
-                                      "the source shortcut: README, Real chest X-rays)")
+    augment_acquisition: bool = _flag(False, "per training image, randomly vary what differs between X-ray "
+                                      "machines and exporters rather than diseases: gamma (1/1.6 to 1.6), window "
+                                      "(each end +/-12.5%%), blur or sharpening, noise (std up to 6 grey levels); "
+                                      "against the source shortcut (README, Real chest X-rays)")
     balance_sources: bool = _flag(False, "draw each epoch's training images (with replacement) so that every "
-                                  "source x class pair weighs the same; sources from meta.npz 'dataset'")
+                                  "source x class pair weighs the same; a source is meta.npz 'dataset', or the "
+                                  "folder's name for a folder without one (one such folder: the two classes)")
     augment_marks: bool = _flag(False, "stamp arrows, boxes, letters and border bands, the marks publications draw "
                                 "on figures, on half the training images of both classes (against the source "
                                 "shortcut: README, Real chest X-rays)")

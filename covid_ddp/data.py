@@ -289,13 +289,17 @@ def _merged_meta(parts: list[RawData], names: list[str]) -> dict:
     for key in sorted(keys):
         columns = [_meta_column(part, name, key) for part, name in zip(parts, names)]
         kinds = {column.dtype.kind for column in columns}
-        if kinds <= set("iu"):  # whole numbers stay whole (numpy would make int64 + uint64 float64)
-            merged[key] = np.concatenate(columns, dtype=np.int64)
+        if kinds <= set("iu") and all(_fits_int64(column) for column in columns):
+            merged[key] = np.concatenate(columns, dtype=np.int64)  # numpy would make int64 + uint64 float64
         elif kinds <= set("biuf"):
             merged[key] = np.concatenate(columns)
         else:
             merged[key] = np.concatenate([as_text(column) for column in columns])
     return merged
+
+
+def _fits_int64(column: np.ndarray) -> bool:
+    return column.dtype != np.uint64 or not len(column) or int(column.max()) <= np.iinfo(np.int64).max
 
 
 def _meta_column(part: RawData, folder_name: str, key: str) -> np.ndarray:

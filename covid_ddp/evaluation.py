@@ -130,16 +130,23 @@ def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
 
 def _check_same_data(recorded_files: dict, data, config_path: Path) -> None:
     found_files = data.provenance["files"]
-    if recorded_files and set(recorded_files) != set(found_files):  # other folders, or more or fewer of them
-        raise UserError(f"the run trained on {', '.join(sorted(recorded_files))} ({config_path}), these are "
-                        f"{', '.join(sorted(found_files))}: the split would pick other images; give the run's "
-                        "--data-dir folders or use --split all")
+    # Other folders, more or fewer, or the same in another order (rows follow the folder order).
+    if recorded_files and list(recorded_files) != list(found_files):
+        raise UserError(f"the run trained on {_folders(recorded_files)} ({config_path}), not {_folders(found_files)}: "
+                        "its split would pick other images; pass the run's --data-dir folders in its order, or "
+                        "use --split all")
     for name, recorded in recorded_files.items():
         found = data.provenance["files"].get(name, {}).get("sha256")
         if found is not None and recorded.get("sha256") not in (None, found):
             raise UserError(f"{name} is not the file the run trained on ({config_path} records sha256 "
                             f"{recorded['sha256'][:12]}..., this one is {found[:12]}...): its split would "
                             "pick other images; use --split all")
+
+
+def _folders(files: dict) -> str:
+    """'folders a, b' from the recorded file keys ('<folder>/<file>'), or 'one folder'."""
+    names = list(dict.fromkeys(name.split("/")[0] for name in files if "/" in name))
+    return f"the folders {', '.join(names)}" if names else "one folder"
 
 
 def log_loss(p_covid: np.ndarray, targets: np.ndarray) -> float:

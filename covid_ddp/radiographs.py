@@ -28,7 +28,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import UserError
 
@@ -66,11 +66,28 @@ def read_grayscale(path: str | Path) -> Image.Image:
                 if image.format == "JPEG":
                     image.draft(image.mode, JPEG_DRAFT_SIZE)
                 image.load()
-                return to_grayscale_8bit(ImageOps.exif_transpose(image))
+                return to_grayscale_8bit(upright(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UserError(f"{path}: refused, too many pixels for an X-ray (Pillow's decompression-bomb guard: {error})")
     except (OSError, ValueError, SyntaxError) as error:  # unidentified, truncated or corrupt files
         raise UserError(f"{path}: not a readable image ({error})")
+
+
+# EXIF orientation -> the transpose that shows the picture as viewers do (1: as stored).
+_EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                   4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                   6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The picture turned as its EXIF orientation says. Only that tag is read (not Pillow's
+    exif_transpose, which rewrites the whole EXIF block and fails on any malformed tag)."""
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except Exception:  # a corrupt EXIF block: the pixels are still good
+        return image
+    method = _EXIF_TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
+    return image.transpose(method) if method is not None else image
 
 
 def to_model_size(gray: Image.Image) -> np.ndarray:
@@ -152,13 +169,13 @@ def _grayscale_to_8bit(pixels: np.ndarray, dataset) -> np.ndarray:
     voi_range = _voi_output_range(dataset)
     if voi_range is None:
         return _min_max_8bit(apply_modality_lut(pixels, dataset).astype(np.float64))
-    if pixels.dtype.kind in "iu" and int(pixels.max()) - int(pixels.min()) < 1 << 16:
+    low, high = (int(pixels.min()), int(pixels.max())) if pixels.dtype.kind in "iu" else (0, 1 << 16)
+    if high - low < 1 << 16:
         # Every step is a function of the stored value alone: map each of the (at most 65,536)
-        # stored values once and look the pixels up, 5-10x faster than windowing 4 million
+        # stored values once and look the pixels up, about 5x faster than windowing 4 million
         # pixels in float64, and the same numbers.
-        low = int(pixels.min())
-        stored = np.arange(low, int(pixels.max()) + 1, dtype=np.int64).astype(pixels.dtype)
-        return _windowed_8bit(stored, dataset, voi_range)[pixels.astype(np.int64) - low]
+        stored = np.arange(low, high + 1, dtype=np.int64).astype(pixels.dtype)
+        return _windowed_8bit(stored, dataset, voi_range)[np.subtract(pixels, low, dtype=np.int32)]
     return _windowed_8bit(pixels, dataset, voi_range)
 
 

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--patient-split-without", metavar="SOURCES", help="also a patient-level split with these "
                         "sources left out (e.g. kermany: the children's images of real-cxr)")
     parser.add_argument("--only", metavar="SETTING,...", help="run only these settings, named as their folders "
-                        "(e.g. held-out-ieee8023,patient-level-without-kermany); default: every one")
+                        "(e.g. held-out-ieee8023,patient-level-without-kermany), and add them to the report already "
+                        "in --output-dir if it has the same data, seeds and flags; default: every setting")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                         help="another recipe to compare with the default, e.g. 'marks=--augment-marks'")
     parser.add_argument("--launcher", metavar="COMMAND", help="what runs covid_ddp.train, e.g. 'torchrun "
@@ -140,24 +141,50 @@ def run(arguments: argparse.Namespace) -> list[dict]:
         raise UserError(f"--patient-split-without: no source named {', '.join(sorted(unknown))} in the data")
     launcher = [*(shlex.split(arguments.launcher) if arguments.launcher else [sys.executable]), *TRAIN_MODULE]
     output = Path(arguments.output_dir)
-    rows = []
-    for setting, split_flags in _chosen(settings(data.meta, to_binary(data.labels), without), arguments.only).items():
+    every = settings(data.meta, to_binary(data.labels), without)
+    header = {"seeds": seeds, "data_dir": [str(f) for f in folders], "train_flags": shared}
+    # --only adds to (or redoes rows of) an earlier report of the same data, seeds and flags.
+    rows = _earlier_rows(output, header) if arguments.only else []
+    for setting, split_flags in _chosen(every, arguments.only).items():
         for recipe, recipe_flags in recipes.items():
             runs = {}
             for seed in seeds:
                 flags = ["--data-dir", *map(str, folders), *split_flags, *shared, *recipe_flags, "--seed", str(seed)]
                 folder = output / _slug(setting) / recipe / f"seed_{seed}"
                 runs[seed] = train_once(launcher, flags, folder)
-            rows.append({"setting": setting, "recipe": recipe, "flags": split_flags + recipe_flags,
-                         "runs": runs, "summary": summarise(list(runs.values()))})
+            row = {"setting": setting, "recipe": recipe, "flags": split_flags + recipe_flags,
+                   "runs": runs, "summary": summarise(list(runs.values()))}
+            rows = _in_report_order([r for r in rows if (r["setting"], r["recipe"]) != (setting, recipe)] + [row],
+                                    list(every), list(recipes))
             say(f"covid-ddp-report: {setting} / {recipe}: " + ", ".join(
-                f"{name} {_cell(rows[-1]['summary'][name])}" for name in SHOWN))
-            write_json(output / "report.json", {"seeds": seeds, "data_dir": [str(f) for f in folders],
-                                                "train_flags": shared, "rows": rows})
+                f"{name} {_cell(row['summary'][name])}" for name in SHOWN))
+            write_json(output / "report.json", {**header, "rows": rows})
     with atomic_path(output / "report.md") as tmp:
         tmp.write_text(markdown(rows, seeds))
     print(markdown(rows, seeds), end="")
     return rows
+
+
+def _earlier_rows(output: Path, header: dict) -> list[dict]:
+    """The rows of ``output``'s report.json if it was made from the same data, seeds and flags."""
+    try:
+        earlier = json.loads((output / "report.json").read_text())
+    except (OSError, ValueError):
+        return []
+    same = isinstance(earlier, dict) and all(earlier.get(key) == value for key, value in header.items())
+    return list(earlier.get("rows", [])) if same else []
+
+
+def _in_report_order(rows: list[dict], setting_order: list[str], recipe_order: list[str]) -> list[dict]:
+    """Settings in the order ``settings`` makes them, each setting's recipes default first."""
+    recipe_order = recipe_order + [r["recipe"] for r in rows if r["recipe"] not in recipe_order]
+
+    def position(row):
+        setting = row["setting"]
+        return (setting_order.index(setting) if setting in setting_order else len(setting_order),
+                recipe_order.index(row["recipe"]))
+
+    return sorted(rows, key=position)
 
 
 def _chosen(every: dict[str, list[str]], only: str | None) -> dict[str, list[str]]:

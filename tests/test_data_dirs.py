@@ -86,4 +86,8 @@ def test_a_two_process_run_on_two_folders_records_them_and_evaluate_rebuilds_its
     fewer = run([sys.executable, EVALUATE_SCRIPT, "--weights", tmp_path / "run" / "COVID_binary_classifier.pth",
                  "--data-dir", hospital, "--bootstrap", "0"], check=False)
     assert fewer.returncode != 0 and "Traceback" not in fewer.stderr
-    assert "the run trained on archive/" in fewer.stderr and "give the run's --data-dir folders" in fewer.stderr
+    assert "the run trained on the folders hospital, archive" in fewer.stderr and "not one folder" in fewer.stderr
+    swapped = run([sys.executable, EVALUATE_SCRIPT, "--weights", tmp_path / "run" / "COVID_binary_classifier.pth",
+                   "--data-dir", archive, hospital, "--bootstrap", "0"], check=False)
+    assert swapped.returncode != 0 and "not the folders archive, hospital" in swapped.stderr
+    assert "in its order" in swapped.stderr

@@ -22,6 +22,7 @@ from covid_ddp.checkpoint import complete_checkpoints
 from covid_ddp.run_folder import RunLock
 
 # Augmentation and --balance-sources: their draws must resume exactly too (streams of (seed, epoch, rank, step)).
+# The plain permutation's resume: test_loader (skip_first_batches) and test_distributed (2 -> 1 process).
 TRIAL_FLAGS = ("--epochs", "3", "--batch-size", "20", "--augment", "--augment-acquisition", "--augment-marks",
                "--balance-sources")
 

@@ -104,10 +104,29 @@ def test_balanced_sources_weigh_every_source_class_pair_the_same():
 def test_balanced_loader_shards_the_same_draw_over_ranks():
     from covid_ddp.loader import balanced_weights
 
+    # TRAIN_ROWS are odd, so all of class 1: two pairs, source a (rows 3-9) and source b.
     weights = balanced_weights(np.where(TRAIN_ROWS < 10, "a", "b"), TARGETS.numpy()[TRAIN_ROWS])
     loaders = [DeviceBatchLoader(IMAGES, TARGETS, TRAIN_ROWS, 10, seed=1, process_index=rank, num_processes=n,
                                  weights=weights) for n in (1, 2) for rank in range(n)]
     single, rank0, rank1 = (rows_of(loader) for loader in loaders)
     assert [first + second for first, second in zip(rank0, rank1)] == single
     drawn = [row for batch in single for row in batch]
-    assert sum(row < 10 for row in drawn) > 5, "4 of 24 rows, but 2 of 4 pairs: drawn far more often than 1 in 6"
+    assert sum(row < 10 for row in drawn) > 5, "4 of 24 rows, but 1 of 2 pairs: drawn far more often than 1 in 6"
+
+
+def test_training_weights_follow_the_training_rows_of_the_split():
+    from types import SimpleNamespace
+
+    from covid_ddp.config import TrainConfig
+    from covid_ddp.train import training_weights
+
+    targets = np.array([0, 1] * 6)
+    meta = {"dataset": np.array(["a"] * 8 + ["b"] * 4)}
+    split = SimpleNamespace(train=np.array([11, 0, 1, 2, 9]))  # b/1, a/0, a/1, a/0, b/1
+    data = SimpleNamespace(meta=meta)
+    assert training_weights(TrainConfig(), data, targets, split) is None, "off by default: a permutation"
+    weights = training_weights(TrainConfig(balance_sources=True), data, targets, split)
+    np.testing.assert_allclose(weights, [1 / 6, 1 / 6, 1 / 3, 1 / 6, 1 / 6])
+    # No meta.npz: one source, so the pairs are the two classes.
+    one_source = training_weights(TrainConfig(balance_sources=True), SimpleNamespace(meta=None), targets, split)
+    np.testing.assert_allclose(one_source, [1 / 6, 1 / 4, 1 / 6, 1 / 4, 1 / 6])

@@ -59,6 +59,20 @@ def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path):
     assert shown[:, -12:].mean() > 180 and shown[:, :40].mean() < 60, "the bright band is on the right, as shown"
 
 
+def test_a_malformed_exif_tag_beside_the_orientation_does_not_make_the_picture_unreadable(tmp_path):
+    import struct
+
+    pixels = np.full((64, 64), 30, dtype=np.uint8)
+    pixels[:16] = 220
+    # A raw EXIF block: orientation 6, and ColorMap (0x0140, numbers) written as text, which
+    # Pillow's exif_transpose fails on when it writes the EXIF back.
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHIHH", 0x0112, 3, 1, 6, 0)
+    tiff += struct.pack("<HHI", 0x0140, 2, 4) + b"oop\x00" + struct.pack("<I", 0)
+    Image.fromarray(pixels).save(tmp_path / "odd.jpg", quality=95, exif=b"Exif\x00\x00" + tiff)
+    shown = read_radiograph(tmp_path / "odd.jpg").astype(int)
+    assert shown[:, -12:].mean() > 180, "read, and still turned"
+
+
 def test_a_large_jpeg_is_decoded_at_a_reduced_scale_of_at_least_256px(tmp_path):
     Image.fromarray(np.full((2400, 2000), 90, dtype=np.uint8)).save(tmp_path / "big.jpg", quality=95)
     assert min(read_grayscale(tmp_path / "big.jpg").size) >= 256

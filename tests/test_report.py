@@ -55,3 +55,33 @@ def test_only_runs_the_named_settings_and_names_the_known_ones(tmp_path, capsys)
     assert code != 0 and "no setting named held-out-c" in err
     assert "patient-level, held-out-a, held-out-b" in err and "Traceback" not in err
     assert not (tmp_path / "report").exists(), "nothing trained, nothing written"
+
+
+def test_only_adds_its_settings_to_the_earlier_report_of_the_same_runs(tmp_path, monkeypatch):
+    """The trainer is replaced by a stub: which settings run and what lands in the report is the point."""
+    import covid_ddp.report as report
+
+    images, labels = make_synthetic(120, seed=4)
+    write_mcfam(tmp_path / "a", images[:60], labels[:60])
+    write_mcfam(tmp_path / "b", images[60:], labels[60:])
+    trained = []
+
+    def fake_run(launcher, flags, folder):
+        trained.append(folder.relative_to(tmp_path / "report").parts[0])
+        auc = 0.9 if "--augment" in flags else 0.6
+        return {"n": 60, "n_per_class": {"covid": 30, "non_covid": 30}, "roc_auc": auc, "sensitivity": 0.5,
+                "specificity": 0.5, "ci95": {}}
+
+    monkeypatch.setattr(report, "train_once", fake_run)
+    arguments = ["--data-dir", str(tmp_path / "a"), str(tmp_path / "b"), "--seeds", "1",
+                 "--output-dir", str(tmp_path / "report")]
+    assert report_main(arguments) == 0
+    assert trained == ["patient-level", "held-out-a", "held-out-b"]
+    trained.clear()
+    assert report_main([*arguments, "--only", "held-out-b", "--variant", "aug=--augment"]) == 0
+    assert trained == ["held-out-b", "held-out-b"], "only the named setting, for each recipe"
+    rows = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
+    assert [(row["setting"], row["recipe"]) for row in rows] == [
+        ("patient-level", "default"), ("held out: a", "default"), ("held out: b", "default"), ("held out: b", "aug")]
+    assert rows[-1]["summary"]["roc_auc"]["mean"] == 0.9
+    assert "| held out: a | default |" in (tmp_path / "report" / "report.md").read_text(), "the earlier rows stay"
