@@ -145,6 +145,7 @@ def run(arguments: argparse.Namespace) -> list[dict]:
     header = {"seeds": seeds, "data_dir": [str(f) for f in folders], "train_flags": shared}
     # --only adds to (or redoes rows of) an earlier report of the same data, seeds and flags.
     rows = _earlier_rows(output, header) if arguments.only else []
+    recipe_order = list(dict.fromkeys(["default", *(row["recipe"] for row in rows), *recipes]))  # new ones last
     for setting, split_flags in _chosen(every, arguments.only).items():
         for recipe, recipe_flags in recipes.items():
             runs = {}
@@ -155,7 +156,7 @@ def run(arguments: argparse.Namespace) -> list[dict]:
             row = {"setting": setting, "recipe": recipe, "flags": split_flags + recipe_flags,
                    "runs": runs, "summary": summarise(list(runs.values()))}
             rows = _in_report_order([r for r in rows if (r["setting"], r["recipe"]) != (setting, recipe)] + [row],
-                                    list(every), list(recipes))
+                                    list(every), recipe_order)
             say(f"covid-ddp-report: {setting} / {recipe}: " + ", ".join(
                 f"{name} {_cell(row['summary'][name])}" for name in SHOWN))
             write_json(output / "report.json", {**header, "rows": rows})
@@ -176,8 +177,7 @@ def _earlier_rows(output: Path, header: dict) -> list[dict]:
 
 
 def _in_report_order(rows: list[dict], setting_order: list[str], recipe_order: list[str]) -> list[dict]:
-    """Settings in the order ``settings`` makes them, each setting's recipes default first."""
-    recipe_order = recipe_order + [r["recipe"] for r in rows if r["recipe"] not in recipe_order]
+    """Settings in the order ``settings`` makes them, and recipes in ``recipe_order`` within each."""
 
     def position(row):
         setting = row["setting"]

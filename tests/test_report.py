@@ -85,3 +85,7 @@ def test_only_adds_its_settings_to_the_earlier_report_of_the_same_runs(tmp_path,
         ("patient-level", "default"), ("held out: a", "default"), ("held out: b", "default"), ("held out: b", "aug")]
     assert rows[-1]["summary"]["roc_auc"]["mean"] == 0.9
     assert "| held out: a | default |" in (tmp_path / "report" / "report.md").read_text(), "the earlier rows stay"
+    assert report_main([*arguments, "--only", "held-out-b", "--variant", "late=--dropout 0.5"]) == 0
+    rows = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
+    assert [row["recipe"] for row in rows if row["setting"] == "held out: b"] == ["default", "aug", "late"], \
+        "a recipe added later comes after the earlier ones"
