@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from .data import read_npz
-from .errors import UserError
+from .errors import UserError, first_line
 from .files import write_json
 
 WEIGHTS_FILE = "COVID_binary_classifier.pth"
@@ -165,5 +165,4 @@ def load_weights(path: Path, map_location="cpu") -> dict:
         if not zip_archive:  # a text file, an image...: torch's own words would be "pop from empty list"
             raise UserError(f"{path}: not a PyTorch weights file (torch.save writes a zip archive and this file is "
                             "not one)") from None
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"{path}: not a loadable weights file ({first_line})") from None
+        raise UserError(f"{path}: not a loadable weights file ({first_line(error)})") from None

@@ -6,6 +6,17 @@ to go on.
 """
 
 
+def first_line(error: BaseException, when_empty: str | None = None) -> str:
+    """The first line of an error's message, for a one-line report (a library's message can run
+    to many lines); ``when_empty`` (default: the error's type name) if it has none."""
+    return (str(error).strip().splitlines() or [when_empty or type(error).__name__])[0]
+
+
+def type_and_first_line(error: BaseException) -> str:
+    """'ValueError: the first line', for errors a library raises on a malformed file."""
+    return f"{type(error).__name__}: {first_line(error, 'no detail')}"
+
+
 class UserError(Exception):
     """Bad input, a bad flag or an unreachable resource: something the user can fix."""
 

@@ -136,7 +136,7 @@ def _check_same_data(recorded_files: dict, data, config_path: Path) -> None:
                         "its split would pick other images; pass the run's --data-dir folders in its order, or "
                         "use --split all")
     for name, recorded in recorded_files.items():
-        found = data.provenance["files"].get(name, {}).get("sha256")
+        found = found_files.get(name, {}).get("sha256")
         if found is not None and recorded.get("sha256") not in (None, found):
             raise UserError(f"{name} is not the file the run trained on ({config_path} records sha256 "
                             f"{recorded['sha256'][:12]}..., this one is {found[:12]}...): its split would "

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import UserError, first_line
 
 # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos ...".
 _NEARLY_FULL_BYTES = 1 << 20
@@ -67,7 +67,7 @@ def cannot_write(destination: Path, error: Exception) -> UserError:
     elif _nearly_full(Path(destination)):
         reason = "No space left on device"
     else:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = first_line(error)
     return UserError(f"cannot write {destination}: {reason}")
 
 

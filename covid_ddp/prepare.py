@@ -36,7 +36,7 @@ import numpy as np
 from .cli import HelpFormatter, run_cli, say
 from .data import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE
 from .duplicates import find_duplicates, rows_to_drop
-from .errors import UserError
+from .errors import UserError, type_and_first_line
 from .files import current_umask, write_json
 from .radiographs import is_radiograph_file, read_with_tags
 
@@ -141,8 +141,7 @@ def decode(file: Path) -> tuple[np.ndarray | None, dict, str]:
     except UserError as error:
         return None, {}, str(error)
     except Exception as error:  # a decoder's own failure on a malformed file: still this file's problem
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
-        return None, {}, f"{file}: cannot be read ({type(error).__name__}: {detail})"
+        return None, {}, f"{file}: cannot be read ({type_and_first_line(error)})"
 
 
 def decode_all(items: list[Item], workers: int, progress: bool) -> list[tuple[np.ndarray | None, dict, str]]:

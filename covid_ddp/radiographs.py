@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import UserError
+from .errors import UserError, type_and_first_line
 
 IMAGE_SIZE = 64
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -147,8 +147,8 @@ def dicom_to_8bit(dataset, path: Path) -> np.ndarray:
             return _colour_to_gray(pixels, dataset, photometric)
         scaled = _grayscale_to_8bit(pixels, dataset)
     except Exception as error:  # malformed LUTs or windows: pydicom raises ValueError, AttributeError, ...
-        raise UserError(f"{path}: cannot apply the DICOM's LUT or window ({type(error).__name__}: "
-                        f"{_first_line(error)})")
+        raise UserError(f"{path}: cannot apply the DICOM's LUT or window ("
+                        f"{type_and_first_line(error)})")
     return 255 - scaled if photometric == "MONOCHROME1" else scaled
 
 
@@ -159,8 +159,8 @@ def _dicom_pixels(dataset, path: Path) -> np.ndarray:
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         hint = ("; this compressed file needs a decoder: pip install pylibjpeg pylibjpeg-libjpeg "
                 "pylibjpeg-openjpeg (or gdcm)") if syntax is not None and syntax.is_compressed else ""
-        raise UserError(f"{path}: cannot decode the DICOM pixel data ({type(error).__name__}: "
-                        f"{_first_line(error)}){hint}")
+        raise UserError(f"{path}: cannot decode the DICOM pixel data ("
+                        f"{type_and_first_line(error)}){hint}")
 
 
 def _grayscale_to_8bit(pixels: np.ndarray, dataset) -> np.ndarray:
@@ -202,11 +202,6 @@ def _colour_to_gray(pixels: np.ndarray, dataset, photometric: str) -> np.ndarray
     return np.array(Image.fromarray(pixels).convert("L"))
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else "no detail"
-
-
 def radiograph_tags(path: Path) -> dict:
     """{'patient_id', 'view'} from a DICOM header ('' where absent; {} for other files). The
     patient id is stored as a hash (pseudonymised, not anonymised: a list of candidate ids can be
@@ -228,7 +223,7 @@ def _read_dicom(path: Path, pixels: bool = True):
     try:
         return pydicom.dcmread(path, stop_before_pixels=not pixels, force=path.suffix.lower() in DICOM_SUFFIXES)
     except Exception as error:  # pydicom's InvalidDicomError, truncated files, ...
-        raise UserError(f"{path}: not a readable DICOM file ({type(error).__name__}: {_first_line(error)})")
+        raise UserError(f"{path}: not a readable DICOM file ({type_and_first_line(error)})")
 
 
 def _voi_output_range(dataset) -> tuple[float, float] | None:

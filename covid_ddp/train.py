@@ -36,7 +36,7 @@ from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_o
                           join_restarted_group, on_every_process, on_main_process, refuse_independent_launch,
                           same_on_every_process, watch_launcher)
 from .engine import Evaluation, evaluate, train_one_epoch
-from .errors import UserError
+from .errors import UserError, first_line
 from .loader import DeviceBatchLoader, EpochPermutation, balanced_weights
 from .metrics import binary_metrics, choose_threshold
 from .model import Net, raw_pixel_state_dict
@@ -71,7 +71,7 @@ def train(config: TrainConfig) -> dict | None:
         if lost_another_process(error):
             resume = f" Complete checkpoints are kept: rerun with --resume auto --output-dir {run_dir}" \
                 if run_dir else ""
-            raise JobFailed(f"another process of this job ended while this one waited for it ({_first_line(error)}); "
+            raise JobFailed(f"another process of this job ended while this one waited for it ({first_line(error)}); "
                             f"its own output says why.{resume}") from None
         raise
 
@@ -393,10 +393,6 @@ def _describe_rates(metrics: dict) -> str:
 
     return (f"n={metrics['n']}, sensitivity {rate(metrics['sensitivity'])}, "
             f"specificity {rate(metrics['specificity'])}, ROC AUC {rate(metrics['roc_auc'])}")
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
