@@ -353,8 +353,8 @@ def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int = 1024) ->
 def wants_device(images: np.ndarray, targets: np.ndarray, device: torch.device, mode: str) -> bool:
     """--data-on-device: 'yes', 'no', or 'auto' (on the device when it is the CPU, whose memory
     the set is already in, or when the set takes under a quarter of the free GPU memory). On
-    the device, training batches are cut by ``loader.DeviceBatchLoader``; left in host memory,
-    they go through a DataLoader."""
+    the device, training batches are cut there (``loader.TrainingLoader``); left in host memory,
+    a DataLoader gathers them."""
     return mode == "yes" or (mode == "auto" and _fits_on(device, images.nbytes + targets.nbytes))
 
 
@@ -392,8 +392,12 @@ class XrayDataset(torch.utils.data.Dataset):
         return self.images[row].unsqueeze(0), self.targets[row], row
 
     def __getitems__(self, positions: list[int]):
-        rows = self.rows[torch.as_tensor(positions, dtype=torch.int64, device=self.rows.device)]
-        return self.images[rows].unsqueeze(1), self.targets[rows], rows
+        return self.batch(torch.as_tensor(positions, dtype=torch.int64, device=self.rows.device))
+
+    def batch(self, positions: torch.Tensor):
+        """The images, targets and rows at ``positions`` (a tensor on the set's device), in one index each."""
+        rows = self.rows[positions]
+        return self.images.index_select(0, rows).unsqueeze(1), self.targets.index_select(0, rows), rows
 
 
 def collate_batch(batch):

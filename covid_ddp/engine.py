@@ -8,7 +8,7 @@ Three things around it have a helper each, so the loop still reads as the recipe
   for the other ranks; every ``--log-every`` steps and at the end of the epoch the ranks
   swap their tallies and any stop request in ONE small all-gather, which gives them the
   same loss to log, the same NaN verdict and the same stop step.
-- ``numbered_batches``: this rank's batches of the epoch, resumable at any step.
+- ``numbered_batches``: this rank's batches of the epoch, from any step.
 
 ``evaluate`` scores each rank's shard; ``gather_for_metrics`` makes it exact.
 """
@@ -29,7 +29,6 @@ from .augment import augment, wants_augmentation
 from .checkpoint import TrainingProgress
 from .errors import UserError
 from .interrupt import StopRequested
-from .loader import DeviceBatchLoader
 from .seeding import generator
 
 
@@ -180,24 +179,13 @@ class StepTally:
 def numbered_batches(loader, accelerator, epoch: int, done_steps: int):
     """(step, batch) for this rank from step ``done_steps + 1`` of ``epoch`` on (steps count from 1).
 
-    Creating a DataLoader's iterator draws a seed from the global RNG (a DeviceBatchLoader
-    draws none). The state is put back once the iterator exists, so dropout and augmentation
-    see the same random stream with either loader, and after a resume inside the epoch.
+    The loader owns its order (``loader.EpochBatches``): the epoch's permutation and the step to
+    start from go straight to it, and drawing them leaves the global RNG (dropout) alone.
     """
-    if done_steps >= len(loader):  # stopped at the epoch's last step: nothing left of it to train
-        return
-    if done_steps:
-        loader = (loader.skip_first_batches(done_steps) if isinstance(loader, DeviceBatchLoader)
-                  else accelerator.skip_first_batches(loader, done_steps))
-    loader.set_epoch(epoch)  # the same permutation on every rank, new each epoch
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr,
+    loader.set_epoch(epoch, start_step=done_steps)  # the same permutation on every rank, new each epoch
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, file=sys.stderr, total=len(loader), initial=done_steps,
                disable=None if accelerator.is_main_process else True)  # None: off when not a terminal
-    rng_before_iterator = torch.get_rng_state()
-    for step, batch in enumerate(bar, start=done_steps + 1):
-        if rng_before_iterator is not None:
-            torch.set_rng_state(rng_before_iterator)
-            rng_before_iterator = None
-        yield step, batch
+    yield from enumerate(bar, start=done_steps + 1)
 
 
 def _log_step(accelerator, optimizer, totals: AgreedTotals, epoch: int, step: int, steps_per_epoch: int) -> None:

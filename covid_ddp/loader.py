@@ -1,13 +1,18 @@
-"""Training batches cut straight from a device-resident uint8 set: no DataLoader, no workers.
+"""Training batches: which images each rank trains on, step by step, owned here whole.
 
-A 64x64 grayscale set of 10,000 images is 41 MB, so each process holds all of it on its
-device (``data.dataset_tensors``) and a batch is one ``index_select`` there. What the
-DataLoader path (``EpochPermutation`` + accelerate's ``split_batches``) guarantees is kept,
-batch for batch: every epoch all ranks draw the same permutation (``epoch_permutation``);
-global batch ``b`` is ``permutation[b * B:(b + 1) * B]`` and rank ``r`` takes the ``r``-th
-contiguous slice of it; the last partial global batch is dropped. So shards are disjoint,
-complete up to that remainder, reshuffled each epoch, identical to the DataLoader path
-(``--data-on-device no``), and a resumed epoch restarts at any step without replaying it.
+``EpochBatches`` is the one owner of the data order. Every epoch all ranks draw the same
+permutation (``epoch_permutation`` of (seed, epoch)); global batch ``b`` is
+``permutation[b * B:(b + 1) * B]`` and rank ``r`` takes the ``r``-th contiguous slice of it;
+the last partial global batch is dropped. So shards are disjoint, complete up to that
+remainder, reshuffled each epoch, and an epoch can start at any step (a resume inside it)
+without replaying the steps before. Nothing of it passes through accelerate's DataLoader
+wrappers: their ``set_epoch`` does not reach a sampler once ``skip_first_batches`` has
+wrapped it (a resumed epoch replayed epoch 0's order), nor at all in accelerate 1.3.
+
+``TrainingLoader`` turns those positions into batches on the training device, from the
+uint8 set held either on that device (a batch is one ``index_select`` there: no DataLoader,
+no worker) or in host memory (a plain DataLoader gathers the rows and they are moved,
+pinned on a GPU). Both placements give the same batches.
 
 With ``--balance-sources`` an epoch's order is a weighted draw with replacement instead
 (``balanced_weights``): the same length, the same stream, the same sharding.
@@ -20,51 +25,89 @@ import dataclasses
 import numpy as np
 import torch
 
+from .data import XrayDataset, collate_batch
 from .seeding import generator
 
 
 @dataclasses.dataclass
-class DeviceBatchLoader:
-    """Iterates ``(images uint8 (b, 1, 64, 64), targets, rows)`` of this rank's share of each global batch."""
+class EpochBatches(torch.utils.data.Sampler):
+    """This rank's positions (into the split's rows) in each global batch of ``epoch``, from ``start_step`` on.
 
-    images: torch.Tensor  # the whole uint8 set (N, 64, 64), on the training device
-    targets: torch.Tensor  # (N,) int64, same device
-    rows: np.ndarray  # the rows of the split this loader draws from
+    Also a DataLoader ``batch_sampler``: iterating it gives one list of positions a step.
+    """
+
+    count: int  # rows in the split
     batch_size: int  # global: summed over processes
     seed: int
     process_index: int = 0
     num_processes: int = 1
-    epoch: int = 0
-    start_step: int = 0  # batches of the epoch already done (resume inside an epoch)
     weights: np.ndarray | None = None  # --balance-sources: each row's chance to be drawn; None: a permutation
+    epoch: int = 0
+    start_step: int = 0  # steps of the epoch already done (a resume inside it)
 
     def __post_init__(self):
         if self.batch_size % self.num_processes:
             raise ValueError(f"batch size {self.batch_size} does not divide over {self.num_processes} processes")
-        self._rows = torch.as_tensor(self.rows, dtype=torch.int64).to(self.images.device)
 
     def __len__(self) -> int:
-        """Global batches per epoch; the same on every rank."""
-        return len(self.rows) // self.batch_size
+        """Global batches (steps) in an epoch: the same on every rank, whatever ``start_step``."""
+        return self.count // self.batch_size
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.epoch, self.start_step = epoch, start_step
 
-    def skip_first_batches(self, steps: int) -> "DeviceBatchLoader":
-        """A copy that starts the epoch at batch ``steps`` (what accelerate's function does for a DataLoader)."""
-        return dataclasses.replace(self, start_step=steps)
-
-    def permutation(self) -> torch.Tensor:
-        """The epoch's order of ``rows``, on the device: ``epoch_permutation``, moved once an epoch."""
-        return epoch_permutation(len(self.rows), self.seed, self.epoch, self.weights).to(self._rows.device)
+    def shares(self) -> torch.Tensor:
+        """(steps left, batch_size / num_processes) positions: row ``i`` is this rank's share of step
+        ``start_step + 1 + i``."""
+        steps, share = len(self), self.batch_size // self.num_processes
+        order = epoch_permutation(self.count, self.seed, self.epoch, self.weights)[: steps * self.batch_size]
+        return order.view(steps, self.num_processes, share)[self.start_step :, self.process_index]
 
     def __iter__(self):
-        order = self._rows[self.permutation()]
-        share = self.batch_size // self.num_processes
-        for step in range(self.start_step, len(self)):
-            start = step * self.batch_size + self.process_index * share
-            rows = order[start : start + share]
-            yield self.images.index_select(0, rows).unsqueeze(1), self.targets.index_select(0, rows), rows
+        return iter(self.shares().tolist())
+
+
+@dataclasses.dataclass
+class TrainingLoader:
+    """Iterates ``(images uint8 (b, 1, H, W), targets, rows)`` on ``device``: this rank's share of each
+    global batch of the epoch set by ``set_epoch``."""
+
+    images: torch.Tensor  # the whole uint8 set (N, H, W): on ``device``, or in host memory
+    targets: torch.Tensor  # (N,) int64, beside the images
+    rows: np.ndarray  # the rows of the split this loader draws from
+    batch_size: int  # global
+    seed: int
+    device: torch.device  # where batches go: the training device
+    on_device: bool = True  # the set is on ``device`` (else in host memory: the DataLoader path)
+    process_index: int = 0
+    num_processes: int = 1
+    weights: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.batches = EpochBatches(len(self.rows), self.batch_size, self.seed, self.process_index,
+                                    self.num_processes, self.weights)
+        self.dataset = XrayDataset(self.images, self.targets, self.rows)
+        # Host memory: a DataLoader gathers each batch with one tensor index (XrayDataset.__getitems__).
+        # Its own generator, so that creating an iterator leaves the global RNG (dropout) alone.
+        self._host_loader = None if self.on_device else torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.batches, collate_fn=collate_batch,
+            pin_memory=torch.device(self.device).type == "cuda", generator=torch.Generator())
+
+    def __len__(self) -> int:
+        """Steps in an epoch (the loop counts steps from 1 to this, whatever the start step)."""
+        return len(self.batches)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        self.batches.set_epoch(epoch, start_step)
+
+    def __iter__(self):
+        if self.on_device:
+            for positions in self.batches.shares().to(self.device):
+                yield self.dataset.batch(positions)
+            return
+        for images, targets, rows in self._host_loader:
+            yield (images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True),
+                   rows.to(self.device, non_blocking=True))
 
 
 def epoch_permutation(count: int, seed: int, epoch: int, weights: np.ndarray | None = None) -> torch.Tensor:
@@ -88,19 +131,3 @@ def balanced_weights(sources: np.ndarray, targets: np.ndarray) -> np.ndarray:
     _, pair_of_row, pair_sizes = np.unique(pairs, return_inverse=True, return_counts=True)
     weights = 1.0 / pair_sizes[pair_of_row]
     return weights / weights.sum()
-
-
-class EpochPermutation(torch.utils.data.Sampler):
-    """The DataLoader path's sampler (``--data-on-device no``): the same order as the device loader's."""
-
-    def __init__(self, count: int, seed: int, weights: np.ndarray | None = None):
-        self.count, self.seed, self.epoch, self.weights = count, seed, 0, weights
-
-    def set_epoch(self, epoch: int) -> None:  # accelerate's prepared loader passes it on
-        self.epoch = epoch
-
-    def __iter__(self):
-        return iter(epoch_permutation(self.count, self.seed, self.epoch, self.weights).tolist())
-
-    def __len__(self) -> int:
-        return self.count

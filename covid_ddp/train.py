@@ -37,7 +37,7 @@ from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_o
                           same_on_every_process, watch_launcher)
 from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError, first_line
-from .loader import DeviceBatchLoader, EpochPermutation, balanced_weights
+from .loader import TrainingLoader, balanced_weights
 from .metrics import binary_metrics, choose_threshold
 from .model import Net, raw_pixel_state_dict
 from .predict import inference_model
@@ -130,9 +130,8 @@ def build_accelerator(config: TrainConfig, cpu: bool | None = None) -> Accelerat
         log_with="tensorboard",
         # A placeholder: the run folder is settled (and shared by all ranks) after start-up.
         project_dir=config.output_dir or "runs",
-        # split_batches: --batch-size is global and each process takes its slice of every
-        # batch; the sampler (loader.EpochPermutation) gives every rank the same permutation for
-        # each epoch, so shards are disjoint, reshuffled per epoch and reproducible on resume.
+        # split_batches: --eval-batch-size is global and each process scores its slice of every
+        # evaluation batch. (Training batches are sharded by loader.EpochBatches, not here.)
         dataloader_config=DataLoaderConfiguration(split_batches=True),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.dist_timeout))],
     )
@@ -174,12 +173,12 @@ class Prepared:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
-    train_loader: DeviceBatchLoader | torch.utils.data.DataLoader
+    train_loader: TrainingLoader  # not prepared by accelerate: it owns its order (loader.EpochBatches)
     monitor_loader: torch.utils.data.DataLoader  # validation, or test when --val-size 0
     test_loader: torch.utils.data.DataLoader
     monitor_name: str
     data_device: str  # where the uint8 set lives (--data-on-device)
-    train_loader_kind: str  # 'device' (DeviceBatchLoader) or 'DataLoader'
+    train_loader_kind: str  # 'device' (batches cut on the device) or 'DataLoader' (gathered in host memory)
 
 
 def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, accelerator: Accelerator,
@@ -197,7 +196,7 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
     train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config,
                                                          num_processes=accelerator.num_processes,
                                                          process_index=accelerator.process_index,
-                                                         on_device=on_device,
+                                                         on_device=on_device, device=accelerator.device,
                                                          weights=training_weights(config, data, targets, split))
     seed_global_generators(config.seed, "weights")  # identical initial weights on every rank
     model = build_model(config, accelerator.device, pixel_statistics(data.images, split.train))
@@ -205,8 +204,9 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
     optimizer = make_optimizer(model.to(accelerator.device), config.lr, accelerator.device)
     # Not passed to prepare(): accelerate's wrapper would step it once per process.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
-    # prepare() passes a DeviceBatchLoader through untouched and wraps a DataLoader for sharding.
-    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    # The training loader is not prepared: it shards and orders its batches itself. The evaluation
+    # loaders are, for gather_for_metrics to drop the padding of their last batch.
+    model, optimizer, test_loader = accelerator.prepare(model, optimizer, test_loader)
     placement = (str(images.device), "device" if on_device else "DataLoader")
     if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
         return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement)
@@ -226,13 +226,13 @@ def training_weights(config: TrainConfig, data: RawData, targets: np.ndarray, sp
 
 
 def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: int, process_index: int,
-                 on_device: bool, weights: np.ndarray | None = None):
-    """Training loader (shuffled) and evaluation loaders over one shared uint8 tensor.
+                 on_device: bool, device: torch.device | None = None, weights: np.ndarray | None = None):
+    """Training loader (shuffled, sharded) and evaluation loaders over one shared uint8 tensor.
 
-    With the set ``on_device``, training batches are cut there by a ``DeviceBatchLoader``;
-    otherwise a DataLoader (for accelerate to prepare) fetches them. Both give every rank the
-    same shards. Evaluation always uses a DataLoader: ``gather_for_metrics`` needs accelerate's
-    view of its last batch to drop the padding, which keeps evaluation exact.
+    The training loader (``loader.TrainingLoader``) cuts batches on ``device`` when the set is
+    ``on_device``, else gathers them in host memory and moves them there; the same shards either
+    way. Evaluation always uses a DataLoader for accelerate to prepare: ``gather_for_metrics``
+    needs accelerate's view of its last batch to drop the padding, which keeps evaluation exact.
     """
     if config.batch_size % num_processes or config.eval_batch_size % num_processes:
         raise UserError(
@@ -247,23 +247,18 @@ def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: 
     if len(split.train) < config.batch_size:
         raise UserError(f"the training part has {len(split.train)} images, fewer than --batch-size {config.batch_size}")
 
-    def loader(rows, batch_size, shuffle):
-        # Training drops the last partial global batch (the permutation changes every epoch, so
-        # every image is still used): padding it, as DistributedSampler does, would make N
-        # processes train on other images than 1 process. Evaluation keeps every image.
-        dataset = XrayDataset(images, targets, rows)
-        sampler = EpochPermutation(len(rows), config.seed, weights) if shuffle else None
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=shuffle,
+    def evaluation_loader(rows):
+        return torch.utils.data.DataLoader(XrayDataset(images, targets, rows), batch_size=config.eval_batch_size,
                                            collate_fn=collate_batch)
 
-    if on_device:
-        train_loader = DeviceBatchLoader(images, targets, split.train, config.batch_size, config.seed,
-                                         process_index, num_processes, weights=weights)
-    else:
-        train_loader = loader(split.train, config.batch_size, shuffle=True)
-    val_loader = loader(split.val, config.eval_batch_size, shuffle=False) if len(split.val) else None
-    test_loader = loader(split.test, config.eval_batch_size, shuffle=False)
-    return train_loader, val_loader, test_loader
+    # Training drops the last partial global batch (the permutation changes every epoch, so every
+    # image is still used): padding it, as DistributedSampler does, would make N processes train
+    # on other images than 1 process. Evaluation keeps every image.
+    train_loader = TrainingLoader(images, targets, split.train, config.batch_size, config.seed,
+                                  device=images.device if device is None else device, on_device=on_device,
+                                  process_index=process_index, num_processes=num_processes, weights=weights)
+    val_loader = evaluation_loader(split.val) if len(split.val) else None
+    return train_loader, val_loader, evaluation_loader(split.test)
 
 
 def build_model(config: TrainConfig, device: torch.device, normalization: tuple[float, float]) -> torch.nn.Module:

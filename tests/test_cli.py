@@ -223,7 +223,7 @@ def test_accelerate_config_is_a_valid_multi_gpu_bf16_config():
 
 
 def test_data_placement_does_not_change_the_result(trained_run, small_data, tmp_path):
-    """auto (yes on a CPU): batches cut by DeviceBatchLoader; no: by a DataLoader. Same weights."""
+    """auto (yes on a CPU): batches cut on the device; no: gathered by a DataLoader. Same weights."""
     reference_dir, _ = trained_run
     run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, tmp_path / "run", "--data-on-device", "no")])
     reference = torch.load(reference_dir / "COVID_binary_classifier.pth", weights_only=True)

@@ -1,7 +1,8 @@
 """Under torchrun: record which rows each rank trains on (2 epochs) and the gathered evaluation.
 
 Usage: shard_probe.py OUT_DIR DATA_DIR. Writes OUT_DIR/rank<R>.json with the training rows
-per epoch (of the device-resident loader and of the DataLoader path) and, from every rank, the gathered test rows and P(COVID) of a fixed model.
+per epoch (with the set on the device and in host memory, the DataLoader path) and, from every
+rank, the gathered test rows and P(COVID) of a fixed model.
 """
 
 import json
@@ -43,8 +44,8 @@ stage("loaders made")
 torch.manual_seed(0)
 model = Net()
 model.set_normalization(100.0, 50.0)
-model, train_loader, test_loader, dataloader_path, balanced_dataloader = accelerator.prepare(
-    model, loaders[0], loaders[2], dataloader_path, balanced_dataloader)
+model, test_loader = accelerator.prepare(model, loaders[2])  # the training loaders shard themselves
+train_loader = loaders[0]
 
 stage("prepared")
 
