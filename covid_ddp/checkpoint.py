@@ -4,27 +4,33 @@
 
     COVID_binary_classifier.pth   the consolidated state_dict (plain keys, fp32, CPU)
     COVID_binary_classifier.json  its decision threshold, chosen on the validation split
-    metrics.json, config.json     final test metrics and history; the resolved configuration
+    config.json                   the resolved configuration (from the start; a resume is checked against it)
+    metrics.json                  final test metrics and history
     splits.npz                    the train/val/test row indices, to audit or rebuild the split
-    checkpoints/epoch_003/        accelerate ``save_state`` folders, the last few kept
+    checkpoints/epoch_003/        the training state (``TrainingState``), the last few kept
     tensorboard/                  event files
 
 Checkpoints are written under a ``.tmp`` name and renamed once every rank has
 finished writing, so ``latest`` only ever finds complete ones. A checkpoint taken on a
 signal, inside an epoch, is ``epoch_NNN_step_NNNNN``: NNN is the epoch in progress.
+
+Nothing in a checkpoint is a pickle: tensors are read with ``torch.load(weights_only=True)``
+and the rest is JSON, so resuming a run folder from elsewhere runs no code from it.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .data import read_npz
 from .errors import UserError, first_line
-from .files import write_json
+from .files import save_torch, write_json
 
 WEIGHTS_FILE = "COVID_binary_classifier.pth"
 METRICS_FILE = "metrics.json"
@@ -33,8 +39,12 @@ SPLITS_FILE = "splits.npz"
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
+# A checkpoint folder: the main process writes the first three, every rank its random state.
+MODEL_STATE, OPTIMIZER_STATE, LOOP_STATE = "model.pt", "optimizer.pt", "training_state.json"
+RANDOM_STATE = "random_state_rank{rank}.pt"
 _CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")  # epoch_003, or epoch_003_step_00012
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+_PICKLED_STATE = ("custom_checkpoint_0.pkl", "random_states_0.pkl")  # accelerate's save_state (covid_ddp <= 0.1)
 
 
 class TrainingProgress:
@@ -71,6 +81,83 @@ class TrainingProgress:
             return self.partial_sums[process_index]
         totals = [sum(column) for column in zip(*self.partial_sums)]
         return totals if process_index == 0 else [0.0, 0.0]
+
+
+@dataclass
+class TrainingState:
+    """The live objects a checkpoint saves and restores, as every rank holds them.
+
+    The main process writes the model (plain keys, whatever wraps it: DDP, torch.compile), the
+    optimizer (and fp16's GradScaler) and the loop's state (progress and LR schedule, as JSON);
+    every rank writes its random state (dropout draws from the global generators; data order
+    and augmentation come from streams rebuilt from (seed, epoch, rank, step)).
+    """
+
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    progress: TrainingProgress
+
+    def save(self, folder: Path) -> None:
+        """This rank's share of a checkpoint into ``folder`` (called by every rank)."""
+        accelerator, folder = self.accelerator, Path(folder)
+        if accelerator.is_main_process:
+            save_torch(folder / MODEL_STATE, accelerator.unwrap_model(self.model, keep_torch_compile=False).state_dict())
+            scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
+            save_torch(folder / OPTIMIZER_STATE, {"optimizer": self.optimizer.state_dict(), "scaler": scaler})
+            write_json(folder / LOOP_STATE, {"progress": self.progress.state_dict(),
+                                             "scheduler": self.scheduler.state_dict(),
+                                             "num_processes": accelerator.num_processes})
+        save_torch(folder / RANDOM_STATE.format(rank=accelerator.process_index), _random_state(accelerator.device))
+
+    def load(self, folder: Path) -> bool:
+        """Restore a checkpoint on this rank; False when its random state does not apply here
+        (written by another number of processes): the caller then seeds it afresh."""
+        accelerator, folder = self.accelerator, Path(folder)
+        loop = _read_loop_state(folder)
+        model = accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        model.load_state_dict(load_plain(folder / MODEL_STATE, "checkpoint file"))
+        saved = load_plain(folder / OPTIMIZER_STATE, "checkpoint file")
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if accelerator.scaler is not None and saved.get("scaler"):
+            accelerator.scaler.load_state_dict(saved["scaler"])
+        self.scheduler.load_state_dict(loop["scheduler"])
+        self.progress.load_state_dict(loop["progress"])
+        random_state = folder / RANDOM_STATE.format(rank=accelerator.process_index)
+        if loop["num_processes"] != accelerator.num_processes or not random_state.is_file():
+            return False
+        _set_random_state(load_plain(random_state, "checkpoint file"), accelerator.device)
+        return True
+
+
+def _read_loop_state(folder: Path) -> dict:
+    path = folder / LOOP_STATE
+    if not path.is_file() and any((folder / name).exists() for name in _PICKLED_STATE):
+        raise UserError(f"{folder} was written by an earlier covid_ddp (accelerate's checkpoint format, whose state "
+                        "files are pickles, which could run code when read): it is not resumed. Finish that run with "
+                        "the version that wrote it, or start a new one")
+    try:
+        loop = json.loads(path.read_text())
+        return {"progress": loop["progress"], "scheduler": loop["scheduler"],
+                "num_processes": int(loop["num_processes"])}
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; {folder} is not a complete checkpoint") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path}: not a covid_ddp training state ({type(error).__name__}: {error})") from None
+
+
+def _random_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_random_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def is_finished_run(output_dir: Path) -> bool:
@@ -154,15 +241,24 @@ def consolidated_state_dict(state_dict: dict) -> dict:
 
 def load_weights(path: Path, map_location="cpu") -> dict:
     """Read a weights file safely: ``weights_only=True`` refuses pickled code."""
+    return load_plain(path, "weights file", map_location)
+
+
+def load_plain(path: Path, kind: str, map_location="cpu"):
+    """``torch.load(weights_only=True)``: tensors and plain containers only. A file that holds
+    anything else (a pickled object could run code when read) is a one-line error, not read."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: weights file not found")
+        raise UserError(f"{path}: {kind} not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # UnpicklingError, truncated zip, ...
+    except pickle.UnpicklingError:  # torch's advice would be to load it with weights_only=False
+        raise UserError(f"{path}: refused: this {kind} holds pickled Python objects besides tensors, which could run "
+                        "code when read; save plain tensors (a state_dict) instead") from None
+    except Exception as error:  # a truncated zip, ...
         with open(path, "rb") as handle:
             zip_archive = handle.read(4) == b"PK\x03\x04"
         if not zip_archive:  # a text file, an image...: torch's own words would be "pop from empty list"
-            raise UserError(f"{path}: not a PyTorch weights file (torch.save writes a zip archive and this file is "
+            raise UserError(f"{path}: not a PyTorch {kind} (torch.save writes a zip archive and this file is "
                             "not one)") from None
-        raise UserError(f"{path}: not a loadable weights file ({first_line(error)})") from None
+        raise UserError(f"{path}: not a loadable {kind} ({first_line(error)})") from None

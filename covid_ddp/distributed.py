@@ -1,6 +1,6 @@
-"""The job's processes: where they train, work they agree on, and the launcher they depend on.
+"""The job's processes: where they train, and work they agree on.
 
-Every rank of a job must reach the same answer to three questions, or the job hangs, or
+Every rank of a job must reach the same answer to two questions, or the job hangs, or
 splits into independent runs that overwrite each other's files:
 
 - **Where to train.** ``cpu_only`` is true with ``--cpu`` or when no CUDA device is usable;
@@ -15,19 +15,15 @@ splits into independent runs that overwrite each other's files:
   ``JobFailed``: the job ends everywhere within seconds and only the main process prints
   its one line (``cli.run_cli``). A rank that fails outside them (a crash, ``kill -9``) is
   seen by the others as a closed connection: ``lost_another_process`` names that case.
-- **Is the launcher still there.** A worker of a killed launcher would train on as an
-  orphan, holding the run's lock; ``watch_launcher`` turns the launcher's death into
-  SIGTERM, which stops training at the next agreed step with a checkpoint.
+
+(A worker whose launcher dies is stopped by ``launcher_watch``.)
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-import signal
 import socket
-import threading
-import time
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -36,9 +32,6 @@ import torch
 from accelerate.utils import gather_object
 
 from .errors import LocalError, UserError
-
-LAUNCHER_POLL_S = 0.5  # how often a worker checks that its launcher is alive
-
 
 class JobFailed(UserError):
     """A failure every rank raises together; the message names the rank when it was not the main one."""
@@ -203,23 +196,3 @@ def lost_another_process(error: BaseException) -> bool:
     """True for the error a collective raises when another rank of the job died mid-way (not a
     timeout: a slow process is not a dead one)."""
     return isinstance(error, RuntimeError) and any(text in str(error) for text in _PEER_GONE)
-
-
-# --- the launcher ---------------------------------------------------------------------------
-
-
-def watch_launcher() -> None:
-    """Under an elastic launcher (torchrun, a multi-process ``accelerate launch``), send this
-    process SIGTERM when the launcher dies, as ``kill -9`` of the launcher or of the
-    terminal's process group does: elastic workers run in sessions of their own, so nothing
-    else would reach them. A plain ``python`` run (``nohup`` included) is left alone."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ:
-        return
-    launcher = os.getppid()
-
-    def watch() -> None:
-        while os.getppid() == launcher:  # an orphan is re-parented to init or a subreaper
-            time.sleep(LAUNCHER_POLL_S)
-        os.kill(os.getpid(), signal.SIGTERM)  # a graceful stop inside training, an exit elsewhere
-
-    threading.Thread(target=watch, name="covid_ddp-launcher-watch", daemon=True).start()

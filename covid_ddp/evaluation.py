@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import figures
+from . import figures, launcher_watch
 from .cli import HelpFormatter, run_cli
 from .config import TrainConfig
 from .data import as_folders, load_data_dirs, load_dataset, to_binary
@@ -178,4 +178,5 @@ def format_table(metrics: dict, title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    launcher_watch.arm("covid-ddp-evaluate")
     return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-evaluate")

@@ -1,7 +1,7 @@
 """Graceful stop: SIGINT / SIGTERM become a request honoured at the next step boundary.
 
 Every rank installs the handler (launchers forward the signal to every worker; a worker
-whose launcher died sends it to itself, see ``distributed.watch_launcher``). The handler
+whose launcher died gets it from the kernel, see ``launcher_watch``). The handler
 only records the signal: the ranks swap it with their loss tallies every ``--log-every``
 steps (``engine.StepTally``), so they stop at the same optimizer-step boundary, save one
 resumable checkpoint together, and exit. A second signal stops at once.

@@ -4,16 +4,16 @@
 
     with RunFolder.open(accelerator, config) as folder:  # one path for all ranks, locked, checked shared
         folder.keep_split(split)
-        folder.restore(checkpointed)                      # --resume: load the chosen checkpoint
-        with folder.stop_on_signal() as stopper:          # SIGINT/SIGTERM: an agreed checkpoint, then exit
-            ... folder.save_checkpoint(epoch) ...
+        folder.restore(state, epochs)                     # --resume: load the chosen checkpoint
+        with folder.stop_on_signal(state) as stopper:     # SIGINT/SIGTERM: an agreed checkpoint, then exit
+            ... folder.save_checkpoint(state, epoch) ...
         folder.write_outputs(...)                         # threshold, weights, config, metrics
 
 Every method is called by every rank at the same point. The main process does the file
 work through ``distributed.on_main_process``, so a failure there (a full disk, a folder
 that is a file, a filesystem without ``flock``) stops every rank in the same call with
-one message. The other ranks only write their share of a checkpoint (accelerate saves
-each process's random state), and read the folder on resume: it must be on a filesystem
+one message. The other ranks only write their share of a checkpoint (each process's
+random state), and read the folder on resume: it must be on a filesystem
 every machine of the job mounts at the same path, which ``open`` checks.
 """
 
@@ -126,25 +126,33 @@ class RunFolder:
         on_main_process(self.accelerator, lambda: _keep_split(self.path, split, self.resume_from is not None),
                         f"write {self.path / ckpt.SPLITS_FILE}")
 
-    def restore(self, progress: ckpt.TrainingProgress, epochs: int) -> None:
-        """Load ``resume_from`` (weights, optimizer, schedule, progress, random states) on every rank."""
+    def restore(self, state: ckpt.TrainingState, epochs: int) -> bool:
+        """Load ``resume_from`` (weights, optimizer, schedule, progress, random states) on every rank.
+
+        False when this rank's random state could not be restored (the checkpoint was written by
+        another number of processes): the caller seeds it afresh. True otherwise.
+        """
         if self.resume_from is None:
-            return
-        on_every_process(self.accelerator, lambda: _load_state(self.accelerator, self.resume_from),
-                         f"read checkpoint {self.resume_from}")
-        self.accelerator.print(f"Resumed from {self.resume_from} (epoch {progress.epoch} done)")
+            return True
+        random_state_restored = on_every_process(self.accelerator, lambda: _load_state(state, self.resume_from),
+                                                 f"read checkpoint {self.resume_from}")
+        progress = state.progress
+        where = f"epoch {progress.epoch} done" + (f", {progress.step} steps of epoch {progress.epoch + 1}"
+                                                  if progress.step else "")
+        self.accelerator.print(f"Resumed from {self.resume_from} ({where})")
         if progress.epoch > epochs:
             raise UserError(f"{self.resume_from} is already at epoch {progress.epoch} of --epochs {epochs}; "
                             "pass a larger --epochs to train longer")
+        return random_state_restored
 
-    def save_checkpoint(self, epoch: int, step: int = 0) -> Path:
-        """accelerate ``save_state`` into ``<name>.tmp``, renamed once every rank has written its share."""
+    def save_checkpoint(self, state: ckpt.TrainingState, epoch: int, step: int = 0) -> Path:
+        """``state`` saved into ``<name>.tmp``, renamed once every rank has written its share."""
         final = ckpt.checkpoint_path(self.path, epoch, step)
         partial = final.with_name(final.name + ".tmp")
         what = f"write checkpoint {final}"
         on_main_process(self.accelerator, lambda: _empty_folder(partial), what)
         try:
-            on_every_process(self.accelerator, lambda: _save_state(self.accelerator, partial, final), what)
+            on_every_process(self.accelerator, lambda: _save_state(state, partial, final), what)
         except JobFailed as failure:
             if self.accelerator.is_main_process:
                 shutil.rmtree(partial, ignore_errors=True)
@@ -154,7 +162,7 @@ class RunFolder:
         return final
 
     @contextlib.contextmanager
-    def stop_on_signal(self):
+    def stop_on_signal(self, state: ckpt.TrainingState):
         """SIGINT/SIGTERM stop training at the next agreed step: checkpoint, then exit 128 + signal.
         A signal that came after the last agreed step of the last epoch stops the run before
         its final stage (that epoch's checkpoint is saved): it is not dropped."""
@@ -162,7 +170,7 @@ class RunFolder:
             try:
                 yield stopper
             except StopRequested as stop:
-                saved = self.save_checkpoint(stop.epoch, stop.step)
+                saved = self.save_checkpoint(state, stop.epoch, stop.step)
                 self._interrupted(stop.signum, f"at epoch {stop.epoch}, step {stop.step}; saved {saved}")
             late = max(gather_values(self.accelerator, stopper.signum))
             if late:
@@ -283,9 +291,9 @@ def _keep_split(output_dir: Path, split, resuming: bool) -> None:
         np.savez(handle, **split.as_arrays())
 
 
-def _load_state(accelerator, checkpoint: Path) -> None:
+def _load_state(state: ckpt.TrainingState, checkpoint: Path) -> bool:
     try:
-        accelerator.load_state(str(checkpoint))
+        return state.load(checkpoint)
     except RuntimeError as error:
         if "Unexpected key(s)" in str(error) or "Missing key(s)" in str(error):
             raise UserError(f"{checkpoint}: its model does not fit this version of covid_ddp (a checkpoint of an "
@@ -299,11 +307,13 @@ def _empty_folder(path: Path) -> None:
     path.mkdir(parents=True)
 
 
-def _save_state(accelerator, partial: Path, final: Path) -> None:
-    """This rank's share of ``save_state`` (the main process writes the model and optimizer)."""
+def _save_state(state: ckpt.TrainingState, partial: Path, final: Path) -> None:
+    """This rank's share of the checkpoint (the main process writes the model and optimizer)."""
     try:
-        accelerator.save_state(str(partial))
-    except Exception as error:  # torch.save and safetensors report a full disk in their own words
+        state.save(partial)
+    except UserError:  # files.save_torch already said what failed
+        raise
+    except Exception as error:
         raise cannot_write(final, error) from error
 
 

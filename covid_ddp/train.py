@@ -26,7 +26,7 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from . import checkpoint as ckpt
-from . import hardware
+from . import hardware, launcher_watch
 from .board import Logger
 from .cli import run_cli
 from .config import TrainConfig, parse_config
@@ -34,7 +34,7 @@ from .data import (RawData, XrayDataset, collate_batch, dataset_tensors, fetch_d
                    pixel_statistics, to_binary, wants_device)
 from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, lost_another_process,
                           join_restarted_group, on_every_process, on_main_process, refuse_independent_launch,
-                          same_on_every_process, watch_launcher)
+                          same_on_every_process)
 from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError, first_line
 from .loader import TrainingLoader, balanced_weights
@@ -49,6 +49,7 @@ from .sync_batchnorm import convert_sync_batchnorm
 
 
 def main(argv: list[str] | None = None) -> int:
+    launcher_watch.arm("covid-ddp-train")  # (launch/train.py arms it earlier, before torch is imported)
     return run_cli(lambda: train(parse_config(argv)), prog="covid-ddp-train")
 
 
@@ -83,16 +84,17 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     folder.keep_split(split)
     run = prepare_run(config, data, targets, split, accelerator)
     progress = ckpt.TrainingProgress()
-    accelerator.register_for_checkpointing(run.scheduler, progress)
-    folder.restore(progress, config.epochs)
+    state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress)
+    if not folder.restore(state, config.epochs):  # another process count: its random states do not apply
+        seed_global_generators(config.seed, "dropout", progress.epoch + 1, accelerator.process_index)
     board = start_logging(accelerator, folder, data.images, targets, split, config)
 
     monitored = None
-    with folder.stop_on_signal() as stopper:
+    with folder.stop_on_signal(state) as stopper:
         for epoch in range(progress.epoch + 1, config.epochs + 1):
             record, monitored = run_epoch(run, accelerator, config, epoch, progress, stopper, board)
             progress.end_epoch(record)
-            folder.save_checkpoint(epoch)
+            folder.save_checkpoint(state, epoch)
 
     test_metrics = finish(run, folder, accelerator, config, monitored, board, progress, _run_config(
         config, accelerator, data.provenance, split, folder, run))
@@ -115,7 +117,6 @@ def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
     join_restarted_group(cpu, datetime.timedelta(seconds=config.dist_timeout))
     accelerator = build_accelerator(config, cpu)
     refuse_independent_launch(accelerator.num_processes)
-    watch_launcher()
     hardware.tune_backends(accelerator.device)
     return accelerator, hardware.with_device_defaults(config, accelerator.device, accelerator.num_processes)
 
@@ -293,7 +294,7 @@ def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoc
     """Train one epoch, evaluate, step the LR schedule; returns the epoch's history record and evaluation."""
     if progress.step == 0:
         # Dropout masks differ per rank and epoch and depend only on (seed, epoch, rank), so a
-        # resumed epoch is exact. (Resuming inside an epoch, load_state restored the RNG instead.)
+        # resumed epoch is exact. (Resuming inside an epoch, the checkpoint's random state is restored.)
         seed_global_generators(config.seed, "dropout", epoch, accelerator.process_index)
     train_loss, images_per_s = train_one_epoch(run.model, run.optimizer, run.train_loader, accelerator, config,
                                                epoch, progress, stopper)

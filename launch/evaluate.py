@@ -3,7 +3,11 @@
 
 import sys
 
-from covid_ddp.evaluation import main
+from covid_ddp import launcher_watch
+
+launcher_watch.arm("covid-ddp-evaluate")  # first, before torch: see launch/train.py
+
+from covid_ddp.evaluation import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -158,7 +158,7 @@ def test_a_malicious_pickle_is_refused_and_does_not_run(capsys, tmp_path):
     torch.save({"conv1.weight": _Payload(marker)}, evil)
     Image.fromarray(xray()).save(tmp_path / "x.png")
     code, _, err = run_predict(capsys, "--weights", evil, tmp_path / "x.png")
-    assert_one_line_error(code, err, "evil.pth", "not a loadable weights file")
+    assert_one_line_error(code, err, "evil.pth", "refused", "pickled Python objects")
     assert not marker.exists(), "the pickle payload must not run"
 
 

@@ -1,73 +1,106 @@
-"""Run covid_ddp training with one injected fault, as a real run would meet it.
+"""Run covid_ddp training with injected faults, as a real run would meet them.
 
-Usage: faulty_train.py FAULT [covid-ddp-train flags...]
+Usage: faulty_train.py FAULT[,FAULT...] [covid-ddp-train flags...]
   nan:N      the N-th training loss (counting from 1 over the whole run) is NaN
-  slowsave:N the N-th file accelerate's save_state writes takes 3 s longer (a window to kill the run in)
+  slowsave:N the N-th file a checkpoint writes takes 3 s longer (a window to kill the run in)
   sloweval:N the N-th evaluation pass takes 3 s longer
   figure:N   the N-th TensorBoard image grid fails to draw (as a broken Pillow install would)
+  sigterm:N  after the N-th training step of this run, the main process sends SIGTERM to its
+             launcher (which forwards it to every worker), or to itself without one, and waits
+             a second for it to arrive: a stop at a known step, whatever the machine's load
+  float64    train in float64 (with --mixed-precision no): no float32 round-off, which Adam's
+             first steps turn into whole learning-rate steps on parameters whose true gradient
+             is zero (the conv biases before BatchNorm), so runs that split batches otherwise
+             (another process count) can be compared to 1e-6
 """
 
+import os
+import signal
 import sys
 import time
 
-import accelerate.checkpointing
+import torch
 import torch.nn.functional as F
 
-from covid_ddp import train
+from covid_ddp import board, checkpoint, engine, train
 
-kind, count = sys.argv[1].split(":")
-trigger = int(count)
-calls = 0
 
-if kind == "nan":
-    real_nll_loss = F.nll_loss
+def after_calls(count: str, action):
+    """A wrapper factory: ``action()`` runs on the ``count``-th call of the wrapped function."""
+    state = {"calls": 0}
+
+    def wrap(real):
+        def wrapper(*args, **kwargs):
+            state["calls"] += 1
+            return action(real, args, kwargs, state["calls"] == int(count))
+        return wrapper
+    return wrap
+
+
+def nan(count):
+    real = F.nll_loss
+    calls = {"n": 0}
 
     def nll_loss(log_probs, targets, *args, **kwargs):
-        global calls
-        loss = real_nll_loss(log_probs, targets, *args, **kwargs)
+        loss = real(log_probs, targets, *args, **kwargs)
         if log_probs.requires_grad:  # training steps only, not evaluation
-            calls += 1
-            if calls == trigger:
+            calls["n"] += 1
+            if calls["n"] == int(count):
                 return loss * float("nan")
         return loss
 
     F.nll_loss = nll_loss
-elif kind == "slowsave":
-    real_save = accelerate.checkpointing.save
 
-    def save(*args, **kwargs):
-        global calls
-        calls += 1
-        if calls == trigger:
+
+def slowsave(count):
+    def save(real, args, kwargs, now):
+        if now:
             time.sleep(3)
-        return real_save(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    accelerate.checkpointing.save = save
-elif kind == "sloweval":
-    real_evaluate = train.evaluate
+    checkpoint.save_torch = after_calls(count, save)(checkpoint.save_torch)
 
-    def evaluate(*args, **kwargs):
-        global calls
-        calls += 1
-        if calls == trigger:
+
+def sloweval(count):
+    def evaluate(real, args, kwargs, now):
+        if now:
             time.sleep(3)
-        return real_evaluate(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    train.evaluate = evaluate
-elif kind == "figure":
-    from covid_ddp import board
+    train.evaluate = after_calls(count, evaluate)(train.evaluate)
 
-    real_grid = board.tile_grid
 
-    def tile_grid(*args, **kwargs):
-        global calls
-        calls += 1
-        if calls == trigger:
+def figure(count):
+    def tile_grid(real, args, kwargs, now):
+        if now:
             raise OSError("injected: Pillow cannot load its default font")
-        return real_grid(*args, **kwargs)
+        return real(*args, **kwargs)
 
-    board.tile_grid = tile_grid
-else:
-    raise SystemExit(f"unknown fault {sys.argv[1]}")
+    board.tile_grid = after_calls(count, tile_grid)(board.tile_grid)
+
+
+def sigterm(count):
+    def add(real, args, kwargs, now):
+        real(*args, **kwargs)
+        if now and os.environ.get("RANK", "0") == "0":
+            launched = "TORCHELASTIC_RUN_ID" in os.environ
+            os.kill(os.getppid() if launched else os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the launcher forwards it to every worker meanwhile
+
+    engine.StepTally.add = after_calls(count, add)(engine.StepTally.add)
+
+
+def float64():
+    torch.set_default_dtype(torch.float64)
+
+
+FAULTS = {"nan": nan, "slowsave": slowsave, "sloweval": sloweval, "figure": figure, "sigterm": sigterm,
+          "float64": float64}
+
+for fault in sys.argv[1].split(","):
+    kind, *count = fault.split(":")
+    if kind not in FAULTS:
+        raise SystemExit(f"unknown fault {fault}")
+    FAULTS[kind](*count)
 
 sys.exit(train.main(sys.argv[2:]))
