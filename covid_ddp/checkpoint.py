@@ -214,6 +214,12 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def inside_an_epoch(checkpoint: Path) -> bool:
+    """Taken inside an epoch (``epoch_003_step_00012``), not at its end."""
+    match = _CHECKPOINT_NAME.match(Path(checkpoint).name)
+    return bool(match and match.group(2))
+
+
 def epochs_done(checkpoint: Path) -> int:
     """Finished epochs in a checkpoint, read from its name (``epoch_003`` -> 3, ``epoch_003_step_00012`` -> 2)."""
     match = _CHECKPOINT_NAME.match(Path(checkpoint).name)

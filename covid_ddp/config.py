@@ -30,9 +30,10 @@ class TrainConfig:
                          choices=["mcfam", "synthetic"])
     data_dir: Optional[list] = _flag(None, "folder(s) with train_images64.npz and train_labels.npz (and an optional "
                                      "meta.npz), used as they are; several are trained on as one set, each image "
-                                     "keeping its source (meta.npz 'dataset', else the folder's name); for --dataset "
-                                     "mcfam one new or empty folder is filled by a download (default: "
-                                     "~/.cache/covid_ddp/mcfam)", metavar="DIR", nargs="+")
+                                     "keeping its source (meta.npz 'dataset', else the folder's name) (default: "
+                                     "MCFAM, downloaded once into ~/.cache/covid_ddp/mcfam)", metavar="DIR", nargs="+")
+    download: bool = _flag(False, "download MCFAM into the one --data-dir folder (created if need be) when its files "
+                           "are missing; without it a --data-dir must already hold them")
     mcfam_url: str = _flag(MCFAM_BASE_URL, "base URL of the MCFAM files (a mirror, for example)", metavar="URL")
     sha256_images: Optional[str] = _flag(None, "refuse a train_images64.npz whose sha256 is not this (pin the "
                                          "file: the MCFAM source is plain HTTP)", metavar="HEX")
@@ -100,7 +101,13 @@ class TrainConfig:
     output_dir: Optional[str] = _flag(None, "run folder (default: runs/<timestamp>); a finished run there is "
                                       "refused unless --overwrite", metavar="DIR")
     overwrite: bool = _flag(False, "replace a finished run in --output-dir")
-    resume: Optional[str] = _flag(None, "'latest' (newest checkpoint of --output-dir) or a checkpoint folder", metavar="latest|auto|CHECKPOINT")
+    resume: Optional[str] = _flag(None, "'latest' (newest checkpoint of --output-dir), 'auto' (the same, or a new "
+                                  "run when there is none) or a checkpoint folder; flags that change the result "
+                                  "must be the run's (its config.json)", metavar="latest|auto|CHECKPOINT")
+    resume_with_changes: bool = _flag(False, "with --resume: continue although flags that change the result (data, "
+                                      "split, seed, batch, accumulation, lr, recipe, precision) differ from the run's "
+                                      "config.json; each change is recorded there, and a new --lr is applied to the "
+                                      "optimizer")
     keep_checkpoints: int = _flag(3, "number of epoch checkpoints kept in <output-dir>/checkpoints", metavar="N")
     log_every: int = _flag(20, "log training loss, learning rate and images/s to TensorBoard every this many steps", metavar="STEPS")
     log_images_every: int = _flag(1, "draw TensorBoard figures every this many epochs: validation inputs with their "
@@ -130,6 +137,9 @@ class TrainConfig:
             raise UserError(f"--seed must be 0 or more, got {self.seed}")
         if self.bootstrap < 0:
             raise UserError(f"--bootstrap must be 0 or more, got {self.bootstrap}")
+        if self.download and (not self.data_dir or len(self.data_dir) > 1 or self.dataset != "mcfam"):
+            raise UserError("--download fills one --data-dir folder with MCFAM (without --data-dir, MCFAM is "
+                            "downloaded into the cache by itself)")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise UserError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
 
@@ -144,6 +154,22 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# Flags that make a resumed run another experiment: refused at a resume unless --resume-with-changes.
+# The others may change freely: where and how fast it runs, what it logs, how many epochs to reach.
+RESULT_FLAGS = ("dataset", "synthetic_size", "test_size", "val_size", "group_split", "holdout_source",
+                "exclude_source", "batch_size", "grad_accum_steps", "lr", "lr_patience",
+                "lr_factor", "dropout", "seed", "max_grad_norm", "augment", "augment_acquisition", "balance_sources",
+                "augment_marks", "sync_bn", "mixed_precision")
+
+
+def changed_flags(recorded: dict, config: TrainConfig) -> dict[str, tuple]:
+    """{flag: (recorded value, this run's value)} for the RESULT_FLAGS that differ (a flag the
+    recorded configuration does not know, from an earlier version, is not compared)."""
+    current = config.to_dict()
+    return {f"--{_dashed(name)}": (recorded[name], current[name]) for name in RESULT_FLAGS
+            if name in recorded and name in current and recorded[name] != current[name]}
 
 
 def _dashed(name: str) -> str:

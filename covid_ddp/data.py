@@ -113,6 +113,7 @@ def validate_labels(labels: np.ndarray, path: Path) -> None:
 
 def load_data_dir(data_dir: Path) -> RawData:
     """Load and validate an MCFAM-format pair of files from ``data_dir``."""
+    check_data_dir(Path(data_dir))
     images_path, labels_path = Path(data_dir) / IMAGES_FILE, Path(data_dir) / LABELS_FILE
     images = load_array(images_path, IMAGES_KEY)
     validate_images(images, images_path)
@@ -127,6 +128,40 @@ def load_data_dir(data_dir: Path) -> RawData:
         "files": {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in described},
     }
     return RawData(images, labels.astype(np.float32), provenance, load_meta(meta_path, len(images)))
+
+
+def check_data_dir(folder: Path) -> None:
+    """A data folder holds both files; else one line says what is wrong and how to go on."""
+    fix = (f"--data-dir takes a folder with {IMAGES_FILE} and {LABELS_FILE} (covid-ddp-prepare makes one from "
+           "PNG/JPEG/DICOM images; covid-ddp-train --download fills a new one with MCFAM)")
+    if not folder.exists():
+        raise UserError(f"{folder} does not exist (nothing was created there); {fix}")
+    if not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a folder; {fix}")
+    present = [name for name in (IMAGES_FILE, LABELS_FILE) if (folder / name).is_file()]
+    if len(present) == 2:
+        return
+    if not present:
+        refuse_a_folder_of_other_files(folder)
+        raise UserError(f"{folder} holds neither {IMAGES_FILE} nor {LABELS_FILE}; {fix}")
+    (missing,) = {IMAGES_FILE, LABELS_FILE} - set(present)
+    both = f"{folder / present[0]} holds both '{IMAGES_KEY}' and '{LABELS_KEY}': save '{_key_of(missing)}' in " \
+        f"{missing} instead (np.savez(\"{missing}\", {_key_of(missing)}=...))" \
+        if {IMAGES_KEY, LABELS_KEY} <= _npz_keys(folder / present[0]) else fix
+    raise UserError(f"{folder / missing} is missing (beside {present[0]}); {both}")
+
+
+def _key_of(file_name: str) -> str:
+    return IMAGES_KEY if file_name == IMAGES_FILE else LABELS_KEY
+
+
+def _npz_keys(path: Path) -> set[str]:
+    """The array names of an .npz file, read from its zip directory (no array is loaded)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return {name.removesuffix(".npy") for name in archive.namelist()}
+    except (OSError, zipfile.BadZipFile):
+        return set()
 
 
 def load_meta(path: Path, count: int) -> dict | None:
@@ -205,7 +240,7 @@ def refuse_a_folder_of_other_files(folder: Path) -> None:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise UserError(f"{folder} holds no {IMAGES_FILE} and {LABELS_FILE} but {len(others)} other file(s) ({listed}); "
                         "--data-dir takes a folder with those two files (covid-ddp-prepare --output-dir DIR SRC makes one "
-                        "from PNG/JPEG/DICOM images), and MCFAM is downloaded only into a new or empty folder")
+                        "from PNG/JPEG/DICOM images), and --download fills only a new or empty folder with MCFAM")
 
 
 def _hash_record(path: Path) -> Path:
@@ -227,19 +262,26 @@ def check_pins(data: RawData, pins: dict) -> None:
                             "the file differs from the one you pinned")
 
 
-def fetch_dataset(dataset: str, data_dir, base_url: str, pins: dict | None = None) -> None:
-    """Download what ``load_dataset`` will read and is missing: MCFAM, into one folder (several
-    folders are the user's own and are read as they are)."""
+def fetch_dataset(dataset: str, data_dir, base_url: str, pins: dict | None = None, into_data_dir: bool = False) -> None:
+    """Download what ``load_dataset`` will read and is missing: MCFAM into the cache, or into the
+    one ``--data-dir`` only when asked (``into_data_dir``, ``--download``). A user's folders are
+    never a download target otherwise: ``load_data_dir`` says what they lack."""
     folders = as_folders(data_dir)
-    if dataset == "mcfam" and (folders is None or len(folders) == 1):
-        fetch_mcfam(folders[0] if folders else default_data_dir(), base_url, pins)
+    if dataset != "mcfam":
+        return
+    if folders is None:
+        fetch_mcfam(default_data_dir(), base_url, pins)
+    elif into_data_dir:
+        if len(folders) > 1:
+            raise UserError("--download fills one --data-dir folder; several folders are read as they are")
+        fetch_mcfam(folders[0], base_url, pins)
 
 
 def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_url: str,
-                 pins: dict | None = None, download: bool = True) -> RawData:
-    """The set a run trains on. For ``mcfam``, files already in ``data_dir`` (one folder or a list)
-    are used as they are; missing ones are downloaded unless ``download`` is false (the trainer
-    downloads first, once)."""
+                 pins: dict | None = None, downloaded: bool = True) -> RawData:
+    """The set a run trains on: synthetic, or MCFAM-format files in ``data_dir`` (one folder or a
+    list; default: the cache), as they are (``fetch_dataset`` downloads first). ``downloaded``:
+    the files came from ``base_url`` (the cache, or ``--download``), as config.json then says."""
     if dataset == "synthetic":
         images, labels = make_synthetic(synthetic_size, seed)
         return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed})
@@ -249,11 +291,10 @@ def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_ur
     if pins and len(folders) > 1:
         raise UserError("--sha256-images/--sha256-labels pin the files of one folder; with several --data-dir "
                         "folders check config.json's sha256 of each instead")
-    if download:
-        fetch_dataset(dataset, folders, base_url, pins)
     data = load_data_dirs(folders)
     check_pins(data, pins or {})
-    data.provenance["source_url"] = base_url
+    if downloaded or data_dir is None:
+        data.provenance["source_url"] = base_url
     return data
 
 

@@ -134,25 +134,49 @@ class _Outcome:
     value: Any = None
 
 
-def on_main_process(accelerator, work: Callable[[], Any], what: str) -> Any:
+def on_main_process(accelerator, work: Callable[[], Any], what: str, *, patient: bool = False) -> Any:
     """Run ``work`` on the main process; every rank returns its result (keep it small: it is
     pickled to the others) or raises ``JobFailed`` if it failed. Called by every rank at the
-    same point; ``what`` completes "cannot ..." in the message of an unexpected OSError."""
+    same point; ``what`` completes "cannot ..." in the message of an unexpected OSError.
+    ``patient``: the others wait for it without the collective timeout (a download)."""
     mine = _attempt(work, what) if accelerator.is_main_process else _Outcome()
-    return _agree(accelerator, mine, share_value=True)
+    return _agree(accelerator, mine, share_value=True, patient=patient)
 
 
-def on_every_process(accelerator, work: Callable[[], Any], what: str, *, here: bool = True) -> Any:
+def on_every_process(accelerator, work: Callable[[], Any], what: str, *, here: bool = True,
+                     patient: bool = False) -> Any:
     """Run ``work`` on every rank where ``here`` is true; each returns its own result, or all
     raise ``JobFailed`` if it failed on any of them."""
     mine = _attempt(work, what) if here else _Outcome()
-    _agree(accelerator, _Outcome(mine.error), share_value=False)
+    _agree(accelerator, _Outcome(mine.error), share_value=False, patient=patient)
     return mine.value
 
 
-def gather_values(accelerator, value) -> list:
-    """Collective: every rank's (small, picklable) ``value``, in rank order, on every rank."""
-    return gather_object([value]) if accelerator.num_processes > 1 else [value]
+def gather_values(accelerator, value, patient: bool = False) -> list:
+    """Collective: every rank's (small, picklable) ``value``, in rank order, on every rank.
+    ``patient``: through a group whose collectives wait a week, not ``--dist-timeout``."""
+    if accelerator.num_processes == 1:
+        return [value]
+    if not patient:
+        return gather_object([value])
+    gathered = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(gathered, value, group=_patient_group())
+    return gathered
+
+
+# A slow first download must not end the job: the others wait for it in a group without a
+# practical deadline (a dead main process still ends the job: its launcher stops the others).
+PATIENT_TIMEOUT = datetime.timedelta(days=7)
+_patient = {}  # the default group it was made in -> the patient group
+
+
+def _patient_group():
+    """A gloo group over every rank, made by all of them at their first patient agreement."""
+    world = torch.distributed.group.WORLD
+    if world not in _patient:
+        _patient.clear()  # of a group destroyed since
+        _patient[world] = torch.distributed.new_group(backend="gloo", timeout=PATIENT_TIMEOUT)
+    return _patient[world]
 
 
 def same_on_every_process(accelerator, value, what: str) -> None:
@@ -177,9 +201,10 @@ def _attempt(work: Callable[[], Any], what: str) -> _Outcome:
         return _Outcome(error=f"could not {what}: {type(error).__name__}: {error} (traceback above)")
 
 
-def _agree(accelerator, mine: _Outcome, share_value: bool) -> Any:
+def _agree(accelerator, mine: _Outcome, share_value: bool, patient: bool = False) -> Any:
     """One all-gather of every rank's outcome; the first failure (by rank) is raised everywhere."""
-    outcomes = gather_values(accelerator, (mine.error, mine.value if share_value else None, socket.gethostname()))
+    outcomes = gather_values(accelerator, (mine.error, mine.value if share_value else None, socket.gethostname()),
+                             patient)
     for rank, (error, _, host) in enumerate(outcomes):
         if error is not None:
             raise JobFailed(error if rank == 0 else f"{error} (process {rank}, on {host})")

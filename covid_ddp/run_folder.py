@@ -3,11 +3,13 @@
 ::
 
     with RunFolder.open(accelerator, config) as folder:  # one path for all ranks, locked, checked shared
+        folder.check_resume(config, data_fingerprint)     # --resume: the same experiment, or changes asked for
         folder.keep_split(split)
+        folder.write_config(run_config)                   # config.json, from the start
         folder.restore(state, epochs)                     # --resume: load the chosen checkpoint
         with folder.stop_on_signal(state) as stopper:     # SIGINT/SIGTERM: an agreed checkpoint, then exit
             ... folder.save_checkpoint(state, epoch) ...
-        folder.write_outputs(...)                         # threshold, weights, config, metrics
+        folder.write_outputs(...)                         # threshold, weights, metrics
 
 Every method is called by every rank at the same point. The main process does the file
 work through ``distributed.on_main_process``, so a failure there (a full disk, a folder
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from . import checkpoint as ckpt
-from .config import TrainConfig, default_output_dir
+from .config import TrainConfig, changed_flags, default_output_dir
 from .distributed import JobFailed, gather_values, on_every_process, on_main_process
 from .errors import UserError
 from .files import atomic_path, cannot_write, save_torch, write_json
@@ -100,6 +103,8 @@ class RunFolder:
         self.accelerator, self.path, self.keep = accelerator, path, keep
         self.resume_from = resume_from  # the checkpoint this run continues, chosen by the main process
         self.finished = finished  # --resume auto on a run that has nothing left to do
+        self.resumes: list[dict] = []  # config.json's record of every resume of this run, and its changes
+        self.changes: dict[str, tuple] = {}  # this resume's changed flags (--resume-with-changes)
 
     @classmethod
     @contextlib.contextmanager
@@ -120,6 +125,22 @@ class RunFolder:
                 lock.release()
 
     # --- the run's life ----------------------------------------------------------------------
+
+    def check_resume(self, config: TrainConfig, data_fingerprint: str) -> None:
+        """A resume continues the same experiment: the flags that change the result
+        (``config.RESULT_FLAGS``) and the data's content must be those of the run's config.json,
+        unless ``--resume-with-changes`` asks otherwise (config.json then records the changes)."""
+        if self.resume_from is None:
+            return
+        self.resumes, self.changes = on_main_process(
+            self.accelerator, lambda: _check_resume(self.path, self.resume_from, config, data_fingerprint),
+            f"read {self.path / ckpt.CONFIG_FILE}")
+
+    def write_config(self, run_config: dict) -> None:
+        """config.json: the resolved configuration, written when training starts (a resume is checked against it)."""
+        on_main_process(self.accelerator, lambda: write_json(self.path / ckpt.CONFIG_FILE,
+                                                             {**run_config, "resumes": self.resumes}),
+                        f"write {self.path / ckpt.CONFIG_FILE}")
 
     def keep_split(self, split) -> None:
         """splits.npz: the rows of each part; a resume must use the split the run trained on."""
@@ -180,7 +201,7 @@ class RunFolder:
         raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} {where}. To continue, run the same "
                                   f"command with --resume auto --output-dir {self.path}", signum) from None
 
-    def write_outputs(self, decision: dict, weights: dict, run_config: dict, metrics: dict, board=None) -> Path:
+    def write_outputs(self, decision: dict, weights: dict, metrics: dict, board=None) -> Path:
         """The finished run's files, by the main process, metrics.json last: its presence marks a finished run."""
         weights_path = self.path / ckpt.WEIGHTS_FILE
 
@@ -189,7 +210,6 @@ class RunFolder:
                 board()
             ckpt.write_decision(weights_path, decision)  # before the weights it belongs to
             save_torch(weights_path, weights)
-            write_json(self.path / ckpt.CONFIG_FILE, run_config)
             write_json(self.path / ckpt.METRICS_FILE, metrics)
 
         on_main_process(self.accelerator, write, f"write the outputs in {self.path}")
@@ -275,6 +295,35 @@ def clear_run(output_dir: Path) -> None:
         (Path(output_dir) / name).unlink(missing_ok=True)
     for name in (ckpt.CHECKPOINTS_DIR, ckpt.TENSORBOARD_DIR):
         shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
+
+
+def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_fingerprint: str) -> tuple[list, dict]:
+    """(config.json's resumes with this one added, this resume's changes) or a one-line refusal."""
+    config_path = path / ckpt.CONFIG_FILE
+    if not config_path.is_file():  # a run folder of an earlier version, stopped before its end
+        return [], {}
+    try:
+        recorded = json.loads(config_path.read_text())
+        flags, data = recorded["config"], recorded.get("data", {})
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{config_path}: not a covid_ddp run configuration ({type(error).__name__}: {error}); "
+                        "restore it, or start a new run") from None
+    changes = changed_flags(flags, config)
+    if data.get("fingerprint") not in (None, data_fingerprint):
+        changes["data"] = (data["fingerprint"], data_fingerprint)
+    if changes and not config.resume_with_changes:
+        listed = ", ".join("other data files (their sha256 differ)" if name == "data" else
+                           f"{name} {new} (the run's: {old})" for name, (old, new) in changes.items())
+        raise UserError(f"--resume: {listed}: the run in {path} was trained otherwise (its {ckpt.CONFIG_FILE}), so "
+                        "the resumed run would be another experiment; resume with the run's flags, or pass "
+                        "--resume-with-changes to change them on purpose")
+    reshaped = sorted({"--batch-size", "--grad-accum-steps", "data"} & set(changes))
+    if reshaped and ckpt.inside_an_epoch(checkpoint):
+        raise UserError(f"--resume {checkpoint}: {', '.join(reshaped)} cannot change inside an epoch (its steps "
+                        "are counted in batches of the old size); resume from an epoch's checkpoint "
+                        f"({ckpt.CHECKPOINTS_DIR}/epoch_NNN) instead")
+    record = {"from": checkpoint.name, "changed": {name: list(values) for name, values in changes.items()}}
+    return [*recorded.get("resumes", []), record], changes
 
 
 def _keep_split(output_dir: Path, split, resuming: bool) -> None:

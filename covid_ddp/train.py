@@ -81,12 +81,16 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     data = load_training_data(accelerator, config)
     targets = to_binary(data.labels)
     split = make_split(targets, config.split_plan(), data.meta)
+    folder.check_resume(config, fingerprint(data))
     folder.keep_split(split)
     run = prepare_run(config, data, targets, split, accelerator)
+    folder.write_config(_run_config(config, accelerator, data, split, folder, run))
     progress = ckpt.TrainingProgress()
     state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress)
     if not folder.restore(state, config.epochs):  # another process count: its random states do not apply
         seed_global_generators(config.seed, "dropout", progress.epoch + 1, accelerator.process_index)
+    if "--lr" in folder.changes:  # --resume-with-changes: the optimizer state holds the old one
+        _set_learning_rate(run.optimizer, config.lr, accelerator)
     board = start_logging(accelerator, folder, data.images, targets, split, config)
 
     monitored = None
@@ -96,8 +100,7 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
             progress.end_epoch(record)
             folder.save_checkpoint(state, epoch)
 
-    test_metrics = finish(run, folder, accelerator, config, monitored, board, progress, _run_config(
-        config, accelerator, data.provenance, split, folder, run))
+    test_metrics = finish(run, folder, accelerator, config, monitored, board, progress)
     del run  # the DDP wrapper holds the process group: release it before shutting down
     shut_down(accelerator)
     return test_metrics
@@ -155,14 +158,15 @@ def load_training_data(accelerator: Accelerator, config: TrainConfig) -> RawData
     (whose cache may be a disk of its own); then every process reads its copy, and all check
     that they hold the same files."""
     def fetch():
-        fetch_dataset(config.dataset, config.data_dir, config.mcfam_url, config.pins())
+        fetch_dataset(config.dataset, config.data_dir, config.mcfam_url, config.pins(), into_data_dir=config.download)
 
-    on_main_process(accelerator, fetch, "download the data")
+    # Patient: the others wait for a download however long it takes, not --dist-timeout.
+    on_main_process(accelerator, fetch, "download the data", patient=True)
     on_every_process(accelerator, fetch, "download the data",
-                     here=accelerator.is_local_main_process and not accelerator.is_main_process)
+                     here=accelerator.is_local_main_process and not accelerator.is_main_process, patient=True)
     data = on_every_process(accelerator, lambda: load_dataset(
         config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url, config.pins(),
-        download=False), "read the data")
+        downloaded=config.download), "read the data")
     same_on_every_process(accelerator, fingerprint(data), "data files")
     return data
 
@@ -316,8 +320,7 @@ def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoc
 
 
 def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
-           monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
-           run_config: dict) -> dict:
+           monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress) -> dict:
     """Pick the threshold on validation, score the test split once with it, write the run's outputs.
 
     The threshold and metrics.json describe the weights file itself: a run trained in bf16/fp16
@@ -342,7 +345,7 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
                       f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
                       f"{decision['method']})")
     draw_final = board and (lambda: board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch))
-    path = folder.write_outputs(decision, weights, run_config, {"test": test_metrics, "history": progress.history},
+    path = folder.write_outputs(decision, weights, {"test": test_metrics, "history": progress.history},
                                 draw_final)
     accelerator.print(f"Model saved to {path}")
     return test_metrics
@@ -398,12 +401,19 @@ def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
     return values
 
 
-def _run_config(config: TrainConfig, accelerator: Accelerator, provenance: dict, split, folder: RunFolder,
+def _set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, accelerator: Accelerator) -> None:
+    was = optimizer.param_groups[0]["lr"]
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    accelerator.print(f"--lr {lr:g} applied to the optimizer (it was at {was:g} in the checkpoint)")
+
+
+def _run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, split, folder: RunFolder,
                 run: Prepared) -> dict:
     return {
         "config": config.to_dict(),
         "output_dir": str(folder.path),
-        "data": {"dataset": config.dataset, **provenance,
+        "data": {"dataset": config.dataset, **data.provenance, "fingerprint": fingerprint(data),
                  "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
         "distributed": {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
                         "mixed_precision": accelerator.mixed_precision, "data_device": run.data_device,

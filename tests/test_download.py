@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import IMAGES, LABELS, TRAIN_SCRIPT, FakeMirror, npz_bytes, run
-from covid_ddp.data import fetch_mcfam, load_data_dir, sha256_of
+from conftest import IMAGES, LABELS, TRAIN_SCRIPT, FakeMirror, SMALL_RUN, clean_env, npz_bytes, run, torchrun
+from covid_ddp.data import fetch_dataset, fetch_mcfam, load_data_dir, sha256_of
 from covid_ddp.download import DownloadError, download
 from covid_ddp.errors import UserError
 
@@ -64,15 +64,15 @@ def test_train_without_network_exits_within_a_minute_with_one_line(mirror, tmp_p
     url = mirror.url
     mirror.close()  # nothing listens there any more: connection refused, as offline
     started = time.monotonic()
-    result = run([sys.executable, TRAIN_SCRIPT, "--cpu", "--data-dir", tmp_path / "cache", "--mcfam-url", url,
-                  "--output-dir", tmp_path / "run"], check=False, timeout=60)
+    result = run([sys.executable, TRAIN_SCRIPT, "--cpu", "--mcfam-url", url, "--output-dir", tmp_path / "run"],
+                 check=False, timeout=60, env=clean_env(XDG_CACHE_HOME=str(tmp_path / "cache")))
     assert time.monotonic() - started < 60
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "could not download" in lines[0] and "--dataset synthetic" in lines[0]
     assert not (tmp_path / "run").exists()
-    assert not any((tmp_path / "cache").glob("*")) if (tmp_path / "cache").exists() else True
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()], "nothing partial in the cache"
 
 
 def test_a_stalled_server_times_out(mirror, tmp_path):
@@ -114,3 +114,61 @@ def test_pinned_hashes_refuse_other_content(mirror, tmp_path):
 
 def sha256_of_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# --- a user's --data-dir is never a download target ------------------------------------------
+
+
+def test_a_data_dir_that_does_not_exist_is_refused_and_not_created(mirror, capsys, tmp_path):
+    from covid_ddp.train import main as train_main
+
+    typo = tmp_path / "data" / "mnie"  # for data/mine
+    code = train_main(["--data-dir", str(typo), "--mcfam-url", mirror.url, "--output-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{typo} does not exist (nothing was created there)" in err and "--download" in err
+    assert not typo.exists() and mirror.requests == [], "never a download target"
+
+
+@pytest.mark.parametrize("holds", ["images only", "both arrays in one file"])
+def test_a_data_dir_missing_a_file_names_it_and_downloads_nothing(mirror, tmp_path, holds):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    arrays = {"train_images": np.zeros((8, 64, 64), np.uint8)}
+    if holds == "both arrays in one file":
+        arrays["train_labels"] = np.eye(4)[[0, 1, 2, 3] * 2]
+    np.savez(folder / "train_images64.npz", **arrays)
+    fetch_dataset("mcfam", [folder], mirror.url)
+    with pytest.raises(UserError) as refused:
+        load_data_dir(folder)
+    message = str(refused.value)
+    assert message.startswith(f"{folder / 'train_labels.npz'} is missing (beside train_images64.npz)")
+    if holds == "both arrays in one file":
+        assert "holds both 'train_images' and 'train_labels': save 'train_labels' in train_labels.npz" in message
+    assert mirror.requests == [] and sorted(p.name for p in folder.iterdir()) == ["train_images64.npz"]
+
+
+def test_download_fills_a_data_dir_only_when_asked(mirror, tmp_path):
+    fetch_dataset("mcfam", [tmp_path / "new"], mirror.url)
+    assert not (tmp_path / "new").exists()
+    fetch_dataset("mcfam", [tmp_path / "new"], mirror.url, into_data_dir=True)
+    assert load_data_dir(tmp_path / "new").images.shape == (8, 64, 64)
+
+
+def test_the_other_processes_wait_for_a_download_slower_than_the_collective_timeout(small_data, tmp_path):
+    """A first download that takes longer than --dist-timeout: the job goes on when it is done
+    (it used to fail: the other processes waited for it inside a collective)."""
+    server = FakeMirror()
+    server.files = {name: (small_data / name).read_bytes() for name in ("train_images64.npz", "train_labels.npz")}
+    server.stall_s = 5  # per file: 10 s in all, against --dist-timeout 8
+    flags = [a.format(data=small_data) for a in SMALL_RUN if a not in ("--data-dir", "{data}")]
+    try:
+        started = time.monotonic()
+        result = torchrun(2, TRAIN_SCRIPT, [*flags, "--epochs", "1", "--dist-timeout", "8", "--mcfam-url", server.url,
+                                            "--output-dir", tmp_path / "run"],
+                          env=clean_env(XDG_CACHE_HOME=str(tmp_path / "cache")), check=False)
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert time.monotonic() - started > 10 and sorted(server.requests) == ["train_images64.npz", "train_labels.npz"]
+    assert (tmp_path / "run" / "metrics.json").exists()

@@ -151,8 +151,13 @@ def test_resuming_with_other_split_flags_is_refused(patient_run, cohort_data, tm
     from covid_ddp.train import main as train_main
 
     run_dir = shutil.copytree(patient_run, tmp_path / "run")
-    code = train_main(["--cpu", "--data-dir", str(cohort_data), "--output-dir", str(run_dir), "--resume", "latest",
-                       "--epochs", "3", "--batch-size", "40"])  # without --group-split
+    resume = ["--cpu", "--data-dir", str(cohort_data), "--output-dir", str(run_dir), "--resume", "latest",
+              "--epochs", "3", "--batch-size", "40"]  # without --group-split
+    code = train_main(resume)
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.count("\n") == 0 and "--group-split False (the run's: True)" in error
+    # Not even on purpose: the split itself is checked against splits.npz.
+    code = train_main([*resume, "--resume-with-changes"])
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.count("\n") == 0 and "trained on another train/val/test split" in error
     with np.load(run_dir / "splits.npz", allow_pickle=False) as kept, \

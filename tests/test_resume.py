@@ -5,9 +5,11 @@ One finished 1-process run (2 epochs) is copied, as a run stopped after epoch 1,
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,3 +79,53 @@ def test_a_checkpoint_in_accelerates_pickled_format_is_refused_in_one_line(capsy
     code, _, err = resume(capsys, small_data, stopped_run)
     assert code == 2 and err.count("\n") == 1, err
     assert "written by an earlier covid_ddp" in err and "not resumed" in err
+
+
+# --- the flags of a resume ----------------------------------------------------------------------
+
+
+def test_a_resume_with_flags_that_change_the_result_is_refused_in_one_line(capsys, small_data, stopped_run):
+    recorded = (stopped_run / "config.json").read_text()
+    code, _, err = resume(capsys, small_data, stopped_run, "--lr", "0.0005", "--batch-size", "20")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "--batch-size 20 (the run's: 40)" in err and "--lr 0.0005 (the run's: 0.001)" in err
+    assert "--resume-with-changes" in err
+    assert (stopped_run / "config.json").read_text() == recorded, "nothing rewritten"
+    assert not (stopped_run / "metrics.json").exists()
+
+
+def test_other_data_files_are_refused_at_a_resume(capsys, small_data, stopped_run, tmp_path):
+    other = shutil.copytree(small_data, tmp_path / "data")
+    images = np.load(other / "train_images64.npz")["train_images"]
+    images[0, 0, 0] ^= 1
+    np.savez(other / "train_images64.npz", train_images=images)
+    code, _, err = resume(capsys, other, stopped_run)
+    assert code == 2 and "other data files (their sha256 differ)" in err, err
+
+
+def test_flags_that_do_not_change_the_result_may_change(capsys, small_data, stopped_run):
+    code, out, err = resume(capsys, small_data, stopped_run, "--epochs", "3", "--log-every", "3",
+                            "--eval-batch-size", "30", "--data-on-device", "no", "--bootstrap", "10")
+    assert code == 0, err
+    history = json.loads((stopped_run / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert json.loads((stopped_run / "config.json").read_text())["resumes"] == [{"from": "epoch_001", "changed": {}}]
+
+
+def test_resume_with_changes_applies_a_new_learning_rate_and_records_it(capsys, small_data, stopped_run):
+    code, out, err = resume(capsys, small_data, stopped_run, "--lr", "0.0005", "--resume-with-changes")
+    assert code == 0, err
+    assert "--lr 0.0005 applied to the optimizer (it was at 0.001 in the checkpoint)" in out
+    history = json.loads((stopped_run / "metrics.json").read_text())["history"]
+    assert history[0]["lr"] == 0.001 and history[1]["lr"] == 0.0005, "epoch 2 trained with the new rate"
+    config = json.loads((stopped_run / "config.json").read_text())
+    assert config["config"]["lr"] == 0.0005
+    assert config["resumes"] == [{"from": "epoch_001", "changed": {"--lr": [0.001, 0.0005]}}]
+
+
+def test_the_batch_size_cannot_change_inside_an_epoch(capsys, small_data, stopped_run):
+    checkpoints = stopped_run / "checkpoints"
+    (checkpoints / "epoch_001").rename(checkpoints / "epoch_002_step_00003")  # as if stopped at step 3 of epoch 2
+    code, _, err = resume(capsys, small_data, stopped_run, "--batch-size", "20", "--resume-with-changes")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--batch-size cannot change inside an epoch" in err and "epoch_NNN" in err
