@@ -82,9 +82,10 @@ class TrainConfig:
     # Hardware and distribution
     dist_timeout: float = _flag(300.0, "seconds a process waits in a collective for the others before the job fails "
                                 "(a dead or hung rank then ends the run instead of hanging it)", metavar="SECONDS")
-    mixed_precision: Optional[str] = _flag(None, "'no', 'fp16', 'bf16', or 'auto': bf16 where the device computes "
+    mixed_precision: Optional[str] = _flag(None, "'no', 'fp16', 'bf16', or 'auto': bf16 where every process computes "
                                            "it natively (Ampere+ GPUs; CPUs with AVX512-BF16 or AMX), fp16 on older "
-                                           "GPUs, else no (default: auto; a bf16/fp16 accelerate config is kept on GPUs)",
+                                           "GPUs, else no. A choice (here or in the accelerate config) is kept wherever "
+                                           "every process can run it, else replaced by auto's, saying so (default: auto)",
                                            choices=["no", "fp16", "bf16", "auto"])
     compile: bool = _flag(False, "torch.compile the model (inductor, or the accelerate config's dynamo_backend). "
                           "Pays on GPUs; on a 2-core CPU it trained slower (benchmarks/throughput.py); the first "

@@ -3,7 +3,10 @@
 Every rank of a job must reach the same answer to two questions, or the job hangs, or
 splits into independent runs that overwrite each other's files:
 
-- **Where to train.** ``cpu_only`` is true with ``--cpu`` or when no CUDA device is usable;
+- **Where to train, and in which precision.** Each process's view (``hardware.local_view``)
+  is swapped through the launcher's store before the group forms (``exchange_before_group``),
+  and every process draws the same conclusion from the same views. ``cpu_only`` is true with
+  ``--cpu`` or when no CUDA device is usable;
   the accelerator is then built for the CPU, which is what makes accelerate join the
   launcher's processes in a gloo group (asked for GPUs it would not, and every process
   would train alone). So ``accelerate launch`` with a multi-GPU config, ``torchrun`` and
@@ -22,6 +25,7 @@ splits into independent runs that overwrite each other's files:
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import socket
 import traceback
@@ -95,6 +99,28 @@ def refuse_independent_launch(num_processes: int) -> None:
     if launched > 1 and num_processes == 1:
         raise UserError(f"{launched} processes were launched but accelerate joined none of them into a group, so each "
                         "would train alone and overwrite the others' files; pass --cpu to train on CPU processes")
+
+
+_stores = []  # kept alive until the group forms: a multi-tenant store's server lives with its owners
+
+
+def exchange_before_group(value: dict, timeout: datetime.timedelta) -> list[dict]:
+    """Every process's ``value`` (JSON), in rank order, before the process group exists.
+
+    Through the launcher's TCP store (torchrun's agent hosts it; without an agent, rank 0 serves
+    it, sharing the port with the group's own store later). Keys are not made per restart: the
+    machines of a job count restarts apart, and a restarted attempt's keys hold the same values.
+    """
+    world = launched_processes()
+    if world == 1:
+        return [value]
+    rank = int(os.environ["RANK"])
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                                       is_master=rank == 0 and not agent_store, timeout=timeout, multi_tenant=True)
+    _stores.append(store)
+    store.set(f"covid_ddp/view/{rank}", json.dumps(value))
+    return [json.loads(store.get(f"covid_ddp/view/{other}")) for other in range(world)]
 
 
 def join_restarted_group(cpu: bool, timeout: datetime.timedelta) -> None:

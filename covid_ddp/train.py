@@ -15,6 +15,7 @@ folder (``run_folder.RunFolder``); any failure there ends every rank together.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import gc
 import os
@@ -28,13 +29,13 @@ from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 from . import checkpoint as ckpt
 from . import hardware, launcher_watch
 from .board import Logger
-from .cli import run_cli
+from .cli import is_main_rank, run_cli, say
 from .config import TrainConfig, parse_config
 from .data import (RawData, XrayDataset, collate_batch, dataset_tensors, fetch_dataset, fingerprint, load_dataset,
                    pixel_statistics, to_binary, wants_device)
-from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, lost_another_process,
-                          join_restarted_group, on_every_process, on_main_process, refuse_independent_launch,
-                          same_on_every_process)
+from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, exchange_before_group,
+                          join_restarted_group, lost_another_process, on_every_process, on_main_process,
+                          refuse_independent_launch, same_on_every_process)
 from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError, first_line
 from .loader import TrainingLoader, balanced_weights
@@ -116,8 +117,14 @@ def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
     cpu = cpu_only(config.cpu)
     if not cpu and torch.cuda.is_available():
         check_gpus_per_machine()
-    config = hardware.resolve_mixed_precision(config, on_cpu=cpu or not torch.cuda.is_available())
-    join_restarted_group(cpu, datetime.timedelta(seconds=config.dist_timeout))
+    timeout = datetime.timedelta(seconds=config.dist_timeout)
+    views = exchange_before_group(hardware.local_view(cpu), timeout)
+    hardware.agree_device(views)
+    precision, why = hardware.agree_precision(views, config.mixed_precision)
+    if why and is_main_rank():
+        say(f"covid-ddp-train: note: {why}")
+    config = dataclasses.replace(config, mixed_precision=precision)  # config.json records what ran
+    join_restarted_group(cpu, timeout)
     accelerator = build_accelerator(config, cpu)
     refuse_independent_launch(accelerator.num_processes)
     hardware.tune_backends(accelerator.device)
@@ -125,7 +132,7 @@ def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
 
 
 def build_accelerator(config: TrainConfig, cpu: bool | None = None) -> Accelerator:
-    """``config`` with its mixed precision resolved (``hardware.resolve_mixed_precision``)."""
+    """``config`` with its mixed precision agreed (``hardware.agree_precision``)."""
     accelerator = Accelerator(
         cpu=cpu_only(config.cpu) if cpu is None else cpu,
         mixed_precision=config.mixed_precision,

@@ -212,13 +212,13 @@ def test_help_says_each_default_once_and_keeps_urls_and_flags_whole(monkeypatch)
     assert "--output-dir" in train_help and "--output- dir" not in train_help
 
 
-def test_accelerate_config_is_a_valid_multi_gpu_bf16_config():
+def test_accelerate_config_is_a_valid_multi_gpu_config_that_leaves_the_precision_to_covid_ddp():
     from accelerate.commands.config.config_args import load_config_from_file
 
     from conftest import ROOT
 
     config = load_config_from_file(str(ROOT / "accelerate_config.yaml"))
-    assert config.distributed_type == "MULTI_GPU" and config.mixed_precision == "bf16"
+    assert config.distributed_type == "MULTI_GPU" and config.mixed_precision == "no", "no: auto's choice"
     assert config.num_machines == 1 and config.num_processes >= 2
 
 

@@ -9,48 +9,78 @@ import torch
 
 from covid_ddp import hardware
 from covid_ddp.config import TrainConfig
+from covid_ddp.errors import UserError
+
+
+def cpu(native="bf16", host="node1") -> dict:
+    return {"host": host, "device": "cpu", "native": native, "runs": ["no", "bf16"]}
+
+
+def gpu(native="bf16", host="node1", runs=("no", "fp16", "bf16")) -> dict:
+    return {"host": host, "device": "cuda", "native": native, "runs": list(runs)}
+
+
+@pytest.fixture(autouse=True)
+def no_accelerate_config(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
 
 
 def test_auto_precision_on_the_cpu_follows_native_bf16_support(monkeypatch):
-    config = TrainConfig(cpu=True, mixed_precision="auto")
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
-    assert hardware.resolve_mixed_precision(config, on_cpu=True).mixed_precision == "bf16"
+    assert hardware.agree_precision([hardware.local_view(cpu=True)], "auto") == ("bf16", None)
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
-    assert hardware.resolve_mixed_precision(config, on_cpu=True).mixed_precision == "no"
+    assert hardware.agree_precision([hardware.local_view(cpu=True)], None) == ("no", None)
 
 
-def test_an_explicit_precision_is_kept(monkeypatch):
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
-    for choice in ("no", "fp16", "bf16"):
-        assert hardware.resolve_mixed_precision(TrainConfig(mixed_precision=choice), on_cpu=False).mixed_precision == choice
-    assert hardware.resolve_mixed_precision(TrainConfig(mixed_precision="bf16"), on_cpu=True).mixed_precision == "bf16"
-
-
-@pytest.mark.parametrize("native", [True, False])
-def test_without_the_flag_a_run_gets_the_devices_best_precision(monkeypatch, native):
-    """The default is auto. The accelerate config's bf16/fp16 is a GPU setting: kept on a GPU; on a
-    CPU (a GPU config on a laptop) the CPU's own best, since emulated bf16 is slower than fp32 and
-    fp16 autocast needs a GPU. Its 'no' is what accelerate launch sets when nobody asked: auto."""
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
-    best_on_cpu = "bf16" if native else "no"
-    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
-    assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == best_on_cpu
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
-    assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == best_on_cpu
-    for configured in ("bf16", "fp16"):
-        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", configured)  # what accelerate launch passes
-        assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=False).mixed_precision == configured
-        assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=True).mixed_precision == best_on_cpu
-    assert hardware.resolve_mixed_precision(TrainConfig(mixed_precision="fp16"), on_cpu=True).mixed_precision == (
-        best_on_cpu), "fp16 on a CPU, asked for or not, is the CPU's best"
-    assert hardware.resolve_mixed_precision(TrainConfig(mixed_precision="no"), on_cpu=True).mixed_precision == "no"
-
-
-def test_without_the_flag_a_gpu_gets_its_native_half_precision(monkeypatch):
-    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+def test_a_gpu_view_names_its_native_half_precision(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
     for capability, expected in (((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp16")):
         monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *device, c=capability: c)
-        assert hardware.resolve_mixed_precision(TrainConfig(), on_cpu=False).mixed_precision == expected
+        view = hardware.local_view(cpu=False)
+        assert view["device"] == "cuda" and view["native"] == expected
+        assert hardware.agree_precision([view], None) == (expected, None)
+    assert hardware.local_view(cpu=True)["device"] == "cpu", "--cpu: the CPU even with a GPU"
+
+
+def test_auto_is_the_best_every_process_computes_natively():
+    assert hardware.agree_precision([gpu(), gpu(host="node2")], None) == ("bf16", None)
+    precision, why = hardware.agree_precision([gpu(), gpu(), gpu("fp16", "node2"), gpu("fp16", "node2")], None)
+    assert precision == "fp16", "an A100 and a V100 node: fp16 (with its GradScaler) everywhere"
+    assert why == ("--mixed-precision auto: fp16 on every process, the best all of them compute natively "
+                   "(processes 0, 1 (on node1) would compute bf16)")
+    precision, why = hardware.agree_precision([cpu(), cpu("no", "node2")], "auto")
+    assert precision == "no" and "process 0 (on node1) would compute bf16" in why
+
+
+def test_an_explicit_precision_is_kept_where_every_process_can_run_it(monkeypatch):
+    for choice in ("no", "fp16", "bf16"):
+        assert hardware.agree_precision([gpu(), gpu("fp16", "node2")], choice) == (choice, None)
+    assert hardware.agree_precision([cpu("no")], "bf16") == ("bf16", None), "emulated, but asked for"
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what accelerate launch passes from its config
+    assert hardware.agree_precision([cpu("no"), cpu("no")], None) == ("bf16", None)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # also what it passes when nobody asked: auto
+    assert hardware.agree_precision([cpu("no")], None) == ("no", None)
+    assert hardware.agree_precision([cpu("no")], "no") == ("no", None)
+
+
+def test_a_precision_some_process_cannot_run_is_replaced_in_one_line(monkeypatch):
+    assert hardware.agree_precision([cpu()], "fp16") == (
+        "bf16", "--mixed-precision fp16 cannot run on this CPU; training in bf16 (auto's choice) instead")
+    old_gpu = gpu("fp16", "node2", runs=("no", "fp16"))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    assert hardware.agree_precision([gpu(), old_gpu], None) == (
+        "fp16", "the accelerate config's mixed_precision bf16 cannot run on process 1 (on node2) (GPU); training "
+                "in fp16 (auto's choice) instead")
+
+
+def test_processes_on_gpus_and_on_cpus_are_refused_naming_them():
+    hardware.agree_device([gpu(), gpu()])
+    hardware.agree_device([cpu(), cpu()])
+    with pytest.raises(UserError, match=r"processes 0, 1 \(on node1\) would train on CUDA GPUs but process 2 "
+                                        r"\(on node2\) found no usable GPU.*pass --cpu"):
+        hardware.agree_device([gpu(), gpu(), cpu(host="node2")])
 
 
 def test_eval_batch_defaults_per_device_and_process_count():

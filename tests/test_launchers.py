@@ -83,6 +83,19 @@ def test_a_launch_environment_without_a_launcher_is_refused_in_one_line(small_da
     assert not (tmp_path / "run").exists()
 
 
+def test_the_processes_agree_on_one_precision_and_say_why(small_data, tmp_path):
+    """Rank 1's machine computes bf16 only emulated: auto trains both in fp32, and says so once."""
+    job = launch_job(torchrun_launcher(), HELPERS / "fake_hardware.py",
+                     ["0:native=bf16;1:native=no", *small_args(small_data, tmp_path / "run", "--epochs", "1")],
+                     tmp_path / "logs")
+    assert job.returncode == 0, job.console[-3000:]
+    assert _distributed(tmp_path / "run")["mixed_precision"] == "no"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["mixed_precision"] == "no"
+    notes = [line for line in job.console.splitlines() if "note: --mixed-precision auto" in line]
+    assert len(notes) == 1 and "fp32 on every process" in notes[0] and "process 0 (on " in notes[0], job.console
+    assert "covid-ddp-train: 2 CPU processes (gloo), fp32;" in job.console
+
+
 # --- failures that end the whole job --------------------------------------------------------
 
 
@@ -96,6 +109,13 @@ def test_the_quickstart_recipe_offline_ends_the_job_with_the_download_message(tm
     assert "Connection refused" in line
     assert not (tmp_path / "run").exists(), "nothing left behind"
     assert "rank      : 0" in job.console.split("Root Cause")[-1], "the launcher names the main process"
+
+
+def test_processes_on_gpus_and_on_cpus_are_refused_before_the_group_forms(small_data, tmp_path):
+    job = launch_job(torchrun_launcher(), HELPERS / "fake_hardware.py",
+                     ["1:device=cuda", *small_args(small_data, tmp_path / "run")], tmp_path / "logs")
+    assert_failed_together(job, "process 1 (on ", "would train on CUDA GPUs but process 0", "pass --cpu", within=20)
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_data_ends_the_job_in_one_line(tmp_path):
