@@ -12,7 +12,6 @@ image, AUC with one class) is ``None``, and so is its interval.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_curve
 
 from .seeding import stream_seed
 
@@ -128,6 +127,8 @@ def choose_threshold(p_covid: np.ndarray, targets: np.ndarray, target_sensitivit
         return {"threshold": DEFAULT_THRESHOLD, "method": "default 0.5 (the validation split lacks a class)"}
     # Every distinct score is a candidate: the default drops points off the curve's corners,
     # which can skip the highest threshold that reaches a target sensitivity.
+    from sklearn.metrics import roc_curve  # here: 1 s of imports, which only the main process needs
+
     false_positive, true_positive, thresholds = roc_curve(targets, p_covid, drop_intermediate=False)
     if target_sensitivity is None:
         best = int(np.argmax(true_positive - false_positive))

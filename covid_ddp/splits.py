@@ -21,7 +21,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from .data import as_text
 from .errors import UserError
@@ -86,6 +85,8 @@ def _hold_out(rows: np.ndarray, targets: np.ndarray, groups: np.ndarray | None, 
     if (counts < 2).any():
         raise UserError(f"the data holds {counts[0]} non-COVID and {counts[1]} COVID images; "
                         "a stratified split needs at least 2 of each class")
+    from sklearn.model_selection import train_test_split  # here: 1 s of imports, which only the main process needs
+
     try:
         if groups is None:
             return train_test_split(rows, test_size=fraction, random_state=SPLIT_SEED, stratify=targets[rows])

@@ -81,7 +81,8 @@ def train(config: TrainConfig) -> dict | None:
 def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) -> dict:
     data = load_training_data(accelerator, config)
     targets = to_binary(data.labels)
-    split = make_split(targets, config.split_plan(), data.meta)
+    # The main process splits for all (the same split everywhere, and scikit-learn imported once).
+    split = on_main_process(accelerator, lambda: make_split(targets, config.split_plan(), data.meta), "split the data")
     folder.check_resume(config, fingerprint(data))
     folder.keep_split(split)
     run = prepare_run(config, data, targets, split, accelerator)
@@ -343,11 +344,15 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
         monitored = evaluate(scorer, run.monitor_loader, accelerator)
     else:
         scorer = run.model
-    decision = decide_threshold(monitored if run.monitor_name == "Validation" else None, config)
     # With --val-size 0 the monitored split is the test split.
     final = monitored if run.monitor_name == "Test" else evaluate(scorer, run.test_loader, accelerator)
-    test_metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
-                                  bootstrap=config.bootstrap if accelerator.is_main_process else 0, seed=config.seed)
+
+    def score() -> tuple[dict, dict]:  # every rank holds the same gathered scores: the main process does it once
+        decision = decide_threshold(monitored if run.monitor_name == "Validation" else None, config)
+        return decision, binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
+                                        bootstrap=config.bootstrap, seed=config.seed)
+
+    decision, test_metrics = on_main_process(accelerator, score, "score the test split")
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
                       f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
                       f"{decision['method']})")

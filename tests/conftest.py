@@ -31,6 +31,20 @@ SMALL_RUN = ["--data-dir", "{data}", "--epochs", "2", "--batch-size", "40", "--e
              "--log-images-every", "0"]
 
 
+# The files of real multi-process runs, longest first: pytest-xdist hands out whole files in
+# collection order, so these start at once instead of finishing last (suite time).
+SLOWEST_FIRST = ("test_interruptions.py", "test_distributed.py", "test_launchers.py", "test_cli.py",
+                 "test_download.py", "test_data_dirs.py", "test_resume.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file keeps its own order
+
+
 def write_mcfam(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "train_images64.npz", train_images=images)

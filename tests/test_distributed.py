@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SMALL_RUN, TRAIN_SCRIPT, HELPERS, FakeMirror, clean_env, free_port, run, small_args, torchrun
+from conftest import SMALL_RUN, HELPERS, FakeMirror, clean_env, free_port, run, small_args, torchrun
 from covid_ddp import Net, load_model, predict
 from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.splits import split_indices
@@ -132,19 +132,6 @@ def test_consolidated_weights_reproduce_the_trained_model(two_process_run, small
     assert metrics["test"]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
     assert metrics["test"]["n"] == len(test_rows)
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
-
-
-def test_a_two_process_checkpoint_resumes_on_one_process(two_process_run, small_data, tmp_path):
-    """The 2-process run as if stopped after epoch 1, continued by one process to its end."""
-    folder, _ = two_process_run
-    resumed = shutil.copytree(folder / "run", tmp_path / "run")
-    shutil.rmtree(resumed / "checkpoints" / "epoch_002")
-    for name in ("COVID_binary_classifier.pth", "COVID_binary_classifier.json", "metrics.json", "config.json"):
-        (resumed / name).unlink()
-    result = run([sys.executable, TRAIN_SCRIPT, *small_args(small_data, resumed, "--resume", "latest")])
-    assert "Resumed from" in result.stdout and "Train Epoch: 2" in result.stdout
-    assert [h["epoch"] for h in json.loads((resumed / "metrics.json").read_text())["history"]] == [1, 2]
-    assert json.loads((resumed / "config.json").read_text())["distributed"]["num_processes"] == 1
 
 
 def _start_node(node_rank: int, port: int, cwd, flags: list, env: dict, wrapper=()) -> subprocess.Popen:

@@ -46,12 +46,19 @@ def test_the_shipped_accelerate_config_trains_on_cpu_processes_without_flags(sma
     assert result.stdout.count("Test set: Average loss") == 1
 
 
-def test_accelerate_multi_gpu_flags_without_gpus_form_a_cpu_group(small_data, tmp_path):
-    run([*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-         "--dynamo_backend", "no", TRAIN_SCRIPT, *small_args(small_data, tmp_path / "run", "--epochs", "1")],
-        env=clean_env(CUDA_VISIBLE_DEVICES=""))
-    assert _distributed(tmp_path / "run")["num_processes"] == 2
+def test_accelerate_multi_gpu_flags_without_gpus_form_a_cpu_group_that_agrees_on_one_precision(small_data, tmp_path):
+    """accelerate's own --multi_gpu on a machine without GPUs: a 2-process CPU group. Rank 1's
+    machine computes bf16 only emulated (fake_hardware): auto trains both in fp32, and says so once."""
+    result = run([*ACCELERATE, "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                  "--dynamo_backend", "no", HELPERS / "fake_hardware.py", "0:native=bf16;1:native=no",
+                  *small_args(small_data, tmp_path / "run", "--epochs", "1")], env=clean_env(CUDA_VISIBLE_DEVICES=""))
+    recorded = _distributed(tmp_path / "run")
+    assert recorded["num_processes"] == 2 and recorded["mixed_precision"] == "no"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["mixed_precision"] == "no"
     assert sorted(p.name for p in (tmp_path / "run").glob("*.pth")) == ["COVID_binary_classifier.pth"]
+    notes = [line for line in result.stderr.splitlines() if "note: --mixed-precision auto" in line]
+    assert len(notes) == 1 and "fp32 on every process" in notes[0] and "process 0 (on " in notes[0], result.stderr
+    assert "covid-ddp-train: 2 CPU processes (gloo), fp32;" in result.stdout
 
 
 def test_cpu_flag_and_the_fallback_decide_the_device(monkeypatch):
@@ -81,19 +88,6 @@ def test_a_launch_environment_without_a_launcher_is_refused_in_one_line(small_da
     assert "WORLD_SIZE=2 is set but LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not" in result.stderr
     assert "torchrun or accelerate launch" in result.stderr
     assert not (tmp_path / "run").exists()
-
-
-def test_the_processes_agree_on_one_precision_and_say_why(small_data, tmp_path):
-    """Rank 1's machine computes bf16 only emulated: auto trains both in fp32, and says so once."""
-    job = launch_job(torchrun_launcher(), HELPERS / "fake_hardware.py",
-                     ["0:native=bf16;1:native=no", *small_args(small_data, tmp_path / "run", "--epochs", "1")],
-                     tmp_path / "logs")
-    assert job.returncode == 0, job.console[-3000:]
-    assert _distributed(tmp_path / "run")["mixed_precision"] == "no"
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["mixed_precision"] == "no"
-    notes = [line for line in job.console.splitlines() if "note: --mixed-precision auto" in line]
-    assert len(notes) == 1 and "fp32 on every process" in notes[0] and "process 0 (on " in notes[0], job.console
-    assert "covid-ddp-train: 2 CPU processes (gloo), fp32;" in job.console
 
 
 # --- failures that end the whole job --------------------------------------------------------

@@ -3,7 +3,6 @@
 Usage: faulty_train.py FAULT[,FAULT...] [covid-ddp-train flags...]
   nan:N      the N-th training loss (counting from 1 over the whole run) is NaN
   slowsave:N the N-th file a checkpoint writes takes 3 s longer (a window to kill the run in)
-  sloweval:N the N-th evaluation pass takes 3 s longer
   figure:N   the N-th TensorBoard image grid fails to draw (as a broken Pillow install would)
   sigterm:N  after the N-th training step of this run, the main process sends SIGTERM to its
              launcher (which forwards it to every worker), or to itself without one, and waits
@@ -61,15 +60,6 @@ def slowsave(count):
     checkpoint.save_torch = after_calls(count, save)(checkpoint.save_torch)
 
 
-def sloweval(count):
-    def evaluate(real, args, kwargs, now):
-        if now:
-            time.sleep(3)
-        return real(*args, **kwargs)
-
-    train.evaluate = after_calls(count, evaluate)(train.evaluate)
-
-
 def figure(count):
     def tile_grid(real, args, kwargs, now):
         if now:
@@ -94,7 +84,7 @@ def float64():
     torch.set_default_dtype(torch.float64)
 
 
-FAULTS = {"nan": nan, "slowsave": slowsave, "sloweval": sloweval, "figure": figure, "sigterm": sigterm,
+FAULTS = {"nan": nan, "slowsave": slowsave, "figure": figure, "sigterm": sigterm,
           "float64": float64}
 
 for fault in sys.argv[1].split(","):
