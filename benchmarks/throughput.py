@@ -36,6 +36,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -382,7 +383,8 @@ def variants_for(args) -> list[Variant]:
     return chosen
 
 
-def print_speed_table(args, variants, medians) -> None:
+def print_speed_table(args, variants, medians) -> list[dict]:
+    """Print the table; returns its rows (for --json)."""
     flops = forward_flops_per_image()
     peaks = {p: matmul_peak(args.device, p) for p in {v.precision for v in variants}}
     print(f"device: {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
@@ -391,16 +393,21 @@ def print_speed_table(args, variants, medians) -> None:
     header = ["variant", "batch", "ms/step", "train img/s", "eval img/s", "infer img/s", "MFU %", "10-ep MCFAM s",
               "train x", "eval x"]
     print("".join(f"{h:>14}" if i else f"{h:<30}" for i, h in enumerate(header)))
-    reference = medians["original"]
+    reference, rows = medians["original"], []
     for variant in variants:
         figures = medians[variant.name]
         mfu = 100 * 3 * flops * figures["train"] / peaks[variant.precision]
+        rows.append({"variant": variant.name, "batch": variant.batch_size, **figures, "mfu_percent": mfu,
+                     "train_vs_original": figures["train"] / reference["train"],
+                     "eval_vs_original": figures["eval"] / reference["eval"],
+                     "matmul_peak_tflops": peaks[variant.precision] / 1e12})
         row = [variant.name, variant.batch_size, f"{1000 * variant.batch_size / figures['train']:.2f}",
                f"{figures['train']:.0f}", f"{figures['eval']:.0f}",
                "-" if figures["inference"] is None else f"{figures['inference']:.0f}", f"{mfu:.1f}",
                f"{10 * MCFAM_TRAIN_IMAGES_PER_EPOCH / figures['train']:.1f}",
                f"{figures['train'] / reference['train']:.2f}", f"{figures['eval'] / reference['eval']:.2f}"]
         print("".join(f"{str(c):>14}" if i else f"{c:<30}" for i, c in enumerate(row)))
+    return rows
 
 
 def measure_speed(args) -> None:
@@ -411,7 +418,10 @@ def measure_speed(args) -> None:
             runs[variant.name].append(run_worker(variant, args))
     medians = {name: {key: (statistics.median(r[key] for r in results) if results[0][key] is not None else None)
                       for key in results[0]} for name, results in runs.items()}
-    print_speed_table(args, variants, medians)
+    rows = print_speed_table(args, variants, medians)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": args.device, "torch": torch.__version__, "steps": args.steps,
+                                               "repeats": args.repeats, "variants": rows}, indent=1))
 
 
 def measure_time_to_accuracy(args) -> None:
@@ -444,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--time-to-accuracy", action="store_true",
                         help=f"time (a) and (b) to {TARGET_ACCURACY:.0%} validation accuracy")
     parser.add_argument("--max-epochs", type=int, default=10, help="epochs --time-to-accuracy tries at most")
+    parser.add_argument("--json", help="also write the speed table to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one variant, print RESULT json
     return parser
 
