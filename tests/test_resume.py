@@ -129,3 +129,11 @@ def test_the_batch_size_cannot_change_inside_an_epoch(capsys, small_data, stoppe
     code, _, err = resume(capsys, small_data, stopped_run, "--batch-size", "20", "--resume-with-changes")
     assert code == 2 and err.count("\n") == 1, err
     assert "--batch-size cannot change inside an epoch" in err and "epoch_NNN" in err
+
+
+def test_a_damaged_training_state_is_refused_in_one_line(capsys, small_data, stopped_run):
+    state = stopped_run / "checkpoints" / "epoch_001" / LOOP_STATE
+    state.write_text('{"progress": ')
+    code, _, err = resume(capsys, small_data, stopped_run)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{state}: not a covid_ddp training state (JSONDecodeError" in err
