@@ -7,8 +7,8 @@ Steps, each a real command in its own process (rc, seconds, what it printed and 
 
 - ``train-fp32``, ``train-bf16``, ``train-fp16`` (GradScaler): 1-GPU runs, the set on the device;
 - ``train-compile``: ``--compile``; ``train-dataloader``: ``--data-on-device no``;
-- ``stop-inside-an-epoch`` then ``resume``: SIGTERM after step 5 of epoch 2, ``--resume auto``,
-  and the largest weight difference to ``train-bf16`` (the same run, never stopped);
+- ``stop-inside-an-epoch`` then ``resume``: fp16, SIGTERM after step 5 of epoch 2, ``--resume
+  auto``, and the largest weight difference to ``train-fp16`` (the same run, never stopped);
 - ``predict``, ``evaluate``, ``export`` on the GPU; ``cpu-inference``: the bf16 run's weights
   loaded on the CPU, against the GPU's probabilities;
 - ``throughput``: ``benchmarks/throughput.py`` (the original recipe and covid_ddp, training,
@@ -25,6 +25,7 @@ with dynamo's ``eager`` backend (inductor's CPU compilation alone would take min
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -149,7 +150,7 @@ class Check:
     def stop_and_resume(self) -> None:
         steps_per_epoch = int(self.images * 0.7 * 0.9) // self.batch
         name, stop_at = "stop-inside-an-epoch", steps_per_epoch + 5
-        extra = ["--mixed-precision", "bf16", "--log-every", "5"]
+        extra = ["--mixed-precision", "fp16", "--log-every", "5"]  # fp16: its GradScaler's state resumes too
         stopped = self.command(name, [sys.executable, str(FAULTS), f"sigterm:{stop_at}",
                                       *self.flags("resumed", *extra)], expect_rc=None)
         checkpoints = sorted(p.name for p in (self.work / "resumed" / "checkpoints").glob("epoch_*"))
@@ -157,9 +158,9 @@ class Check:
         resumed = self.command("resume", [sys.executable, str(TRAIN), *self.flags("resumed", *extra),
                                           "--resume", "auto"])
         resumed.pop("stderr_lines", None)
-        if resumed["rc"] == 0 and self.steps["train-bf16"]["rc"] == 0:
-            resumed["max_weight_difference_to_train_bf16"] = max_difference(self.work / "resumed",
-                                                                           self.work / "train-bf16")
+        if resumed["rc"] == 0 and self.steps["train-fp16"]["rc"] == 0:
+            resumed["max_weight_difference_to_train_fp16"] = max_difference(self.work / "resumed",
+                                                                           self.work / "train-fp16")
 
     def inference(self) -> None:
         weights = self.work / "train-bf16" / "COVID_binary_classifier.pth"
@@ -171,9 +172,7 @@ class Check:
             predict["images_per_s_with_start_up"] = round(self.images / predict["seconds"])
         self.command("evaluate", [sys.executable, str(EVALUATE), "--weights", str(weights), "--device", self.device,
                                   "--output-dir", str(self.work / "evaluation"), "--bootstrap", "200"])
-        try:
-            import onnxruntime  # noqa: F401  (the export extra)
-        except ImportError:
+        if importlib.util.find_spec("onnxruntime") is None:  # the export extra
             self.steps["export"] = {"ok": True, "skipped": "the export extra (onnx, onnxruntime) is not installed"}
         else:
             self.command("export", [sys.executable, str(EXPORT), "--weights", str(weights), "--onnx",
@@ -263,7 +262,7 @@ def _text(value) -> str:
 def print_summary(report: dict, output: Path) -> None:
     print(f"\n{'step':<24}{'ok':>6}{'rc':>9}{'seconds':>10}  detail")
     for name, step in report["steps"].items():
-        detail = {key: step[key] for key in ("distributed", "test_accuracy", "max_weight_difference_to_train_bf16",
+        detail = {key: step[key] for key in ("distributed", "test_accuracy", "max_weight_difference_to_train_fp16",
                                              "images_per_s_with_start_up", "max_p_covid_difference_cpu_vs_device",
                                              "skipped", "notes") if key in step}
         if "distributed" in detail:

@@ -13,7 +13,7 @@ import types
 _EXPORTS = {"Net": ".model", "gradcam": ".gradcam", "load_model": ".predict", "predict": ".predict"}
 
 __all__ = sorted(_EXPORTS)
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def __getattr__(name: str):

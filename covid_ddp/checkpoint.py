@@ -44,7 +44,7 @@ MODEL_STATE, OPTIMIZER_STATE, LOOP_STATE = "model.pt", "optimizer.pt", "training
 RANDOM_STATE = "random_state_rank{rank}.pt"
 _CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")  # epoch_003, or epoch_003_step_00012
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
-_PICKLED_STATE = ("custom_checkpoint_0.pkl", "random_states_0.pkl")  # accelerate's save_state (covid_ddp <= 0.1)
+_PICKLED_STATE = ("custom_checkpoint_0.pkl", "random_states_0.pkl")  # accelerate's save_state (covid_ddp 0.1)
 
 
 class TrainingProgress:
@@ -134,9 +134,9 @@ class TrainingState:
 def _read_loop_state(folder: Path) -> dict:
     path = folder / LOOP_STATE
     if not path.is_file() and any((folder / name).exists() for name in _PICKLED_STATE):
-        raise UserError(f"{folder} was written by an earlier covid_ddp (accelerate's checkpoint format, whose state "
-                        "files are pickles, which could run code when read): it is not resumed. Finish that run with "
-                        "the version that wrote it, or start a new one")
+        raise UserError(f"{folder} was written by covid_ddp 0.1 (accelerate's checkpoint format, whose state files "
+                        "are pickles, which could run code when read): it is not resumed. Finish that run with "
+                        "covid_ddp 0.1, or start a new one")
     try:
         loop = json.loads(path.read_text())
         return {"progress": loop["progress"], "scheduler": loop["scheduler"],
@@ -258,9 +258,13 @@ def load_plain(path: Path, kind: str, map_location="cpu"):
         raise UserError(f"{path}: {kind} not found")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:  # torch's advice would be to load it with weights_only=False
-        raise UserError(f"{path}: refused: this {kind} holds pickled Python objects besides tensors, which could run "
-                        "code when read; save plain tensors (a state_dict) instead") from None
+    except pickle.UnpicklingError as error:
+        # A class weights_only refuses ("Unsupported global" / "class"; torch would advise weights_only=False),
+        # not a damaged file ("Unsupported operand").
+        if re.search(r"unsupported (global|class)", str(error), re.IGNORECASE):
+            raise UserError(f"{path}: refused: this {kind} holds pickled Python objects besides tensors, which "
+                            "could run code when read; save plain tensors (a state_dict) instead") from None
+        raise UserError(f"{path}: not a loadable {kind} (damaged: {first_line(error)})") from None
     except Exception as error:  # a truncated zip, ...
         with open(path, "rb") as handle:
             zip_archive = handle.read(4) == b"PK\x03\x04"

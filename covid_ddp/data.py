@@ -278,10 +278,10 @@ def fetch_dataset(dataset: str, data_dir, base_url: str, pins: dict | None = Non
 
 
 def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_url: str,
-                 pins: dict | None = None, downloaded: bool = True) -> RawData:
+                 pins: dict | None = None) -> RawData:
     """The set a run trains on: synthetic, or MCFAM-format files in ``data_dir`` (one folder or a
-    list; default: the cache), as they are (``fetch_dataset`` downloads first). ``downloaded``:
-    the files came from ``base_url`` (the cache, or ``--download``), as config.json then says."""
+    list; default: the cache), as they are (``fetch_dataset`` downloads first). Files a download
+    brought (their sha256 recorded beside them) name ``base_url`` as their source in config.json."""
     if dataset == "synthetic":
         images, labels = make_synthetic(synthetic_size, seed)
         return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed})
@@ -293,7 +293,7 @@ def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_ur
                         "folders check config.json's sha256 of each instead")
     data = load_data_dirs(folders)
     check_pins(data, pins or {})
-    if downloaded or data_dir is None:
+    if all(_hash_record(folder / name).is_file() for folder in folders for name in (IMAGES_FILE, LABELS_FILE)):
         data.provenance["source_url"] = base_url
     return data
 

@@ -108,8 +108,10 @@ def exchange_before_group(value: dict, timeout: datetime.timedelta) -> list[dict
     """Every process's ``value`` (JSON), in rank order, before the process group exists.
 
     Through the launcher's TCP store (torchrun's agent hosts it; without an agent, rank 0 serves
-    it, sharing the port with the group's own store later). Keys are not made per restart: the
-    machines of a job count restarts apart, and a restarted attempt's keys hold the same values.
+    it, sharing the port with the group's own store later). An agent's store outlives a restart:
+    on one machine the keys are this attempt's own; the machines of a job count restarts apart,
+    so there a restarted attempt may read its peers' previous values, the same unless a machine
+    was replaced by other hardware.
     """
     world = launched_processes()
     if world == 1:
@@ -119,8 +121,10 @@ def exchange_before_group(value: dict, timeout: datetime.timedelta) -> list[dict
     store = torch.distributed.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                                        is_master=rank == 0 and not agent_store, timeout=timeout, multi_tenant=True)
     _stores.append(store)
-    store.set(f"covid_ddp/view/{rank}", json.dumps(value))
-    return [json.loads(store.get(f"covid_ddp/view/{other}")) for other in range(world)]
+    one_machine = world == int(os.environ.get("LOCAL_WORLD_SIZE", "0"))
+    prefix = f"covid_ddp/view/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') if one_machine else 'any'}"
+    store.set(f"{prefix}/{rank}", json.dumps(value))
+    return [json.loads(store.get(f"{prefix}/{other}")) for other in range(world)]
 
 
 def join_restarted_group(cpu: bool, timeout: datetime.timedelta) -> None:

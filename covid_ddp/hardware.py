@@ -29,7 +29,8 @@ def local_view(cpu: bool) -> dict:
         # Native bf16 only on Ampere and newer (compute capability 8); emulated bf16 on a V100 or
         # T4 is slower than fp16, which runs with a GradScaler.
         native = "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
-        runs = ["no", "fp16", *(["bf16"] if torch.cuda.is_bf16_supported() else [])]
+        with torch.cuda.device(device):  # (the check may make a tensor: on this process's GPU, not GPU 0)
+            runs = ["no", "fp16", *(["bf16"] if torch.cuda.is_bf16_supported() else [])]
         return {**view, "device": "cuda", "native": native, "runs": runs}
     # On a CPU with AVX512-BF16 (this project's 2-core EPYC) bf16 autocast trained 2.2x faster
     # than fp32; without native bf16 it is emulated, and slower. fp16 autocast needs a GPU.

@@ -8,7 +8,8 @@ run's lock. ``arm`` asks the kernel to send this process SIGTERM the moment its 
 at once; during training it is a graceful stop (``interrupt.GracefulStop``: an agreed
 checkpoint, then exit). A launcher that died before ``arm`` ran is noticed too: the process was
 then left to init (or a reaper like it) and exits at once. Without ``prctl`` (not Linux), a
-thread polls the parent instead.
+thread polls the parent instead. The parent must be the launcher: a wrapper script between them
+(``torchrun --no-python wrapper.sh``) must ``exec`` Python, or the worker is tied to the shell.
 
 This module imports nothing heavy: ``launch/train.py`` arms it before torch is imported, so a
 launcher killed while its workers start takes them with it.
@@ -56,15 +57,18 @@ def _set_parent_death_signal(signum: int) -> bool:
 
 
 def _launcher_gone() -> bool:
-    """The parent is init or a reaper: the launcher that forked this process has died."""
+    """The parent is init or a reaper: the launcher that forked this process has died.
+
+    In a container the launcher itself may be pid 1 (``docker run image torchrun ...``): a pid 1
+    running this process's own Python is that launcher, alive."""
     parent = os.getppid()
-    if parent == 1:
-        return True
     try:
         with open(f"/proc/{parent}/comm") as handle:
-            return handle.read().strip() in _REAPERS
+            if handle.read().strip() in _REAPERS:
+                return True
+        return parent == 1 and os.path.realpath("/proc/1/exe") != os.path.realpath("/proc/self/exe")
     except OSError:  # no /proc: only pid 1 tells
-        return False
+        return parent == 1
 
 
 def _poll_parent(launcher: int) -> None:

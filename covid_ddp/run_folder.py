@@ -312,8 +312,7 @@ def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_finger
     if data.get("fingerprint") not in (None, data_fingerprint):
         changes["data"] = (data["fingerprint"], data_fingerprint)
     if changes and not config.resume_with_changes:
-        listed = ", ".join("other data files (their sha256 differ)" if name == "data" else
-                           f"{name} {new} (the run's: {old})" for name, (old, new) in changes.items())
+        listed = ", ".join(_describe_change(name, old, new, config) for name, (old, new) in changes.items())
         raise UserError(f"--resume: {listed}: the run in {path} was trained otherwise (its {ckpt.CONFIG_FILE}), so "
                         "the resumed run would be another experiment; resume with the run's flags, or pass "
                         "--resume-with-changes to change them on purpose")
@@ -324,6 +323,15 @@ def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_finger
                         f"({ckpt.CHECKPOINTS_DIR}/epoch_NNN) instead")
     record = {"from": checkpoint.name, "changed": {name: list(values) for name, values in changes.items()}}
     return [*recorded.get("resumes", []), record], changes
+
+
+def _describe_change(name: str, old, new, config: TrainConfig) -> str:
+    if name == "data":
+        return "other data files (their sha256 differ)"
+    if name == "--mixed-precision":  # recorded as it ran: chosen by auto or the accelerate config, maybe
+        return (f"the precision {new} (the run's: {old}; pass --mixed-precision {old} to train as it did, "
+                "where this hardware can)")
+    return f"{name} {new} (the run's: {old})"
 
 
 def _keep_split(output_dir: Path, split, resuming: bool) -> None:

@@ -86,13 +86,12 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     folder.check_resume(config, fingerprint(data))
     folder.keep_split(split)
     run = prepare_run(config, data, targets, split, accelerator)
-    folder.write_config(_run_config(config, accelerator, data, split, folder, run))
     progress = ckpt.TrainingProgress()
     state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress)
     if not folder.restore(state, config.epochs):  # another process count: its random states do not apply
         seed_global_generators(config.seed, "dropout", progress.epoch + 1, accelerator.process_index)
-    if "--lr" in folder.changes:  # --resume-with-changes: the optimizer state holds the old one
-        _set_learning_rate(run.optimizer, config.lr, accelerator)
+    _apply_recipe_changes(run, config, folder.changes, accelerator)
+    folder.write_config(_run_config(config, accelerator, data, split, folder, run))  # once the resume holds
     board = start_logging(accelerator, folder, data.images, targets, split, config)
 
     monitored = None
@@ -173,8 +172,8 @@ def load_training_data(accelerator: Accelerator, config: TrainConfig) -> RawData
     on_every_process(accelerator, fetch, "download the data",
                      here=accelerator.is_local_main_process and not accelerator.is_main_process, patient=True)
     data = on_every_process(accelerator, lambda: load_dataset(
-        config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url, config.pins(),
-        downloaded=config.download), "read the data")
+        config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url, config.pins()),
+        "read the data")
     same_on_every_process(accelerator, fingerprint(data), "data files")
     return data
 
@@ -413,11 +412,19 @@ def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
     return values
 
 
-def _set_learning_rate(optimizer: torch.optim.Optimizer, lr: float, accelerator: Accelerator) -> None:
-    was = optimizer.param_groups[0]["lr"]
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    accelerator.print(f"--lr {lr:g} applied to the optimizer (it was at {was:g} in the checkpoint)")
+def _apply_recipe_changes(run: Prepared, config: TrainConfig, changes: dict, accelerator: Accelerator) -> None:
+    """--resume-with-changes: the optimizer's and the schedule's saved states hold the old learning
+    rate, patience and factor; the new ones replace them."""
+    optimizer, scheduler = run.optimizer, run.scheduler
+    if "--lr" in changes:
+        was = optimizer.param_groups[0]["lr"]
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr
+        accelerator.print(f"--lr {config.lr:g} applied to the optimizer (it was at {was:g} in the checkpoint)")
+    if "--lr-patience" in changes:
+        scheduler.patience = config.lr_patience
+    if "--lr-factor" in changes:
+        scheduler.factor = config.lr_factor
 
 
 def _run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, split, folder: RunFolder,

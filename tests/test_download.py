@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 import time
 
@@ -171,4 +172,4 @@ def test_the_other_processes_wait_for_a_download_slower_than_the_collective_time
         server.close()
     assert result.returncode == 0, result.stderr[-3000:]
     assert time.monotonic() - started > 7 and sorted(server.requests) == ["train_images64.npz", "train_labels.npz"]
-    assert (tmp_path / "run" / "metrics.json").exists()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["source_url"] == server.url

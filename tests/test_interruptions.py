@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,7 +233,8 @@ folder, launcher_dies = Path(sys.argv[1]), sys.argv[2]
 stderr = open(folder / "worker.err", "w")
 subprocess.Popen([sys.executable, "-c", sys.argv[3], *sys.argv[1:3], str(os.getpid())], stderr=stderr,
                  start_new_session=True)
-while launcher_dies == "late" and not (folder / "armed").exists():
+started = time.monotonic()
+while launcher_dies == "late" and not (folder / "armed").exists() and time.monotonic() - started < 20:
     time.sleep(0.01)
 """
 
@@ -256,6 +258,17 @@ def test_a_worker_never_outlives_its_launcher(tmp_path, launcher_dies):
         assert not (tmp_path / "armed").exists() and "its launcher ended before this process started" in said
     else:
         assert (tmp_path / "armed").exists() and said == ""
+
+
+def test_a_launcher_that_is_pid_1_is_alive(tmp_path):
+    """In a container the launcher may be pid 1 itself (docker run image torchrun ...): its workers
+    must not take it for the init they would be left to."""
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"]).returncode:
+        pytest.skip("needs unshare -p (root) to start a launcher as pid 1 of its own namespace")
+    subprocess.run(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c", LAUNCHER, tmp_path, "late", WORKER],
+                   check=True, timeout=60, env=clean_env(TORCHELASTIC_RUN_ID="test"))
+    assert (tmp_path / "armed").exists(), (tmp_path / "worker.err").read_text()
+    assert (tmp_path / "worker.err").read_text() == ""
 
 
 def _as_a_terminal_starts_it() -> None:

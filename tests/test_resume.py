@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import pathlib
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
@@ -78,7 +79,7 @@ def test_a_checkpoint_in_accelerates_pickled_format_is_refused_in_one_line(capsy
     torch.save({"epoch": 1}, checkpoint / "custom_checkpoint_0.pkl")
     code, _, err = resume(capsys, small_data, stopped_run)
     assert code == 2 and err.count("\n") == 1, err
-    assert "written by an earlier covid_ddp" in err and "not resumed" in err
+    assert "written by covid_ddp 0.1" in err and "not resumed" in err
 
 
 # --- the flags of a resume ----------------------------------------------------------------------
@@ -103,6 +104,11 @@ def test_other_data_files_are_refused_at_a_resume(capsys, small_data, stopped_ru
     assert code == 2 and "other data files (their sha256 differ)" in err, err
 
 
+def test_a_run_on_a_folder_of_yours_names_no_download_source(finished_run, small_data):
+    data = json.loads((finished_run / "config.json").read_text())["data"]
+    assert "source_url" not in data and data["data_dir"] == str(small_data.resolve())
+
+
 def test_flags_that_do_not_change_the_result_may_change(capsys, small_data, stopped_run):
     code, out, err = resume(capsys, small_data, stopped_run, "--epochs", "3", "--log-every", "3",
                             "--eval-batch-size", "30", "--data-on-device", "no", "--bootstrap", "10")
@@ -112,15 +118,19 @@ def test_flags_that_do_not_change_the_result_may_change(capsys, small_data, stop
     assert json.loads((stopped_run / "config.json").read_text())["resumes"] == [{"from": "epoch_001", "changed": {}}]
 
 
-def test_resume_with_changes_applies_a_new_learning_rate_and_records_it(capsys, small_data, stopped_run):
-    code, out, err = resume(capsys, small_data, stopped_run, "--lr", "0.0005", "--resume-with-changes")
+def test_resume_with_changes_applies_a_new_schedule_and_records_it(capsys, small_data, stopped_run):
+    code, out, err = resume(capsys, small_data, stopped_run, "--lr", "0.0005", "--lr-factor", "0.5",
+                            "--resume-with-changes")
     assert code == 0, err
     assert "--lr 0.0005 applied to the optimizer (it was at 0.001 in the checkpoint)" in out
     history = json.loads((stopped_run / "metrics.json").read_text())["history"]
     assert history[0]["lr"] == 0.001 and history[1]["lr"] == 0.0005, "epoch 2 trained with the new rate"
+    saved = json.loads((stopped_run / "checkpoints" / "epoch_002" / LOOP_STATE).read_text())
+    assert saved["scheduler"]["factor"] == 0.5, "the schedule's saved state did not bring the old factor back"
     config = json.loads((stopped_run / "config.json").read_text())
     assert config["config"]["lr"] == 0.0005
-    assert config["resumes"] == [{"from": "epoch_001", "changed": {"--lr": [0.001, 0.0005]}}]
+    assert config["resumes"] == [{"from": "epoch_001", "changed": {"--lr": [0.001, 0.0005],
+                                                                   "--lr-factor": [0.6, 0.5]}}]
 
 
 def test_the_batch_size_cannot_change_inside_an_epoch(capsys, small_data, stopped_run):
@@ -134,6 +144,21 @@ def test_the_batch_size_cannot_change_inside_an_epoch(capsys, small_data, stoppe
 def test_a_damaged_training_state_is_refused_in_one_line(capsys, small_data, stopped_run):
     state = stopped_run / "checkpoints" / "epoch_001" / LOOP_STATE
     state.write_text('{"progress": ')
-    code, _, err = resume(capsys, small_data, stopped_run)
+    recorded = (stopped_run / "config.json").read_text()
+    code, _, err = resume(capsys, small_data, stopped_run, "--lr", "0.0005", "--resume-with-changes")
     assert code == 2 and err.count("\n") == 1, err
     assert f"{state}: not a covid_ddp training state (JSONDecodeError" in err
+    assert (stopped_run / "config.json").read_text() == recorded, "a resume that failed records nothing"
+
+
+def test_a_damaged_state_file_is_called_damaged_not_dangerous(capsys, small_data, stopped_run):
+    optimizer_state = stopped_run / "checkpoints" / "epoch_001" / OPTIMIZER_STATE
+    with zipfile.ZipFile(optimizer_state) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    entries[next(name for name in entries if name.endswith("data.pkl"))] = b"\x80\x02garbage"
+    with zipfile.ZipFile(optimizer_state, "w") as archive:
+        for name, content in entries.items():
+            archive.writestr(name, content)
+    code, _, err = resume(capsys, small_data, stopped_run)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"{optimizer_state}: not a loadable checkpoint file (damaged:" in err and "pickled" not in err
