@@ -1,10 +1,11 @@
 """What the main process shows in TensorBoard beyond the scalars accelerate logs.
 
 Each epoch: the validation PR curve and, every ``--log-images-every`` epochs, a fixed set of
-validation images, once with their true and predicted labels and once with Grad-CAM over
+validation images, once with their true label and P(COVID) and once with Grad-CAM over
 them, so a user watches where the model's attention forms. At the end: the test PR curve,
-ROC and confusion matrix, and the run's hyper-parameters next to its final metrics in the
-HParams tab. Figures are drawn with matplotlib, imported only when one is drawn.
+ROC and confusion matrix, the same images called by the shipped weights at the run's
+threshold (tags ``shipped/...``), and the run's hyper-parameters next to its final metrics
+in the HParams tab. Figures are drawn with matplotlib, imported only when one is drawn.
 
 Only the main process calls these (``Logger`` is ``None`` elsewhere); nothing here is a
 collective, and Grad-CAM runs on the unwrapped model, so DDP never sees it. A figure that
@@ -51,20 +52,26 @@ class Logger:
             with _figures_may_fail(f"the TensorBoard figures of epoch {epoch}"):
                 self._watched_figures(model, name, epoch)
 
-    def _watched_figures(self, model: torch.nn.Module, name: str, epoch: int) -> None:
+    def _watched_figures(self, model: torch.nn.Module, tag: str, epoch: int, threshold: float | None = None) -> None:
+        """The watched images, plain and under Grad-CAM. Each epoch they show P(COVID) only: the
+        run's threshold is chosen at the end, and the grid drawn then calls each image with it
+        (the call covid-ddp-predict makes with the shipped weights)."""
         heatmaps = gradcam(model, self.watched_images)
         scores = predict(model, self.watched_images)  # the model is in eval mode after evaluate()
-        captions = [f"true {CLASS_NAMES[t]}\npred {CLASS_NAMES[int(p >= 0.5)]} p={p:.2f}"
-                    for t, p in zip(self.watched_targets, scores)]
-        self.writer.add_image(f"{name}/inputs", tile_grid(self.watched_images, None, captions), global_step=epoch)
-        self.writer.add_image(f"{name}/gradcam", tile_grid(self.watched_images, heatmaps, captions),
+        captions = [f"true {CLASS_NAMES[t]}\n{_call(p, threshold)}" for t, p in zip(self.watched_targets, scores)]
+        self.writer.add_image(f"{tag}/inputs", tile_grid(self.watched_images, None, captions), global_step=epoch)
+        self.writer.add_image(f"{tag}/gradcam", tile_grid(self.watched_images, heatmaps, captions),
                               global_step=epoch)
 
-    def final(self, test, metrics: dict, hparams: dict, epoch: int) -> None:
+    def final(self, test, metrics: dict, hparams: dict, epoch: int, model: torch.nn.Module | None = None,
+              threshold: float | None = None) -> None:
+        """The test figures, and the watched images called at the run's threshold by ``model``, the shipped weights."""
         self.writer.add_pr_curve("test/pr_curve", test.targets, test.p_covid, global_step=epoch)
         if self.images_every:
             with _figures_may_fail("the final TensorBoard figures"):
                 self._test_figures(test, metrics, epoch)
+                if model is not None:
+                    self._watched_figures(model.eval(), "shipped", epoch, threshold)
         finals = {f"final/{k}": metrics[k] for k in ("accuracy", "sensitivity", "specificity", "roc_auc")
                   if metrics[k] is not None}
         self.writer.add_hparams(hparams, finals, run_name="hparams")
@@ -77,6 +84,12 @@ class Logger:
                                global_step=epoch)
         self.writer.add_figure("test/confusion", figures.confusion_figure(metrics["confusion_matrix"],
                                                                           metrics["threshold"]), global_step=epoch)
+
+
+def _call(p_covid: float, threshold: float | None) -> str:
+    if threshold is None:
+        return f"P(COVID)={p_covid:.2f}"
+    return f"{CLASS_NAMES[int(p_covid >= threshold)]}: {p_covid:.2f} {'>=' if p_covid >= threshold else '<'} {threshold:.2f}"
 
 
 @contextlib.contextmanager

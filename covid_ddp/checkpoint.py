@@ -20,6 +20,7 @@ and the rest is JSON, so resuming a run folder from elsewhere runs no code from 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import re
@@ -31,6 +32,7 @@ import torch
 from .data import read_npz
 from .errors import UserError, first_line
 from .files import save_torch, write_json
+from .selection import BestWeights
 
 WEIGHTS_FILE = "COVID_binary_classifier.pth"
 METRICS_FILE = "metrics.json"
@@ -41,6 +43,7 @@ TENSORBOARD_DIR = "tensorboard"
 LOCK_FILE = ".lock"
 # A checkpoint folder: the main process writes the first three, every rank its random state.
 MODEL_STATE, OPTIMIZER_STATE, LOOP_STATE = "model.pt", "optimizer.pt", "training_state.json"
+BEST_MODEL_STATE = "best_model.pt"  # the best epoch's weights (--select-by), when they are not model.pt's
 RANDOM_STATE = "random_state_rank{rank}.pt"
 _CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")  # epoch_003, or epoch_003_step_00012
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
@@ -98,6 +101,7 @@ class TrainingState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
     progress: TrainingProgress
+    best: BestWeights = dataclasses.field(default_factory=BestWeights)
 
     def save(self, folder: Path) -> None:
         """This rank's share of a checkpoint into ``folder`` (called by every rank)."""
@@ -106,9 +110,12 @@ class TrainingState:
             save_torch(folder / MODEL_STATE, accelerator.unwrap_model(self.model, keep_torch_compile=False).state_dict())
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             save_torch(folder / OPTIMIZER_STATE, {"optimizer": self.optimizer.state_dict(), "scaler": scaler})
+            if self.best.epoch is not None and not self._best_is_the_model():
+                save_torch(folder / BEST_MODEL_STATE, self.best.state)
             write_json(folder / LOOP_STATE, {"progress": self.progress.state_dict(),
                                              "scheduler": self.scheduler.state_dict(),
-                                             "num_processes": accelerator.num_processes})
+                                             "num_processes": accelerator.num_processes,
+                                             "best_epoch": self.best.epoch})
         save_torch(folder / RANDOM_STATE.format(rank=accelerator.process_index), _random_state(accelerator.device))
 
     def load(self, folder: Path) -> bool:
@@ -124,11 +131,27 @@ class TrainingState:
             accelerator.scaler.load_state_dict(saved["scaler"])
         self.scheduler.load_state_dict(loop["scheduler"])
         self.progress.load_state_dict(loop["progress"])
+        self._load_best(folder, loop["best_epoch"], model)
         random_state = folder / RANDOM_STATE.format(rank=accelerator.process_index)
         if loop["num_processes"] != accelerator.num_processes or not random_state.is_file():
             return False
         _set_random_state(load_plain(random_state, "checkpoint file"), accelerator.device)
         return True
+
+
+    def _best_is_the_model(self) -> bool:
+        """At the end of the best epoch the model is the best weights: model.pt serves for both."""
+        return self.progress.step == 0 and self.best.epoch == self.progress.epoch
+
+    def _load_best(self, folder: Path, best_epoch: int | None, model: torch.nn.Module) -> None:
+        if best_epoch is None:
+            self.best = BestWeights()
+            return
+        self.best.epoch = best_epoch
+        if self._best_is_the_model():
+            self.best.keep(model, best_epoch)
+        else:
+            self.best.state = load_plain(folder / BEST_MODEL_STATE, "checkpoint file")
 
 
 def _read_loop_state(folder: Path) -> dict:
@@ -140,7 +163,7 @@ def _read_loop_state(folder: Path) -> dict:
     try:
         loop = json.loads(path.read_text())
         return {"progress": loop["progress"], "scheduler": loop["scheduler"],
-                "num_processes": int(loop["num_processes"])}
+                "num_processes": int(loop["num_processes"]), "best_epoch": loop.get("best_epoch")}
     except FileNotFoundError:
         raise UserError(f"{path}: not found; {folder} is not a complete checkpoint") from None
     except (ValueError, KeyError, TypeError) as error:

@@ -51,9 +51,12 @@ class TrainConfig:
                                           "part, e.g. kermany for the adult-only subset of real-cxr", metavar="SOURCES")
     # Recipe
     epochs: int = _flag(10, "number of passes over the training part", metavar="N")
-    batch_size: int = _flag(100, "GLOBAL batch size: images per optimizer micro-step summed over all processes "
-                            "(each process gets batch-size / num-processes), so the recipe does not change with "
-                            "the process count; an optimizer step sees batch-size x grad-accum-steps images", metavar="N")
+    batch_size: Optional[int] = _flag(None, "GLOBAL batch size: images per optimizer micro-step summed over all "
+                                      "processes (each process gets batch-size / num-processes), so the recipe does "
+                                      "not change with the process count; an optimizer step sees batch-size x "
+                                      "grad-accum-steps images (default: the recipe's 100; for a training part of "
+                                      "under 1,000 images the largest of 64, 32, 16, 8 that gives an epoch 10 steps, "
+                                      "said before training)", metavar="N")
     lr: float = _flag(1e-3, "Adam learning rate", metavar="LR")
     lr_patience: int = _flag(2, "ReduceLROnPlateau patience (epochs)", metavar="EPOCHS")
     lr_factor: float = _flag(0.6, "ReduceLROnPlateau factor", metavar="FACTOR")
@@ -74,6 +77,12 @@ class TrainConfig:
     augment_marks: bool = _flag(False, "stamp arrows, boxes, letters and border bands, the marks publications draw "
                                 "on figures, on half the training images of both classes (against the source "
                                 "shortcut: README, Real chest X-rays)")
+    select_by: str = _flag("loss", "which epoch's weights the run ships: the one with the lowest validation "
+                           "loss, the highest validation ROC AUC, or the last epoch (the original's behaviour, and "
+                           "what --val-size 0 does: there is then no validation split to choose on)",
+                           choices=["loss", "auc", "last"])
+    early_stop: Optional[int] = _flag(None, "stop when the --select-by metric has not improved for this many epochs "
+                                      "(default: train all --epochs)", metavar="PATIENCE")
     # Evaluation
     target_sensitivity: Optional[float] = _flag(None, "choose the decision threshold on the validation split as "
                                                 "the highest reaching this sensitivity (default: Youden's J)", metavar="S")
@@ -117,7 +126,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject values that cannot work, with the flag named."""
-        positive = ("epochs", "batch_size", "lr", "grad_accum_steps", "synthetic_size", "eval_batch_size",
+        positive = ("epochs", "batch_size", "early_stop", "lr", "grad_accum_steps", "synthetic_size", "eval_batch_size",
                     "keep_checkpoints", "log_every", "lr_factor", "dist_timeout")
         for name in positive:
             if getattr(self, name) is not None and getattr(self, name) <= 0:
@@ -141,6 +150,9 @@ class TrainConfig:
         if self.download and (not self.data_dir or len(self.data_dir) > 1 or self.dataset != "mcfam"):
             raise UserError("--download fills one --data-dir folder with MCFAM (without --data-dir, MCFAM is "
                             "downloaded into the cache by itself)")
+        if self.early_stop is not None and (self.val_size == 0 or self.select_by == "last"):
+            raise UserError("--early-stop watches the validation split: it needs --val-size above 0 and --select-by "
+                            "loss or auc")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise UserError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
 
@@ -162,7 +174,45 @@ class TrainConfig:
 RESULT_FLAGS = ("dataset", "synthetic_size", "test_size", "val_size", "group_split", "holdout_source",
                 "exclude_source", "batch_size", "grad_accum_steps", "lr", "lr_patience",
                 "lr_factor", "dropout", "seed", "max_grad_norm", "augment", "augment_acquisition", "balance_sources",
-                "augment_marks", "sync_bn", "mixed_precision")
+                "augment_marks", "sync_bn", "mixed_precision", "select_by")
+
+
+RECIPE_BATCH_SIZE = 100
+SMALL_SET_BATCH_SIZES = (64, 32, 16, 8)  # powers of two: they divide over 1, 2, 4 or 8 processes
+STEPS_PER_EPOCH = 10  # an epoch of fewer optimizer steps hardly moves the weights (issue: 1 step of 100 images)
+
+
+def batch_size_for(train_images: int) -> int:
+    """The default global batch: the recipe's 100, unless that gives an epoch fewer than 10 steps;
+    then the largest of 64, 32, 16, 8 that gives 10 (8 on the smallest sets)."""
+    for size in (RECIPE_BATCH_SIZE, *SMALL_SET_BATCH_SIZES):
+        if train_images // size >= STEPS_PER_EPOCH:
+            return size
+    return SMALL_SET_BATCH_SIZES[-1]
+
+
+def settle_batch_size(config: TrainConfig, train_images: int) -> tuple[TrainConfig, str | None]:
+    """``config`` with its batch size settled (--batch-size, or ``batch_size_for`` the training part),
+    and a note to print when it is not the recipe's 100, or a warning when an epoch would be a handful
+    of optimizer steps (one step of 100 images an epoch hardly trains, and still prints a test accuracy)."""
+    chosen = config.batch_size or batch_size_for(train_images)
+    steps = train_images // chosen
+    optimizer_steps = -(-steps // config.grad_accum_steps)
+    note = None
+    if steps == 0:  # no step at all: make_loaders says so
+        pass
+    elif config.batch_size is None and chosen != RECIPE_BATCH_SIZE:
+        note = (f"note: {train_images} training images: batch size {chosen} instead of the recipe's "
+                f"{RECIPE_BATCH_SIZE}, for {steps} steps an epoch ({RECIPE_BATCH_SIZE} would give "
+                f"{train_images // RECIPE_BATCH_SIZE}); --batch-size sets it")
+    elif optimizer_steps < STEPS_PER_EPOCH:
+        suggested = batch_size_for(train_images)
+        accumulation = f" x --grad-accum-steps {config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""
+        note = (f"warning: {train_images} training images at --batch-size {chosen}{accumulation}: {optimizer_steps} "
+                f"optimizer step{'s' if optimizer_steps > 1 else ''} an epoch, and {train_images - steps * chosen} "
+                f"images left out of each epoch by the last partial batch; --batch-size {suggested} gives "
+                f"{train_images // suggested} steps")
+    return dataclasses.replace(config, batch_size=chosen), note
 
 
 def changed_flags(recorded: dict, config: TrainConfig) -> dict[str, tuple]:

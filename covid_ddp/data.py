@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import sys
 import zipfile
@@ -30,6 +31,7 @@ from .synthetic import make_synthetic
 MCFAM_BASE_URL = "http://www-users.math.umn.edu/~jwcalder/MCFAM/"
 IMAGES_FILE, IMAGES_KEY = "train_images64.npz", "train_images"
 LABELS_FILE, LABELS_KEY = "train_labels.npz", "train_labels"
+PREPARE_RECORD = "prepare.json"  # what covid-ddp-prepare wrote of the folder
 META_FILE = "meta.npz"  # optional: per-image patient_id, dataset (source), ... as in ../shared/data/real-cxr
 
 
@@ -123,11 +125,28 @@ def load_data_dir(data_dir: Path) -> RawData:
         raise UserError(f"{data_dir}: {len(images)} images but {len(labels)} labels; the two files must match")
     meta_path = Path(data_dir) / META_FILE
     described = (images_path, labels_path, *([meta_path] if meta_path.is_file() else []))
+    covid = int(to_binary(labels).sum())
     provenance = {
         "data_dir": str(Path(data_dir).resolve()),
         "files": {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in described},
+        "images": len(images), "covid": covid, "non_covid": len(images) - covid,
+        **prepared_by(Path(data_dir)),
     }
     return RawData(images, labels.astype(np.float32), provenance, load_meta(meta_path, len(images)))
+
+
+def prepared_by(folder: Path) -> dict:
+    """{"prepare": ...}: what covid-ddp-prepare recorded of the folder (its prepare.json, lists
+    reduced to their length, and the file's sha256), or {} for a folder it did not make."""
+    path = folder / PREPARE_RECORD
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+        summary = {key: (len(value) if isinstance(value, list) else value) for key, value in dict(record).items()}
+    except (OSError, ValueError, TypeError) as error:
+        summary = {"unreadable": f"{type(error).__name__}: {error}"}
+    return {"prepare": {**summary, "sha256": sha256_of(path)}}
 
 
 def check_data_dir(folder: Path) -> None:
@@ -293,8 +312,12 @@ def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_ur
                         "folders check config.json's sha256 of each instead")
     data = load_data_dirs(folders)
     check_pins(data, pins or {})
+    # MCFAM only where a download brought the files (their sha256 recorded beside them): a folder
+    # of the user's own is recorded as such, never with MCFAM's address.
     if all(_hash_record(folder / name).is_file() for folder in folders for name in (IMAGES_FILE, LABELS_FILE)):
-        data.provenance["source_url"] = base_url
+        data.provenance.update(source="mcfam", source_url=base_url)
+    else:
+        data.provenance["source"] = "folders"
     return data
 
 
@@ -318,6 +341,7 @@ def load_data_dirs(folders: list[Path]) -> RawData:
     parts = [load_data_dir(folder) for folder in folders]
     provenance = {"data_dirs": [part.provenance["data_dir"] for part in parts],
                   "images_per_dir": [len(part.images) for part in parts],
+                  "folders": [{key: value for key, value in part.provenance.items() if key != "files"} for part in parts],
                   "files": {f"{name}/{file}": entry for name, part in zip(names, parts)
                             for file, entry in part.provenance["files"].items()}}
     return RawData(np.concatenate([part.images for part in parts]), np.concatenate([part.labels for part in parts]),

@@ -29,6 +29,7 @@ from .augment import augment, wants_augmentation
 from .checkpoint import TrainingProgress
 from .errors import UserError
 from .interrupt import StopRequested
+from .metrics import roc_auc
 from .seeding import generator
 
 
@@ -41,9 +42,13 @@ class Evaluation:
     targets: np.ndarray
     rows: np.ndarray
 
+    def accuracy(self, threshold: float) -> float:
+        return float(((self.p_covid >= threshold) == self.targets).mean())
+
     @property
-    def accuracy(self) -> float:
-        return float(((self.p_covid >= 0.5) == self.targets).mean())
+    def roc_auc(self) -> float | None:
+        """Threshold-free: what the validation lines show before the run's threshold exists."""
+        return roc_auc(self.p_covid, self.targets)
 
 
 def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int,
@@ -82,8 +87,10 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int,
     if totals is None:  # resumed from a stop at the epoch's last step: nothing left to train
         totals = tally.agree(0)
     progress.step, progress.partial_sums = 0, []
-    accelerator.print(f"Train Epoch: {epoch} [{totals.images}/{totals.images} (100%)]\tLoss: {totals.mean_loss:.6f}"
-                      f"\tLR: {optimizer.param_groups[0]['lr']:.6g}\t{totals.images_per_s:.0f} img/s")
+    # Images really trained, of the training part: the last partial batch waits for another epoch's order.
+    trained, offered = totals.images, len(loader.rows)
+    accelerator.print(f"Train Epoch: {epoch} [{trained}/{offered} ({100 * trained / offered:.0f}%)]\tLoss: "
+                      f"{totals.mean_loss:.6f}\tLR: {optimizer.param_groups[0]['lr']:.6g}\t{totals.images_per_s:.0f} img/s")
     return totals.mean_loss, totals.images_per_s
 
 

@@ -112,6 +112,12 @@ def _ranking_metrics(p_covid, targets, weights) -> tuple[np.ndarray, np.ndarray]
     return np.where(undefined, np.nan, auc), np.where(undefined, np.nan, average_precision)
 
 
+def roc_auc(p_covid: np.ndarray, targets: np.ndarray) -> float | None:
+    """ROC AUC (ties count one half); None without both classes."""
+    auc, _ = _ranking_metrics(np.asarray(p_covid), np.asarray(targets), np.ones((1, len(targets))))
+    return _finite_or_none(auc[0])
+
+
 def _finite_or_none(value) -> float | None:
     return float(value) if np.isfinite(value) else None
 

@@ -234,7 +234,8 @@ class GradcamWriter:
 
         stem = self._unique_stem(Path(item.source).stem)
         for index, (image, heatmap, p) in enumerate(zip(item.images, gradcam(self.model, item.images), p_covid)):
-            title = f"{Path(item.source).name} [{index}]: P(COVID) = {p:.3f} -> {CLASS_NAMES[int(p >= self.threshold)]}"
+            call = CLASS_NAMES[int(p >= self.threshold)]
+            title = f"{Path(item.source).name} [{index}]: P(COVID) = {p:.3f} -> {call} (threshold {self.threshold:.3f})"
             save_figure(overlay_figure(image.reshape(IMAGE_SIZE, IMAGE_SIZE), heatmap, title),
                         self.folder / f"{stem}_{index}.png")
 

@@ -41,6 +41,7 @@ from .distributed import JobFailed, gather_values, on_every_process, on_main_pro
 from .errors import UserError
 from .files import atomic_path, cannot_write, save_torch, write_json
 from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
+from .selection import Selection
 
 
 class RunLock:
@@ -99,10 +100,10 @@ class RunLock:
 class RunFolder:
     """The folder of one training job; build it with ``RunFolder.open``."""
 
-    def __init__(self, accelerator, path: Path, resume_from: Path | None, finished: bool, keep: int):
+    def __init__(self, accelerator, path: Path, resume_from: Path | None, finished: str, keep: int):
         self.accelerator, self.path, self.keep = accelerator, path, keep
         self.resume_from = resume_from  # the checkpoint this run continues, chosen by the main process
-        self.finished = finished  # --resume auto on a run that has nothing left to do
+        self.finished = finished  # --resume auto on a run that has nothing left to do: why ("" otherwise)
         self.resumes: list[dict] = []  # config.json's record of every resume of this run, and its changes
         self.changes: dict[str, tuple] = {}  # this resume's changed flags (--resume-with-changes)
 
@@ -231,8 +232,9 @@ def choose_path(config: TrainConfig) -> Path:
     return default_output_dir(datetime.datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
 
 
-def _claim(path: Path, lock: RunLock, config: TrainConfig) -> tuple[str, str | None, bool]:
-    """Lock the folder and decide what this run does there: (token, checkpoint to resume, finished)."""
+def _claim(path: Path, lock: RunLock, config: TrainConfig) -> tuple[str, str | None, str]:
+    """Lock the folder and decide what this run does there: (token, checkpoint to resume, why the
+    run is already finished or "")."""
     if path.exists() and not path.is_dir():
         raise UserError(f"--output-dir {path} is a file, not a folder; choose another --output-dir")
     token = uuid.uuid4().hex
@@ -248,12 +250,31 @@ def _claim(path: Path, lock: RunLock, config: TrainConfig) -> tuple[str, str | N
             raise UserError(f"{path} holds a finished run{unfinished}; choose another --output-dir, pass "
                             "--overwrite, or --resume latest with a larger --epochs")
         clear_run(path)
-    finished = bool(resume_from) and (path / ckpt.METRICS_FILE).exists() and \
-        ckpt.epochs_done(resume_from) >= config.epochs
+    finished = _finished(path, resume_from, config)
     if finished and config.resume != "auto":
         raise UserError(f"{resume_from} is already at epoch {ckpt.epochs_done(resume_from)} of --epochs "
-                        f"{config.epochs}; pass a larger --epochs to train longer")
+                        f"{config.epochs} ({finished}); pass a larger --epochs"
+                        f"{' or --early-stop' if config.early_stop else ''} to train longer")
     return token, str(resume_from) if resume_from else None, finished
+
+
+def _finished(path: Path, resume_from: Path | None, config: TrainConfig) -> str:
+    """Why the run to resume has nothing left to do, or ""."""
+    if resume_from is None or not (path / ckpt.METRICS_FILE).exists():
+        return ""
+    if ckpt.epochs_done(resume_from) >= config.epochs:
+        return f"--epochs {config.epochs} reached"
+    return "stopped early" if _stopped_early(path, config) else ""
+
+
+def _stopped_early(path: Path, config: TrainConfig) -> bool:
+    """The finished run's history meets --early-stop as this command gives it (a larger patience
+    continues the run)."""
+    try:
+        history = json.loads((path / ckpt.METRICS_FILE).read_text())["history"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return Selection.for_run(config.select_by, config.early_stop, has_validation=True).stops_after(history)
 
 
 def _resume_point(path: Path, config: TrainConfig) -> Path | None:

@@ -30,7 +30,7 @@ from . import checkpoint as ckpt
 from . import hardware, launcher_watch
 from .board import Logger
 from .cli import is_main_rank, run_cli, say
-from .config import TrainConfig, parse_config
+from .config import TrainConfig, parse_config, settle_batch_size
 from .data import (RawData, XrayDataset, collate_batch, dataset_tensors, fetch_dataset, fingerprint, load_dataset,
                    pixel_statistics, to_binary, wants_device)
 from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, exchange_before_group,
@@ -39,11 +39,12 @@ from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_o
 from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError, first_line
 from .loader import TrainingLoader, balanced_weights
-from .metrics import binary_metrics, choose_threshold
+from .metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold
 from .model import Net, raw_pixel_state_dict
 from .predict import inference_model
 from .provenance import environment_summary, resident_memory_mb
 from .run_folder import RunFolder
+from .selection import BestWeights, Selection
 from .seeding import seed_global_generators
 from .splits import make_split
 from .sync_batchnorm import convert_sync_batchnorm
@@ -64,7 +65,7 @@ def train(config: TrainConfig) -> dict | None:
             run_dir = folder.path
             accelerator.print(f"covid-ddp-train: {describe(accelerator)}; run folder {folder.path}")
             if folder.finished:
-                accelerator.print(f"{folder.path} is finished (--epochs {config.epochs} reached): nothing to do")
+                accelerator.print(f"{folder.path} is finished ({folder.finished}): nothing to do")
                 shut_down(accelerator)
                 return None
             return _train_in(folder, config, accelerator)
@@ -83,25 +84,33 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     targets = to_binary(data.labels)
     # The main process splits for all (the same split everywhere, and scikit-learn imported once).
     split = on_main_process(accelerator, lambda: make_split(targets, config.split_plan(), data.meta), "split the data")
+    config, batch_note = settle_batch_size(config, len(split.train))
     folder.check_resume(config, fingerprint(data))
     folder.keep_split(split)
     run = prepare_run(config, data, targets, split, accelerator)
     progress = ckpt.TrainingProgress()
-    state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress)
+    state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress, BestWeights())
+    selection = Selection.for_run(config.select_by, config.early_stop, has_validation=len(split.val) > 0)
     if not folder.restore(state, config.epochs):  # another process count: its random states do not apply
         seed_global_generators(config.seed, "dropout", progress.epoch + 1, accelerator.process_index)
     _apply_recipe_changes(run, config, folder.changes, accelerator)
     folder.write_config(_run_config(config, accelerator, data, split, folder, run))  # once the resume holds
+    if batch_note and accelerator.is_main_process:
+        say(f"covid-ddp-train: {batch_note}")
     board = start_logging(accelerator, folder, data.images, targets, split, config)
 
     monitored = None
     with folder.stop_on_signal(state) as stopper:
         for epoch in range(progress.epoch + 1, config.epochs + 1):
+            if selection.stops_after(progress.history):  # --early-stop (also a resumed run that had stopped)
+                break
             record, monitored = run_epoch(run, accelerator, config, epoch, progress, stopper, board)
             progress.end_epoch(record)
+            if selection.best_epoch(progress.history) == epoch:
+                state.best.keep(accelerator.unwrap_model(run.model, keep_torch_compile=False), epoch)
             folder.save_checkpoint(state, epoch)
 
-    test_metrics = finish(run, folder, accelerator, config, monitored, board, progress)
+    test_metrics = finish(run, folder, accelerator, config, monitored, board, progress, selection, state.best)
     del run  # the DDP wrapper holds the process group: release it before shutting down
     shut_down(accelerator)
     return test_metrics
@@ -311,29 +320,51 @@ def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoc
                                                epoch, progress, stopper)
     monitored = evaluate(run.model, run.monitor_loader, accelerator)
     run.scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
-    name = run.monitor_name.lower()
-    record = {"epoch": epoch, "train_loss": train_loss, f"{name}_loss": monitored.loss,
-              f"{name}_accuracy": monitored.accuracy, "lr": run.optimizer.param_groups[0]["lr"],
-              "images_per_s": images_per_s, "rss_mb": resident_memory_mb()}
-    accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch"}, step=epoch)
+    record = {"epoch": epoch, "train_loss": train_loss, **_monitored_figures(run.monitor_name, monitored),
+              "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s, "rss_mb": resident_memory_mb()}
+    accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch" and v is not None}, step=epoch)
     if board is not None:  # main process only; no collectives inside
         board.epoch(accelerator.unwrap_model(run.model, keep_torch_compile=False), monitored, run.monitor_name, epoch)
-    accelerator.print(f"{run.monitor_name} set: Average loss: {monitored.loss:.4f}, "
-                      f"Accuracy: {100 * monitored.accuracy:.2f}% [COVID Detection]")
+    accelerator.print(_monitored_line(run.monitor_name, record))
     return record, monitored
+
+
+def _monitored_figures(monitor_name: str, monitored: Evaluation) -> dict:
+    """Validation: loss and ROC AUC, which need no threshold (the run's is chosen at the end, on
+    the final weights). --val-size 0 monitors the test split at the run's threshold, 0.5."""
+    if monitor_name == "Validation":
+        return {"validation_loss": monitored.loss, "validation_auc": monitored.roc_auc}
+    return {"test_loss": monitored.loss, "test_accuracy": monitored.accuracy(DEFAULT_THRESHOLD)}
+
+
+def _monitored_line(monitor_name: str, record: dict) -> str:
+    if monitor_name == "Validation":
+        auc = record["validation_auc"]
+        shown = "n/a (one class)" if auc is None else f"{auc:.4f}"
+        return f"Validation set: Average loss: {record['validation_loss']:.4f}, ROC AUC: {shown} [COVID Detection]"
+    return (f"Test set: Average loss: {record['test_loss']:.4f}, Accuracy: {100 * record['test_accuracy']:.2f}% "
+            f"at threshold {DEFAULT_THRESHOLD:.3f} [COVID Detection]")
 
 
 # --- the end ----------------------------------------------------------------------------------
 
 
 def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
-           monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress) -> dict:
-    """Pick the threshold on validation, score the test split once with it, write the run's outputs.
+           monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
+           selection: Selection, best: BestWeights) -> dict:
+    """Ship the selected epoch's weights, pick the threshold on validation, score the test split
+    once with it, write the run's outputs.
 
     The threshold and metrics.json describe the weights file itself: a run trained in bf16/fp16
-    is scored again by the shipped fp32 weights (what covid-ddp-predict computes); an fp32 run's
-    training model already computes that, and its last epoch's scores are reused.
+    is scored again by the shipped fp32 weights (what covid-ddp-predict computes); an fp32 run
+    that ships its last epoch already has that epoch's scores, and they are reused.
     """
+    shipped_epoch = best.epoch if selection.criterion and best.epoch is not None else progress.epoch
+    if shipped_epoch != progress.epoch:
+        best.restore_into(accelerator.unwrap_model(run.model, keep_torch_compile=False))
+        monitored = None  # the last epoch's scores: not those of the shipped weights
+    why = selection.describe(progress.history, config.epochs, shipped_epoch)
+    accelerator.print(f"Shipping {why}")
     # The original's keys for raw pixels (normalisation folded into conv1); get_state_dict is
     # a collective under FSDP.
     weights = raw_pixel_state_dict(ckpt.consolidated_state_dict(accelerator.get_state_dict(run.model)),
@@ -347,7 +378,8 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
     final = monitored if run.monitor_name == "Test" else evaluate(scorer, run.test_loader, accelerator)
 
     def score() -> tuple[dict, dict]:  # every rank holds the same gathered scores: the main process does it once
-        decision = decide_threshold(monitored if run.monitor_name == "Validation" else None, config)
+        decision = {**decide_threshold(monitored if run.monitor_name == "Validation" else None, config),
+                    "epoch": shipped_epoch, "shipped": why}
         return decision, binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
                                         bootstrap=config.bootstrap, seed=config.seed)
 
@@ -355,9 +387,13 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
                       f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
                       f"{decision['method']})")
-    draw_final = board and (lambda: board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch))
-    path = folder.write_outputs(decision, weights, {"test": test_metrics, "history": progress.history},
-                                draw_final)
+    shown = accelerator.unwrap_model(scorer, keep_torch_compile=False)
+    draw_final = board and (lambda: board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch,
+                                                shown, decision["threshold"]))
+    shipped = {"epoch": shipped_epoch, "why": why, "select_by": config.select_by if selection.criterion else "last",
+               "stopped_early": progress.epoch < config.epochs and selection.stops_after(progress.history)}
+    path = folder.write_outputs(decision, weights, {"test": test_metrics, "shipped": shipped,
+                                                    "history": progress.history}, draw_final)
     accelerator.print(f"Model saved to {path}")
     return test_metrics
 
@@ -427,12 +463,22 @@ def _apply_recipe_changes(run: Prepared, config: TrainConfig, changes: dict, acc
         scheduler.factor = config.lr_factor
 
 
+def _recorded_flags(config: TrainConfig, data: RawData) -> dict:
+    """The flags as they ran; --mcfam-url only for a run on MCFAM files (a folder of one's own was
+    never downloaded from it)."""
+    flags = config.to_dict()
+    if data.provenance.get("source") != "mcfam":
+        flags.pop("mcfam_url")
+    return flags
+
+
 def _run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, split, folder: RunFolder,
                 run: Prepared) -> dict:
     return {
-        "config": config.to_dict(),
+        "config": _recorded_flags(config, data),
         "output_dir": str(folder.path),
-        "data": {"dataset": config.dataset, **data.provenance, "fingerprint": fingerprint(data),
+        "data": {"source": data.provenance.get("source", config.dataset), **data.provenance,
+                 "fingerprint": fingerprint(data),
                  "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
         "distributed": {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
                         "mixed_precision": accelerator.mixed_precision, "data_device": run.data_device,

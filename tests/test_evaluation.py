@@ -95,6 +95,49 @@ def test_predict_uses_the_stored_threshold_and_writes_gradcam_overlays(patient_r
     assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == ["three_0.png", "three_1.png", "three_2.png"]
 
 
+def test_tensorboard_grid_gradcam_title_and_predict_call_an_image_alike(patient_run, cohort_data, tmp_path,
+                                                                       monkeypatch):
+    """One threshold everywhere: the grid TensorBoard draws at the end (the shipped weights, the
+    run's threshold), a Grad-CAM overlay's title and covid-ddp-predict's CSV call each image the same."""
+    from covid_ddp import board
+    from covid_ddp.predict import load_model, main as predict_main
+
+    decision = json.loads((patient_run / "COVID_binary_classifier.json").read_text())
+    weights = patient_run / "COVID_binary_classifier.pth"
+    data = load_data_dir(cohort_data)
+    targets = to_binary(data.labels)
+    with np.load(patient_run / "splits.npz", allow_pickle=False) as saved:
+        val_rows = saved["val"]
+    captions, titles = [], []
+    monkeypatch.setattr(board, "tile_grid", lambda images, heatmaps, text: captions.extend(text) or np.zeros((3, 1, 1)))
+
+    class Writer:  # what the grid is drawn into; the captions are what matters here
+        def add_pr_curve(self, *args, **kwargs): ...
+        def add_image(self, *args, **kwargs): ...
+        def add_figure(self, *args, **kwargs): ...
+        def add_hparams(self, *args, **kwargs): ...
+        def flush(self): ...
+
+    logger = board.Logger(Writer(), data.images, targets, board.watched_rows(targets, val_rows))
+    test = type("Scores", (), {"targets": targets[:4], "p_covid": np.linspace(0.1, 0.9, 4)})
+    metrics = {"roc_auc": 0.5, "confusion_matrix": [[1, 1], [1, 1]], "threshold": decision["threshold"],
+               "accuracy": 0.5, "sensitivity": 0.5, "specificity": 0.5}
+    logger.final(test, metrics, {}, 1, load_model(weights), decision["threshold"])
+    grid_calls = [caption.split("\n")[1].split(":")[0] for caption in captions[: len(logger.watched_images)]]
+    assert all(f"{decision['threshold']:.2f}" in caption for caption in captions)
+
+    monkeypatch.setattr("covid_ddp.figures.overlay_figure", lambda image, heatmap, title: titles.append(title))
+    monkeypatch.setattr("covid_ddp.figures.save_figure", lambda figure, path: None)
+    np.savez(tmp_path / "watched.npz", train_images=logger.watched_images)
+    output = tmp_path / "calls.csv"
+    assert predict_main(["--weights", str(weights), "--gradcam", str(tmp_path / "cam"), "--output",
+                                str(output), str(tmp_path / "watched.npz")]) == 0
+    predicted = [row["prediction"] for row in csv.DictReader(output.open())]
+    assert grid_calls == predicted
+    assert [title.split("-> ")[1].split(" (")[0] for title in titles] == predicted
+    assert all(f"threshold {decision['threshold']:.3f}" in title for title in titles)
+
+
 def _get_json(url: str):
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
@@ -118,9 +161,11 @@ def test_tensorboard_serves_the_scalars_images_pr_curves_and_hparams(patient_run
             assert server.poll() is None and time.monotonic() < deadline, "tensorboard did not come up"
             time.sleep(0.5)
         scalar_tags = {tag for tags in scalars.values() for tag in tags}
-        assert {"epoch/train_loss", "epoch/validation_loss", "epoch/validation_accuracy", "train/loss"} <= scalar_tags
+        assert {"epoch/train_loss", "epoch/validation_loss", "epoch/validation_auc", "train/loss"} <= scalar_tags
+        assert "epoch/validation_accuracy" not in scalar_tags  # a call at 0.5, not the run's threshold
         image_tags = {tag for tags in _get_json(f"{base}/images/tags").values() for tag in tags}
-        assert {"validation/gradcam", "validation/inputs", "test/roc", "test/confusion"} <= image_tags
+        assert {"validation/gradcam", "validation/inputs", "shipped/inputs", "shipped/gradcam", "test/roc",
+                "test/confusion"} <= image_tags
         pr_tags = {tag for tags in _get_json(f"{base}/pr_curves/tags").values() for tag in tags}
         assert {"validation/pr_curve", "test/pr_curve"} <= pr_tags
         request = urllib.request.Request(f"{base}/hparams/experiment", data=b'{"experimentName": ""}',

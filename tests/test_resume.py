@@ -104,9 +104,28 @@ def test_other_data_files_are_refused_at_a_resume(capsys, small_data, stopped_ru
     assert code == 2 and "other data files (their sha256 differ)" in err, err
 
 
-def test_a_run_on_a_folder_of_yours_names_no_download_source(finished_run, small_data):
-    data = json.loads((finished_run / "config.json").read_text())["data"]
-    assert "source_url" not in data and data["data_dir"] == str(small_data.resolve())
+def test_a_run_on_a_folder_of_yours_records_it_and_never_mcfam(finished_run, small_data):
+    recorded = json.loads((finished_run / "config.json").read_text())
+    data = recorded["data"]
+    assert data["source"] == "folders" and data["data_dir"] == str(small_data.resolve())
+    assert (data["images"], data["covid"] + data["non_covid"]) == (400, 400)
+    assert len(data["files"]["train_images64.npz"]["sha256"]) == 64
+    assert "mcfam" not in json.dumps(data).lower() and "mcfam_url" not in recorded["config"]
+    assert "umn.edu" not in json.dumps(recorded), "never MCFAM's address"
+
+
+def test_a_prepared_folder_records_what_prepare_wrote(tmp_path):
+    from covid_ddp.data import load_data_dir
+
+    folder = tmp_path / "prepared"
+    folder.mkdir()
+    np.savez(folder / "train_images64.npz", train_images=np.zeros((4, 64, 64), np.uint8))
+    np.savez(folder / "train_labels.npz", train_labels=np.eye(4, dtype=np.float32))
+    (folder / "prepare.json").write_text(json.dumps({"images": 4, "skipped": [{"path": "x.png", "error": "e"}],
+                                                     "per_class": {"0": 1, "1": 1, "2": 1, "3": 1}}))
+    prepare = load_data_dir(folder).provenance["prepare"]
+    assert prepare["images"] == 4 and prepare["skipped"] == 1 and prepare["per_class"]["2"] == 1
+    assert len(prepare["sha256"]) == 64
 
 
 def test_flags_that_do_not_change_the_result_may_change(capsys, small_data, stopped_run):

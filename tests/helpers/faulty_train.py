@@ -7,6 +7,8 @@ Usage: faulty_train.py FAULT[,FAULT...] [covid-ddp-train flags...]
   sigterm:N  after the N-th training step of this run, the main process sends SIGTERM to its
              launcher (which forwards it to every worker), or to itself without one, and waits
              a second for it to arrive: a stop at a known step, whatever the machine's load
+  blowup:N   after the N-th epoch the learning rate jumps to 0.05 (a run that diverges later
+             on: its best validation epoch is N, not the last)
   float64    train in float64 (with --mixed-precision no): no float32 round-off, which Adam's
              first steps turn into whole learning-rate steps on parameters whose true gradient
              is zero (the conv biases before BatchNorm), so runs that split batches otherwise
@@ -80,12 +82,23 @@ def sigterm(count):
     engine.StepTally.add = after_calls(count, add)(engine.StepTally.add)
 
 
+def blowup(count):
+    def run_epoch(real, args, kwargs, now):
+        result = real(*args, **kwargs)
+        if now:
+            for group in args[0].optimizer.param_groups:  # args[0]: train.Prepared
+                group["lr"] = 0.05
+        return result
+
+    train.run_epoch = after_calls(count, run_epoch)(train.run_epoch)
+
+
 def float64():
     torch.set_default_dtype(torch.float64)
 
 
 FAULTS = {"nan": nan, "slowsave": slowsave, "figure": figure, "sigterm": sigterm,
-          "float64": float64}
+          "blowup": blowup, "float64": float64}
 
 for fault in sys.argv[1].split(","):
     kind, *count = fault.split(":")

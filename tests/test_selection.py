@@ -1,0 +1,142 @@
+"""The epoch a run ships (--select-by, --early-stop) and the batch size of a small training part.
+
+The end-to-end runs diverge on purpose (faulty_train's ``blowup:2``: the learning rate jumps to
+0.05 after epoch 2), so the best validation epoch is 2 and not the last, and a stop inside
+epoch 4 must come back with epoch 2's weights kept.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from conftest import HELPERS, TRAIN_SCRIPT, run, write_mcfam
+from covid_ddp.checkpoint import BEST_MODEL_STATE, complete_checkpoints
+from covid_ddp.config import TrainConfig, batch_size_for, settle_batch_size
+from covid_ddp.evaluation import main as evaluate_main
+from covid_ddp.selection import Selection
+from covid_ddp.synthetic import make_synthetic
+
+
+def history(*values, key="validation_loss"):
+    return [{"epoch": epoch, key: value} for epoch, value in enumerate(values, start=1)]
+
+
+# --- the rule -------------------------------------------------------------------------------------
+
+
+def test_the_lowest_loss_or_highest_auc_wins_and_a_tie_keeps_the_earlier_epoch():
+    assert Selection("loss").best_epoch(history(0.7, 0.5, 0.5, 0.6)) == 2
+    assert Selection("auc").best_epoch(history(0.7, 0.9, 0.9, 0.8, key="validation_auc")) == 2
+
+
+def test_an_undefined_metric_never_counts_as_best():
+    assert Selection("auc").best_epoch(history(None, 0.6, float("nan"), key="validation_auc")) == 2
+    assert Selection("loss").best_epoch(history(float("nan"))) is None
+
+
+def test_early_stop_counts_epochs_since_the_best():
+    rule = Selection("loss", patience=2)
+    assert not rule.stops_after(history(0.7, 0.5, 0.6))
+    assert rule.stops_after(history(0.7, 0.5, 0.6, 0.55))
+    assert not Selection("loss").stops_after(history(0.7, 0.8, 0.9, 1.0)), "no --early-stop: never"
+
+
+def test_without_a_validation_split_or_with_last_the_last_epoch_is_shipped():
+    for rule in (Selection.for_run("loss", None, has_validation=False), Selection.for_run("last", None, True)):
+        assert rule.criterion is None and rule.best_epoch(history(0.5, 0.9)) is None
+        assert rule.describe(history(0.5, 0.9), 2, 2) == "the last epoch's weights (epoch 2)"
+
+
+def test_early_stop_needs_a_validation_split():
+    from covid_ddp.errors import UserError
+
+    with pytest.raises(UserError, match="--early-stop watches the validation split"):
+        TrainConfig(early_stop=3, val_size=0).validate()
+
+
+# --- the batch size of a small training part ------------------------------------------------------
+
+
+@pytest.mark.parametrize("train_images, expected", [(6300, 100), (1000, 100), (999, 64), (630, 32), (189, 16),
+                                                    (100, 8), (40, 8)])
+def test_the_default_batch_gives_an_epoch_ten_steps(train_images, expected):
+    """MCFAM's 6,300 training images keep the recipe's 100; a small set gets the largest of
+    64/32/16/8 with 10 steps an epoch (8 at the least)."""
+    assert batch_size_for(train_images) == expected
+
+
+def test_a_small_set_is_told_its_batch_size_and_a_short_epoch_is_warned_of():
+    settled, note = settle_batch_size(TrainConfig(), 189)
+    assert settled.batch_size == 16 and note.startswith("note: 189 training images: batch size 16 instead of the "
+                                                        "recipe's 100, for 11 steps an epoch (100 would give 1)")
+    settled, note = settle_batch_size(TrainConfig(batch_size=100), 189)
+    assert settled.batch_size == 100
+    assert note == ("warning: 189 training images at --batch-size 100: 1 optimizer step an epoch, and 89 images left "
+                    "out of each epoch by the last partial batch; --batch-size 16 gives 11 steps")
+    assert settle_batch_size(TrainConfig(), 6300) == (TrainConfig(batch_size=100), None), "MCFAM: silent, as before"
+
+
+# --- end to end: the best epoch shipped, an early stop, and both across a stop inside an epoch ------
+
+# 400 synthetic images: 252 training images, batch 16 by default (15 steps an epoch).
+FLAGS = ("--epochs", "6", "--select-by", "auc", "--early-stop", "2", "--log-every", "5", "--mixed-precision", "no",
+         "--log-images-every", "0", "--bootstrap", "0", "--eval-batch-size", "60")
+STOP_IN_EPOCH_4 = "sigterm:50"  # after step 5 of epoch 4 (3 x 15 + 5)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_mcfam(tmp_path_factory.mktemp("data"), *make_synthetic(400, seed=3))
+
+
+def _train(data, run_dir, faults=None, *extra, check=True):
+    script = [HELPERS / "faulty_train.py", faults] if faults else [TRAIN_SCRIPT]
+    return run([sys.executable, *script, "--data-dir", data, "--output-dir", run_dir, *FLAGS, *extra], check=check)
+
+
+@pytest.fixture(scope="module")
+def diverging_run(data, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("diverging") / "run"
+    return run_dir, _train(data, run_dir, "blowup:2")
+
+
+def test_the_best_epoch_is_shipped_with_its_threshold_and_the_run_stops_early(diverging_run, data, tmp_path):
+    run_dir, result = diverging_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    aucs = [record["validation_auc"] for record in metrics["history"]]
+    assert len(aucs) == 4 and aucs.index(max(aucs)) == 1, f"epoch 2 best, 3 and 4 worse, then stopped: {aucs}"
+    assert metrics["shipped"] == {"epoch": 2, "select_by": "auc", "stopped_early": True, "why": (
+        f"the weights of epoch 2 of 4, highest validation ROC AUC ({aucs[1]:.4f}) (stopped early after epoch 4: "
+        "no improvement in 2 epochs)")}
+    assert f"Shipping {metrics['shipped']['why']}" in result.stdout
+    assert json.loads((run_dir / "COVID_binary_classifier.json").read_text())["epoch"] == 2
+    # The shipped file holds epoch 2's weights: scored again, its validation AUC is epoch 2's.
+    assert evaluate_main(["--weights", str(run_dir / "COVID_binary_classifier.pth"), "--split", "val",
+                          "--bootstrap", "0", "--output-dir", str(tmp_path / "val")]) == 0
+    scored = json.loads((tmp_path / "val" / "evaluation.json").read_text())["metrics"]["roc_auc"]
+    assert math.isclose(scored, aucs[1], abs_tol=1e-6) and not math.isclose(scored, aucs[-1], abs_tol=1e-3)
+    note = "covid-ddp-train: note: 252 training images: batch size 16 instead of the recipe's 100"
+    assert result.stderr.count(note) == 1 and "Train Epoch: 1 [240/252 (95%)]" in result.stdout
+    assert json.loads((run_dir / "config.json").read_text())["config"]["batch_size"] == 16
+
+
+def test_a_stop_inside_an_epoch_after_the_best_one_ships_the_same_weights(diverging_run, data, tmp_path):
+    reference_dir, _ = diverging_run
+    run_dir = tmp_path / "run"
+    stopped = _train(data, run_dir, f"blowup:2,{STOP_IN_EPOCH_4}", check=False)
+    assert "stopped by SIGTERM at epoch 4, step 5" in stopped.stderr, stopped.stderr[-2000:]
+    checkpoint = complete_checkpoints(run_dir)[-1]
+    assert checkpoint.name == "epoch_004_step_00005" and (checkpoint / BEST_MODEL_STATE).is_file()
+    resumed = _train(data, run_dir, None, "--resume", "auto")  # the raised learning rate is in the optimizer state
+    assert "Shipping the weights of epoch 2 of 4" in resumed.stdout
+    for name in ("COVID_binary_classifier.pth",):
+        reference = torch.load(reference_dir / name, weights_only=True)
+        resumed_weights = torch.load(run_dir / name, weights_only=True)
+        assert all(torch.equal(reference[key], resumed_weights[key]) for key in reference)
+    again = _train(data, run_dir, None, "--resume", "auto")
+    assert "is finished (stopped early): nothing to do" in again.stdout
