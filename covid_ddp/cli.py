@@ -13,6 +13,7 @@ problem as the root cause, not a rank that merely stopped with it.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import socket
@@ -69,6 +70,46 @@ def _tell_the_launcher(message: str) -> None:
             json.dump(record, handle)
     except OSError:
         pass
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for every command: no abbreviated flags (``--epoch 3`` would otherwise pass for
+    ``--epochs 3``, and a typo must not set another flag), and its errors a ``UserError``, so that
+    ``run_cli`` prints them in one line (the main process alone) instead of the whole usage."""
+
+    def __init__(self, *args, allow_abbrev: bool = False, **kwargs):
+        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        try:
+            arguments, extras = self.parse_known_args(args, namespace)
+        except UserError:
+            # A mistyped --weights also leaves --weights missing: the typo is the line worth showing.
+            typos = [arg for arg in args[: args.index("--") if "--" in args else len(args)]
+                     if arg.startswith("--") and arg.split("=", 1)[0] not in self._option_string_actions]
+            if typos:
+                self.error(self._unrecognized(typos))
+            raise
+        if extras:
+            self.error(self._unrecognized(extras))
+        return arguments
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+    def _unrecognized(self, extras: list[str]) -> str:
+        """'unrecognized argument --epoch; did you mean --epochs?'. The values after an unknown
+        flag are left out: they are most likely its own, and naming them would only confuse."""
+        flags = [extra.split("=", 1)[0] for extra in extras if extra.startswith("-")] or extras
+        known = list(self._option_string_actions)
+        close = {flag: match[0] for flag in flags if (match := difflib.get_close_matches(flag, known, n=1))}
+        text = f"unrecognized argument{'s' if len(flags) > 1 else ''} {', '.join(flags)}"
+        if len(flags) == 1 and close:
+            return f"{text}; did you mean {close[flags[0]]}?"
+        if close:
+            return f"{text}; did you mean " + ", ".join(f"{match} (for {flag})" for flag, match in close.items()) + "?"
+        return text
 
 
 class HelpFormatter(argparse.HelpFormatter):

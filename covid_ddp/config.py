@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .cli import HelpFormatter, is_main_rank
+from .cli import ArgumentParser, HelpFormatter
 from .data import MCFAM_BASE_URL
 from .errors import UserError
 from .splits import SplitPlan
@@ -70,13 +69,13 @@ class TrainConfig:
     augment_acquisition: bool = _flag(False, "per training image, randomly vary what differs between X-ray "
                                       "machines and exporters rather than diseases: gamma (1/1.6 to 1.6), window "
                                       "(each end +/-12.5%%), blur or sharpening, noise (std up to 6 grey levels); "
-                                      "against the source shortcut (README, Real chest X-rays)")
+                                      "against the source shortcut (docs/real-cxr.md)")
     balance_sources: bool = _flag(False, "draw each epoch's training images (with replacement) so that every "
                                   "source x class pair weighs the same; a source is meta.npz 'dataset', or the "
                                   "folder's name for a folder without one (one such folder: the two classes)")
     augment_marks: bool = _flag(False, "stamp arrows, boxes, letters and border bands, the marks publications draw "
                                 "on figures, on half the training images of both classes (against the source "
-                                "shortcut: README, Real chest X-rays)")
+                                "shortcut: docs/real-cxr.md)")
     select_by: str = _flag("loss", "which epoch's weights the run ships: the one with the lowest validation "
                            "loss, the highest validation ROC AUC, or the last epoch (the original's behaviour, and "
                            "what --val-size 0 does: there is then no validation split to choose on)",
@@ -227,18 +226,10 @@ def _dashed(name: str) -> str:
     return name.replace("_", "-")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse's own errors (an unknown flag, a bad choice) printed by the main process only:
-    every rank parses the same command line, and N copies of the usage would bury the line."""
-
-    def error(self, message: str):
-        if is_main_rank():
-            self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n" if is_main_rank() else None)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    # Every rank parses the same command line: an error (an unknown flag, a bad choice) is a
+    # UserError on each, which run_cli has the main process alone print.
+    parser = ArgumentParser(
         prog="covid-ddp-train",
         description="Train the COVID / non-COVID chest X-ray CNN on one or many processes "
         "(launch with `accelerate launch`, `torchrun` or plain `python`). Not for clinical use.",

@@ -5,10 +5,11 @@
 Writes ``evaluation.json`` (every metric with its 95% bootstrap interval, the threshold and
 where it came from, the rows scored) and ``roc.png``, ``pr.png``, ``confusion.png``,
 ``calibration.png`` into ``--output-dir`` (default: ``evaluation-<split>`` beside the
-weights), and prints a compact table. ``test`` and ``val`` are the weights' own run's parts,
-rebuilt from its ``config.json`` (and checked against its ``splits.npz``), so a held-out
-image stays held out; ``all`` scores every image, for a data set the run never saw.
-Runs on one device. Not for clinical use.
+weights), and prints a compact table: with images of several sources (meta.npz ``dataset``,
+or each --data-dir folder's name), one row per source too. ``test`` and ``val`` are the
+weights' own run's parts, rebuilt from its ``config.json`` (and checked against its
+``splits.npz``), so a held-out image stays held out; ``all`` scores every image, for a data
+set the run never saw. Runs on one device. Not for clinical use.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import figures, launcher_watch
-from .cli import HelpFormatter, run_cli
+from .cli import ArgumentParser, HelpFormatter, run_cli
 from .config import TrainConfig
 from .data import as_folders, load_data_dirs, load_dataset, to_binary
 from .errors import UserError
@@ -31,12 +32,13 @@ from .predict import WEIGHTS_HELP, decision_threshold, inference_model, load_mod
 from .splits import make_split
 
 FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
+SOURCE_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy")  # a source's row: those it has
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="covid-ddp-evaluate", formatter_class=HelpFormatter,
-                                     description="Score trained weights on a data folder on one device: every "
-                                     "metric with a 95% bootstrap interval, and the figures. Not for clinical use.")
+    parser = ArgumentParser(prog="covid-ddp-evaluate", formatter_class=HelpFormatter,
+                            description="Score trained weights on a data folder on one device: every "
+                            "metric with a 95% bootstrap interval, and the figures. Not for clinical use.")
     parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP + "; --split test|val needs "
                         "its run folder")
     parser.add_argument("--data-dir", metavar="DIR", nargs="+", help="folder(s) with train_images64.npz and "
@@ -66,13 +68,16 @@ def run(arguments: argparse.Namespace) -> dict:
     p_covid = predict(model, data.images[rows])
     metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, arguments.bootstrap)
     output_dir = Path(arguments.output_dir or weights.parent / f"evaluation-{arguments.split}")
+    by_source = per_source(p_covid, targets, sources_of(data.meta, rows), threshold)
     report = {"weights": str(weights), "data": data.provenance,
               "split": arguments.split, "threshold_source": threshold_source, "metrics": metrics,
-              "rows": rows.tolist()}
+              **({"per_source": by_source} if by_source else {}), "rows": rows.tolist()}
     write_json(output_dir / "evaluation.json", report)
     write_figures(output_dir, p_covid, targets, metrics)
     print(format_table(metrics, title=f"{arguments.split}: {len(rows)} images, threshold {threshold:.3f} "
                                       f"({threshold_source})"))
+    if by_source:
+        print(format_sources(by_source, threshold))
     print(f"wrote {output_dir / 'evaluation.json'} and {', '.join(FIGURES)}")
     return report
 
@@ -147,6 +152,40 @@ def _folders(files: dict) -> str:
     """'folders a, b' from the recorded file keys ('<folder>/<file>'), or 'one folder'."""
     names = list(dict.fromkeys(name.split("/")[0] for name in files if "/" in name))
     return f"the folders {', '.join(names)}" if names else "one folder"
+
+
+def sources_of(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
+    """The source of each scored row (meta.npz 'dataset'; load_data_dirs fills in folder names)."""
+    if meta is None or "dataset" not in meta:
+        return None
+    return np.asarray(meta["dataset"]).astype(str)[rows]
+
+
+def per_source(p_covid: np.ndarray, targets: np.ndarray, sources: np.ndarray | None, threshold: float) -> dict:
+    """Source -> n, n per class and the metrics it has, at the whole set's threshold; {} for one
+    source. A pooled figure can hide a source the model fails on; a source of one class has no
+    ROC AUC, only its sensitivity (COVID) or specificity (non-COVID), as in covid-ddp-report."""
+    if sources is None or len(set(sources)) < 2:
+        return {}
+    table = {}
+    for source in sorted(set(sources)):
+        chosen = sources == source
+        scored = binary_metrics(p_covid[chosen], targets[chosen], threshold=threshold)
+        table[source] = {"n": scored["n"], "n_per_class": scored["n_per_class"],
+                         **{name: scored[name] for name in SOURCE_METRICS}}
+    return table
+
+
+def format_sources(by_source: dict, threshold: float) -> str:
+    """One source a line; n/a where the source lacks the class a metric needs."""
+    width = max(len("source"), *map(len, by_source)) + 2
+    lines = [f"per source, threshold {threshold:.3f} (n/a: the source lacks the class the metric needs)",
+             f"{'source':<{width}}{'n (COVID / non-COVID)':<24}" + "".join(f"{name:>13}" for name in SOURCE_METRICS)]
+    for source, row in by_source.items():
+        counts = f"{row['n']} ({row['n_per_class']['covid']} / {row['n_per_class']['non_covid']})"
+        cells = ["n/a" if row[name] is None else f"{row[name]:.3f}" for name in SOURCE_METRICS]
+        lines.append(f"{source:<{width}}{counts:<24}" + "".join(f"{cell:>13}" for cell in cells))
+    return "\n".join(lines)
 
 
 def log_loss(p_covid: np.ndarray, targets: np.ndarray) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import HelpFormatter, run_cli
+from .cli import ArgumentParser, HelpFormatter, run_cli
 from .errors import UserError
 from .files import atomic_path
 from .model import IMAGE_SIZE, Net, fold_batchnorm
@@ -61,8 +61,8 @@ def export_onnx(model: Net, destination: Path) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="covid-ddp-export", description=__doc__.split("\n\n")[0] +
-                                     " Not for clinical use.", formatter_class=HelpFormatter)
+    parser = ArgumentParser(prog="covid-ddp-export", description=__doc__.split("\n\n")[0] +
+                            " Not for clinical use.", formatter_class=HelpFormatter)
     parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP)
     parser.add_argument("--onnx", required=True, metavar="PATH", help="where to write the ONNX model (e.g. covid.onnx)")
     return parser

@@ -3,8 +3,8 @@
 The device kind and the precision are agreed by every process of a job before its group
 forms (``distributed.exchange_before_group`` carries each process's ``local_view``): ranks that
 chose alone could average fp16-scaled with unscaled gradients, or fail to form a group.
-Each speed choice was measured with ``benchmarks/throughput.py`` (figures in the README's
-performance section); where a trick does not pay on a device it stays off there.
+Each speed choice was measured with ``benchmarks/throughput.py`` (figures in
+docs/performance.md); where a trick does not pay on a device it stays off there.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def agree_precision(views: list[dict], flag: str | None) -> tuple[str, str | Non
     ``accelerate launch`` sets when nobody asked, so it means auto: fp32 is ``--mixed-precision
     no``. A precision asked for is kept wherever every process can run it; where some cannot
     (fp16 on a CPU), auto's choice replaces it, and the line says so. (On real chest X-rays,
-    patient-level, bf16 scored as fp32 did over 5 seeds: README.)
+    patient-level, bf16 scored as fp32 did over 5 seeds: docs/performance.md.)
     """
     from_config = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     requested = flag or (from_config if from_config != "no" else "auto")

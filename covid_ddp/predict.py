@@ -12,8 +12,8 @@ Python::
 
 Inputs are MCFAM-format ``.npz`` files (key ``train_images``), PNG/JPEG/DICOM images
 (converted to 8-bit grayscale, center-cropped to a square and resized to 64x64,
-with a note on stderr when that happens) or folders of them. Output is CSV:
-``source,index,p_covid,prediction``. Not for clinical use.
+with one line on stderr saying how many were) or folders of them. Output is CSV:
+``source,index,p_covid,prediction,threshold``. Not for clinical use.
 """
 
 from __future__ import annotations
@@ -28,14 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import decision_path, load_weights, read_decision
-from .cli import HelpFormatter, run_cli
+from .checkpoint import WEIGHTS_FILE, decision_path, load_weights, read_decision
+from .cli import ArgumentParser, HelpFormatter, run_cli
 from .data import IMAGES_KEY, load_array, validate_images
 from .errors import UserError
 from .files import atomic_path
 from .gradcam import gradcam
 from .model import CLASS_NAMES, IMAGE_SIZE, Net, fold_batchnorm, original_state_dict
-from .radiographs import is_radiograph_file, read_grayscale, to_model_size
+from .radiographs import is_radiograph_file, read_grayscale_and_size, to_model_size
 
 NPZ_SUFFIX = ".npz"
 
@@ -46,6 +46,7 @@ class InputImages:
 
     source: str
     images: np.ndarray  # (N, 64, 64) uint8
+    resized_from: tuple[int, int] | None = None  # an image file's own (width, height), when not 64x64
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,6 +60,7 @@ def resolve_device(device: str) -> torch.device:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Net:
     """A ``Net`` in eval mode with the weights of ``path`` (loaded with ``weights_only=True``, strict):
     written by covid_ddp (any version) or by the original script; raw 0-255 pixels in."""
+    check_weights_path(Path(path))
     state_dict = load_weights(Path(path))
     if isinstance(state_dict, dict):
         state_dict = original_state_dict(state_dict)
@@ -72,6 +74,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Net:
     except RuntimeError as error:
         raise UserError(f"{path}: weights do not fit the original script's Net ({str(error).splitlines()[-1].strip()})")
     return model.to(device).eval()
+
+
+def check_weights_path(path: Path) -> None:
+    """A missing path or a run folder given as --weights, said as such (not 'weights file not found')."""
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    if path.is_dir():
+        inside = path / WEIGHTS_FILE
+        example = f", e.g. {inside}" if inside.is_file() else ""
+        raise UserError(f"{path} is a folder, not a weights file; pass the .pth inside it{example}")
 
 
 def inference_model(model: Net) -> Net:
@@ -117,7 +129,7 @@ def collect_files(inputs: list[str]) -> list[Path]:
         elif path.is_file():
             files.append(path)
         else:
-            raise UserError(f"{path}: no such file or folder")
+            raise UserError(f"{path} does not exist")
     return files
 
 
@@ -127,24 +139,28 @@ def read_input(path: Path) -> InputImages:
         validate_images(images, path)
         return InputImages(str(path), images)
     if is_radiograph_file(path):
-        return InputImages(str(path), read_image(path)[None])
+        gray, size = read_grayscale_and_size(path)
+        resized_from = size if gray.size != (IMAGE_SIZE, IMAGE_SIZE) else None
+        return InputImages(str(path), to_model_size(gray)[None], resized_from)
     raise UserError(f"{path}: unsupported input type '{path.suffix}'; give .npz, .png, .jpg or .dcm files or folders")
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An image file (PNG, JPEG, DICOM) -> 64x64 uint8, as the shared real sets were made."""
-    gray = read_grayscale(path)
-    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
-        print(f"note: {path}: resized from {gray.size[0]}x{gray.size[1]} to {IMAGE_SIZE}x{IMAGE_SIZE}"
-              " (center-cropped to a square first)", file=sys.stderr)
-    return to_model_size(gray)
+def resized_summary(sizes: list[tuple[int, int]]) -> str:
+    """One line for all resized images (a folder of 300 JPEGs is not worth 300 notes): how many,
+    and the smallest and largest of their own sizes."""
+    ordered = sorted(set(sizes), key=lambda size: (size[0] * size[1], size))
+    shown = [f"{width}x{height}" for width, height in (ordered[0], ordered[-1])]
+    span = shown[0] if len(ordered) == 1 else f"{shown[0]} to {shown[1]}"
+    cropped = "; non-square ones center-cropped to a square first" if any(w != h for w, h in sizes) else ""
+    images = "1 image was" if len(sizes) == 1 else f"{len(sizes)} images were"
+    return f"covid-ddp-predict: {images} resized to {IMAGE_SIZE}x{IMAGE_SIZE} (from {span}{cropped})"
 
 
 # --- command line ------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="covid-ddp-predict",
         description="Score chest X-rays with a trained covid_ddp model on one device. Not for clinical use.",
         formatter_class=HelpFormatter,
@@ -192,9 +208,9 @@ def run(arguments: argparse.Namespace) -> None:
     overlays = GradcamWriter(Path(arguments.gradcam), trained, threshold) if arguments.gradcam else None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["source", "index", "p_covid", "prediction"])
+    writer.writerow(["source", "index", "p_covid", "prediction", "threshold"])  # each call names its threshold
     files = collect_files(arguments.inputs)
-    skipped = 0
+    skipped, resized_from = 0, []
     for path in files:
         try:
             item = read_input(path)
@@ -204,9 +220,11 @@ def run(arguments: argparse.Namespace) -> None:
             skipped += 1
             print(f"skipped: {error}", file=sys.stderr)
             continue
+        if item.resized_from is not None:
+            resized_from.append(item.resized_from)
         p_covid = predict(model, item.images, arguments.batch_size)
         for index, p in enumerate(p_covid):
-            writer.writerow([item.source, index, f"{p:.6f}", CLASS_NAMES[int(p >= threshold)]])
+            writer.writerow([item.source, index, f"{p:.6f}", CLASS_NAMES[int(p >= threshold)], f"{threshold:.6f}"])
         if overlays is not None:
             overlays.write(item, p_covid)
     if skipped:
@@ -219,6 +237,8 @@ def run(arguments: argparse.Namespace) -> None:
     else:
         sys.stdout.write(buffer.getvalue())
     # After the output, so that a refused input stays a one-line error.
+    if resized_from:
+        print(resized_summary(resized_from), file=sys.stderr)
     print(f"called COVID at p_covid >= threshold {threshold:.4f} ({threshold_source})", file=sys.stderr)
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import HelpFormatter, run_cli, say
+from .cli import ArgumentParser, HelpFormatter, run_cli, say
 from .data import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE
 from .duplicates import find_duplicates, rows_to_drop
 from .errors import UserError, type_and_first_line
@@ -70,6 +70,8 @@ def collect_items(sources: list[str]) -> list[Item]:
             items.extend(_items_of_class_folders(path))
         elif path.is_file() and path.suffix.lower() == ".csv":
             items.extend(_items_of_csv(path))
+        elif not path.exists():
+            raise UserError(f"{source} does not exist")
         else:
             raise UserError(f"{source}: not a folder of class subfolders or a .csv file")
     if not items:
@@ -282,7 +284,7 @@ def _write_files(prepared: Prepared, folder: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="covid-ddp-prepare", formatter_class=HelpFormatter,
         description="Make a covid_ddp training folder (train_images64.npz, train_labels.npz, meta.npz) from "
                     "chest X-ray images: PNG, JPEG or DICOM, in class folders or listed in a CSV. Not for clinical use.")

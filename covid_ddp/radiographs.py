@@ -55,18 +55,28 @@ def read_with_tags(path: str | Path) -> tuple[np.ndarray, dict]:
 
 def read_grayscale(path: str | Path) -> Image.Image:
     """The file as an 8-bit grayscale Pillow image, at its own size (or a JPEG's draft size)."""
+    return read_grayscale_and_size(path)[0]
+
+
+def read_grayscale_and_size(path: str | Path) -> tuple[Image.Image, tuple[int, int]]:
+    """``read_grayscale`` and the picture's own (width, height), upright: a large JPEG is decoded
+    smaller (its draft), and what a user is told about resizing should name the file's size."""
     path = Path(path)
     if is_dicom(path):
-        return Image.fromarray(dicom_to_8bit(_read_dicom(path), path))
+        gray = Image.fromarray(dicom_to_8bit(_read_dicom(path), path))
+        return gray, gray.size
     try:
         with warnings.catch_warnings():
             # Pillow only warns between 1x and 2x its pixel limit; a scan that large is refused too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
+                width, height = image.size
                 if image.format == "JPEG":
                     image.draft(image.mode, JPEG_DRAFT_SIZE)
                 image.load()
-                return to_grayscale_8bit(upright(image))
+                gray = to_grayscale_8bit(upright(image))
+                turned = gray.size != image.size  # an EXIF quarter turn swaps width and height
+                return gray, (height, width) if turned else (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UserError(f"{path}: refused, too many pixels for an X-ray (Pillow's decompression-bomb guard: {error})")
     except (OSError, ValueError, SyntaxError) as error:  # unidentified, truncated or corrupt files

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import HelpFormatter, run_cli, say
+from .cli import ArgumentParser, HelpFormatter, run_cli, say
 from .data import as_folders, load_data_dirs, to_binary
 from .errors import UserError
 from .files import atomic_path, write_json
@@ -107,9 +107,9 @@ def _cell(stats: dict | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="covid-ddp-report", formatter_class=HelpFormatter,
-                                     description="Leave-one-source-out and patient-level results of a recipe over "
-                                     "several seeds, as a markdown and JSON table. Not for clinical use.")
+    parser = ArgumentParser(prog="covid-ddp-report", formatter_class=HelpFormatter,
+                            description="Leave-one-source-out and patient-level results of a recipe over "
+                            "several seeds, as a markdown and JSON table. Not for clinical use.")
     parser.add_argument("--data-dir", nargs="+", required=True, metavar="DIR", help="the data folder(s), with meta.npz "
                         "'dataset' (a folder without one is a source of its own)")
     parser.add_argument("--output-dir", required=True, metavar="DIR", help="report.md, report.json and every run")

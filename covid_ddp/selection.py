@@ -63,7 +63,8 @@ class Selection:
     def describe(self, history: list[dict], epochs: int, shipped: int) -> str:
         """Which epoch is shipped and why, in one sentence for the run's output."""
         last = history[-1]["epoch"] if history else 0
-        stopped = f" (stopped early after epoch {last}: no improvement in {self.patience} epochs)" \
+        stopped = f" (stopped early after epoch {last}: no improvement in {self.patience} " \
+            f"epoch{'s' if self.patience > 1 else ''})" \
             if last < epochs and self.stops_after(history) else ""
         if self.criterion is None:
             return f"the last epoch's weights (epoch {last}){stopped}"

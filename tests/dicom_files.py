@@ -1,10 +1,19 @@
-"""DICOM files written by the tests themselves (pydicom), as a hospital export would hold them."""
+"""DICOM files written by the tests themselves (pydicom), as a hospital export would hold them.
+
+pydicom is imported only inside ``write_dicom``, so a test file can import this module whole and
+mark just its DICOM tests ``needs_pydicom``: its PNG/JPEG tests run where pydicom is missing.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+needs_pydicom = pytest.mark.skipif(importlib.util.find_spec("pydicom") is None,
+                                   reason="DICOM needs pydicom (pip install 'covid_ddp[dicom]')")
 
 
 def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int = 12,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import json
 import shutil
@@ -21,6 +22,7 @@ from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.metrics import choose_threshold
 from covid_ddp.splits import split_indices
 from original_net import Net as OriginalNet
+from original_net import trained_like
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +66,7 @@ def test_predict_cli_scores_npz_png_and_folders(trained_run, small_data, tmp_pat
     threshold = json.loads((output_dir / "COVID_binary_classifier.json").read_text())["threshold"]
     assert f"threshold {threshold:.4f} (youden on the validation split, from COVID_binary_classifier.json)" in result.stderr
     assert all(r["prediction"] == ("COVID" if float(r["p_covid"]) >= threshold else "Non-COVID") for r in rows)
-    assert "resized from 192x128 to 64x64" in result.stderr
+    assert "1 image was resized to 64x64 (from 192x128; non-square ones center-cropped" in result.stderr
 
     out_file = tmp_path / "scores.csv"
     run([sys.executable, PREDICT_SCRIPT, "--weights", weights, "--threshold", "0", "--output", out_file, tmp_path / "five.npz"])
@@ -188,6 +190,100 @@ def test_bad_flags_get_one_line_and_exit_2(small_data, tmp_path, capsys, flags, 
     assert message in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+COMMANDS = {"covid-ddp-train": "covid_ddp.train", "covid-ddp-predict": "covid_ddp.predict",
+            "covid-ddp-evaluate": "covid_ddp.evaluation", "covid-ddp-export": "covid_ddp.export",
+            "covid-ddp-prepare": "covid_ddp.prepare", "covid-ddp-report": "covid_ddp.report"}
+
+
+def run_main(prog: str, argv: list, capsys) -> tuple[int, str]:
+    """A command's main() in this process: its exit code and stderr."""
+    code = importlib.import_module(COMMANDS[prog]).main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("prog, argv, typo, meant", [
+    ("covid-ddp-train", ["--epoch", "3"], "--epoch", "--epochs"),  # was taken as --epochs 3
+    ("covid-ddp-train", ["--lr=0.1", "--bach-size", "4"], "--bach-size", "--batch-size"),
+    ("covid-ddp-predict", ["--weight", "w.pth", "x.png"], "--weight", "--weights"),  # not "--weights is required"
+    ("covid-ddp-evaluate", ["--weights", "w.pth", "--split=al", "--boot", "0"], "--boot", "--bootstrap"),  # first
+    ("covid-ddp-export", ["--weights", "w.pth", "--onn", "m.onnx"], "--onn", "--onnx"),
+    ("covid-ddp-prepare", ["--output", "out", "src"], "--output", "--output-dir"),
+    ("covid-ddp-report", ["--data-dir", "d", "--output-dir", "o", "--seed", "1", "--", "--epochs", "1"],
+     "--seed", "--seeds"),
+])
+def test_a_mistyped_or_abbreviated_flag_is_one_line_naming_the_flag_meant(capsys, prog, argv, typo, meant):
+    code, err = run_main(prog, argv, capsys)
+    assert code == 2
+    assert err == f"{prog}: error: unrecognized argument {typo}; did you mean {meant}? (see {prog} --help)\n"
+
+
+@pytest.mark.parametrize("prog, argv, message", [
+    ("covid-ddp-train", ["--zzz"], "unrecognized argument --zzz"),
+    ("covid-ddp-train", ["--epochs", "3", "5"], "unrecognized argument 5"),
+    ("covid-ddp-predict", ["--weights", "w.pth", "--device", "gpu", "x.png"], "argument --device: invalid choice: 'gpu'"),
+    ("covid-ddp-evaluate", [], "the following arguments are required: --weights"),
+    ("covid-ddp-train", ["--epochs", "three"], "argument --epochs: invalid int value: 'three'"),
+])
+def test_other_flag_errors_are_one_line_without_the_usage(capsys, prog, argv, message):
+    code, err = run_main(prog, argv, capsys)
+    assert code == 2 and "usage:" not in err and err.count("\n") == 1
+    assert err.startswith(f"{prog}: error: {message}") and err.endswith(f" (see {prog} --help)\n")
+
+
+def test_a_flag_error_is_printed_by_the_main_process_only(capsys, monkeypatch):
+    """Every rank parses the same command line: one copy of the line, not one per process."""
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    assert run_main("covid-ddp-train", ["--epoch", "3"], capsys) == (2, "")
+    monkeypatch.setenv("RANK", "0")
+    code, err = run_main("covid-ddp-train", ["--epoch", "3"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "did you mean --epochs?" in err
+
+
+@pytest.fixture
+def weights(tmp_path):
+    """Weights as the original script writes them, in a run folder."""
+    path = tmp_path / "run" / "COVID_binary_classifier.pth"
+    path.parent.mkdir()
+    torch.save(trained_like(OriginalNet(), seed=0).state_dict(), path)
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "x.png")
+    return path
+
+
+@pytest.mark.parametrize("prog, argv", [
+    ("covid-ddp-train", ["--data-dir", "{missing}", "--output-dir", "{tmp}/out"]),
+    ("covid-ddp-predict", ["--weights", "{missing}", "{tmp}/x.png"]),
+    ("covid-ddp-predict", ["--weights", "{weights}", "{tmp}/x.png", "{missing}"]),
+    ("covid-ddp-evaluate", ["--weights", "{missing}", "--data-dir", "{tmp}"]),
+    ("covid-ddp-evaluate", ["--weights", "{weights}", "--data-dir", "{missing}", "--split", "all"]),
+    ("covid-ddp-export", ["--weights", "{missing}", "--onnx", "{tmp}/m.onnx"]),
+    ("covid-ddp-prepare", ["--output-dir", "{tmp}/out", "{missing}"]),
+    ("covid-ddp-report", ["--data-dir", "{missing}", "--output-dir", "{tmp}/out"]),
+])
+def test_a_missing_path_does_not_exist_in_every_command(capsys, weights, tmp_path, prog, argv):
+    missing = tmp_path / "missing"
+    code, err = run_main(prog, [a.format(missing=missing, tmp=tmp_path, weights=weights) for a in argv], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"{prog}: error: {missing} does not exist"), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("prog, argv", [
+    ("covid-ddp-predict", ["{tmp}/x.png"]),
+    ("covid-ddp-evaluate", ["--data-dir", "{tmp}", "--split", "all"]),
+    ("covid-ddp-export", ["--onnx", "{tmp}/m.onnx"]),
+])
+def test_a_folder_given_as_weights_names_the_weights_file_inside_it(capsys, weights, tmp_path, prog, argv):
+    rest = [a.format(tmp=tmp_path) for a in argv]
+    code, err = run_main(prog, ["--weights", weights.parent, *rest], capsys)
+    assert code == 2
+    assert err == (f"{prog}: error: {weights.parent} is a folder, not a weights file; pass the .pth inside it, "
+                   f"e.g. {weights}\n")
+    weights.unlink()  # a folder without one: no file to suggest
+    code, err = run_main(prog, ["--weights", weights.parent, *rest], capsys)
+    assert err == f"{prog}: error: {weights.parent} is a folder, not a weights file; pass the .pth inside it\n"
 
 
 def test_every_flag_has_help_text():

@@ -13,12 +13,17 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
+from sklearn.metrics import roc_auc_score
 
 from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, free_port, run, small_args, write_mcfam
 from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.evaluation import main as evaluate_main
+from covid_ddp.predict import inference_model, load_model, predict
 from covid_ddp.splits import SplitPlan, make_split
 from covid_ddp.synthetic import make_synthetic
+from original_net import Net as OriginalNet
+from original_net import trained_like
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +137,9 @@ def test_tensorboard_grid_gradcam_title_and_predict_call_an_image_alike(patient_
     output = tmp_path / "calls.csv"
     assert predict_main(["--weights", str(weights), "--gradcam", str(tmp_path / "cam"), "--output",
                                 str(output), str(tmp_path / "watched.npz")]) == 0
-    predicted = [row["prediction"] for row in csv.DictReader(output.open())]
+    rows = list(csv.DictReader(output.open()))
+    predicted = [row["prediction"] for row in rows]
+    assert [float(row["threshold"]) for row in rows] == pytest.approx([decision["threshold"]] * len(rows), abs=1e-6)
     assert grid_calls == predicted
     assert [title.split("-> ")[1].split(" (")[0] for title in titles] == predicted
     assert all(f"threshold {decision['threshold']:.3f}" in title for title in titles)
@@ -217,3 +224,61 @@ def test_evaluate_without_a_data_dir_uses_the_runs_own_data(patient_run, tmp_pat
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     test = json.loads((patient_run / "metrics.json").read_text())["test"]
     assert report["metrics"]["confusion_matrix"] == test["confusion_matrix"]
+
+
+@pytest.fixture(scope="module")
+def original_weights(tmp_path_factory):
+    """Weights as the original script writes them: quick, for tests that score with --split all."""
+    path = tmp_path_factory.mktemp("original") / "COVID_binary_classifier.pth"
+    torch.save(trained_like(OriginalNet(), seed=0).state_dict(), path)
+    return path
+
+
+def evaluate_all(weights, folders, output_dir, *flags) -> dict:
+    code = evaluate_main(["--weights", str(weights), "--data-dir", *map(str, folders), "--split", "all",
+                          "--bootstrap", "0", "--output-dir", str(output_dir), *flags])
+    assert code == 0
+    return json.loads((output_dir / "evaluation.json").read_text())
+
+
+def test_evaluate_scores_each_source_with_the_metrics_it_has_at_the_sets_threshold(original_weights, tmp_path,
+                                                                                   capsys):
+    images, labels = make_synthetic(120, seed=6)
+    targets = to_binary(labels)
+    sources = np.where(np.arange(120) < 60, "both", np.where(targets == 1, "covid-only", "normal-only"))
+    folder = write_mcfam(tmp_path / "data", images, labels)
+    np.savez(folder / "meta.npz", dataset=sources)
+    p_covid = predict(inference_model(load_model(original_weights)), images)  # as covid-ddp-evaluate scores
+    threshold = float(np.median(p_covid))  # both calls made (at 0.5 these weights call nearly all non-COVID)
+    by_source = evaluate_all(original_weights, [folder], tmp_path / "eval", "--threshold", repr(threshold))["per_source"]
+    assert list(by_source) == ["both", "covid-only", "normal-only"]
+    called = p_covid >= threshold
+    for source, row in by_source.items():
+        covid, non_covid = (sources == source) & (targets == 1), (sources == source) & (targets == 0)
+        assert row["n"] == (sources == source).sum()
+        assert row["n_per_class"] == {"covid": covid.sum(), "non_covid": non_covid.sum()}
+        assert row["accuracy"] == pytest.approx((called == targets)[sources == source].mean())
+        assert row["sensitivity"] == (pytest.approx(called[covid].mean()) if covid.any() else None), source
+        assert row["specificity"] == (pytest.approx(1 - called[non_covid].mean()) if non_covid.any() else None), source
+    both = sources == "both"
+    assert by_source["both"]["roc_auc"] == pytest.approx(roc_auc_score(targets[both], p_covid[both]))
+    assert by_source["covid-only"]["roc_auc"] is None and by_source["normal-only"]["roc_auc"] is None
+    printed = capsys.readouterr().out.split("per source")[1].splitlines()
+    covid_only = next(line for line in printed if line.startswith("covid-only"))
+    count = int((sources == "covid-only").sum())
+    sensitivity = by_source["covid-only"]["sensitivity"]
+    assert covid_only.split()[1:] == [str(count), f"({count}", "/", "0)", "n/a", f"{sensitivity:.3f}", "n/a",
+                                      f"{sensitivity:.3f}"], "ROC AUC, sensitivity, specificity, accuracy"
+
+
+def test_each_data_folder_is_a_source_and_one_source_has_no_rows_of_its_own(original_weights, tmp_path, capsys):
+    images, labels = make_synthetic(60, seed=7)
+    north = write_mcfam(tmp_path / "north", images[:40], labels[:40])
+    south = write_mcfam(tmp_path / "south", images[40:], labels[40:])
+    by_source = evaluate_all(original_weights, [north, south], tmp_path / "two")["per_source"]
+    assert {source: row["n"] for source, row in by_source.items()} == {"north": 40, "south": 20}
+    assert "per source" in capsys.readouterr().out
+    np.savez(north / "meta.npz", dataset=np.full(40, "north"))
+    for folders in ([south], [north]):  # no meta.npz; a meta.npz of one source
+        assert "per_source" not in evaluate_all(original_weights, folders, tmp_path / folders[0].name)
+        assert "per source" not in capsys.readouterr().out

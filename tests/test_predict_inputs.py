@@ -117,6 +117,25 @@ def test_a_dicom_folder_export_is_scored_like_its_pixels(capsys, weights, tmp_pa
     assert score == pytest.approx(float(predict(load_model(weights), expected[None])[0]), abs=1e-6)
 
 
+def test_resized_images_get_one_line_naming_their_own_sizes(capsys, weights, tmp_path):
+    """One line for a folder, not one per image; a large JPEG's own size, not that of its reduced
+    decode (Pillow's draft: 256x256 for this 512x512 one)."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.fromarray(xray()).save(folder / "a.png")  # 64x64: used as it is
+    Image.fromarray(np.full((512, 512), 90, np.uint8)).save(folder / "b.jpg", quality=90)
+    for index, (height, width) in enumerate([(200, 300), (240, 300), (300, 300)]):
+        Image.fromarray(np.full((height, width), 120, np.uint8)).save(folder / f"c{index}.png")
+    code, out, err = run_predict(capsys, "--weights", weights, folder)
+    assert code == 0 and len(out.strip().splitlines()) == 1 + 5, err
+    assert [line for line in err.splitlines() if "resized" in line] == [
+        "covid-ddp-predict: 4 images were resized to 64x64 (from 300x200 to 512x512; non-square ones "
+        "center-cropped to a square first)"]
+    assert "256x256" not in err
+    code, _, err = run_predict(capsys, "--weights", weights, folder / "b.jpg")
+    assert "1 image was resized to 64x64 (from 512x512)\n" in err
+
+
 def test_first_bad_input_stops_the_run_and_writes_nothing(capsys, weights, tmp_path):
     Image.fromarray(xray()).save(tmp_path / "a_good.png")
     (tmp_path / "b_bad.png").write_text("junk")

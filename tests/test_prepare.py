@@ -14,9 +14,7 @@ from PIL import Image
 from conftest import TRAIN_SCRIPT, run
 from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.prepare import main as prepare_main
-
-pytest.importorskip("pydicom")
-from dicom_files import write_dicom  # noqa: E402  (needs pydicom)
+from dicom_files import needs_pydicom, write_dicom
 
 RNG = np.random.default_rng(7)
 
@@ -55,6 +53,7 @@ def prepare(capsys, *argv):
     return code, captured.out, captured.err
 
 
+@needs_pydicom
 def test_folders_and_a_csv_become_one_training_folder_that_trains(tmp_path, capsys):
     folders, table = class_folders(tmp_path / "clinic"), cases_csv(tmp_path / "export")
     out = tmp_path / "prepared"
@@ -77,6 +76,7 @@ def test_folders_and_a_csv_become_one_training_folder_that_trains(tmp_path, caps
     assert to_binary(data.labels).sum() == 5
 
 
+@needs_pydicom
 def test_dicom_patient_ids_are_used_hashed_when_the_csv_has_none(tmp_path, capsys):
     root = tmp_path / "dicoms"
     for index, patient in enumerate(["A", "A", "B"]):
@@ -131,14 +131,14 @@ def test_an_unreadable_file_stops_with_its_name_or_is_skipped(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("make, fragment", [
-    (lambda p: p, "not a folder of class subfolders or a .csv file"),
+    (lambda p: p / "nothing", "nothing does not exist"),
+    (lambda p: (p / "notes.txt").write_text("x") and p / "notes.txt", "not a folder of class subfolders or a .csv file"),
     (lambda p: (p / "flat").mkdir() or Image.fromarray(noise()).save(p / "flat" / "x.png") or p / "flat",
      "no class subfolders"),
     (lambda p: (p / "t.csv").write_text("file,class\nx.png,covid\n") and p / "t.csv", "no path or label column"),
 ])
 def test_sources_that_are_not_a_class_folder_or_csv_are_refused(tmp_path, capsys, make, fragment):
-    source = make(tmp_path / "nothing") if fragment.startswith("not a folder") else make(tmp_path)
-    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", source)
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", make(tmp_path))
     assert code == 2 and err.count("\n") == 1 and fragment in err
 
 
@@ -170,6 +170,7 @@ def test_the_shared_real_sets_images_prepare_to_themselves(tmp_path, capsys):
     np.testing.assert_array_equal(prepared.labels[order], data.labels[rows])
 
 
+@needs_pydicom
 def test_a_pacs_export_uid_names_ap_views_and_a_malformed_window(tmp_path, capsys):
     """Files named by UID are DICOM by their marker; a DICOM's AP view makes COVID class 3; a file
     pydicom cannot window (width 0) is named, or skipped with --skip-errors."""

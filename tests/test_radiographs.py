@@ -7,10 +7,8 @@ import pytest
 from PIL import Image
 
 from covid_ddp.errors import UserError
-from covid_ddp.radiographs import radiograph_tags, read_grayscale, read_radiograph
-
-pytest.importorskip("pydicom")
-from dicom_files import write_dicom  # noqa: E402  (needs pydicom)
+from covid_ddp.radiographs import radiograph_tags, read_grayscale, read_grayscale_and_size, read_radiograph
+from dicom_files import needs_pydicom, write_dicom
 
 RAMP = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (256, 1))  # 256 x 256, stored values 0..4080
 
@@ -79,6 +77,18 @@ def test_a_large_jpeg_is_decoded_at_a_reduced_scale_of_at_least_256px(tmp_path):
     assert np.abs(read_radiograph(tmp_path / "big.jpg").astype(int) - 90).max() <= 2
 
 
+def test_a_large_jpegs_own_size_is_known_though_it_is_decoded_smaller(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn it a quarter: 800 wide, 1200 high
+    Image.fromarray(np.full((800, 1200), 90, dtype=np.uint8)).save(tmp_path / "big.jpg", quality=90, exif=exif)
+    gray, size = read_grayscale_and_size(tmp_path / "big.jpg")
+    assert gray.size == (400, 600), "decoded at half scale, then turned"
+    assert size == (800, 1200)
+    Image.fromarray(np.full((200, 300), 90, dtype=np.uint8)).save(tmp_path / "small.png")
+    assert read_grayscale_and_size(tmp_path / "small.png")[1] == (300, 200)
+
+
+@needs_pydicom
 def test_dicom_without_a_window_is_min_max_scaled_and_monochrome1_is_inverted(tmp_path):
     plain = np.asarray(read_grayscale(write_dicom(tmp_path / "a.dcm", RAMP)))
     assert plain.min() == 0 and plain.max() == 255 and (np.diff(plain[0].astype(int)) >= 0).all()
@@ -86,6 +96,7 @@ def test_dicom_without_a_window_is_min_max_scaled_and_monochrome1_is_inverted(tm
     np.testing.assert_array_equal(inverted, 255 - plain)
 
 
+@needs_pydicom
 def test_dicom_window_after_the_rescale_maps_the_window_to_0_255(tmp_path):
     # Stored v -> 2v - 1000 (modality LUT), then the window 3000 +/- 1000: 2000 -> 0, 4000 -> 255.
     path = write_dicom(tmp_path / "w.dcm", RAMP, RescaleSlope=2, RescaleIntercept=-1000,
@@ -98,6 +109,7 @@ def test_dicom_window_after_the_rescale_maps_the_window_to_0_255(tmp_path):
     assert np.abs(row[inside] - expected).max() <= 1.5
 
 
+@needs_pydicom
 @pytest.mark.parametrize("signed", [False, True])
 def test_windowing_through_a_table_of_stored_values_equals_windowing_every_pixel(tmp_path, signed):
     import pydicom
@@ -114,6 +126,7 @@ def test_windowing_through_a_table_of_stored_values_equals_windowing_every_pixel
                                   _windowed_8bit(pixels, dataset, _voi_output_range(dataset)))
 
 
+@needs_pydicom
 def test_dicom_voi_lut_sequence_is_applied(tmp_path):
     import pydicom
 
@@ -125,12 +138,14 @@ def test_dicom_voi_lut_sequence_is_applied(tmp_path):
     assert row[0] == 255 and row[-1] <= 1 and (np.diff(row) <= 0).all()
 
 
+@needs_pydicom
 def test_signed_16bit_dicom(tmp_path):
     signed = (RAMP.astype(np.int32) - 2048).astype(np.int16)
     image = np.asarray(read_grayscale(write_dicom(tmp_path / "s.dcm", signed, bits_stored=16)))
     assert image[0, 0] == 0 and image[0, -1] == 255
 
 
+@needs_pydicom
 def test_a_file_without_suffix_is_recognised_as_dicom_and_its_tags_read(tmp_path):
     path = write_dicom(tmp_path / "IM0001", RAMP, PatientID="HOSP-123", ViewPosition="AP")
     assert read_radiograph(path).shape == (64, 64)

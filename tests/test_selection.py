@@ -1,8 +1,8 @@
 """The epoch a run ships (--select-by, --early-stop) and the batch size of a small training part.
 
-The end-to-end runs diverge on purpose (faulty_train's ``blowup:2``: the learning rate jumps to
-0.05 after epoch 2), so the best validation epoch is 2 and not the last, and a stop inside
-epoch 4 must come back with epoch 2's weights kept.
+The end-to-end runs diverge on purpose (faulty_train's ``blowup:1``: the learning rate jumps to
+0.05 after epoch 1), so the best validation epoch is 1 and not the last, and a stop inside
+epoch 2 must come back with epoch 1's weights kept.
 """
 
 from __future__ import annotations
@@ -84,9 +84,9 @@ def test_a_small_set_is_told_its_batch_size_and_a_short_epoch_is_warned_of():
 # --- end to end: the best epoch shipped, an early stop, and both across a stop inside an epoch ------
 
 # 400 synthetic images: 252 training images, batch 16 by default (15 steps an epoch).
-FLAGS = ("--epochs", "6", "--select-by", "auc", "--early-stop", "2", "--log-every", "5", "--mixed-precision", "no",
+FLAGS = ("--epochs", "6", "--select-by", "auc", "--early-stop", "1", "--log-every", "5", "--mixed-precision", "no",
          "--log-images-every", "0", "--bootstrap", "0", "--eval-batch-size", "60")
-STOP_IN_EPOCH_4 = "sigterm:50"  # after step 5 of epoch 4 (3 x 15 + 5)
+STOP_IN_EPOCH_2 = "sigterm:20"  # after step 5 of epoch 2 (15 + 5)
 
 
 @pytest.fixture(scope="module")
@@ -102,24 +102,24 @@ def _train(data, run_dir, faults=None, *extra, check=True):
 @pytest.fixture(scope="module")
 def diverging_run(data, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("diverging") / "run"
-    return run_dir, _train(data, run_dir, "blowup:2")
+    return run_dir, _train(data, run_dir, "blowup:1")
 
 
 def test_the_best_epoch_is_shipped_with_its_threshold_and_the_run_stops_early(diverging_run, data, tmp_path):
     run_dir, result = diverging_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
     aucs = [record["validation_auc"] for record in metrics["history"]]
-    assert len(aucs) == 4 and aucs.index(max(aucs)) == 1, f"epoch 2 best, 3 and 4 worse, then stopped: {aucs}"
-    assert metrics["shipped"] == {"epoch": 2, "select_by": "auc", "stopped_early": True, "why": (
-        f"the weights of epoch 2 of 4, highest validation ROC AUC ({aucs[1]:.4f}) (stopped early after epoch 4: "
-        "no improvement in 2 epochs)")}
+    assert len(aucs) == 2 and aucs[0] > aucs[1], f"epoch 1 best, epoch 2 worse, then stopped: {aucs}"
+    assert metrics["shipped"] == {"epoch": 1, "select_by": "auc", "stopped_early": True, "why": (
+        f"the weights of epoch 1 of 2, highest validation ROC AUC ({aucs[0]:.4f}) (stopped early after epoch 2: "
+        "no improvement in 1 epoch)")}
     assert f"Shipping {metrics['shipped']['why']}" in result.stdout
-    assert json.loads((run_dir / "COVID_binary_classifier.json").read_text())["epoch"] == 2
-    # The shipped file holds epoch 2's weights: scored again, its validation AUC is epoch 2's.
+    assert json.loads((run_dir / "COVID_binary_classifier.json").read_text())["epoch"] == 1
+    # The shipped file holds epoch 1's weights: scored again, its validation AUC is epoch 1's.
     assert evaluate_main(["--weights", str(run_dir / "COVID_binary_classifier.pth"), "--split", "val",
                           "--bootstrap", "0", "--output-dir", str(tmp_path / "val")]) == 0
     scored = json.loads((tmp_path / "val" / "evaluation.json").read_text())["metrics"]["roc_auc"]
-    assert math.isclose(scored, aucs[1], abs_tol=1e-6) and not math.isclose(scored, aucs[-1], abs_tol=1e-3)
+    assert math.isclose(scored, aucs[0], abs_tol=1e-6) and not math.isclose(scored, aucs[-1], abs_tol=1e-3)
     note = "covid-ddp-train: note: 252 training images: batch size 16 instead of the recipe's 100"
     assert result.stderr.count(note) == 1 and "Train Epoch: 1 [240/252 (95%)]" in result.stdout
     assert json.loads((run_dir / "config.json").read_text())["config"]["batch_size"] == 16
@@ -128,12 +128,12 @@ def test_the_best_epoch_is_shipped_with_its_threshold_and_the_run_stops_early(di
 def test_a_stop_inside_an_epoch_after_the_best_one_ships_the_same_weights(diverging_run, data, tmp_path):
     reference_dir, _ = diverging_run
     run_dir = tmp_path / "run"
-    stopped = _train(data, run_dir, f"blowup:2,{STOP_IN_EPOCH_4}", check=False)
-    assert "stopped by SIGTERM at epoch 4, step 5" in stopped.stderr, stopped.stderr[-2000:]
+    stopped = _train(data, run_dir, f"blowup:1,{STOP_IN_EPOCH_2}", check=False)
+    assert "stopped by SIGTERM at epoch 2, step 5" in stopped.stderr, stopped.stderr[-2000:]
     checkpoint = complete_checkpoints(run_dir)[-1]
-    assert checkpoint.name == "epoch_004_step_00005" and (checkpoint / BEST_MODEL_STATE).is_file()
+    assert checkpoint.name == "epoch_002_step_00005" and (checkpoint / BEST_MODEL_STATE).is_file()
     resumed = _train(data, run_dir, None, "--resume", "auto")  # the raised learning rate is in the optimizer state
-    assert "Shipping the weights of epoch 2 of 4" in resumed.stdout
+    assert "Shipping the weights of epoch 1 of 2" in resumed.stdout
     for name in ("COVID_binary_classifier.pth",):
         reference = torch.load(reference_dir / name, weights_only=True)
         resumed_weights = torch.load(run_dir / name, weights_only=True)
