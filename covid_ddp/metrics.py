@@ -126,9 +126,13 @@ def choose_threshold(p_covid: np.ndarray, targets: np.ndarray, target_sensitivit
     """The decision threshold, chosen on validation data: Youden's J (sensitivity + specificity - 1)
     at its maximum, or the highest threshold whose sensitivity reaches ``target_sensitivity``.
 
-    Without both classes there is no ROC curve: the threshold stays 0.5 and the method says why.
+    Youden's J holds over a range of scores, between the lowest COVID score called and the next
+    score below it; the threshold is the middle of that range. (Its top edge, one image's own
+    score, called almost nothing COVID on small validation splits: a split of 7 images with one
+    COVID put it at that image's 0.95.) Without both classes there is no ROC curve: the threshold
+    stays 0.5 and the method says why.
     """
-    targets = np.asarray(targets).astype(np.int64)
+    p_covid, targets = np.asarray(p_covid), np.asarray(targets).astype(np.int64)
     if len(np.unique(targets)) < 2:
         return {"threshold": DEFAULT_THRESHOLD, "method": "default 0.5 (the validation split lacks a class)"}
     # Every distinct score is a candidate: the default drops points off the curve's corners,
@@ -137,14 +141,20 @@ def choose_threshold(p_covid: np.ndarray, targets: np.ndarray, target_sensitivit
 
     false_positive, true_positive, thresholds = roc_curve(targets, p_covid, drop_intermediate=False)
     if target_sensitivity is None:
-        best = int(np.argmax(true_positive - false_positive))
+        youden = true_positive - false_positive
+        best = last = int(np.argmax(youden))  # thresholds fall along the curve: the highest of the best
+        while last + 1 < len(youden) and youden[last + 1] == youden[best]:
+            last += 1
+        threshold = (thresholds[best] + thresholds[last + 1]) / 2 if last + 1 < len(thresholds) else thresholds[last]
         method = "youden"
     else:
         best = int(np.argmax(true_positive >= target_sensitivity))  # thresholds fall as sensitivity rises
+        threshold = thresholds[best]
         method = f"sensitivity>={target_sensitivity:g}"
     if best == 0:  # roc_curve's first point (+inf: call nothing COVID) beat every real threshold
         return {"threshold": DEFAULT_THRESHOLD,
                 "method": "default 0.5 (no threshold does better than chance on the validation split)"}
-    return {"threshold": float(thresholds[best]), "method": method,
-            "validation_sensitivity": float(true_positive[best]),
-            "validation_specificity": float(1 - false_positive[best])}
+    called = p_covid >= threshold
+    return {"threshold": float(threshold), "method": method,
+            "validation_sensitivity": float(called[targets == 1].mean()),
+            "validation_specificity": float((~called[targets == 0]).mean())}

@@ -73,7 +73,9 @@ def test_threshold_at_youden_and_at_a_target_sensitivity():
     p_covid = np.array([0.1, 0.2, 0.3, 0.4, 0.35, 0.6, 0.7, 0.8])
     targets = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     youden = choose_threshold(p_covid, targets)
-    assert youden["method"] == "youden" and youden["threshold"] == pytest.approx(0.6)  # J = 0.75
+    # J = 0.75 at 0.6 (and again at 0.35): the middle of the first range that reaches it, 0.6 down to 0.4
+    assert youden["method"] == "youden" and youden["threshold"] == pytest.approx(0.5)
+    assert (youden["validation_sensitivity"], youden["validation_specificity"]) == (0.75, 1.0)
     sensitive = choose_threshold(p_covid, targets, target_sensitivity=1.0)
     assert sensitive["threshold"] == pytest.approx(0.35) and sensitive["validation_sensitivity"] == 1.0
     assert choose_threshold(p_covid[:4], targets[:4])["threshold"] == 0.5, "one class: no ROC, the default"
@@ -99,6 +101,15 @@ def test_a_target_sensitivity_takes_the_highest_threshold_reaching_it():
     targets = np.array([1, 1, 1, 1, 0, 0])
     chosen = choose_threshold(p_covid, targets, target_sensitivity=0.5)
     assert chosen["threshold"] == pytest.approx(0.8) and chosen["validation_sensitivity"] == 0.5
+
+
+def test_youden_on_a_tiny_split_takes_the_middle_of_the_scores_that_reach_it():
+    """7 validation images, one COVID: every threshold from its score (0.95) down to just above the
+    best-scored non-COVID image (0.30) separates them; the top edge would call almost nothing COVID."""
+    p_covid = np.array([0.95, 0.30, 0.20, 0.12, 0.10, 0.05, 0.01])
+    chosen = choose_threshold(p_covid, np.array([1, 0, 0, 0, 0, 0, 0]))
+    assert chosen["threshold"] == pytest.approx(0.625)
+    assert (chosen["validation_sensitivity"], chosen["validation_specificity"]) == (1.0, 1.0)
 
 
 def test_a_model_no_better_than_chance_keeps_the_default_threshold():
