@@ -69,9 +69,12 @@ class Selection:
         if self.criterion is None:
             return f"the last epoch's weights (epoch {last}){stopped}"
         key, _, words = CRITERIA[self.criterion]
-        value = next((record.get(key) for record in history if record["epoch"] == shipped), None)
-        if value is None or not math.isfinite(value):
+        best = self.best_epoch(history)
+        if best is None:
             return f"the last epoch's weights (epoch {last}): no epoch had a defined {key.replace('_', ' ')}"
+        if best != shipped:  # a run resumed from a checkpoint of covid_ddp 0.2, which kept no best weights
+            return f"the last epoch's weights (epoch {last}): those of epoch {best}, the best, were not kept"
+        value = next(record[key] for record in history if record["epoch"] == shipped)
         return f"the weights of epoch {shipped} of {last}, {words} ({value:.4f}){stopped}"
 
 

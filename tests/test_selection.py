@@ -52,6 +52,13 @@ def test_without_a_validation_split_or_with_last_the_last_epoch_is_shipped():
         assert rule.describe(history(0.5, 0.9), 2, 2) == "the last epoch's weights (epoch 2)"
 
 
+def test_the_run_never_claims_an_epoch_it_did_not_ship():
+    """A run resumed from a covid_ddp 0.2 checkpoint kept no best weights: the last epoch is shipped, and said so."""
+    rule, record = Selection("loss"), history(0.5, 0.7, 0.6)
+    assert rule.describe(record, 3, 1) == "the weights of epoch 1 of 3, lowest validation loss (0.5000)"
+    assert rule.describe(record, 3, 3) == "the last epoch's weights (epoch 3): those of epoch 1, the best, were not kept"
+
+
 def test_early_stop_needs_a_validation_split():
     from covid_ddp.errors import UserError
 
