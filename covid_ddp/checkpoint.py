@@ -144,13 +144,10 @@ class TrainingState:
         return self.progress.step == 0 and self.best.epoch == self.progress.epoch
 
     def _load_best(self, folder: Path, best_epoch: int | None, model: torch.nn.Module) -> None:
-        if best_epoch is None:
-            self.best = BestWeights()
-            return
-        self.best.epoch = best_epoch
-        if self._best_is_the_model():
+        self.best.epoch, self.best.state = best_epoch, None  # None: no best weights kept (before 0.3)
+        if best_epoch is not None and self._best_is_the_model():
             self.best.keep(model, best_epoch)
-        else:
+        elif best_epoch is not None:
             self.best.state = load_plain(folder / BEST_MODEL_STATE, "checkpoint file")
 
 
@@ -269,7 +266,13 @@ def consolidated_state_dict(state_dict: dict) -> dict:
 
 
 def load_weights(path: Path, map_location="cpu") -> dict:
-    """Read a weights file safely: ``weights_only=True`` refuses pickled code."""
+    """Read a weights file safely: ``weights_only=True`` refuses pickled code. A run folder given
+    in its place is named as such, with the file inside it."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / WEIGHTS_FILE
+        example = f", e.g. {inside}" if inside.is_file() else ""
+        raise UserError(f"{path} is a folder, not a weights file; pass the .pth inside it{example}")
     return load_plain(path, "weights file", map_location)
 
 
@@ -278,7 +281,7 @@ def load_plain(path: Path, kind: str, map_location="cpu"):
     anything else (a pickled object could run code when read) is a one-line error, not read."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: {kind} not found")
+        raise UserError(f"{path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:

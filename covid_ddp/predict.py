@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import WEIGHTS_FILE, decision_path, load_weights, read_decision
+from .checkpoint import decision_path, load_weights, read_decision
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .data import IMAGES_KEY, load_array, validate_images
 from .errors import UserError
@@ -60,7 +60,6 @@ def resolve_device(device: str) -> torch.device:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> Net:
     """A ``Net`` in eval mode with the weights of ``path`` (loaded with ``weights_only=True``, strict):
     written by covid_ddp (any version) or by the original script; raw 0-255 pixels in."""
-    check_weights_path(Path(path))
     state_dict = load_weights(Path(path))
     if isinstance(state_dict, dict):
         state_dict = original_state_dict(state_dict)
@@ -74,16 +73,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Net:
     except RuntimeError as error:
         raise UserError(f"{path}: weights do not fit the original script's Net ({str(error).splitlines()[-1].strip()})")
     return model.to(device).eval()
-
-
-def check_weights_path(path: Path) -> None:
-    """A missing path or a run folder given as --weights, said as such (not 'weights file not found')."""
-    if not path.exists():
-        raise UserError(f"{path} does not exist")
-    if path.is_dir():
-        inside = path / WEIGHTS_FILE
-        example = f", e.g. {inside}" if inside.is_file() else ""
-        raise UserError(f"{path} is a folder, not a weights file; pass the .pth inside it{example}")
 
 
 def inference_model(model: Net) -> Net:

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
-from .data import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE
+from .data import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
 from .duplicates import find_duplicates, rows_to_drop
 from .errors import UserError, type_and_first_line
 from .files import current_umask, write_json
@@ -43,7 +43,6 @@ from .radiographs import is_radiograph_file, read_with_tags
 CLASS_NAMES = {"0": 0, "1": 1, "2": 2, "3": 3, "normal": 0, "pneumonia": 1, "non-covid": 1, "other": 1,
                "covid": 2, "covid-19": 2}
 COVID_AP = 3  # MCFAM's class for a COVID film taken in the AP view
-REPORT_FILE = "prepare.json"
 
 
 @dataclass
@@ -216,7 +215,7 @@ def _handle_duplicates(images, classes, items, drop: bool, report: dict):
     if pairs:
         action = "dropped" if drop else "kept (--drop-duplicates removes them)"
         say(f"covid-ddp-prepare: {exact} exact and {len(pairs) - exact} near-duplicate pair(s), listed in "
-            f"{REPORT_FILE}; {action}")
+            f"{PREPARE_RECORD}; {action}")
     if not drop or not pairs:
         report["dropped_duplicates"] = 0
         return images, classes, items
@@ -277,7 +276,7 @@ def _write_files(prepared: Prepared, folder: Path) -> None:
                         patient_id=np.array([i.patient_id for i in items]), dataset=np.array([i.dataset for i in items]),
                         path=np.array([i.shown_path for i in items]), view=np.array([i.view for i in items]),
                         label_name=np.array([i.label_name for i in items]))
-    write_json(folder / REPORT_FILE, prepared.report)
+    write_json(folder / PREPARE_RECORD, prepared.report)
 
 
 # --- command line ----------------------------------------------------------------

@@ -60,12 +60,15 @@ class Selection:
         last = history[-1]["epoch"]
         return last - (best if best is not None else history[0]["epoch"] - 1) >= self.patience
 
+    def stopped_early(self, history: list[dict], epochs: int) -> bool:
+        """The run ended before --epochs because of --early-stop."""
+        return bool(history) and history[-1]["epoch"] < epochs and self.stops_after(history)
+
     def describe(self, history: list[dict], epochs: int, shipped: int) -> str:
         """Which epoch is shipped and why, in one sentence for the run's output."""
         last = history[-1]["epoch"] if history else 0
         stopped = f" (stopped early after epoch {last}: no improvement in {self.patience} " \
-            f"epoch{'s' if self.patience > 1 else ''})" \
-            if last < epochs and self.stops_after(history) else ""
+            f"epoch{'s' if self.patience > 1 else ''})" if self.stopped_early(history, epochs) else ""
         if self.criterion is None:
             return f"the last epoch's weights (epoch {last}){stopped}"
         key, _, words = CRITERIA[self.criterion]

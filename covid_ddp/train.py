@@ -89,7 +89,7 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     folder.keep_split(split)
     run = prepare_run(config, data, targets, split, accelerator)
     progress = ckpt.TrainingProgress()
-    state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress, BestWeights())
+    state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress)
     selection = Selection.for_run(config.select_by, config.early_stop, has_validation=len(split.val) > 0)
     if not folder.restore(state, config.epochs):  # another process count: its random states do not apply
         seed_global_generators(config.seed, "dropout", progress.epoch + 1, accelerator.process_index)
@@ -391,7 +391,7 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
     draw_final = board and (lambda: board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch,
                                                 shown, decision["threshold"]))
     shipped = {"epoch": shipped_epoch, "why": why, "select_by": config.select_by if selection.criterion else "last",
-               "stopped_early": progress.epoch < config.epochs and selection.stops_after(progress.history)}
+               "stopped_early": selection.stopped_early(progress.history, config.epochs)}
     path = folder.write_outputs(decision, weights, {"test": test_metrics, "shipped": shipped,
                                                     "history": progress.history}, draw_final)
     accelerator.print(f"Model saved to {path}")
