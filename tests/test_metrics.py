@@ -112,6 +112,14 @@ def test_youden_on_a_tiny_split_takes_the_middle_of_the_scores_that_reach_it():
     assert (chosen["validation_sensitivity"], chosen["validation_specificity"]) == (1.0, 1.0)
 
 
+def test_youden_reached_by_adjacent_scores_takes_the_middle_of_them_all():
+    """A tied score of one COVID and one non-COVID image keeps J (0.5 at 0.9 and at 0.6): the range
+    runs from 0.9 down to the next score, 0.2."""
+    chosen = choose_threshold(np.array([0.9, 0.6, 0.6, 0.2]), np.array([1, 1, 0, 0]))
+    assert chosen["threshold"] == pytest.approx(0.55)
+    assert (chosen["validation_sensitivity"], chosen["validation_specificity"]) == (1.0, 0.5)
+
+
 def test_a_model_no_better_than_chance_keeps_the_default_threshold():
     chosen = choose_threshold(np.array([0.9, 0.1, 0.8, 0.2]), np.array([0, 1, 0, 1]))
     assert chosen["threshold"] == 0.5 and "better than chance" in chosen["method"]

@@ -37,6 +37,8 @@ def test_the_lowest_loss_or_highest_auc_wins_and_a_tie_keeps_the_earlier_epoch()
 def test_an_undefined_metric_never_counts_as_best():
     assert Selection("auc").best_epoch(history(None, 0.6, float("nan"), key="validation_auc")) == 2
     assert Selection("loss").best_epoch(history(float("nan"))) is None
+    assert Selection("loss").describe(history(float("nan")), 1, 1) == \
+        "the last epoch's weights (epoch 1): no epoch had a defined validation loss"
 
 
 def test_early_stop_counts_epochs_since_the_best():
@@ -132,7 +134,7 @@ def test_the_best_epoch_is_shipped_with_its_threshold_and_the_run_stops_early(di
     assert json.loads((run_dir / "config.json").read_text())["config"]["batch_size"] == 16
 
 
-def test_a_stop_inside_an_epoch_after_the_best_one_ships_the_same_weights(diverging_run, data, tmp_path):
+def test_a_stop_inside_an_epoch_after_the_best_one_ships_the_same_weights(diverging_run, data, tmp_path, capsys):
     reference_dir, _ = diverging_run
     run_dir = tmp_path / "run"
     stopped = _train(data, run_dir, f"blowup:1,{STOP_IN_EPOCH_2}", check=False)
@@ -147,3 +149,7 @@ def test_a_stop_inside_an_epoch_after_the_best_one_ships_the_same_weights(diverg
         assert all(torch.equal(reference[key], resumed_weights[key]) for key in reference)
     again = _train(data, run_dir, None, "--resume", "auto")
     assert "is finished (stopped early): nothing to do" in again.stdout
+    from covid_ddp.train import main as train_main
+
+    code = train_main([str(a) for a in ("--data-dir", data, "--output-dir", run_dir, *FLAGS, "--resume", "latest")])
+    assert code == 2 and "(stopped early); pass a larger --epochs or --early-stop" in capsys.readouterr().err
