@@ -134,7 +134,7 @@ def test_the_best_epoch_is_shipped_with_its_threshold_and_the_run_stops_early(di
     assert json.loads((run_dir / "config.json").read_text())["config"]["batch_size"] == 16
 
 
-def test_a_stop_inside_an_epoch_after_the_best_one_ships_the_same_weights(diverging_run, data, tmp_path, capsys):
+def test_a_stop_inside_an_epoch_after_the_best_one_ships_the_same_weights(diverging_run, data, tmp_path):
     reference_dir, _ = diverging_run
     run_dir = tmp_path / "run"
     stopped = _train(data, run_dir, f"blowup:1,{STOP_IN_EPOCH_2}", check=False)
@@ -149,7 +149,5 @@ def test_a_stop_inside_an_epoch_after_the_best_one_ships_the_same_weights(diverg
         assert all(torch.equal(reference[key], resumed_weights[key]) for key in reference)
     again = _train(data, run_dir, None, "--resume", "auto")
     assert "is finished (stopped early): nothing to do" in again.stdout
-    from covid_ddp.train import main as train_main
-
-    code = train_main([str(a) for a in ("--data-dir", data, "--output-dir", run_dir, *FLAGS, "--resume", "latest")])
-    assert code == 2 and "(stopped early); pass a larger --epochs or --early-stop" in capsys.readouterr().err
+    latest = _train(data, run_dir, None, "--resume", "latest", check=False)
+    assert latest.returncode == 2 and "(stopped early); pass a larger --epochs or --early-stop" in latest.stderr
