@@ -86,7 +86,10 @@ class TrainConfig:
     target_sensitivity: Optional[float] = _flag(None, "choose the decision threshold on the validation split as "
                                                 "the highest reaching this sensitivity (default: Youden's J)", metavar="S")
     bootstrap: int = _flag(1000, "bootstrap resamples for the 95%% confidence intervals of the test metrics "
-                           "(0: none)", metavar="N")
+                           "(0: none); of patients when meta.npz has 'patient_id', else of images", metavar="N")
+    audit: str = _flag("auto", "the shortcut audit of the shipped weights on the test split (covid-ddp-audit) at "
+                       "the end of the run: 'auto' runs it when it costs under 10%% of the run, else says how to",
+                       choices=["auto", "yes", "no"])
     # Hardware and distribution
     dist_timeout: float = _flag(300.0, "seconds a process waits in a collective for the others before the job fails "
                                 "(a dead or hung rank then ends the run instead of hanging it)", metavar="SECONDS")

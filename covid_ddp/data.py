@@ -383,6 +383,20 @@ def as_text(values: np.ndarray) -> np.ndarray:
     return np.char.decode(values) if values.dtype.kind == "S" else values.astype(str)
 
 
+def patient_ids(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
+    """The patient id of each of ``rows`` (meta.npz 'patient_id', as text), or None without one."""
+    if meta is None or "patient_id" not in meta:
+        return None
+    return as_text(np.asarray(meta["patient_id"]))[rows]
+
+
+def source_names(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
+    """The source of each of ``rows`` (meta.npz 'dataset'; load_data_dirs fills in folder names), or None."""
+    if meta is None or "dataset" not in meta:
+        return None
+    return as_text(np.asarray(meta["dataset"]))[rows]
+
+
 def fingerprint(data: RawData) -> str:
     """What identifies the set's content (not where it lies): the files' sha256, or the generator's settings."""
     files = data.provenance.get("files")

@@ -24,30 +24,33 @@ from . import checkpoint as ckpt
 from . import figures, launcher_watch
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .config import TrainConfig
-from .data import as_folders, load_data_dirs, load_dataset, to_binary
+from .data import as_folders, load_data_dirs, load_dataset, patient_ids, source_names, to_binary
 from .errors import UserError
 from .files import write_json
-from .metrics import METRICS, binary_metrics
+from .metrics import METRICS, SOURCE_METRICS, binary_metrics, per_source
+from .ensemble import Ensemble, common_split, ensemble_threshold
+from .model_card import update_model_card
 from .predict import WEIGHTS_HELP, decision_threshold, inference_model, load_model, predict, resolve_device
 from .splits import make_split
 
 FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
-SOURCE_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy")  # a source's row: those it has
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="covid-ddp-evaluate", formatter_class=HelpFormatter,
                             description="Score trained weights on a data folder on one device: every "
                             "metric with a 95% bootstrap interval, and the figures. Not for clinical use.")
-    parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP + "; --split test|val needs "
-                        "its run folder")
+    parser.add_argument("--weights", required=True, action="append", metavar="PTH", help=WEIGHTS_HELP + "; --split "
+                        "test|val needs its run folder. Repeated: the ensemble of those runs (the mean of their "
+                        "P(COVID)), runs of one split, e.g. one recipe over seeds")
     parser.add_argument("--data-dir", metavar="DIR", nargs="+", help="folder(s) with train_images64.npz and "
                         "train_labels.npz (and meta.npz for patient-level or source splits), several read as one set "
                         "(default: the data the weights' run trained on)")
     parser.add_argument("--split", default="test", choices=["test", "val", "all"],
                         help="which images: the run's test or validation part, or all of them")
     parser.add_argument("--output-dir", metavar="DIR", help="where evaluation.json and the figures go "
-                        "(default: evaluation-<split> beside the weights)")
+                        "(default: evaluation-<split> beside the weights; for an ensemble, ensemble-evaluation-<split> "
+                        "beside the first run's folder)")
     parser.add_argument("--threshold", type=float, metavar="P", help="decision threshold (default: the one chosen on "
                         "the validation split, from the weights' sidecar JSON; else 0.5)")
     parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
@@ -57,28 +60,42 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(arguments: argparse.Namespace) -> dict:
-    weights = Path(arguments.weights)
     if arguments.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {arguments.bootstrap}")
-    model = inference_model(load_model(weights, resolve_device(arguments.device)))
-    data = load_evaluation_data(arguments.data_dir, weights)
-    rows = rows_to_score(arguments.split, weights, data)
-    threshold, threshold_source = decision_threshold(arguments.threshold, weights)
+    weights = [Path(path) for path in arguments.weights]
+    device = resolve_device(arguments.device)
+    data = load_evaluation_data(arguments.data_dir, weights[0])
+    rows = rows_to_score(arguments.split, weights[0], data)
+    if len(weights) == 1:
+        model = inference_model(load_model(weights[0], device))
+        threshold, threshold_source = decision_threshold(arguments.threshold, weights[0])
+        p_covid = predict(model, data.images[rows])
+    else:  # an ensemble: one split for all (common_split), its own threshold on that split's validation part
+        ensemble = Ensemble.load(weights, device)
+        common_split(weights)
+        threshold, threshold_source = decision_threshold(arguments.threshold, weights[0]) if arguments.threshold \
+            is not None else ensemble_threshold(ensemble, data if arguments.data_dir is None else None)
+        p_covid = ensemble.predict(data.images[rows])
     targets = to_binary(data.labels)[rows]
-    p_covid = predict(model, data.images[rows])
-    metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, arguments.bootstrap)
-    output_dir = Path(arguments.output_dir or weights.parent / f"evaluation-{arguments.split}")
-    by_source = per_source(p_covid, targets, sources_of(data.meta, rows), threshold)
-    report = {"weights": str(weights), "data": data.provenance,
-              "split": arguments.split, "threshold_source": threshold_source, "metrics": metrics,
-              **({"per_source": by_source} if by_source else {}), "rows": rows.tolist()}
+    metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, arguments.bootstrap,
+                             groups=patient_ids(data.meta, rows))
+    # A run's evaluation sits in its folder; an ensemble's beside the runs' folders.
+    output_dir = Path(arguments.output_dir or (weights[0].parent / f"evaluation-{arguments.split}" if len(weights) == 1
+                                               else weights[0].parent.parent / f"ensemble-evaluation-{arguments.split}"))
+    by_source = per_source(p_covid, targets, source_names(data.meta, rows), threshold)
+    report = {"weights": str(weights[0]) if len(weights) == 1 else [str(path) for path in weights],
+              "data": data.provenance, "split": arguments.split, "threshold_source": threshold_source,
+              "metrics": metrics, **({"per_source": by_source} if by_source else {}), "rows": rows.tolist()}
     write_json(output_dir / "evaluation.json", report)
     write_figures(output_dir, p_covid, targets, metrics)
-    print(format_table(metrics, title=f"{arguments.split}: {len(rows)} images, threshold {threshold:.3f} "
+    members = "" if len(weights) == 1 else f"ensemble of {len(weights)} runs, "
+    print(format_table(metrics, title=f"{arguments.split}: {len(rows)} images, {members}threshold {threshold:.3f} "
                                       f"({threshold_source})"))
     if by_source:
         print(format_sources(by_source, threshold))
     print(f"wrote {output_dir / 'evaluation.json'} and {', '.join(FIGURES)}")
+    if len(weights) == 1:  # an ensemble's results belong to no one run's card
+        update_model_card(weights[0].parent)
     return report
 
 
@@ -154,28 +171,6 @@ def _folders(files: dict) -> str:
     return f"the folders {', '.join(names)}" if names else "one folder"
 
 
-def sources_of(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
-    """The source of each scored row (meta.npz 'dataset'; load_data_dirs fills in folder names)."""
-    if meta is None or "dataset" not in meta:
-        return None
-    return np.asarray(meta["dataset"]).astype(str)[rows]
-
-
-def per_source(p_covid: np.ndarray, targets: np.ndarray, sources: np.ndarray | None, threshold: float) -> dict:
-    """Source -> n, n per class and the metrics it has, at the whole set's threshold; {} for one
-    source. A pooled figure can hide a source the model fails on; a source of one class has no
-    ROC AUC, only its sensitivity (COVID) or specificity (non-COVID), as in covid-ddp-report."""
-    if sources is None or len(set(sources)) < 2:
-        return {}
-    table = {}
-    for source in sorted(set(sources)):
-        chosen = sources == source
-        scored = binary_metrics(p_covid[chosen], targets[chosen], threshold=threshold)
-        table[source] = {"n": scored["n"], "n_per_class": scored["n_per_class"],
-                         **{name: scored[name] for name in SOURCE_METRICS}}
-    return table
-
-
 def format_sources(by_source: dict, threshold: float) -> str:
     """One source a line; n/a where the source lacks the class a metric needs."""
     width = max(len("source"), *map(len, by_source)) + 2
@@ -203,8 +198,9 @@ def write_figures(output_dir: Path, p_covid, targets, metrics: dict) -> None:
 
 def format_table(metrics: dict, title: str) -> str:
     """One metric a line: value and 95% interval (n/a where undefined for these images)."""
-    intervals = metrics.get("ci95", {})
-    lines = [title, f"{'metric':<20}{'value':>8}   95% CI"]
+    intervals, resampled = metrics.get("ci95", {}), metrics.get("bootstrap")
+    over = f" (bootstrap over {resampled['units']} {resampled['unit']}s)" if resampled else ""
+    lines = [title, f"{'metric':<20}{'value':>8}   95% CI{over}"]
     for name in METRICS:
         value, interval = metrics[name], intervals.get(name)
         shown = "n/a" if value is None else f"{value:.3f}"

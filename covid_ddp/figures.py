@@ -13,7 +13,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import matplotlib.patches  # noqa: E402  (after choosing the backend)
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
@@ -77,6 +78,39 @@ def overlay_figure(image: np.ndarray, heatmap: np.ndarray, title: str) -> Figure
         axes.axis("off")
     right.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
     figure.suptitle(title, fontsize=9)
+    return figure
+
+
+def audit_figure(images, targets, with_marks, without_border, mean_heatmap, lung_box, report: dict,
+                 seed: int) -> Figure:
+    """covid-ddp-audit's figure: a non-COVID image as scored, with marks, with its border hidden;
+    the mean Grad-CAM heatmap with the lung box; the source probe against its pixel reference."""
+    figure, axes = plt.subplots(1, 5, figsize=(16, 3.4))
+    plain = np.flatnonzero(targets == 0)
+    example = images[plain[:1]] if len(plain) else images[:1]
+    for ax, shown, title in zip(axes[:3], (example, with_marks(example, seed), without_border(example)),
+                                ("a non-COVID test image", "with marks stamped", "border hidden")):
+        ax.imshow(shown[0], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    if mean_heatmap is not None:
+        axes[3].imshow(mean_heatmap, cmap="jet", vmin=0, vmax=max(float(mean_heatmap.max()), 1e-6))
+        rows, columns = lung_box(mean_heatmap.shape[-1])
+        axes[3].add_patch(matplotlib.patches.Rectangle((columns.start - 0.5, rows.start - 0.5), columns.stop - columns.start,
+                                                       rows.stop - rows.start, fill=False, color="white", linewidth=1.2))
+    share = report["gradcam"]["inside_share"]
+    axes[3].set_title(f"mean Grad-CAM; {'n/a' if share is None else f'{share:.2f}'} inside the box", fontsize=9)
+    axes[3].axis("off")
+    probes = {name: entry for name, entry in report["source_probe"].items()
+              if isinstance(entry, dict) and "roc_auc" in entry}
+    positions = np.arange(len(probes))
+    axes[4].bar(positions - 0.2, [e["roc_auc"] for e in probes.values()], 0.4, label="model features")
+    axes[4].bar(positions + 0.2, [e["pixels_roc_auc"] for e in probes.values()], 0.4, label="pixels")
+    axes[4].axhline(0.5, color="grey", linestyle="--", linewidth=0.8)
+    axes[4].set_xticks(positions, list(probes) or [])
+    axes[4].set_ylim(0, 1)
+    _label(axes[4], "class", "ROC AUC", "source probe" if probes else "source probe: n/a", legend=bool(probes))
+    figure.tight_layout()
     return figure
 
 

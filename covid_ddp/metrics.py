@@ -5,7 +5,9 @@
 
 Every metric is computed from per-image weights, so one vectorised pass scores the data
 (all weights 1) and all bootstrap resamples (multinomial counts: how often each image was
-drawn) at once. A rate that is undefined for the data (specificity with no non-COVID
+drawn) at once. With patient ids (``groups``) the bootstrap draws patients, each drawn
+patient bringing all of their films: films of one person are not independent samples, and
+resampling them one by one makes the intervals too narrow. A rate that is undefined for the data (specificity with no non-COVID
 image, AUC with one class) is ``None``, and so is its interval.
 """
 
@@ -17,14 +19,17 @@ from .seeding import stream_seed
 
 METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc",
            "average_precision", "brier", "ece")
+SOURCE_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy")  # a source's row: those it has
 CALIBRATION_BINS = 10
 DEFAULT_THRESHOLD = 0.5
 
 
 def binary_metrics(p_covid: np.ndarray, targets: np.ndarray, loss: float | None = None,
-                   threshold: float = DEFAULT_THRESHOLD, bootstrap: int = 0, seed: int = 0) -> dict:
+                   threshold: float = DEFAULT_THRESHOLD, bootstrap: int = 0, seed: int = 0,
+                   groups: np.ndarray | None = None) -> dict:
     """Every metric of ``METRICS`` at ``threshold``, n per class, the confusion matrix, and with
-    ``bootstrap`` > 0 a 95% percentile interval per metric (``ci95``) from that many resamples.
+    ``bootstrap`` > 0 a 95% percentile interval per metric (``ci95``) from that many resamples,
+    of patients when ``groups`` gives each image's patient id, else of images (``bootstrap.unit``).
 
     The confusion matrix is ``[[TN, FP], [FN, TP]]`` (rows: truth, columns: prediction). ECE is
     the expected calibration error of P(COVID) over 10 equal-width bins.
@@ -43,16 +48,40 @@ def binary_metrics(p_covid: np.ndarray, targets: np.ndarray, loss: float | None 
         "confusion_matrix": matrix,
     }
     if bootstrap > 0 and len(targets):
-        result["ci95"] = bootstrap_intervals(p_covid, targets, threshold, bootstrap, seed, point)
-        result["bootstrap"] = {"resamples": int(bootstrap), "seed": int(seed), "method": "percentile"}
+        unit_of_image = _units(groups, len(targets))
+        result["ci95"] = bootstrap_intervals(p_covid, targets, threshold, bootstrap, seed, point, unit_of_image)
+        result["bootstrap"] = {"resamples": int(bootstrap), "seed": int(seed), "method": "percentile",
+                               "unit": "image" if groups is None else "patient",
+                               "units": int(unit_of_image.max()) + 1}
     return result
 
 
-def bootstrap_intervals(p_covid, targets, threshold, resamples: int, seed: int, point: dict) -> dict:
-    """Percentile 95% intervals; resamples where a metric is undefined (a class not drawn) are skipped."""
+def _units(groups: np.ndarray | None, count: int) -> np.ndarray:
+    """Each image's resampling unit as 0..U-1, numbered in order of first appearance: its patient,
+    or itself. (With one image a patient, the draws are those of resampling images.)"""
+    if groups is None:
+        return np.arange(count)
+    groups = np.asarray(groups)
+    if len(groups) != count:
+        raise ValueError(f"{len(groups)} patient ids for {count} images")
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    number = np.empty(len(first), dtype=np.int64)
+    number[np.argsort(first)] = np.arange(len(first))
+    return number[inverse.reshape(-1)]
+
+
+def bootstrap_intervals(p_covid, targets, threshold, resamples: int, seed: int, point: dict,
+                        unit_of_image: np.ndarray | None = None) -> dict:
+    """Percentile 95% intervals; resamples where a metric is undefined (a class not drawn) are skipped.
+
+    ``unit_of_image`` (0..U-1 per image; default: each image its own unit): U units are drawn
+    with replacement, and an image counts as often as its unit was drawn.
+    """
     rng = np.random.default_rng(stream_seed(seed, "bootstrap"))
-    count = len(targets)
-    weights = rng.multinomial(count, np.full(count, 1.0 / count), size=resamples).astype(np.float64)
+    unit_of_image = np.arange(len(targets)) if unit_of_image is None else unit_of_image
+    units = int(unit_of_image.max()) + 1
+    drawn_units = rng.multinomial(units, np.full(units, 1.0 / units), size=resamples).astype(np.float64)
+    weights = drawn_units[:, unit_of_image]  # (R, n): with one image a unit, the same draws as before
     drawn = _weighted_metrics(p_covid, targets, threshold, weights)
     intervals = {}
     for name, values in drawn.items():
@@ -116,6 +145,21 @@ def roc_auc(p_covid: np.ndarray, targets: np.ndarray) -> float | None:
     """ROC AUC (ties count one half); None without both classes."""
     auc, _ = _ranking_metrics(np.asarray(p_covid), np.asarray(targets), np.ones((1, len(targets))))
     return _finite_or_none(auc[0])
+
+
+def per_source(p_covid: np.ndarray, targets: np.ndarray, sources: np.ndarray | None, threshold: float) -> dict:
+    """Source -> n, n per class and the metrics it has, at the whole set's threshold; {} for one
+    source. A pooled figure can hide a source the model fails on; a source of one class has no
+    ROC AUC, only its sensitivity (COVID) or specificity (non-COVID), as in covid-ddp-report."""
+    if sources is None or len(set(sources)) < 2:
+        return {}
+    table = {}
+    for source in sorted(set(sources)):
+        chosen = sources == source
+        scored = binary_metrics(p_covid[chosen], targets[chosen], threshold=threshold)
+        table[source] = {"n": scored["n"], "n_per_class": scored["n_per_class"],
+                         **{name: scored[name] for name in SOURCE_METRICS}}
+    return table
 
 
 def _finite_or_none(value) -> float | None:

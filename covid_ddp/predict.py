@@ -3,6 +3,7 @@
 Command line::
 
     python launch/predict.py --weights runs/<run>/COVID_binary_classifier.pth xray.png scans/ more.npz
+    python launch/predict.py --weights runs/s1/COVID_binary_classifier.pth --weights runs/s2/COVID_binary_classifier.pth x.png
 
 Python::
 
@@ -156,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help=".npz files (key train_images), PNG/JPEG/DICOM images, or folders of them")
-    parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP)
+    parser.add_argument("--weights", required=True, action="append", metavar="PTH", help=WEIGHTS_HELP + ". "
+                        "Repeated: the ensemble of those runs (the mean of their P(COVID); its threshold chosen on "
+                        "their common validation split)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     parser.add_argument("--threshold", type=float, metavar="P", help="p_covid at or above this is called COVID "
                         "(default: the threshold chosen on the validation split, from the JSON beside the weights; "
@@ -191,10 +194,14 @@ def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]
 def run(arguments: argparse.Namespace) -> None:
     if arguments.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {arguments.batch_size}")
-    threshold, threshold_source = decision_threshold(arguments.threshold, Path(arguments.weights))
-    trained = load_model(arguments.weights, resolve_device(arguments.device))
-    model = inference_model(trained)
-    overlays = GradcamWriter(Path(arguments.gradcam), trained, threshold) if arguments.gradcam else None
+    from .ensemble import Ensemble, ensemble_threshold
+
+    ensemble = Ensemble.load(arguments.weights, resolve_device(arguments.device))
+    if len(ensemble) == 1 or arguments.threshold is not None:
+        threshold, threshold_source = decision_threshold(arguments.threshold, ensemble.paths[0])
+    else:
+        threshold, threshold_source = ensemble_threshold(ensemble)
+    overlays = GradcamWriter(Path(arguments.gradcam), ensemble.models, threshold) if arguments.gradcam else None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["source", "index", "p_covid", "prediction", "threshold"])  # each call names its threshold
@@ -211,7 +218,7 @@ def run(arguments: argparse.Namespace) -> None:
             continue
         if item.resized_from is not None:
             resized_from.append(item.resized_from)
-        p_covid = predict(model, item.images, arguments.batch_size)
+        p_covid = ensemble.predict(item.images, arguments.batch_size)
         for index, p in enumerate(p_covid):
             writer.writerow([item.source, index, f"{p:.6f}", CLASS_NAMES[int(p >= threshold)], f"{threshold:.6f}"])
         if overlays is not None:
@@ -234,15 +241,17 @@ def run(arguments: argparse.Namespace) -> None:
 class GradcamWriter:
     """One overlay PNG per scored image: ``<input stem>_<index>.png`` in ``folder``."""
 
-    def __init__(self, folder: Path, model: Net, threshold: float):
-        self.folder, self.model, self.threshold = folder, model, threshold
+    def __init__(self, folder: Path, models: list[Net], threshold: float):
+        self.folder, self.models, self.threshold = folder, models, threshold
         self.used_stems: set[str] = set()
 
     def write(self, item, p_covid: np.ndarray) -> None:
         from .figures import overlay_figure, save_figure  # matplotlib only when asked for
 
         stem = self._unique_stem(Path(item.source).stem)
-        for index, (image, heatmap, p) in enumerate(zip(item.images, gradcam(self.model, item.images), p_covid)):
+        # An ensemble's heatmap: the mean of its members' (each scaled to [0, 1]).
+        heatmaps = np.mean([gradcam(model, item.images) for model in self.models], axis=0)
+        for index, (image, heatmap, p) in enumerate(zip(item.images, heatmaps, p_covid)):
             call = CLASS_NAMES[int(p >= self.threshold)]
             title = f"{Path(item.source).name} [{index}]: P(COVID) = {p:.3f} -> {call} (threshold {self.threshold:.3f})"
             save_figure(overlay_figure(image.reshape(IMAGE_SIZE, IMAGE_SIZE), heatmap, title),

@@ -33,9 +33,15 @@ from pathlib import Path
 import numpy as np
 
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
-from .data import as_folders, load_data_dirs, to_binary
+from .checkpoint import WEIGHTS_FILE
+from .config import TrainConfig
+from .confounding import confounding_warning, markdown_table, table_of
+from .data import as_folders, load_data_dirs, patient_ids, to_binary
+from .ensemble import Ensemble, common_split, ensemble_threshold
 from .errors import UserError
 from .files import atomic_path, write_json
+from .metrics import binary_metrics
+from .model_card import REPORTED_FILE, update_model_card
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "threshold")  # the calls are made at each run's own threshold
 TRAIN_MODULE = ["-m", "covid_ddp.train"]
@@ -84,12 +90,23 @@ def summarise(runs: list[dict]) -> dict:
     return summary
 
 
-def markdown(rows: list[dict], seeds: list[int]) -> str:
-    lines = [f"Mean ± std over seeds {', '.join(map(str, seeds))}; [the widest 95% bootstrap interval of one seed's "
-             "test set]. n/a: the held-out source has one class only. Sensitivity and specificity call COVID at "
-             "each run's threshold (chosen on its validation split; the last column).", "",
-             "| setting | recipe | test n (COVID / non-COVID) | ROC AUC | sensitivity | specificity | threshold |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+def markdown(rows: list[dict], seeds: list[int], sources: dict | None = None) -> str:
+    units = sorted({run.get("bootstrap", {}).get("unit", "image") for row in rows if not row.get("ensemble")
+                    for run in row["runs"].values()})
+    lines = []
+    if sources:
+        lines += ["Images (patients) per source and class of the data:", "", markdown_table(sources), ""]
+        warning = confounding_warning(sources)
+        if warning:
+            lines += [f"**Confounded:** {warning}. Read the held-out rows: they are the ones a source cannot explain.",
+                      ""]
+    lines += [f"Mean ± std over seeds {', '.join(map(str, seeds))}; [the widest 95% bootstrap interval of one seed's "
+              f"test set, resampling {' and '.join(units) or 'image'}s]. An 'ensemble' row scores the mean P(COVID) of "
+              "the seeds' models as one model, at a threshold chosen on their common validation split, with its own "
+              "interval. n/a: the held-out source has one class only. Sensitivity and specificity call COVID at "
+              "each run's threshold (chosen on its validation split; the last column).", "",
+              "| setting | recipe | test n (COVID / non-COVID) | ROC AUC | sensitivity | specificity | threshold |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         counts = row["summary"]["n_per_class"]
         cells = [_cell(row["summary"][name]) for name in SHOWN]
@@ -102,8 +119,26 @@ def _cell(stats: dict | None) -> str:
     if stats is None:
         return "n/a"
     interval = stats["interval"]
-    shown = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    shown = f"{stats['mean']:.3f}" + ("" if stats["std"] is None else f" ± {stats['std']:.3f}")
     return shown + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+
+
+def ensemble_row(row: dict, run_dirs: list[Path], data, bootstrap: int) -> dict:
+    """The seeds' models as one (the mean of their P(COVID)) on the setting's test split: its
+    threshold chosen on their common validation split, its own bootstrap interval."""
+    weights = [run_dir / WEIGHTS_FILE for run_dir in run_dirs]
+    ensemble = Ensemble.load(weights)
+    threshold, _ = ensemble_threshold(ensemble, data)
+    test_rows = common_split(weights)["test"]
+    targets = to_binary(data.labels)[test_rows]
+    scored = binary_metrics(ensemble.predict(data.images[test_rows]), targets, threshold=threshold,
+                            bootstrap=bootstrap, groups=patient_ids(data.meta, test_rows))
+    summary = {"n": scored["n"], "n_per_class": scored["n_per_class"]}
+    for name in SHOWN:
+        summary[name] = None if scored[name] is None else {
+            "mean": scored[name], "std": None, "interval": scored.get("ci95", {}).get(name)}
+    return {"setting": row["setting"], "recipe": f"{row['recipe']} ensemble", "flags": row["flags"], "ensemble": True,
+            "runs": {}, "metrics": scored, "summary": summary}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="another recipe to compare with the default, e.g. 'marks=--augment-marks'")
     parser.add_argument("--launcher", metavar="COMMAND", help="what runs covid_ddp.train, e.g. 'torchrun "
                         "--nproc_per_node 2' (default: this Python, one process)")
+    parser.add_argument("--ensemble", action="store_true", help="also score the seeds' models of every setting and "
+                        "recipe as one ensemble (the mean of their P(COVID)): one more row each")
     parser.add_argument("train_flags", nargs=argparse.REMAINDER, help="-- then covid-ddp-train flags for every run")
     return parser
 
@@ -146,24 +183,36 @@ def run(arguments: argparse.Namespace) -> list[dict]:
     header = {"seeds": seeds, "data_dir": [str(f) for f in folders], "train_flags": shared}
     # --only adds to (or redoes rows of) an earlier report of the same data, seeds and flags.
     rows = _earlier_rows(output, header) if arguments.only else []
-    recipe_order = list(dict.fromkeys(["default", *(row["recipe"] for row in rows), *recipes]))  # new ones last
+    # New recipes last; each recipe's ensemble row right after it.
+    recipe_order = list(dict.fromkeys(["default", *(row["recipe"].removesuffix(" ensemble") for row in rows), *recipes]))
+    recipe_order = [name for recipe in recipe_order for name in (recipe, f"{recipe} ensemble")]
     for setting, split_flags in _chosen(every, arguments.only).items():
         for recipe, recipe_flags in recipes.items():
-            runs = {}
+            runs, folders_of = {}, {}
             for seed in seeds:
                 flags = ["--data-dir", *map(str, folders), *split_flags, *shared, *recipe_flags, "--seed", str(seed)]
-                folder = output / _slug(setting) / recipe / f"seed_{seed}"
-                runs[seed] = train_once(launcher, flags, folder)
+                folders_of[seed] = output / _slug(setting) / recipe / f"seed_{seed}"
+                runs[seed] = train_once(launcher, flags, folders_of[seed])
             row = {"setting": setting, "recipe": recipe, "flags": split_flags + recipe_flags,
                    "runs": runs, "summary": summarise(list(runs.values()))}
-            rows = _in_report_order([r for r in rows if (r["setting"], r["recipe"]) != (setting, recipe)] + [row],
+            new_rows = [row]
+            if arguments.ensemble and len(seeds) > 1:
+                new_rows.append(ensemble_row(row, [folders_of[seed] for seed in seeds], data, _bootstrap(shared)))
+            replaced = {(r["setting"], r["recipe"]) for r in new_rows}
+            rows = _in_report_order([r for r in rows if (r["setting"], r["recipe"]) not in replaced] + new_rows,
                                     list(every), recipe_order)
-            say(f"covid-ddp-report: {setting} / {recipe}: " + ", ".join(
-                f"{name} {_cell(row['summary'][name])}" for name in SHOWN))
+            for shown in new_rows:
+                say(f"covid-ddp-report: {setting} / {shown['recipe']}: " + ", ".join(
+                    f"{name} {_cell(shown['summary'][name])}" for name in SHOWN))
             write_json(output / "report.json", {**header, "rows": rows})
+            for seed, run_dir in folders_of.items():  # each run's card says where it was reported
+                write_json(run_dir / REPORTED_FILE, {"report": str(output / "report.md"), "setting": setting,
+                                                     "recipe": recipe, "seed": seed, "seeds": seeds})
+                update_model_card(run_dir)
+    sources = table_of(data.meta, to_binary(data.labels), np.arange(len(data.labels)))
     with atomic_path(output / "report.md") as tmp:
-        tmp.write_text(markdown(rows, seeds))
-    print(markdown(rows, seeds), end="")
+        tmp.write_text(markdown(rows, seeds, sources))
+    print(markdown(rows, seeds, sources), end="")
     return rows
 
 
@@ -198,6 +247,13 @@ def _chosen(every: dict[str, list[str]], only: str | None) -> dict[str, list[str
         raise UserError(f"--only: no setting named {', '.join(sorted(unknown)) or repr(only)}; this data has "
                         + ", ".join(_slug(setting) for setting in every))
     return {setting: flags for setting, flags in every.items() if _slug(setting) in wanted}
+
+
+def _bootstrap(train_flags: list[str]) -> int:
+    """The resamples the runs use (--bootstrap among the flags after --), for the ensemble rows."""
+    values = [flag.split("=", 1)[1] for flag in train_flags if flag.startswith("--bootstrap=")]
+    values += [train_flags[i + 1] for i, flag in enumerate(train_flags[:-1]) if flag == "--bootstrap"]
+    return int(values[-1]) if values else TrainConfig.bootstrap
 
 
 def _seeds(text: str) -> list[int]:

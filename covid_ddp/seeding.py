@@ -11,6 +11,7 @@ unrelated::
     dropout       (seed, epoch, rank)        each rank's dropout masks for the epoch
     augment       (seed, epoch, rank, step)  each rank's augmentation draws for a step
     bootstrap     (seed)                     the test metrics' bootstrap resamples
+    audit         (seed)                     covid-ddp-audit's stamped marks and probe folds
 
 The synthetic data set is generated from ``--seed`` itself (it is data, not a stream of the
 run). ``tests/test_seeding.py`` checks that no two of these tuples share a seed.
@@ -23,7 +24,7 @@ import random
 import numpy as np
 import torch
 
-STREAMS = ("weights", "data_order", "dropout", "augment", "bootstrap")
+STREAMS = ("weights", "data_order", "dropout", "augment", "bootstrap", "audit")
 
 
 def stream_seed(seed: int, stream: str, epoch: int = 0, rank: int = 0, step: int = 0) -> int:

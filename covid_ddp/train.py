@@ -19,7 +19,11 @@ import dataclasses
 import datetime
 import gc
 import os
+import shlex
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,17 +35,19 @@ from . import hardware, launcher_watch
 from .board import Logger
 from .cli import is_main_rank, run_cli, say
 from .config import TrainConfig, parse_config, settle_batch_size
+from .confounding import confounding_warning, format_table, table_of
 from .data import (RawData, XrayDataset, collate_batch, dataset_tensors, fetch_dataset, fingerprint, load_dataset,
-                   pixel_statistics, to_binary, wants_device)
+                   patient_ids, pixel_statistics, source_names, to_binary, wants_device)
 from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, exchange_before_group,
                           join_restarted_group, lost_another_process, on_every_process, on_main_process,
                           refuse_independent_launch, same_on_every_process)
 from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError, first_line
 from .loader import TrainingLoader, balanced_weights
-from .metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold
+from .metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_source
 from .model import Net, raw_pixel_state_dict
-from .predict import inference_model
+from .model_card import update_model_card
+from .predict import inference_model, load_model
 from .provenance import environment_summary, resident_memory_mb
 from .run_folder import RunFolder
 from .selection import BestWeights, Selection
@@ -80,6 +86,7 @@ def train(config: TrainConfig) -> dict | None:
 
 
 def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) -> dict:
+    started = time.monotonic()
     data = load_training_data(accelerator, config)
     targets = to_binary(data.labels)
     # The main process splits for all (the same split everywhere, and scikit-learn imported once).
@@ -97,6 +104,8 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     folder.write_config(_run_config(config, accelerator, data, split, folder, run))  # once the resume holds
     if batch_note and accelerator.is_main_process:
         say(f"covid-ddp-train: {batch_note}")
+    if accelerator.is_main_process:
+        announce_sources(table_of(data.meta, targets, split.train))
     board = start_logging(accelerator, folder, data.images, targets, split, config)
 
     monitored = None
@@ -110,10 +119,17 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
                 state.best.keep(accelerator.unwrap_model(run.model, keep_torch_compile=False), epoch)
             folder.save_checkpoint(state, epoch)
 
-    test_metrics = finish(run, folder, accelerator, config, monitored, board, progress, selection, state.best)
+    test_metrics = finish(run, folder, accelerator, config, monitored, board, progress, selection, state.best,
+                          data.meta)
     del run  # the DDP wrapper holds the process group: release it before shutting down
     shut_down(accelerator)
+    if accelerator.is_main_process:  # after the group is gone: no other process waits on these
+        audit_if_cheap(config, folder.path, data, split.test, test_metrics["threshold"], time.monotonic() - started)
+        write_model_card(folder.path)
     return test_metrics
+
+
+AUDIT_SHARE = 0.10  # --audit auto: the largest share of the run's time the audit may add
 
 
 # --- start-up ---------------------------------------------------------------------------------
@@ -306,6 +322,17 @@ def start_logging(accelerator: Accelerator, folder: RunFolder, images, targets, 
                           config.log_images_every)
 
 
+def announce_sources(table: dict | None) -> None:
+    """The training images per source and class, and the confounding warning where a source holds
+    one class (nothing for data without sources)."""
+    if not table or len(table) < 2:
+        return
+    say(format_table(table, title="covid-ddp-train: training images (patients) per source and class"))
+    warning = confounding_warning(table)
+    if warning:
+        say(f"covid-ddp-train: warning: {warning}")
+
+
 # --- an epoch ---------------------------------------------------------------------------------
 
 
@@ -351,7 +378,7 @@ def _monitored_line(monitor_name: str, record: dict) -> str:
 
 def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
            monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
-           selection: Selection, best: BestWeights) -> dict:
+           selection: Selection, best: BestWeights, meta: dict | None = None) -> dict:
     """Ship the selected epoch's weights, pick the threshold on validation, score the test split
     once with it, write the run's outputs.
 
@@ -380,8 +407,10 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
     def score() -> tuple[dict, dict]:  # every rank holds the same gathered scores: the main process does it once
         decision = {**decide_threshold(monitored if run.monitor_name == "Validation" else None, config),
                     "epoch": shipped_epoch, "shipped": why}
-        return decision, binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
-                                        bootstrap=config.bootstrap, seed=config.seed)
+        metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
+                                 bootstrap=config.bootstrap, seed=config.seed, groups=patient_ids(meta, final.rows))
+        by_source = per_source(final.p_covid, final.targets, source_names(meta, final.rows), decision["threshold"])
+        return decision, {**metrics, **({"per_source": by_source} if by_source else {})}
 
     decision, test_metrics = on_main_process(accelerator, score, "score the test split")
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
@@ -396,6 +425,47 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
                                                     "history": progress.history}, draw_final)
     accelerator.print(f"Model saved to {path}")
     return test_metrics
+
+
+def audit_if_cheap(config: TrainConfig, run_dir, data: RawData, test_rows: np.ndarray, threshold: float,
+                   run_seconds: float) -> None:
+    """--audit: the shortcut audit of the shipped weights on the test split, written to
+    <run>/audit-test; under 'auto' only when it costs under AUDIT_SHARE of the run so far (else
+    one line saying how to run it). A failure is a warning: the run's outputs are written."""
+    if config.audit == "no":
+        return
+    from . import audit  # (scikit-learn and matplotlib: only when auditing)
+
+    weights = run_dir / ckpt.WEIGHTS_FILE
+    command = f"covid-ddp-audit --weights {weights}"
+    try:
+        model = load_model(weights)
+        images = data.images[test_rows]
+        if config.audit == "auto":
+            # Decided before the estimate's own timing when the fixed part alone is too much (small runs).
+            estimate = audit.FIXED_SECONDS if audit.FIXED_SECONDS > AUDIT_SHARE * run_seconds else \
+                audit.estimated_seconds(model, images)
+            if estimate > AUDIT_SHARE * run_seconds:
+                say(f"covid-ddp-train: the shortcut audit would take about {estimate:.0f} s, "
+                    f"{100 * estimate / run_seconds:.0f}% of this run: run it with {command}")
+                return
+        targets = to_binary(data.labels)[test_rows]
+        result = audit.audit(model, images, targets, threshold, source_names(data.meta, test_rows),
+                             patient_ids(data.meta, test_rows), config.seed)
+        about = {"weights": str(weights), "split": "test", "what": "the test split",
+                 "threshold_source": "the run's, chosen on validation", "seed": config.seed}
+        audit.write_audit(run_dir / "audit-test", result, images, targets, config.seed, about)
+        print(f"Shortcut audit ({result['seconds']:.0f} s): {run_dir / 'audit-test' / 'audit.md'}")
+    except Exception as error:  # an extra: the run's own outputs are already written
+        say(f"covid-ddp-train: warning: the shortcut audit failed ({type(error).__name__}: {first_line(error)}); "
+            f"run it with {command}")
+
+
+def write_model_card(run_dir) -> None:
+    try:
+        print(f"Model card: {update_model_card(run_dir)}")
+    except Exception as error:
+        say(f"covid-ddp-train: warning: model_card.md not written ({type(error).__name__}: {first_line(error)})")
 
 
 def shipped_model(weights: dict, device: torch.device) -> Net:
@@ -472,14 +542,29 @@ def _recorded_flags(config: TrainConfig, data: RawData) -> dict:
     return flags
 
 
+def _command_line() -> str:
+    """This process's command, near enough as typed (a launcher's own flags are in "distributed")."""
+    program = Path(sys.argv[0]).name
+    return shlex.join([program, *sys.argv[1:]] if program.startswith("covid-ddp") else ["python", *sys.argv])
+
+
+def _by_source(data: RawData, split) -> dict:
+    """Images and patients per source and class of each part (for config.json and the model card)."""
+    targets = to_binary(data.labels)
+    tables = {part: table_of(data.meta, targets, rows) for part, rows in split.as_arrays().items()}
+    return {"by_source": tables} if tables["train"] is not None else {}
+
+
 def _run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, split, folder: RunFolder,
                 run: Prepared) -> dict:
     return {
         "config": _recorded_flags(config, data),
         "output_dir": str(folder.path),
+        "command": _command_line(),
         "data": {"source": data.provenance.get("source", config.dataset), **data.provenance,
                  "fingerprint": fingerprint(data),
-                 "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)}},
+                 "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+                 **_by_source(data, split)},
         "distributed": {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
                         "mixed_precision": accelerator.mixed_precision, "data_device": run.data_device,
                         "train_loader": run.train_loader_kind,

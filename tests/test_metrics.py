@@ -60,6 +60,27 @@ def test_intervals_are_seeded_and_bracket_the_point_value(scores):
     assert small[1] - small[0] > first["ci95"]["sensitivity"][1] - first["ci95"]["sensitivity"][0]
 
 
+def test_patient_level_intervals_do_not_shrink_when_each_patients_films_are_repeated():
+    """Four films of every patient add no information about new patients: resampled by patient, the
+    intervals stay as wide as with one film each; resampled by image, they shrink by about half."""
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, 150)
+    p_covid = np.clip(0.5 + 0.3 * (targets - 0.5) + rng.normal(0, 0.25, 150), 0, 1)
+    patients = np.array([f"p{i}" for i in range(150)])
+    once = binary_metrics(p_covid, targets, bootstrap=400, groups=patients)
+    films = lambda values: np.repeat(values, 4)  # noqa: E731
+    by_patient = binary_metrics(films(p_covid), films(targets), bootstrap=400, groups=films(patients))
+    by_image = binary_metrics(films(p_covid), films(targets), bootstrap=400)
+    assert by_patient["bootstrap"]["unit"] == "patient" and by_patient["bootstrap"]["units"] == 150
+    assert by_image["bootstrap"]["unit"] == "image" and by_image["bootstrap"]["units"] == 600
+    width = lambda result, name: np.subtract(*result["ci95"][name][::-1])  # noqa: E731
+    for name in ("roc_auc", "sensitivity", "accuracy"):
+        assert width(by_patient, name) == pytest.approx(width(once, name), rel=0.1), name
+        assert width(by_image, name) < 0.65 * width(once, name), name
+    # One film a patient: the same draws as resampling images.
+    assert once["ci95"] == binary_metrics(p_covid, targets, bootstrap=400)["ci95"]
+
+
 def test_undefined_rates_are_none_not_a_number():
     """A held-out source with COVID images only (hannover in real-cxr): no specificity, no AUC."""
     result = binary_metrics(np.array([0.9, 0.2, 0.7]), np.array([1, 1, 1]), bootstrap=50)

@@ -1,0 +1,348 @@
+"""covid-ddp-audit: how much a trained model's calls rest on shortcuts instead of the lungs.
+
+    covid-ddp-audit --weights runs/demo/COVID_binary_classifier.pth [--data-dir DIR ...] [--split test|val|all]
+
+Four measurements on the chosen images (default: the run's test split), each a number a
+reader can compare between models (the same images, the same seed):
+
+- **marks**: publication marks (arrows, letters, boxes, border bands: those ``--augment-marks``
+  draws) stamped on every non-COVID image. Mean change of P(COVID), and the share of the
+  images called non-COVID that the marks turn into COVID calls. A model that reads "mark =
+  COVID" flips them.
+- **border**: the outer eighth of the image on each side replaced by the image's median grey.
+  Change of ROC AUC and mean |change of P(COVID)|. Labels, markers and collimation edges
+  live there; the lungs do not.
+- **source probe**: a logistic regression on the model's penultimate features (FC 512, their
+  first 32 principal components) predicting the source, within each class, cross-validated
+  by patient (sources with >= 20 images of the class). ROC AUC 0.5: the features carry nothing of the hospital beyond the
+  disease; near 1: they tell the hospitals apart. The same probe on the raw pixels (16x16)
+  is the reference: how separable the sources are before any training.
+- **where it looks**: the share of each image's Grad-CAM heat inside the central box that
+  leaves out the same outer eighth (56% of the area: a heatmap spread evenly puts 0.56 there),
+  averaged over up to 256 of the images.
+
+Writes ``audit.json``, ``audit.md`` and ``audit.png`` to ``--output-dir`` (default:
+``audit-<split>`` beside the weights), and brings the run's ``model_card.md`` up to date.
+Training runs it on the test split at its end when that costs under 10% of the run. These are
+probes of known shortcuts, not a proof that none is used. Not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import launcher_watch
+from .cli import ArgumentParser, HelpFormatter, run_cli, say
+from .data import patient_ids, source_names, to_binary
+from .errors import UserError
+from .files import atomic_path, write_json
+from .gradcam import gradcam
+from .marks import add_marks
+from .metrics import roc_auc
+from .model import Net
+from .predict import WEIGHTS_HELP, decision_threshold, inference_model, load_model, predict, resolve_device
+from .seeding import stream_seed
+
+EDGE_FRACTION = 1 / 8  # the outer band (border test) and what the lung box leaves out (Grad-CAM)
+PROBE_MIN_IMAGES = 20  # a source enters the probe of a class with at least this many images of it
+PROBE_FOLDS = 5
+PIXEL_PROBE_SIZE = 16  # the reference probe's images: 16x16 averages of the pixels
+PROBE_COMPONENTS = 32  # the probe reads the first principal components (fitted per fold): ~20x faster than 512
+GRADCAM_IMAGES = 256  # the Grad-CAM share is a mean: a sample of this many images measures it
+FIXED_SECONDS = 2.0  # the probe's fits and the figure, about, on this project's 2-core CPU
+AUDIT_FILES = ("audit.json", "audit.md", "audit.png")
+
+
+def audit(model: Net, images: np.ndarray, targets: np.ndarray, threshold: float, sources: np.ndarray | None = None,
+          patients: np.ndarray | None = None, seed: int = 0) -> dict:
+    """The four measurements on raw-pixel ``images`` (N, 64, 64) uint8 with the weights of ``model``
+    (a ``Net`` as loaded: Grad-CAM hooks its last BatchNorm; the rest runs the folded copy
+    covid-ddp-predict runs)."""
+    started = time.perf_counter()
+    model = model.eval()
+    scorer = inference_model(model)
+    p_covid, features = predict_with_features(scorer, images)
+    result = {"images": int(len(targets)), "covid": int(targets.sum()), "threshold": float(threshold),
+              "marks": marks_test(scorer, images, targets, p_covid, threshold, seed),
+              "border": border_test(scorer, images, targets, p_covid, threshold),
+              "source_probe": source_probe(features, images, targets, sources, patients, seed),
+              "gradcam": gradcam_mass(model, images, targets, seed)}
+    result["seconds"] = round(time.perf_counter() - started, 2)
+    return result
+
+
+def estimated_seconds(model: Net, images: np.ndarray, sample: int = 200) -> float:
+    """What ``audit`` of ``images`` would take here: a timed forward pass of a sample, scaled by the
+    passes the audit makes (score, marks, border, Grad-CAM ~3x a pass), plus the probe and figure."""
+    scorer = inference_model(model.eval())
+    chosen = images[:sample]
+    predict(scorer, chosen[:8])  # warm-up: the first pass pays for allocations
+    started = time.perf_counter()
+    predict(scorer, chosen)
+    per_image = (time.perf_counter() - started) / max(len(chosen), 1)
+    passes = 3 * len(images) + 3 * min(len(images), GRADCAM_IMAGES)
+    return per_image * passes + FIXED_SECONDS
+
+
+# --- the four measurements ---------------------------------------------------------------------
+
+
+def with_marks(images: np.ndarray, seed: int) -> np.ndarray:
+    """Every image with one to four marks, as uint8 (the same marks for the same seed)."""
+    generator = torch.Generator().manual_seed(stream_seed(seed, "audit"))
+    marked = add_marks(torch.as_tensor(images).float().unsqueeze(1), generator, probability=1.0)
+    return marked.round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+
+
+def marks_test(model, images, targets, p_covid, threshold: float, seed: int) -> dict:
+    rows = np.flatnonzero(targets == 0)
+    if not len(rows):
+        return {"skipped": "no non-COVID image to stamp"}
+    marked = predict(model, with_marks(images[rows], seed))
+    before = p_covid[rows]
+    called_non_covid = before < threshold
+    flipped = called_non_covid & (marked >= threshold)
+    return {"images": int(len(rows)), "mean_change": float((marked - before).mean()),
+            "called_non_covid": int(called_non_covid.sum()), "flipped_to_covid": int(flipped.sum()),
+            "flip_share": float(flipped.sum() / called_non_covid.sum()) if called_non_covid.any() else None}
+
+
+def edge_width(size: int) -> int:
+    return max(1, round(size * EDGE_FRACTION))
+
+
+def without_border(images: np.ndarray) -> np.ndarray:
+    """The outer band of every image set to that image's median grey."""
+    band = edge_width(images.shape[-1])
+    hidden = images.copy()
+    medians = np.median(images.reshape(len(images), -1), axis=1).astype(images.dtype)[:, None, None]
+    inside = np.zeros(images.shape[-2:], dtype=bool)
+    inside[band:-band, band:-band] = True
+    return np.where(inside, hidden, medians)
+
+
+def border_test(model, images, targets, p_covid, threshold: float) -> dict:
+    hidden = predict(model, without_border(images))
+    before, after = roc_auc(p_covid, targets), roc_auc(hidden, targets)
+    return {"roc_auc_before": before, "roc_auc_after": after,
+            "roc_auc_change": None if before is None or after is None else after - before,
+            "mean_abs_change": float(np.abs(hidden - p_covid).mean()),
+            "calls_changed": float(((hidden >= threshold) != (p_covid >= threshold)).mean())}
+
+
+@torch.inference_mode()
+def predict_with_features(model: Net, images: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """P(COVID) and the penultimate features (FC 512 after its ReLU, dropout off: what the last
+    layer decides from) of every image, in one pass."""
+    captured = []
+    hook = model.fc1.register_forward_hook(lambda module, args, output: captured.append(torch.relu(output).float().cpu()))
+    try:
+        p_covid = predict(model, images, batch_size)
+    finally:
+        hook.remove()
+    features = torch.cat(captured).numpy() if captured else np.empty((0, model.fc1.out_features), dtype=np.float32)
+    return p_covid, features
+
+
+def pixel_features(images: np.ndarray) -> np.ndarray:
+    """16x16 block means of the pixels: the reference probe's input."""
+    size = images.shape[-1]
+    block = size // PIXEL_PROBE_SIZE
+    cut = images[:, :block * PIXEL_PROBE_SIZE, :block * PIXEL_PROBE_SIZE].astype(np.float32)
+    return cut.reshape(len(images), PIXEL_PROBE_SIZE, block, PIXEL_PROBE_SIZE, block).mean(axis=(2, 4)).reshape(len(images), -1)
+
+
+def source_probe(features, images, targets, sources, patients, seed: int) -> dict:
+    """Per class, how well the sources of that class can be told apart from the model's features."""
+    if sources is None:
+        return {"skipped": "no source column (meta.npz 'dataset')"}
+    pixels = pixel_features(images)
+    by_class = {}
+    for label, name in ((1, "COVID"), (0, "non-COVID")):
+        rows = np.flatnonzero(targets == label)
+        names, counts = np.unique(sources[rows], return_counts=True)
+        kept = names[counts >= PROBE_MIN_IMAGES]
+        if len(kept) < 2:
+            by_class[name] = {"skipped": f"fewer than 2 sources with >= {PROBE_MIN_IMAGES} {name} images",
+                              "sources": {str(n): int(c) for n, c in zip(names, counts)}}
+            continue
+        rows = rows[np.isin(sources[rows], kept)]
+        groups = None if patients is None else patients[rows]
+        by_class[name] = {"sources": {str(n): int((sources[rows] == n).sum()) for n in kept},
+                          "roc_auc": _probe_auc(features[rows], sources[rows], groups, seed),
+                          "pixels_roc_auc": _probe_auc(pixels[rows], sources[rows], groups, seed)}
+    return by_class
+
+
+def _probe_auc(features: np.ndarray, sources: np.ndarray, groups: np.ndarray | None, seed: int) -> float:
+    """Cross-validated ROC AUC (one source against the rest, averaged) of a logistic regression;
+    folds keep a patient's images together, so it cannot recognise the person instead."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classes, y = np.unique(sources, return_inverse=True)
+    folds = min(PROBE_FOLDS, int(np.bincount(y).min()))
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed) if groups is not None else \
+        StratifiedKFold(folds, shuffle=True, random_state=seed)
+    scores = np.zeros((len(y), len(classes)))
+    for train, test in splitter.split(features, y, groups):
+        components = min(PROBE_COMPONENTS, len(train), features.shape[1])
+        probe = make_pipeline(StandardScaler(), PCA(components, random_state=seed), LogisticRegression(max_iter=1000))
+        probe.fit(features[train], y[train])
+        scores[np.ix_(test, probe.classes_)] = probe.predict_proba(features[test])
+    if len(classes) == 2:
+        return float(roc_auc_score(y, scores[:, 1]))
+    return float(roc_auc_score(y, scores, multi_class="ovr", average="macro"))
+
+
+def lung_box(size: int) -> tuple[slice, slice]:
+    edge = edge_width(size)
+    return slice(edge, size - edge), slice(edge, size - edge)
+
+
+def gradcam_mass(model, images, targets, seed: int) -> dict:
+    """Mean share of the Grad-CAM heat inside the lung box, per class and over all images (a
+    sample of GRADCAM_IMAGES of them, the same for the same seed)."""
+    if len(images) > GRADCAM_IMAGES:
+        chosen = np.sort(np.random.default_rng(stream_seed(seed, "audit")).choice(len(images), GRADCAM_IMAGES, replace=False))
+        images, targets = images[chosen], targets[chosen]
+    heatmaps = gradcam(model, images)
+    box = lung_box(images.shape[-1])
+    total = heatmaps.reshape(len(heatmaps), -1).sum(axis=1)
+    inside = heatmaps[:, box[0], box[1]].reshape(len(heatmaps), -1).sum(axis=1)
+    hot = total > 0  # a heatmap of zeros (no positive evidence at all) has no mass to share
+    share = np.where(hot, inside / np.where(hot, total, 1), np.nan)
+    area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start) / images.shape[-1] ** 2
+
+    def mean_of(chosen):
+        values = share[chosen & hot]
+        return float(values.mean()) if len(values) else None
+
+    return {"inside_share": mean_of(np.ones(len(targets), dtype=bool)), "inside_share_covid": mean_of(targets == 1),
+            "inside_share_non_covid": mean_of(targets == 0), "uniform_share": float(area),
+            "images": int(len(heatmaps)), "images_without_heat": int((~hot).sum()), "mean_heatmap": heatmaps.mean(axis=0) if len(heatmaps) else None}
+
+
+# --- the files ---------------------------------------------------------------------------------
+
+
+def write_audit(output_dir: Path, result: dict, images: np.ndarray, targets: np.ndarray, seed: int,
+                about: dict) -> None:
+    """audit.json, audit.md and audit.png; the figure may fail (a warning), the numbers may not."""
+    mean_heatmap = result["gradcam"].pop("mean_heatmap")
+    report = {**about, **result}
+    write_json(output_dir / "audit.json", report)
+    with atomic_path(output_dir / "audit.md") as tmp:
+        tmp.write_text(markdown(report))
+    try:
+        from .figures import audit_figure, save_figure
+
+        save_figure(audit_figure(images, targets, with_marks, without_border, mean_heatmap, lung_box, report, seed),
+                    output_dir / "audit.png")
+    except Exception as error:  # the numbers are written; a figure is worth a warning, not the audit
+        say(f"covid-ddp-audit: warning: audit.png not drawn ({type(error).__name__}: {error})")
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def summary_rows(report: dict) -> list[tuple[str, str, str]]:
+    """(measurement, value, how to read it): the table of audit.md and of the model card."""
+    marks, border, probe, heat = report["marks"], report["border"], report["source_probe"], report["gradcam"]
+    rows = []
+    if "skipped" not in marks:
+        rows.append(("marks on non-COVID images: mean change of P(COVID)", f"{marks['mean_change']:+.3f}",
+                     "0: marks mean nothing to the model"))
+        rows.append(("marks: non-COVID calls turned COVID",
+                     f"{marks['flipped_to_covid']} of {marks['called_non_covid']} ({_number(marks['flip_share'])})",
+                     "0 of them: the calls do not rest on marks"))
+    rows.append(("border hidden: change of ROC AUC",
+                 "n/a" if border["roc_auc_change"] is None else f"{border['roc_auc_change']:+.3f}",
+                 "0: the border holds nothing the model needs"))
+    rows.append(("border hidden: mean abs change of P(COVID)", f"{border['mean_abs_change']:.3f}", "0: no effect"))
+    for name, entry in (probe.items() if "skipped" not in probe else []):
+        if "skipped" in entry:
+            rows.append((f"source probe, {name}", "n/a", entry["skipped"]))
+            continue
+        listed = ", ".join(entry["sources"])
+        rows.append((f"source probe, {name} ({listed}): ROC AUC", f"{entry['roc_auc']:.3f}",
+                     f"0.5: no hospital in the features; pixels alone: {entry['pixels_roc_auc']:.3f}"))
+    if "skipped" in probe:
+        rows.append(("source probe", "n/a", probe["skipped"]))
+    rows.append(("Grad-CAM heat inside the lung box", _number(heat["inside_share"]),
+                 f"{heat['uniform_share']:.2f} if spread evenly; higher: on the lungs"))
+    return rows
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Shortcut audit of `{report.get('weights', 'the model')}`", "",
+             f"{report['images']} images ({report['covid']} COVID) of {report.get('what', 'the data')}, "
+             f"threshold {report['threshold']:.3f}, seed {report.get('seed', 0)}. Probes of known shortcuts, not a "
+             "proof that none is used. Not for clinical use.", "",
+             "| measurement | value | how to read it |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {value} | {reading} |" for name, value, reading in summary_rows(report)]
+    lines += ["", "How each is measured: `covid-ddp-audit --help` and docs/evaluation.md#shortcut-audit-covid-ddp-audit.", ""]
+    return "\n".join(lines)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(prog="covid-ddp-audit", formatter_class=HelpFormatter,
+                            description="Measure how much a trained model leans on publication marks, the image "
+                            "border and the source hospital, and where its Grad-CAM heat lies. Not for clinical use.")
+    parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP + "; --split test|val needs "
+                        "its run folder")
+    parser.add_argument("--data-dir", metavar="DIR", nargs="+", help="folder(s) of the data, with meta.npz 'dataset' "
+                        "for the source probe (default: the data the weights' run trained on)")
+    parser.add_argument("--split", default="test", choices=["test", "val", "all"],
+                        help="which images: the run's test or validation part, or all of them")
+    parser.add_argument("--output-dir", metavar="DIR", help="where audit.json, audit.md and audit.png go "
+                        "(default: audit-<split> beside the weights)")
+    parser.add_argument("--threshold", type=float, metavar="P", help="decision threshold for the flips (default: the "
+                        "run's, from the weights' sidecar JSON; else 0.5)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the stamped marks and probe folds")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
+    return parser
+
+
+def run(arguments: argparse.Namespace) -> dict:
+    from .evaluation import load_evaluation_data, rows_to_score  # (evaluation imports this module's neighbours)
+    from .model_card import update_model_card
+
+    weights = Path(arguments.weights)
+    model = load_model(weights, resolve_device(arguments.device))
+    data = load_evaluation_data(arguments.data_dir, weights)
+    rows = rows_to_score(arguments.split, weights, data)
+    threshold, threshold_source = decision_threshold(arguments.threshold, weights)
+    targets = to_binary(data.labels)[rows]
+    result = audit(model, data.images[rows], targets, threshold, source_names(data.meta, rows),
+                   patient_ids(data.meta, rows), arguments.seed)
+    output_dir = Path(arguments.output_dir or weights.parent / f"audit-{arguments.split}")
+    about = {"weights": str(weights), "split": arguments.split, "what": f"the {arguments.split} split",
+             "threshold_source": threshold_source, "seed": arguments.seed}
+    write_audit(output_dir, result, data.images[rows], targets, arguments.seed, about)
+    print(markdown({**about, **result}), end="")
+    print(f"wrote {', '.join(str(output_dir / name) for name in AUDIT_FILES)}")
+    update_model_card(weights.parent)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    launcher_watch.arm("covid-ddp-audit")
+    return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-audit")
+
+
+if __name__ == "__main__":  # python -m covid_ddp.audit
+    raise SystemExit(main())

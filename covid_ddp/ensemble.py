@@ -1,0 +1,106 @@
+"""Several runs' weights scored as one model: the mean of their P(COVID).
+
+    covid-ddp-evaluate --weights runs/s1/COVID_binary_classifier.pth --weights runs/s2/COVID_binary_classifier.pth
+    covid-ddp-predict  --weights ... --weights ... xray.png
+
+Seeds of one recipe differ by 0.01-0.07 ROC AUC on a held-out source (docs/real-cxr.md); the mean
+of their probabilities is a model of its own. Its threshold is chosen, like a run's, on the
+validation split, with the ensemble's own scores, so every run must have split the same data
+the same way (the same data files, the same rows in their ``splits.npz``): runs of one recipe
+over seeds do. Other runs are refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .errors import UserError
+from .metrics import choose_threshold
+from .model import Net
+from .predict import inference_model, load_model, predict
+
+
+@dataclass
+class Ensemble:
+    """The weights files and their models (as loaded, for Grad-CAM; folded copies score)."""
+
+    paths: list[Path]
+    models: list[Net]
+    scorers: list[Net] = field(init=False)
+
+    def __post_init__(self):
+        self.scorers = [inference_model(model) for model in self.models]  # folded once, as covid-ddp-predict scores
+
+    @classmethod
+    def load(cls, paths: list[str | Path], device: torch.device | str = "cpu") -> "Ensemble":
+        paths = [Path(path) for path in paths]
+        if len(set(map(str, paths))) < len(paths):
+            raise UserError("--weights: the same file is given twice; an ensemble averages different runs")
+        return cls(paths, [load_model(path, device) for path in paths])
+
+    def __len__(self) -> int:
+        return len(self.models)
+
+    def predict(self, images, batch_size: int = 512) -> np.ndarray:
+        """The mean P(COVID) of the members."""
+        scores = [predict(scorer, images, batch_size) for scorer in self.scorers]
+        return np.mean(scores, axis=0)
+
+
+def common_split(paths: list[Path]) -> dict:
+    """The split every run used (train/val/test rows), or a one-line refusal naming the run that differs."""
+    first, reference = None, None
+    for path in paths:
+        run_dir = path.parent
+        splits, config = run_dir / ckpt.SPLITS_FILE, run_dir / ckpt.CONFIG_FILE
+        if not splits.is_file() or not config.is_file():
+            raise UserError(f"{path}: its run folder ({ckpt.SPLITS_FILE}, {ckpt.CONFIG_FILE}) is not beside it; an "
+                            "ensemble's threshold comes from its runs' common validation split: pass --threshold")
+        rows = ckpt.read_splits(splits)
+        files = _data_files(config)
+        if reference is None:
+            first, reference = path, (rows, files)
+            continue
+        same_rows = all(np.array_equal(rows.get(part), reference[0].get(part)) for part in ("train", "val", "test"))
+        if not same_rows or files != reference[1]:
+            what = "other data files" if files != reference[1] else "another split"
+            raise UserError(f"{path} was trained on {what} than {first}: an ensemble needs runs of one split (the "
+                            "same data and split flags, any seed)")
+    return reference[0]
+
+
+def _data_files(config_path: Path) -> dict:
+    try:
+        files = json.loads(config_path.read_text()).get("data", {}).get("files") or {}
+    except ValueError as error:
+        raise UserError(f"{config_path}: not a covid_ddp run configuration ({error})")
+    return {name: entry.get("sha256") for name, entry in files.items()}
+
+
+def ensemble_threshold(ensemble: Ensemble, run_data=None) -> tuple[float, str]:
+    """(threshold, where it came from): chosen on the runs' common validation split with the
+    ensemble's scores, as each run chose its own (Youden's J, or its --target-sensitivity).
+    ``run_data``: the set the runs trained on, when the caller has it loaded."""
+    from .data import to_binary
+    from .evaluation import load_evaluation_data  # (matplotlib: only for an ensemble)
+
+    val_rows = common_split(ensemble.paths)["val"]
+    if not len(val_rows):
+        return 0.5, "default 0.5 (the runs have no validation split)"
+    data = run_data if run_data is not None else load_evaluation_data(None, ensemble.paths[0])
+    target_sensitivity = _recorded(ensemble.paths[0], "target_sensitivity")
+    chosen = choose_threshold(ensemble.predict(data.images[val_rows]), to_binary(data.labels)[val_rows],
+                              target_sensitivity)
+    return chosen["threshold"], (f"{chosen['method']} on the {len(ensemble)} runs' common validation split "
+                                 f"({len(val_rows)} images)")
+
+
+def _recorded(weights: Path, flag: str):
+    config = json.loads((weights.parent / ckpt.CONFIG_FILE).read_text())
+    return config.get("config", {}).get(flag)

@@ -1,0 +1,329 @@
+"""``model_card.md``: what a reader of a paper must know about one run, in one Markdown file.
+
+    update_model_card(Path("runs/demo"))   # (re)writes runs/demo/model_card.md from the run's files
+
+Training writes it at its end; ``covid-ddp-evaluate``, ``covid-ddp-audit`` and ``covid-ddp-report``
+bring it up to date. It is rebuilt every time from the run folder's own records (config.json,
+metrics.json, the weights' sidecar, evaluation-*/evaluation.json, audit-*/audit.json,
+reported.json), so it never disagrees with them and a missing piece is said to be missing.
+The checklist at its end follows CLAIM 2024 (Tejani et al., Radiology: Artificial
+Intelligence 2024;6(4):e240300): which items the card answers, which are left to the author.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .confounding import confounding_warning, markdown_table, single_class_sources
+from .files import atomic_path
+
+CARD_FILE = "model_card.md"
+REPORTED_FILE = "reported.json"  # written into each run folder by covid-ddp-report
+SHOWN_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ppv", "npv",
+                 "average_precision", "brier", "ece")
+NOT_FOR_CLINICAL_USE = ("**Not for clinical use.** A research model, trained and tested on public data sets; it has "
+                        "not been validated for diagnosis, screening or triage of any patient.")
+
+# CLAIM 2024: item -> what this card says of it ("card": answered here; "partly"; "author": left to the user).
+CLAIM_ITEMS = (
+    (1, "AI methodology identified in title/abstract", "author", "the paper's title and abstract"),
+    (2, "Structured summary", "author", "the paper's abstract"),
+    (3, "Background, intended use and role of the AI", "partly", "Intended use, here; the clinical background is "
+     "the author's"),
+    (4, "Study aims, objectives, hypotheses", "author", ""),
+    (5, "Prospective or retrospective", "partly", "retrospective on existing image sets; say so in the paper"),
+    (6, "Study goal", "author", ""),
+    (7, "Data sources", "card", "Data: folders, files, sha256"),
+    (8, "Inclusion and exclusion criteria", "partly", "sources excluded by flags are named; the sets' own criteria "
+     "are their publishers'"),
+    (9, "Data preprocessing", "partly", "64x64 uint8 as given; covid-ddp-prepare's record where it made the folder"),
+    (10, "Selection of data subsets", "card", "Split"),
+    (11, "De-identification methods", "author", "the source sets'"),
+    (12, "Missing data handling", "author", ""),
+    (13, "Image acquisition protocol", "author", "unknown for public sets; per source where known"),
+    (14, "Reference standard: how obtained", "author", "labels as the source sets give them"),
+    (15, "Rationale for the reference standard", "author", ""),
+    (16, "Source of reference standard annotations", "author", ""),
+    (17, "Annotation of the test set", "author", ""),
+    (18, "Inter- and intrarater variability", "author", ""),
+    (19, "How data were assigned to partitions", "card", "Split"),
+    (20, "Level at which partitions are disjoint", "card", "Split: image, patient or source"),
+    (21, "Intended sample size of the test set", "partly", "the test set's size is here; how it was planned is "
+     "the author's"),
+    (22, "Detailed model description", "card", "Recipe (the seed's Net)"),
+    (23, "Software libraries, frameworks, packages", "card", "Recipe: versions"),
+    (24, "Initialization of parameters", "card", "Recipe: random, seeded"),
+    (25, "Training approach", "card", "Recipe: the full command and every flag in config.json"),
+    (26, "Final model selection", "card", "Recipe: the shipped epoch and why"),
+    (27, "Ensembling", "partly", "covid-ddp-evaluate/predict/report with several --weights; this card is one run"),
+    (28, "Performance metrics", "card", "Test results"),
+    (29, "Significance and uncertainty", "card", "95% bootstrap intervals, and their resampling unit"),
+    (30, "Robustness or sensitivity analysis", "partly", "Shortcut audit and held-out sources, where run"),
+    (31, "Explainability or interpretability", "partly", "Grad-CAM share in the audit; not validated against "
+     "annotated lesions"),
+    (32, "Evaluation on internal data", "card", "Test results"),
+    (33, "Testing on external data", "partly", "a held-out source (covid-ddp-report) or evaluate --split all on "
+     "another set, where run"),
+    (34, "Clinical trial registration", "author", "not applicable to a retrospective model study, or the author's"),
+    (35, "Patients and examinations included and excluded", "partly", "images and patients per source and class; "
+     "the flow diagram is the author's"),
+    (36, "Demographics per partition", "author", "not in the data's metadata"),
+    (37, "Performance metrics and statistical uncertainty", "card", "Test results"),
+    (38, "Estimates of diagnostic performance and precision", "card", "Test results"),
+    (39, "Failure analysis", "partly", "per-source results and the audit; case review is the author's"),
+    (40, "Study limitations", "card", "Limitations"),
+    (41, "Implications for practice", "author", "none is claimed here: not for clinical use"),
+    (42, "Full protocol or technical details", "card", "this card, config.json and the run folder"),
+    (43, "Availability of software, model, data", "partly", "covid_ddp and the weights file; the data's terms are "
+     "its publishers'"),
+    (44, "Funding and role of funders", "author", ""),
+)
+
+
+def update_model_card(run_dir: Path) -> Path | None:
+    """Rewrite ``run_dir/model_card.md`` from its records; None (and nothing written) when
+    ``run_dir`` holds no covid_ddp run (weights given without their run folder)."""
+    run_dir = Path(run_dir)
+    config = _read(run_dir / "config.json")
+    if not config or "config" not in config:
+        return None
+    card = build_card(run_dir, config, _read(run_dir / "metrics.json"))
+    path = run_dir / CARD_FILE
+    with atomic_path(path) as tmp:
+        tmp.write_text(card)
+    return path
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def build_card(run_dir: Path, config: dict, metrics: dict | None) -> str:
+    flags, data = config["config"], config.get("data", {})
+    sections = [
+        f"# Model card: {run_dir.name}", "",
+        f"> {NOT_FOR_CLINICAL_USE}", "",
+        *_intended_use(),
+        *_data_section(data, flags),
+        *_split_section(flags, data),
+        *_recipe_section(config, metrics),
+        *_results_section(metrics, run_dir),
+        *_per_source_section(metrics),
+        *_audit_section(run_dir),
+        *_evaluations_section(run_dir),
+        *_reported_section(run_dir),
+        *_limitations(flags, data, metrics),
+        *_checklist(),
+    ]
+    return "\n".join(sections).rstrip() + "\n"
+
+
+def _intended_use() -> list[str]:
+    return ["## Intended use", "",
+            "Research on COVID / non-COVID classification of frontal chest X-rays (64x64 grayscale): comparing recipes, "
+            "studying shortcuts, teaching. Not a medical device; its calls must not inform the care of any patient. "
+            "Input: one frontal chest radiograph as raw 0-255 pixels; output: P(COVID) and a call at the threshold "
+            "chosen on the run's validation split.", ""]
+
+
+def _data_section(data: dict, flags: dict) -> list[str]:
+    lines = ["## Data", ""]
+    folders = data.get("data_dirs") or ([data["data_dir"]] if data.get("data_dir") else [])
+    source = data.get("source", flags.get("dataset"))
+    if source == "synthetic":
+        lines.append(f"Synthetic images made by covid_ddp (`--dataset synthetic`, {flags.get('synthetic_size')} images, "
+                     f"seed {flags.get('seed')}): no patient's data.")
+    else:
+        lines.append(f"Kind: {source}; folders: {', '.join(f'`{f}`' for f in folders) or 'the MCFAM cache'}.")
+    files = data.get("files") or {}
+    if files:
+        lines += ["", "| file | sha256 |", "| --- | --- |"]
+        lines += [f"| `{name}` | `{entry.get('sha256', 'not recorded')}` |" for name, entry in files.items()]
+    tables = data.get("by_source") or {}
+    whole = _whole_table(tables)
+    if whole:
+        lines += ["", "Images (patients) per source and class, all parts together:", "", markdown_table(whole)]
+        warning = confounding_warning(whole)
+        if warning:
+            lines += ["", f"**Confounded:** {warning}."]
+    else:
+        lines += ["", "No source column (meta.npz 'dataset'): the sources of the images are not known to this run."]
+    return lines + [""]
+
+
+def _whole_table(tables: dict) -> dict:
+    """The per-part tables summed (patients summed too: a patient lies in one part under --group-split)."""
+    whole = {}
+    for table in tables.values():
+        for source, classes in (table or {}).items():
+            entry = whole.setdefault(source, {name: {"images": 0, "patients": 0} for name in classes})
+            for name, counts in classes.items():
+                entry[name]["images"] += counts["images"]
+                entry[name]["patients"] = None if counts["patients"] is None or entry[name]["patients"] is None \
+                    else entry[name]["patients"] + counts["patients"]
+    return dict(sorted(whole.items()))
+
+
+def _split_section(flags: dict, data: dict) -> list[str]:
+    sizes = data.get("split_sizes", {})
+    if flags.get("holdout_source"):
+        unit = f"source: every image of `{flags['holdout_source']}` is the test set; the rest split by " + \
+               ("patient" if flags.get("group_split") else "image")
+    else:
+        unit = "patient: every image of a patient lies in one part" if flags.get("group_split") else \
+            "image: films of one patient may lie in different parts (no patient ids used)"
+    lines = ["## Split", "", f"Unit: {unit}. Sizes (images): train {sizes.get('train', '?')}, validation "
+             f"{sizes.get('val', '?')}, test {sizes.get('test', '?')} (test fraction {flags.get('test_size')}, "
+             f"validation {flags.get('val_size')}, random_state 42; rows in `splits.npz`)."]
+    if flags.get("exclude_source"):
+        lines.append(f"Sources left out before splitting: {flags['exclude_source']}.")
+    tables = data.get("by_source") or {}
+    if tables.get("test"):
+        lines += ["", "Test part, images (patients):", "", markdown_table(tables["test"])]
+    return lines + [""]
+
+
+def _recipe_section(config: dict, metrics: dict | None) -> list[str]:
+    flags, run = config["config"], config.get("distributed", {})
+    environment = config.get("environment", {})
+    packages = ", ".join(f"{name} {version}" for name, version in environment.get("packages", {}).items() if version)
+    device = environment.get("cuda_device") or run.get("device", "?")
+    lines = ["## Recipe", "",
+             "Model: the seed's `Net` (four Conv3x3-BatchNorm-ReLU-MaxPool blocks 1-32-64-128-256, FC 512 + dropout "
+             f"{flags.get('dropout')}, FC 2, log-softmax), randomly initialised (seed {flags.get('seed')}). NLL loss, "
+             f"Adam lr {flags.get('lr')}, ReduceLROnPlateau (patience {flags.get('lr_patience')}, factor "
+             f"{flags.get('lr_factor')}), batch {flags.get('batch_size')}, {flags.get('epochs')} epochs.",
+             "",
+             f"- Command: `{config.get('command', 'not recorded')}`",
+             f"- Processes: {run.get('num_processes', '?')} on {device}; precision {run.get('mixed_precision', '?')}",
+             f"- Software: Python {environment.get('python', '?')}, {packages}; {environment.get('platform', '')}",
+             f"- Augmentation: {_augmentation(flags)}"]
+    if metrics and metrics.get("shipped"):
+        lines.append(f"- Shipped: {metrics['shipped']['why']}")
+    if config.get("resumes"):
+        lines.append(f"- Resumed {len(config['resumes'])} time(s); changes: "
+                     + ("; ".join(str(r.get('changed')) for r in config["resumes"] if r.get("changed")) or "none"))
+    return lines + ["- Every flag: `config.json` beside this card.", ""]
+
+
+def _augmentation(flags: dict) -> str:
+    chosen = [name for name in ("augment", "augment_acquisition", "augment_marks", "balance_sources") if flags.get(name)]
+    return ", ".join("--" + name.replace("_", "-") for name in chosen) or "none (the seed's recipe)"
+
+
+def _results_section(metrics: dict | None, run_dir: Path) -> list[str]:
+    if not metrics or "test" not in metrics:
+        return ["## Test results", "", "Not written yet: the run has not finished.", ""]
+    test = metrics["test"]
+    sidecar = _read(run_dir / "COVID_binary_classifier.json") or {}
+    resampled = test.get("bootstrap")
+    unit = (f"95% percentile bootstrap intervals, {resampled['resamples']} resamples of {resampled['units']} "
+            f"{resampled['unit']}s" + (" (all films of a drawn patient together)" if resampled["unit"] == "patient"
+                                       else "") if resampled else "no bootstrap intervals (--bootstrap 0)")
+    counts = test["n_per_class"]
+    lines = ["## Test results", "",
+             f"{test['n']} images ({counts['covid']} COVID, {counts['non_covid']} non-COVID), scored once by the "
+             f"shipped weights, called COVID at P >= {test['threshold']:.3f} ({sidecar.get('method', '?')}, chosen on "
+             f"the validation split). {unit}. Calibration: Brier score and ECE (10 bins) below.", "",
+             "| metric | value | 95% interval |", "| --- | --- | --- |"]
+    intervals = test.get("ci95", {})
+    for name in SHOWN_METRICS:
+        value, interval = test.get(name), intervals.get(name)
+        lines.append(f"| {name} | {'n/a' if value is None else f'{value:.3f}'} | "
+                     f"{f'{interval[0]:.3f} - {interval[1]:.3f}' if interval else ''} |")
+    lines.append(f"\nConfusion matrix [[TN, FP], [FN, TP]]: {test['confusion_matrix']}.")
+    return lines + [""]
+
+
+def _per_source_section(metrics: dict | None) -> list[str]:
+    by_source = (metrics or {}).get("test", {}).get("per_source")
+    if not by_source:
+        return []
+    lines = ["## Test results per source", "", "At the run's threshold; n/a where the source lacks the class the "
+             "metric needs.", "", "| source | n (COVID / non-COVID) | ROC AUC | sensitivity | specificity |",
+             "| --- | --- | --- | --- | --- |"]
+    for source, row in by_source.items():
+        cells = ["n/a" if row[name] is None else f"{row[name]:.3f}" for name in ("roc_auc", "sensitivity", "specificity")]
+        lines.append(f"| {source} | {row['n']} ({row['n_per_class']['covid']} / {row['n_per_class']['non_covid']}) | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _audit_section(run_dir: Path) -> list[str]:
+    from .audit import summary_rows  # (imports torch: only a card with an audit needs it)
+
+    lines = []
+    for path in sorted(run_dir.glob("audit-*/audit.json")):
+        report = _read(path)
+        if not report:
+            continue
+        lines += [f"## Shortcut audit ({report.get('split', '?')} split)", "",
+                  f"{report['images']} images; `{path.relative_to(run_dir)}` and its figure. Probes of known shortcuts, "
+                  "not a proof that none is used.", "", "| measurement | value | how to read it |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {value} | {reading} |" for name, value, reading in summary_rows(report)]
+        lines.append("")
+    return lines or ["## Shortcut audit", "", "Not run: `covid-ddp-audit --weights "
+                     f"{run_dir / 'COVID_binary_classifier.pth'}`.", ""]
+
+
+def _evaluations_section(run_dir: Path) -> list[str]:
+    lines = []
+    for path in sorted(run_dir.glob("evaluation-*/evaluation.json")):
+        report = _read(path)
+        if not report or "metrics" not in report:
+            continue
+        scored, folders = report["metrics"], report.get("data", {}).get("data_dirs") or [report.get("data", {}).get("data_dir")]
+        interval = scored.get("ci95", {}).get("roc_auc")
+        auc = "n/a" if scored.get("roc_auc") is None else f"{scored['roc_auc']:.3f}"
+        lines.append(f"- `{path.parent.name}` ({report.get('split')} of {', '.join(map(str, filter(None, folders)))}; "
+                     f"{scored['n']} images): ROC AUC {auc}" + (f" ({interval[0]:.3f} - {interval[1]:.3f})" if interval else "")
+                     + f", sensitivity {_rate(scored.get('sensitivity'))}, specificity {_rate(scored.get('specificity'))}")
+    return ["## Other evaluations", "", *lines, ""] if lines else []
+
+
+def _rate(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _reported_section(run_dir: Path) -> list[str]:
+    reported = _read(run_dir / REPORTED_FILE)
+    if not reported:
+        return []
+    return ["## In a report", "", f"Seed {reported.get('seed')} of setting '{reported.get('setting')}', recipe "
+            f"'{reported.get('recipe')}' in `{reported.get('report')}` (every setting and seed, and the ensemble of "
+            "the seeds, side by side).", ""]
+
+
+def _limitations(flags: dict, data: dict, metrics: dict | None) -> list[str]:
+    items = ["Images are 64x64: fine lung texture is gone; the model sees shapes, exposure and marks."]
+    lonely = single_class_sources(_whole_table(data.get("by_source") or {}))
+    if lonely:
+        items.append("Disease and source are confounded (" + ", ".join(f"{s}: {c} only" for s, c in lonely.items())
+                     + "): the test metrics cannot tell a model that sees COVID from one that recognises hospitals. "
+                     "Only a source held out whole that holds both classes measures that (covid-ddp-report).")
+    if not flags.get("group_split"):
+        items.append("The split is by image: follow-up films of one patient can sit in training and test, which "
+                     "flatters the test metrics (--group-split splits by patient).")
+    test = (metrics or {}).get("test", {})
+    if test.get("n_per_class") and min(test["n_per_class"].values()) < 50:
+        items.append(f"The test set holds {test['n_per_class']['covid']} COVID and {test['n_per_class']['non_covid']} "
+                     "non-COVID images: its intervals are wide.")
+    if data.get("source") == "synthetic":
+        items.append("Trained on synthetic images: says nothing about radiographs.")
+    items.append("Labels are those the source sets give; no radiologist re-read them for this run.")
+    items.append("No prospective, clinical or subgroup (age, sex, device) evaluation: the data holds no such fields.")
+    return ["## Limitations", "", *(f"- {item}" for item in items), ""]
+
+
+def _checklist() -> list[str]:
+    marks = {"card": "answered here", "partly": "partly here", "author": "the author's"}
+    lines = ["## CLAIM 2024 checklist", "",
+             "Checklist for Artificial Intelligence in Medical Imaging, 2024 update (Tejani et al., Radiology: "
+             "Artificial Intelligence 2024;6(4):e240300). Which items this card answers and which remain for the "
+             "author of a paper.", "", "| item | topic | status | where / what |", "| --- | --- | --- | --- |"]
+    lines += [f"| {number} | {topic} | {marks[status]} | {note} |" for number, topic, status, note in CLAIM_ITEMS]
+    return lines
