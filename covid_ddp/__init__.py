@@ -10,7 +10,8 @@ import importlib
 import sys
 import types
 
-_EXPORTS = {"Net": ".model", "gradcam": ".gradcam", "load_model": ".predict", "predict": ".predict"}
+_EXPORTS = {"Net": ".model", "gradcam": ".gradcam", "load_model": ".predict", "predict": ".predict",
+            "Ensemble": ".ensemble", "update_model_card": ".model_card"}
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.2.0"

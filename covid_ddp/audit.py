@@ -9,7 +9,7 @@ reader can compare between models (the same images, the same seed):
   draws) stamped on every non-COVID image. Mean change of P(COVID), and the share of the
   images called non-COVID that the marks turn into COVID calls. A model that reads "mark =
   COVID" flips them.
-- **border**: the outer eighth of the image on each side replaced by the image's median grey.
+- **border**: the outer eighth of the image on each side replaced by the median grey inside it.
   Change of ROC AUC and mean |change of P(COVID)|. Labels, markers and collimation edges
   live there; the lungs do not.
 - **source probe**: a logistic regression on the model's penultimate features (FC 512, their
@@ -39,7 +39,6 @@ import torch
 from . import launcher_watch
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
 from .data import patient_ids, source_names, to_binary
-from .errors import UserError
 from .files import atomic_path, write_json
 from .gradcam import gradcam
 from .marks import add_marks
@@ -117,13 +116,13 @@ def edge_width(size: int) -> int:
 
 
 def without_border(images: np.ndarray) -> np.ndarray:
-    """The outer band of every image set to that image's median grey."""
+    """The outer band of every image set to the median grey of the image's inside: the band's own
+    pixels (a marker's brightness, say) must not leak back through the grey that replaces them."""
     band = edge_width(images.shape[-1])
-    hidden = images.copy()
-    medians = np.median(images.reshape(len(images), -1), axis=1).astype(images.dtype)[:, None, None]
     inside = np.zeros(images.shape[-2:], dtype=bool)
     inside[band:-band, band:-band] = True
-    return np.where(inside, hidden, medians)
+    medians = np.median(images[:, inside], axis=1).astype(images.dtype)[:, None, None]
+    return np.where(inside, images, medians)
 
 
 def border_test(model, images, targets, p_covid, threshold: float) -> dict:

@@ -30,7 +30,7 @@ from .files import write_json
 from .metrics import METRICS, SOURCE_METRICS, binary_metrics, per_source
 from .ensemble import Ensemble, common_split, ensemble_threshold
 from .model_card import update_model_card
-from .predict import WEIGHTS_HELP, decision_threshold, inference_model, load_model, predict, resolve_device
+from .predict import WEIGHTS_HELP, decision_threshold, resolve_device
 from .splits import make_split
 
 FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
@@ -63,19 +63,16 @@ def run(arguments: argparse.Namespace) -> dict:
     if arguments.bootstrap < 0:
         raise UserError(f"--bootstrap must be 0 or more, got {arguments.bootstrap}")
     weights = [Path(path) for path in arguments.weights]
-    device = resolve_device(arguments.device)
+    ensemble = Ensemble.load(weights, resolve_device(arguments.device))  # one run, or the mean of several
+    if len(weights) > 1:
+        common_split(weights)  # refused before anything is read when the runs split otherwise
     data = load_evaluation_data(arguments.data_dir, weights[0])
     rows = rows_to_score(arguments.split, weights[0], data)
-    if len(weights) == 1:
-        model = inference_model(load_model(weights[0], device))
+    if len(weights) == 1 or arguments.threshold is not None:
         threshold, threshold_source = decision_threshold(arguments.threshold, weights[0])
-        p_covid = predict(model, data.images[rows])
-    else:  # an ensemble: one split for all (common_split), its own threshold on that split's validation part
-        ensemble = Ensemble.load(weights, device)
-        common_split(weights)
-        threshold, threshold_source = decision_threshold(arguments.threshold, weights[0]) if arguments.threshold \
-            is not None else ensemble_threshold(ensemble, data if arguments.data_dir is None else None)
-        p_covid = ensemble.predict(data.images[rows])
+    else:  # an ensemble's own threshold, on its runs' common validation split
+        threshold, threshold_source = ensemble_threshold(ensemble, data if arguments.data_dir is None else None)
+    p_covid = ensemble.predict(data.images[rows])
     targets = to_binary(data.labels)[rows]
     metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, arguments.bootstrap,
                              groups=patient_ids(data.meta, rows))

@@ -194,7 +194,8 @@ def test_bad_flags_get_one_line_and_exit_2(small_data, tmp_path, capsys, flags, 
 
 COMMANDS = {"covid-ddp-train": "covid_ddp.train", "covid-ddp-predict": "covid_ddp.predict",
             "covid-ddp-evaluate": "covid_ddp.evaluation", "covid-ddp-export": "covid_ddp.export",
-            "covid-ddp-prepare": "covid_ddp.prepare", "covid-ddp-report": "covid_ddp.report"}
+            "covid-ddp-prepare": "covid_ddp.prepare", "covid-ddp-report": "covid_ddp.report",
+            "covid-ddp-audit": "covid_ddp.audit"}
 
 
 def run_main(prog: str, argv: list, capsys) -> tuple[int, str]:
@@ -261,6 +262,10 @@ def weights(tmp_path):
     ("covid-ddp-export", ["--weights", "{missing}", "--onnx", "{tmp}/m.onnx"]),
     ("covid-ddp-prepare", ["--output-dir", "{tmp}/out", "{missing}"]),
     ("covid-ddp-report", ["--data-dir", "{missing}", "--output-dir", "{tmp}/out"]),
+    ("covid-ddp-audit", ["--weights", "{missing}", "--data-dir", "{tmp}", "--output-dir", "{tmp}/out"]),
+    ("covid-ddp-audit", ["--weights", "{weights}", "--data-dir", "{missing}", "--split", "all",
+                         "--output-dir", "{tmp}/out"]),
+    ("covid-ddp-evaluate", ["--weights", "{weights}", "--weights", "{missing}", "--data-dir", "{tmp}"]),
 ])
 def test_a_missing_path_does_not_exist_in_every_command(capsys, weights, tmp_path, prog, argv):
     missing = tmp_path / "missing"

@@ -29,20 +29,30 @@ def test_a_report_over_two_folders_writes_the_table(tmp_path, monkeypatch, capsy
     write_mcfam(tmp_path / "covidonly", images[covid_rows], labels[covid_rows])
     for name, value in clean_env().items():
         monkeypatch.setenv(name, value)
-    code = report_main(["--data-dir", str(mixed), str(tmp_path / "covidonly"), "--seeds", "1",
+    code = report_main(["--data-dir", str(mixed), str(tmp_path / "covidonly"), "--seeds", "1,2", "--ensemble",
                         "--output-dir", str(tmp_path / "report"), "--", "--epochs", "1", "--batch-size", "40",
                         "--bootstrap", "50", "--log-images-every", "0"])
     assert code == 0
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    by_setting = {row["setting"]: row["summary"] for row in report["rows"]}
+    by_setting = {row["setting"]: row["summary"] for row in report["rows"] if row["recipe"] == "default"}
     assert list(by_setting) == ["patient-level", "held out: covidonly"], "'mixed' alone holds both classes"
+    assert [(row["setting"], row["recipe"]) for row in report["rows"]] == [
+        ("patient-level", "default"), ("patient-level", "default ensemble"),
+        ("held out: covidonly", "default"), ("held out: covidonly", "default ensemble")]
+    ensemble = report["rows"][1]
+    assert ensemble["summary"]["roc_auc"]["std"] is None and ensemble["metrics"]["bootstrap"]["resamples"] == 50
     held = by_setting["held out: covidonly"]
     assert held["n"] == len(covid_rows) and held["roc_auc"] is None and held["specificity"] is None
     assert 0 <= held["sensitivity"]["mean"] <= 1 and len(held["sensitivity"]["interval"]) == 2
     assert 0.5 < by_setting["patient-level"]["roc_auc"]["mean"] <= 1
     table = (tmp_path / "report" / "report.md").read_text()
     assert "| held out: covidonly | default |" in table and "n/a" in table
-    assert (tmp_path / "report" / "held-out-covidonly" / "default" / "seed_1" / "COVID_binary_classifier.pth").is_file()
+    assert "| held out: covidonly | default ensemble |" in table
+    assert "**Confounded:** covidonly: COVID only" in table, "the report repeats the confounding warning"
+    run_dir = tmp_path / "report" / "held-out-covidonly" / "default" / "seed_2"
+    assert (run_dir / "COVID_binary_classifier.pth").is_file()
+    assert json.loads((run_dir / "reported.json").read_text())["setting"] == "held out: covidonly"
+    assert "Seed 2 of setting 'held out: covidonly'" in (run_dir / "model_card.md").read_text()
 
 
 def test_only_runs_the_named_settings_and_names_the_known_ones(tmp_path, capsys):
