@@ -38,6 +38,7 @@ import torch
 
 from . import launcher_watch
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
+from .errors import first_line
 from .data import patient_ids, source_names, to_binary
 from .files import atomic_path, write_json
 from .gradcam import gradcam
@@ -54,6 +55,7 @@ PIXEL_PROBE_SIZE = 16  # the reference probe's images: 16x16 averages of the pix
 PROBE_COMPONENTS = 32  # the probe reads the first principal components (fitted per fold): ~20x faster than 512
 GRADCAM_IMAGES = 256  # the Grad-CAM share is a mean: a sample of this many images measures it
 FIXED_SECONDS = 2.0  # the probe's fits and the figure, about, on this project's 2-core CPU
+AUDIT_SHARE = 0.10  # covid-ddp-train --audit auto: the largest share of the run's time the audit may add
 AUDIT_FILES = ("audit.json", "audit.md", "audit.png")
 
 
@@ -229,6 +231,36 @@ def gradcam_mass(model, images, targets, seed: int) -> dict:
     return {"inside_share": mean_of(np.ones(len(targets), dtype=bool)), "inside_share_covid": mean_of(targets == 1),
             "inside_share_non_covid": mean_of(targets == 0), "uniform_share": float(area),
             "images": int(len(heatmaps)), "images_without_heat": int((~hot).sum()), "mean_heatmap": heatmaps.mean(axis=0) if len(heatmaps) else None}
+
+
+def audit_after_training(mode: str, weights: Path, data, test_rows: np.ndarray, threshold: float, seed: int,
+                         run_seconds: float) -> None:
+    """covid-ddp-train --audit: the audit of the shipped weights on the test split, into
+    <run>/audit-test; under 'auto' only when it costs under AUDIT_SHARE of the run so far (else one
+    line saying how to run it). A failure is a warning: the run's own outputs are written."""
+    if mode == "no":
+        return
+    command = f"covid-ddp-audit --weights {weights}"
+    try:
+        model = load_model(weights)
+        images = data.images[test_rows]
+        if mode == "auto":
+            # The fixed part alone can rule it out (a small run) before the estimate's own timing.
+            estimate = FIXED_SECONDS if FIXED_SECONDS > AUDIT_SHARE * run_seconds else estimated_seconds(model, images)
+            if estimate > AUDIT_SHARE * run_seconds:
+                say(f"covid-ddp-train: the shortcut audit would take about {estimate:.0f} s, "
+                    f"{100 * estimate / run_seconds:.0f}% of this run: run it with {command}")
+                return
+        targets = to_binary(data.labels)[test_rows]
+        result = audit(model, images, targets, threshold, source_names(data.meta, test_rows),
+                       patient_ids(data.meta, test_rows), seed)
+        about = {"weights": str(weights), "split": "test", "what": "the test split",
+                 "threshold_source": "the run's, chosen on validation", "seed": seed}
+        write_audit(weights.parent / "audit-test", result, images, targets, seed, about)
+        print(f"Shortcut audit ({result['seconds']:.0f} s): {weights.parent / 'audit-test' / 'audit.md'}")
+    except Exception as error:  # an extra: the run's own outputs are already written
+        say(f"covid-ddp-train: warning: the shortcut audit failed ({type(error).__name__}: {first_line(error)}); "
+            f"run it with {command}")
 
 
 # --- the files ---------------------------------------------------------------------------------

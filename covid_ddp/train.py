@@ -46,8 +46,9 @@ from .errors import UserError, first_line
 from .loader import TrainingLoader, balanced_weights
 from .metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_source
 from .model import Net, raw_pixel_state_dict
+from .audit import audit_after_training
 from .model_card import update_model_card
-from .predict import inference_model, load_model
+from .predict import inference_model
 from .provenance import environment_summary, resident_memory_mb
 from .run_folder import RunFolder
 from .selection import BestWeights, Selection
@@ -124,12 +125,10 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     del run  # the DDP wrapper holds the process group: release it before shutting down
     shut_down(accelerator)
     if accelerator.is_main_process:  # after the group is gone: no other process waits on these
-        audit_if_cheap(config, folder.path, data, split.test, test_metrics["threshold"], time.monotonic() - started)
+        audit_after_training(config.audit, folder.path / ckpt.WEIGHTS_FILE, data, split.test, test_metrics["threshold"],
+                             config.seed, run_seconds=time.monotonic() - started)
         write_model_card(folder.path)
     return test_metrics
-
-
-AUDIT_SHARE = 0.10  # --audit auto: the largest share of the run's time the audit may add
 
 
 # --- start-up ---------------------------------------------------------------------------------
@@ -425,40 +424,6 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
                                                     "history": progress.history}, draw_final)
     accelerator.print(f"Model saved to {path}")
     return test_metrics
-
-
-def audit_if_cheap(config: TrainConfig, run_dir, data: RawData, test_rows: np.ndarray, threshold: float,
-                   run_seconds: float) -> None:
-    """--audit: the shortcut audit of the shipped weights on the test split, written to
-    <run>/audit-test; under 'auto' only when it costs under AUDIT_SHARE of the run so far (else
-    one line saying how to run it). A failure is a warning: the run's outputs are written."""
-    if config.audit == "no":
-        return
-    from . import audit  # (scikit-learn and matplotlib: only when auditing)
-
-    weights = run_dir / ckpt.WEIGHTS_FILE
-    command = f"covid-ddp-audit --weights {weights}"
-    try:
-        model = load_model(weights)
-        images = data.images[test_rows]
-        if config.audit == "auto":
-            # Decided before the estimate's own timing when the fixed part alone is too much (small runs).
-            estimate = audit.FIXED_SECONDS if audit.FIXED_SECONDS > AUDIT_SHARE * run_seconds else \
-                audit.estimated_seconds(model, images)
-            if estimate > AUDIT_SHARE * run_seconds:
-                say(f"covid-ddp-train: the shortcut audit would take about {estimate:.0f} s, "
-                    f"{100 * estimate / run_seconds:.0f}% of this run: run it with {command}")
-                return
-        targets = to_binary(data.labels)[test_rows]
-        result = audit.audit(model, images, targets, threshold, source_names(data.meta, test_rows),
-                             patient_ids(data.meta, test_rows), config.seed)
-        about = {"weights": str(weights), "split": "test", "what": "the test split",
-                 "threshold_source": "the run's, chosen on validation", "seed": config.seed}
-        audit.write_audit(run_dir / "audit-test", result, images, targets, config.seed, about)
-        print(f"Shortcut audit ({result['seconds']:.0f} s): {run_dir / 'audit-test' / 'audit.md'}")
-    except Exception as error:  # an extra: the run's own outputs are already written
-        say(f"covid-ddp-train: warning: the shortcut audit failed ({type(error).__name__}: {first_line(error)}); "
-            f"run it with {command}")
 
 
 def write_model_card(run_dir) -> None:
