@@ -137,8 +137,10 @@ def _data_section(data: dict, flags: dict) -> list[str]:
     if source == "synthetic":
         lines.append(f"Synthetic images made by covid_ddp (`--dataset synthetic`, {flags.get('synthetic_size')} images, "
                      f"seed {flags.get('seed')}): no patient's data.")
+    elif source == "mcfam":
+        lines.append(f"The MCFAM set ({', '.join(f'`{f}`' for f in folders) or 'the download cache'}).")
     else:
-        lines.append(f"Kind: {source}; folders: {', '.join(f'`{f}`' for f in folders) or 'the MCFAM cache'}.")
+        lines.append(f"Images from the folders {', '.join(f'`{f}`' for f in folders)}.")
     files = data.get("files") or {}
     if files:
         lines += ["", "| file | sha256 |", "| --- | --- |"]

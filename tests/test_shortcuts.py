@@ -121,6 +121,18 @@ def test_covid_ddp_audit_of_a_run_brings_its_card_up_to_date(seed_runs, tmp_path
     assert err.count("\n") == 1 and "covid-ddp-audit: error:" in err and "Traceback" not in err
 
 
+def test_the_end_of_training_audit_runs_when_cheap_and_a_failure_is_only_a_warning(seed_runs, three_sources, tmp_path,
+                                                                                     capsys):
+    root, _ = seed_runs
+    run_dir = shutil.copytree(root / "seed_2", tmp_path / "run")
+    data, rows = load_data_dir(three_sources), np.load(run_dir / "splits.npz")["test"]
+    audit.audit_after_training("auto", run_dir / WEIGHTS, data, rows, 0.5, seed=0, run_seconds=10_000)
+    assert json.loads((run_dir / "audit-test" / "audit.json").read_text())["images"] == len(rows), "1% of a long run"
+    audit.audit_after_training("yes", tmp_path / "gone" / WEIGHTS, data, rows, 0.5, seed=0, run_seconds=1)
+    err = capsys.readouterr().err
+    assert "warning: the shortcut audit failed" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
 # --- the measurements, on models whose shortcut is known --------------------------------------
 
 
