@@ -172,6 +172,12 @@ def source_probe(features, images, targets, sources, patients, seed: int) -> dic
             by_class[name] = {"skipped": f"fewer than 2 sources with >= {PROBE_MIN_IMAGES} {name} images",
                               "sources": {str(n): int(c) for n, c in zip(names, counts)}}
             continue
+        if patients is not None:  # folds hold whole patients: each source needs a patient in every fold
+            kept = [n for n in kept if len(np.unique(patients[rows][sources[rows] == n])) >= PROBE_FOLDS]
+        if len(kept) < 2:
+            by_class[name] = {"skipped": f"fewer than 2 sources with >= {PROBE_MIN_IMAGES} {name} images of >= "
+                              f"{PROBE_FOLDS} patients", "sources": {str(n): int(c) for n, c in zip(names, counts)}}
+            continue
         rows = rows[np.isin(sources[rows], kept)]
         groups = None if patients is None else patients[rows]
         by_class[name] = {"sources": {str(n): int((sources[rows] == n).sum()) for n in kept},
@@ -191,7 +197,7 @@ def _probe_auc(features: np.ndarray, sources: np.ndarray, groups: np.ndarray | N
     from sklearn.preprocessing import StandardScaler
 
     classes, y = np.unique(sources, return_inverse=True)
-    folds = min(PROBE_FOLDS, int(np.bincount(y).min()))
+    folds = min(PROBE_FOLDS, int(np.bincount(y).min()))  # (source_probe keeps sources of >= PROBE_FOLDS patients)
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed) if groups is not None else \
         StratifiedKFold(folds, shuffle=True, random_state=seed)
     scores = np.zeros((len(y), len(classes)))
@@ -254,8 +260,8 @@ def audit_after_training(mode: str, weights: Path, data, test_rows: np.ndarray, 
         targets = to_binary(data.labels)[test_rows]
         result = audit(model, images, targets, threshold, source_names(data.meta, test_rows),
                        patient_ids(data.meta, test_rows), seed)
-        about = {"weights": str(weights), "split": "test", "what": "the test split",
-                 "threshold_source": "the run's, chosen on validation", "seed": seed}
+        about = {"weights": str(weights), "split": "test", "what": "the test split", "data": data.provenance,
+                 "threshold_source": decision_threshold(None, weights)[1], "seed": seed}
         write_audit(weights.parent / "audit-test", result, images, targets, seed, about)
         print(f"Shortcut audit ({result['seconds']:.0f} s): {weights.parent / 'audit-test' / 'audit.md'}")
     except Exception as error:  # an extra: the run's own outputs are already written
@@ -274,6 +280,7 @@ def write_audit(output_dir: Path, result: dict, images: np.ndarray, targets: np.
     write_json(output_dir / "audit.json", report)
     with atomic_path(output_dir / "audit.md") as tmp:
         tmp.write_text(markdown(report))
+    (output_dir / "audit.png").unlink(missing_ok=True)  # an earlier audit's figure must not sit beside these numbers
     try:
         from .figures import audit_figure, save_figure
 
@@ -350,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(arguments: argparse.Namespace) -> dict:
     from .evaluation import load_evaluation_data, rows_to_score  # (evaluation imports this module's neighbours)
-    from .model_card import update_model_card
+    from .model_card import refresh_model_card
 
     weights = Path(arguments.weights)
     model = load_model(weights, resolve_device(arguments.device))
@@ -362,11 +369,11 @@ def run(arguments: argparse.Namespace) -> dict:
                    patient_ids(data.meta, rows), arguments.seed)
     output_dir = Path(arguments.output_dir or weights.parent / f"audit-{arguments.split}")
     about = {"weights": str(weights), "split": arguments.split, "what": f"the {arguments.split} split",
-             "threshold_source": threshold_source, "seed": arguments.seed}
+             "data": data.provenance, "threshold_source": threshold_source, "seed": arguments.seed}
     write_audit(output_dir, result, data.images[rows], targets, arguments.seed, about)
     print(markdown({**about, **result}), end="")
     print(f"wrote {', '.join(str(output_dir / name) for name in AUDIT_FILES)}")
-    update_model_card(weights.parent)
+    refresh_model_card(weights.parent, "covid-ddp-audit")
     return result
 
 

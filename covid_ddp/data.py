@@ -384,7 +384,9 @@ def as_text(values: np.ndarray) -> np.ndarray:
 
 
 def patient_ids(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
-    """The patient id of each of ``rows`` (meta.npz 'patient_id', as text), or None without one."""
+    """The patient id of each of ``rows`` (meta.npz 'patient_id', as text), or None without one.
+    Ids are taken as given, as the patient-level split takes them: give each patient one id
+    across folders (real-cxr's carry their source, 'hannover:e5c29e19')."""
     if meta is None or "patient_id" not in meta:
         return None
     return as_text(np.asarray(meta["patient_id"]))[rows]

@@ -40,7 +40,7 @@ class Ensemble:
     @classmethod
     def load(cls, paths: list[str | Path], device: torch.device | str = "cpu") -> "Ensemble":
         paths = [Path(path) for path in paths]
-        if len(set(map(str, paths))) < len(paths):
+        if len({path.resolve() for path in paths}) < len(paths):
             raise UserError("--weights: the same file is given twice; an ensemble averages different runs")
         return cls(paths, [load_model(path, device) for path in paths])
 
@@ -60,8 +60,9 @@ def common_split(paths: list[Path]) -> dict:
         run_dir = path.parent
         splits, config = run_dir / ckpt.SPLITS_FILE, run_dir / ckpt.CONFIG_FILE
         if not splits.is_file() or not config.is_file():
-            raise UserError(f"{path}: its run folder ({ckpt.SPLITS_FILE}, {ckpt.CONFIG_FILE}) is not beside it; an "
-                            "ensemble's threshold comes from its runs' common validation split: pass --threshold")
+            raise UserError(f"{path}: its run folder ({ckpt.SPLITS_FILE}, {ckpt.CONFIG_FILE}) is not beside it, and an "
+                            "ensemble's split and threshold come from its runs' folders; for weights without them "
+                            "pass --threshold (and --split all to covid-ddp-evaluate)")
         rows = ckpt.read_splits(splits)
         files = _data_files(config)
         if reference is None:
@@ -75,12 +76,12 @@ def common_split(paths: list[Path]) -> dict:
     return reference[0]
 
 
-def _data_files(config_path: Path) -> dict:
+def _data_files(config_path: Path) -> str | None:
+    """What identifies the run's data: the files' sha256, or the synthetic set's settings."""
     try:
-        files = json.loads(config_path.read_text()).get("data", {}).get("files") or {}
+        return json.loads(config_path.read_text()).get("data", {}).get("fingerprint")
     except ValueError as error:
         raise UserError(f"{config_path}: not a covid_ddp run configuration ({error})")
-    return {name: entry.get("sha256") for name, entry in files.items()}
 
 
 def ensemble_threshold(ensemble: Ensemble, run_data=None) -> tuple[float, str]:

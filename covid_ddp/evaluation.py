@@ -29,7 +29,7 @@ from .errors import UserError
 from .files import write_json
 from .metrics import METRICS, SOURCE_METRICS, binary_metrics, per_source
 from .ensemble import Ensemble, common_split, ensemble_threshold
-from .model_card import update_model_card
+from .model_card import refresh_model_card
 from .predict import WEIGHTS_HELP, decision_threshold, resolve_device
 from .splits import make_split
 
@@ -64,8 +64,8 @@ def run(arguments: argparse.Namespace) -> dict:
         raise UserError(f"--bootstrap must be 0 or more, got {arguments.bootstrap}")
     weights = [Path(path) for path in arguments.weights]
     ensemble = Ensemble.load(weights, resolve_device(arguments.device))  # one run, or the mean of several
-    if len(weights) > 1:
-        common_split(weights)  # refused before anything is read when the runs split otherwise
+    if len(weights) > 1 and (arguments.split != "all" or arguments.threshold is None):
+        common_split(weights)  # its rows, or its threshold: refused before anything is read if the runs split otherwise
     data = load_evaluation_data(arguments.data_dir, weights[0])
     rows = rows_to_score(arguments.split, weights[0], data)
     if len(weights) == 1 or arguments.threshold is not None:
@@ -92,7 +92,7 @@ def run(arguments: argparse.Namespace) -> dict:
         print(format_sources(by_source, threshold))
     print(f"wrote {output_dir / 'evaluation.json'} and {', '.join(FIGURES)}")
     if len(weights) == 1:  # an ensemble's results belong to no one run's card
-        update_model_card(weights[0].parent)
+        refresh_model_card(weights[0].parent, "covid-ddp-evaluate")
     return report
 
 

@@ -95,6 +95,22 @@ def update_model_card(run_dir: Path) -> Path | None:
     return path
 
 
+def refresh_model_card(run_dir: Path, prog: str, quiet: bool = False) -> None:
+    """``update_model_card`` for a command whose own outputs are written: a card that cannot be
+    rebuilt (a damaged record, a full disk) is a warning, not a failure of the command."""
+    from .cli import say
+    from .errors import first_line
+
+    try:
+        path = update_model_card(run_dir)
+    except Exception as error:
+        say(f"{prog}: warning: {Path(run_dir) / CARD_FILE} not brought up to date ({type(error).__name__}: "
+            f"{first_line(error)})")
+        return
+    if path is not None and not quiet:
+        print(f"Model card: {path}")
+
+
 def _read(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
@@ -158,10 +174,13 @@ def _data_section(data: dict, flags: dict) -> list[str]:
 
 
 def _whole_table(tables: dict) -> dict:
-    """The per-part tables summed (patients summed too: a patient lies in one part under --group-split)."""
+    """The table of all the run's images ("all"; for a config.json without one, the parts' tables
+    summed, patients too, which counts a patient in two parts twice)."""
+    if tables.get("all"):
+        return tables["all"]
     whole = {}
-    for table in tables.values():
-        for source, classes in (table or {}).items():
+    for part in ("train", "val", "test"):
+        for source, classes in (tables.get(part) or {}).items():
             entry = whole.setdefault(source, {name: {"images": 0, "patients": 0} for name in classes})
             for name, counts in classes.items():
                 entry[name]["images"] += counts["images"]
@@ -223,14 +242,12 @@ def _results_section(metrics: dict | None, run_dir: Path) -> list[str]:
     test = metrics["test"]
     sidecar = _read(run_dir / "COVID_binary_classifier.json") or {}
     resampled = test.get("bootstrap")
-    unit = (f"95% percentile bootstrap intervals, {resampled['resamples']} resamples of {resampled['units']} "
-            f"{resampled['unit']}s" + (" (all films of a drawn patient together)" if resampled["unit"] == "patient"
-                                       else "") if resampled else "no bootstrap intervals (--bootstrap 0)")
+    unit = _resampling(resampled) if resampled else "no bootstrap intervals (--bootstrap 0)"
     counts = test["n_per_class"]
     lines = ["## Test results", "",
              f"{test['n']} images ({counts['covid']} COVID, {counts['non_covid']} non-COVID), scored once by the "
-             f"shipped weights, called COVID at P >= {test['threshold']:.3f} ({sidecar.get('method', '?')}, chosen on "
-             f"the validation split). {unit}. Calibration: Brier score and ECE (10 bins) below.", "",
+             f"shipped weights, called COVID at P >= {test['threshold']:.3f} ({_threshold_origin(sidecar)}). {unit}. "
+             "Calibration: Brier score and ECE (10 bins) below.", "",
              "| metric | value | 95% interval |", "| --- | --- | --- |"]
     intervals = test.get("ci95", {})
     for name in SHOWN_METRICS:
@@ -239,6 +256,19 @@ def _results_section(metrics: dict | None, run_dir: Path) -> list[str]:
                      f"{f'{interval[0]:.3f} - {interval[1]:.3f}' if interval else ''} |")
     lines.append(f"\nConfusion matrix [[TN, FP], [FN, TP]]: {test['confusion_matrix']}.")
     return lines + [""]
+
+
+def _threshold_origin(sidecar: dict) -> str:
+    method = sidecar.get("method", "method not recorded")
+    return f"{method}, chosen on the validation split" if sidecar.get("chosen_on") == "validation" else method
+
+
+def _resampling(resampled: dict) -> str:
+    """How the intervals were drawn (a metrics.json of covid_ddp 0.2 does not name the unit: images)."""
+    unit, units = resampled.get("unit", "image"), resampled.get("units")
+    drawn = f"{units} {unit}s" if units else f"the {unit}s"
+    together = " (all films of a drawn patient together)" if unit == "patient" else ""
+    return f"95% percentile bootstrap intervals, {resampled.get('resamples', '?')} resamples of {drawn}{together}"
 
 
 def _per_source_section(metrics: dict | None) -> list[str]:

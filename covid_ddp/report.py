@@ -41,7 +41,7 @@ from .ensemble import Ensemble, common_split, ensemble_threshold
 from .errors import UserError
 from .files import atomic_path, write_json
 from .metrics import binary_metrics
-from .model_card import REPORTED_FILE, update_model_card
+from .model_card import REPORTED_FILE, refresh_model_card
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "threshold")  # the calls are made at each run's own threshold
 TRAIN_MODULE = ["-m", "covid_ddp.train"]
@@ -177,6 +177,8 @@ def run(arguments: argparse.Namespace) -> list[dict]:
     unknown = set(without) - set(np.asarray(data.meta["dataset"]).astype(str))
     if unknown:
         raise UserError(f"--patient-split-without: no source named {', '.join(sorted(unknown))} in the data")
+    if arguments.ensemble and len(seeds) < 2:
+        raise UserError(f"--ensemble averages the seeds' models: give --seeds two or more, got '{arguments.seeds}'")
     launcher = [*(shlex.split(arguments.launcher) if arguments.launcher else [sys.executable]), *TRAIN_MODULE]
     output = Path(arguments.output_dir)
     every = settings(data.meta, to_binary(data.labels), without)
@@ -196,7 +198,7 @@ def run(arguments: argparse.Namespace) -> list[dict]:
             row = {"setting": setting, "recipe": recipe, "flags": split_flags + recipe_flags,
                    "runs": runs, "summary": summarise(list(runs.values()))}
             new_rows = [row]
-            if arguments.ensemble and len(seeds) > 1:
+            if arguments.ensemble:
                 new_rows.append(ensemble_row(row, [folders_of[seed] for seed in seeds], data, _bootstrap(shared)))
             replaced = {(r["setting"], r["recipe"]) for r in new_rows}
             rows = _in_report_order([r for r in rows if (r["setting"], r["recipe"]) not in replaced] + new_rows,
@@ -208,7 +210,7 @@ def run(arguments: argparse.Namespace) -> list[dict]:
             for seed, run_dir in folders_of.items():  # each run's card says where it was reported
                 write_json(run_dir / REPORTED_FILE, {"report": str(output / "report.md"), "setting": setting,
                                                      "recipe": recipe, "seed": seed, "seeds": seeds})
-                update_model_card(run_dir)
+                refresh_model_card(run_dir, "covid-ddp-report", quiet=True)
     sources = table_of(data.meta, to_binary(data.labels), np.arange(len(data.labels)))
     with atomic_path(output / "report.md") as tmp:
         tmp.write_text(markdown(rows, seeds, sources))

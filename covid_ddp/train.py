@@ -47,7 +47,7 @@ from .loader import TrainingLoader, balanced_weights
 from .metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_source
 from .model import Net, raw_pixel_state_dict
 from .audit import audit_after_training
-from .model_card import update_model_card
+from .model_card import refresh_model_card
 from .predict import inference_model
 from .provenance import environment_summary, resident_memory_mb
 from .run_folder import RunFolder
@@ -127,7 +127,7 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     if accelerator.is_main_process:  # after the group is gone: no other process waits on these
         audit_after_training(config.audit, folder.path / ckpt.WEIGHTS_FILE, data, split.test, test_metrics["threshold"],
                              config.seed, run_seconds=time.monotonic() - started)
-        write_model_card(folder.path)
+        refresh_model_card(folder.path, "covid-ddp-train")
     return test_metrics
 
 
@@ -426,13 +426,6 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
     return test_metrics
 
 
-def write_model_card(run_dir) -> None:
-    try:
-        print(f"Model card: {update_model_card(run_dir)}")
-    except Exception as error:
-        say(f"covid-ddp-train: warning: model_card.md not written ({type(error).__name__}: {first_line(error)})")
-
-
 def shipped_model(weights: dict, device: torch.device) -> Net:
     """The weights file's model as covid-ddp-predict runs it: fp32, BatchNorm folded."""
     model = Net()
@@ -516,7 +509,8 @@ def _command_line() -> str:
 def _by_source(data: RawData, split) -> dict:
     """Images and patients per source and class of each part (for config.json and the model card)."""
     targets = to_binary(data.labels)
-    tables = {part: table_of(data.meta, targets, rows) for part, rows in split.as_arrays().items()}
+    parts = {"all": np.concatenate(list(split.as_arrays().values())), **split.as_arrays()}
+    tables = {part: table_of(data.meta, targets, rows) for part, rows in parts.items()}
     return {"by_source": tables} if tables["train"] is not None else {}
 
 

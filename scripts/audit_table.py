@@ -23,8 +23,8 @@ ROWS = (  # (label, how to read the number out of audit.json)
     ("marks: share of non-COVID calls turned COVID", lambda a: a["marks"]["flip_share"]),
     ("border hidden: change of ROC AUC", lambda a: a["border"]["roc_auc_change"]),
     ("border hidden: mean abs change of P(COVID)", lambda a: a["border"]["mean_abs_change"]),
-    ("source probe, COVID images: ROC AUC", lambda a: a["source_probe"]["COVID"].get("roc_auc")),
-    ("source probe, non-COVID images: ROC AUC", lambda a: a["source_probe"]["non-COVID"].get("roc_auc")),
+    ("source probe, COVID images: ROC AUC", lambda a: a["source_probe"].get("COVID", {}).get("roc_auc")),
+    ("source probe, non-COVID images: ROC AUC", lambda a: a["source_probe"].get("non-COVID", {}).get("roc_auc")),
     ("Grad-CAM heat inside the lung box (0.56: even)", lambda a: a["gradcam"]["inside_share"]),
 )
 
