@@ -502,8 +502,12 @@ def _recorded_flags(config: TrainConfig, data: RawData) -> dict:
 
 def _command_line() -> str:
     """This process's command, near enough as typed (a launcher's own flags are in "distributed")."""
-    program = Path(sys.argv[0]).name
-    return shlex.join([program, *sys.argv[1:]] if program.startswith("covid-ddp") else ["python", *sys.argv])
+    program = Path(sys.argv[0])
+    if program.name.startswith("covid-ddp"):
+        return shlex.join([program.name, *sys.argv[1:]])
+    if program.parts[-2:] == ("covid_ddp", "train.py"):  # python -m covid_ddp.train (covid-ddp-report)
+        return shlex.join(["python", "-m", "covid_ddp.train", *sys.argv[1:]])
+    return shlex.join(["python", *sys.argv])
 
 
 def _by_source(data: RawData, split) -> dict:
