@@ -39,12 +39,12 @@ def audits(folder: Path) -> list[dict]:
     return found
 
 
-def cell(values: list) -> str:
+def cell(values: list, signed: bool) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "n/a"
     spread = f" ± {np.std(values, ddof=1):.3f}" if len(values) > 1 else ""
-    return f"{np.mean(values):+.3f}{spread}" if min(values) < 0 else f"{np.mean(values):.3f}{spread}"
+    return (f"{np.mean(values):+.3f}" if signed else f"{np.mean(values):.3f}") + spread
 
 
 def main() -> None:
@@ -60,7 +60,8 @@ def main() -> None:
     print("| measurement | " + " | ".join(recipes) + " |")
     print("| --- |" + " --- |" * len(recipes))
     for label, value in ROWS:
-        print(f"| {label} | " + " | ".join(cell([value(a) for a in by_recipe[name]]) for name in recipes) + " |")
+        signed = "change of" in label and "abs" not in label  # a change has a direction
+        print(f"| {label} | " + " | ".join(cell([value(a) for a in by_recipe[name]], signed) for name in recipes) + " |")
 
 
 if __name__ == "__main__":
