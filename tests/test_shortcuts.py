@@ -126,6 +126,9 @@ def test_covid_ddp_audit_of_a_run_brings_its_card_up_to_date(seed_runs, tmp_path
     out = capsys.readouterr().out
     assert "| border hidden: change of ROC AUC |" in out and (run_dir / "audit-val" / "audit.md").is_file()
     assert "## Shortcut audit (val split)" in (run_dir / "model_card.md").read_text()
+    assert evaluate_main(["--weights", str(run_dir / WEIGHTS), "--bootstrap", "50"]) == 0
+    card = (run_dir / "model_card.md").read_text()
+    assert "## Other evaluations" in card and "`evaluation-test` (test of" in card, "evaluate brings the card up to date"
     # A mistake is one line, and nothing is written.
     assert audit_main(["--weights", str(tmp_path / "missing.pth")]) != 0
     err = capsys.readouterr().err
@@ -212,6 +215,9 @@ def test_the_source_probe_finds_a_source_the_features_encode_and_only_then():
     assert 0.3 < found["COVID"]["pixels_roc_auc"] < 0.7, "the pixels carry no source here"
     blind = audit.source_probe(noise, images, targets, sources, patients, seed=0)
     assert 0.3 < blind["COVID"]["roc_auc"] < 0.7
+    three = np.array(["a", "b", "c"] * 40)  # three sources: one against the rest, averaged
+    encoded_three = noise + 3 * np.eye(3)[np.arange(120) % 3] @ rng.normal(size=(3, 40))
+    assert audit.source_probe(encoded_three, images, targets, three, patients, seed=0)["COVID"]["roc_auc"] > 0.95
     few = audit.source_probe(noise[:30], images[:30], targets[:30], sources[:30], patients[:30], seed=0)
     assert "skipped" in few["non-COVID"] and few["non-COVID"]["sources"] == {"a": 15, "b": 15}, "under 20 a source"
     assert "skipped" in audit.source_probe(noise, images, targets, None, None, seed=0)
@@ -289,6 +295,16 @@ def test_an_ensemble_of_runs_of_other_splits_is_refused_in_one_line(seed_runs, t
     err = capsys.readouterr().err
     assert code != 0 and err.count("\n") == 1 and "trained on another split" in err
     assert "an ensemble needs runs of one split" in err and not (tmp_path / "ensemble").exists()
+    alone = tmp_path / "alone" / WEIGHTS  # weights without their run folder
+    alone.parent.mkdir()
+    shutil.copy(root / "seed_1" / WEIGHTS, alone)
+    for weights, message in (([root / "seed_1" / WEIGHTS, alone], "its run folder (splits.npz, config.json) is not "
+                               "beside it"),
+                              ([root / "seed_1" / WEIGHTS, root / "seed_1" / ".." / "seed_1" / WEIGHTS],
+                               "the same file is given twice")):
+        assert evaluate_main([arg for path in weights for arg in ("--weights", str(path))]) != 0
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
     np.savez(other / "splits.npz", **saved)
     config = json.loads((other / "config.json").read_text())
     config["data"]["fingerprint"] = "meta.npz 0000"  # the same rows of other data
