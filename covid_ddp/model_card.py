@@ -325,9 +325,9 @@ def _reported_section(run_dir: Path) -> list[str]:
     reported = _read(run_dir / REPORTED_FILE)
     if not reported:
         return []
+    beside = "every setting and seed" + (", and the seeds' ensemble," if reported.get("ensemble") else "")
     return ["## In a report", "", f"Seed {reported.get('seed')} of setting '{reported.get('setting')}', recipe "
-            f"'{reported.get('recipe')}' in `{reported.get('report')}` (every setting and seed, and the ensemble of "
-            "the seeds, side by side).", ""]
+            f"'{reported.get('recipe')}' in `{reported.get('report')}` ({beside} side by side).", ""]
 
 
 def _limitations(flags: dict, data: dict, metrics: dict | None) -> list[str]:

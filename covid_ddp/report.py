@@ -209,7 +209,8 @@ def run(arguments: argparse.Namespace) -> list[dict]:
             write_json(output / "report.json", {**header, "rows": rows})
             for seed, run_dir in folders_of.items():  # each run's card says where it was reported
                 write_json(run_dir / REPORTED_FILE, {"report": str(output / "report.md"), "setting": setting,
-                                                     "recipe": recipe, "seed": seed, "seeds": seeds})
+                                                     "recipe": recipe, "seed": seed, "seeds": seeds,
+                                                     "ensemble": arguments.ensemble})
                 refresh_model_card(run_dir, "covid-ddp-report", quiet=True)
     sources = table_of(data.meta, to_binary(data.labels), np.arange(len(data.labels)))
     with atomic_path(output / "report.md") as tmp:
