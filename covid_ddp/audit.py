@@ -257,16 +257,25 @@ def audit_after_training(mode: str, weights: Path, data, test_rows: np.ndarray, 
                 say(f"covid-ddp-train: the shortcut audit would take about {estimate:.0f} s, "
                     f"{100 * estimate / run_seconds:.0f}% of this run: run it with {command}")
                 return
-        targets = to_binary(data.labels)[test_rows]
-        result = audit(model, images, targets, threshold, source_names(data.meta, test_rows),
-                       patient_ids(data.meta, test_rows), seed)
-        about = {"weights": str(weights), "split": "test", "what": "the test split", "data": data.provenance,
-                 "threshold_source": decision_threshold(None, weights)[1], "seed": seed}
-        write_audit(weights.parent / "audit-test", result, images, targets, seed, about)
+        result, _ = audit_rows(model, weights, data, test_rows, "test", (threshold, decision_threshold(None, weights)[1]),
+                               seed, weights.parent / "audit-test")
         print(f"Shortcut audit ({result['seconds']:.0f} s): {weights.parent / 'audit-test' / 'audit.md'}")
     except Exception as error:  # an extra: the run's own outputs are already written
         say(f"covid-ddp-train: warning: the shortcut audit failed ({type(error).__name__}: {first_line(error)}); "
             f"run it with {command}")
+
+
+def audit_rows(model: Net, weights: Path, data, rows: np.ndarray, split: str, decision: tuple[float, str], seed: int,
+               output_dir: Path) -> tuple[dict, dict]:
+    """``audit`` of ``rows`` of ``data`` at ``decision`` (threshold, where it came from), written to
+    ``output_dir``; returns (the result, what it was run on)."""
+    threshold, threshold_source = decision
+    images, targets = data.images[rows], to_binary(data.labels)[rows]
+    result = audit(model, images, targets, threshold, source_names(data.meta, rows), patient_ids(data.meta, rows), seed)
+    about = {"weights": str(weights), "split": split, "what": f"the {split} split", "data": data.provenance,
+             "threshold_source": threshold_source, "seed": seed}
+    write_audit(output_dir, result, images, targets, seed, about)
+    return result, about
 
 
 # --- the files ---------------------------------------------------------------------------------
@@ -363,14 +372,9 @@ def run(arguments: argparse.Namespace) -> dict:
     model = load_model(weights, resolve_device(arguments.device))
     data = load_evaluation_data(arguments.data_dir, weights)
     rows = rows_to_score(arguments.split, weights, data)
-    threshold, threshold_source = decision_threshold(arguments.threshold, weights)
-    targets = to_binary(data.labels)[rows]
-    result = audit(model, data.images[rows], targets, threshold, source_names(data.meta, rows),
-                   patient_ids(data.meta, rows), arguments.seed)
     output_dir = Path(arguments.output_dir or weights.parent / f"audit-{arguments.split}")
-    about = {"weights": str(weights), "split": arguments.split, "what": f"the {arguments.split} split",
-             "data": data.provenance, "threshold_source": threshold_source, "seed": arguments.seed}
-    write_audit(output_dir, result, data.images[rows], targets, arguments.seed, about)
+    result, about = audit_rows(model, weights, data, rows, arguments.split,
+                               decision_threshold(arguments.threshold, weights), arguments.seed, output_dir)
     print(markdown({**about, **result}), end="")
     print(f"wrote {', '.join(str(output_dir / name) for name in AUDIT_FILES)}")
     refresh_model_card(weights.parent, "covid-ddp-audit")

@@ -84,14 +84,15 @@ def _data_files(config_path: Path) -> str | None:
         raise UserError(f"{config_path}: not a covid_ddp run configuration ({error})")
 
 
-def ensemble_threshold(ensemble: Ensemble, run_data=None) -> tuple[float, str]:
+def ensemble_threshold(ensemble: Ensemble, run_data=None, split: dict | None = None) -> tuple[float, str]:
     """(threshold, where it came from): chosen on the runs' common validation split with the
     ensemble's scores, as each run chose its own (Youden's J, or its --target-sensitivity).
-    ``run_data``: the set the runs trained on, when the caller has it loaded."""
+    ``run_data``: the set the runs trained on, and ``split``: their ``common_split``, when the
+    caller has them already."""
     from .data import to_binary
     from .evaluation import load_evaluation_data  # (matplotlib: only for an ensemble)
 
-    val_rows = common_split(ensemble.paths)["val"]
+    val_rows = (split or common_split(ensemble.paths))["val"]
     if not len(val_rows):
         return 0.5, "default 0.5 (the runs have no validation split)"
     data = run_data if run_data is not None else load_evaluation_data(None, ensemble.paths[0])

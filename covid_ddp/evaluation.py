@@ -64,14 +64,15 @@ def run(arguments: argparse.Namespace) -> dict:
         raise UserError(f"--bootstrap must be 0 or more, got {arguments.bootstrap}")
     weights = [Path(path) for path in arguments.weights]
     ensemble = Ensemble.load(weights, resolve_device(arguments.device))  # one run, or the mean of several
+    split = None
     if len(weights) > 1 and (arguments.split != "all" or arguments.threshold is None):
-        common_split(weights)  # its rows, or its threshold: refused before anything is read if the runs split otherwise
+        split = common_split(weights)  # its rows, or its threshold: refused before anything is read if the runs differ
     data = load_evaluation_data(arguments.data_dir, weights[0])
     rows = rows_to_score(arguments.split, weights[0], data)
     if len(weights) == 1 or arguments.threshold is not None:
         threshold, threshold_source = decision_threshold(arguments.threshold, weights[0])
     else:  # an ensemble's own threshold, on its runs' common validation split
-        threshold, threshold_source = ensemble_threshold(ensemble, data if arguments.data_dir is None else None)
+        threshold, threshold_source = ensemble_threshold(ensemble, data if arguments.data_dir is None else None, split)
     p_covid = ensemble.predict(data.images[rows])
     targets = to_binary(data.labels)[rows]
     metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, arguments.bootstrap,

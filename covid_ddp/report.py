@@ -128,8 +128,9 @@ def ensemble_row(row: dict, run_dirs: list[Path], data, bootstrap: int) -> dict:
     threshold chosen on their common validation split, its own bootstrap interval."""
     weights = [run_dir / WEIGHTS_FILE for run_dir in run_dirs]
     ensemble = Ensemble.load(weights)
-    threshold, _ = ensemble_threshold(ensemble, data)
-    test_rows = common_split(weights)["test"]
+    split = common_split(weights)
+    threshold, _ = ensemble_threshold(ensemble, data, split)
+    test_rows = split["test"]
     targets = to_binary(data.labels)[test_rows]
     scored = binary_metrics(ensemble.predict(data.images[test_rows]), targets, threshold=threshold,
                             bootstrap=bootstrap, groups=patient_ids(data.meta, test_rows))
