@@ -44,7 +44,7 @@ from .files import atomic_path, write_json
 from .gradcam import gradcam
 from .marks import add_marks
 from .metrics import roc_auc
-from .model import Net
+from .model import watch_penultimate
 from .predict import WEIGHTS_HELP, decision_threshold, inference_model, load_model, predict, resolve_device
 from .seeding import stream_seed
 
@@ -59,11 +59,11 @@ AUDIT_SHARE = 0.10  # covid-ddp-train --audit auto: the largest share of the run
 AUDIT_FILES = ("audit.json", "audit.md", "audit.png")
 
 
-def audit(model: Net, images: np.ndarray, targets: np.ndarray, threshold: float, sources: np.ndarray | None = None,
+def audit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, threshold: float, sources: np.ndarray | None = None,
           patients: np.ndarray | None = None, seed: int = 0) -> dict:
-    """The four measurements on raw-pixel ``images`` (N, 64, 64) uint8 with the weights of ``model``
-    (a ``Net`` as loaded: Grad-CAM hooks its last BatchNorm; the rest runs the folded copy
-    covid-ddp-predict runs)."""
+    """The four measurements on raw-pixel ``images`` (N, S, S) uint8 with the weights of ``model``
+    (as loaded: Grad-CAM hooks its ``gradcam_layer``; the rest runs the folded copy covid-ddp-predict
+    runs)."""
     started = time.perf_counter()
     model = model.eval()
     scorer = inference_model(model)
@@ -77,7 +77,7 @@ def audit(model: Net, images: np.ndarray, targets: np.ndarray, threshold: float,
     return result
 
 
-def estimated_seconds(model: Net, images: np.ndarray, sample: int = 200) -> float:
+def estimated_seconds(model: torch.nn.Module, images: np.ndarray, sample: int = 200) -> float:
     """What ``audit`` of ``images`` would take here: a timed forward pass of a sample, scaled by the
     passes the audit makes (score, marks, border, Grad-CAM ~3x a pass), plus the probe and figure."""
     scorer = inference_model(model.eval())
@@ -137,16 +137,17 @@ def border_test(model, images, targets, p_covid, threshold: float) -> dict:
 
 
 @torch.inference_mode()
-def predict_with_features(model: Net, images: np.ndarray, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """P(COVID) and the penultimate features (FC 512 after its ReLU, dropout off: what the last
-    layer decides from) of every image, in one pass."""
+def predict_with_features(model: torch.nn.Module, images: np.ndarray,
+                          batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """P(COVID) and the penultimate features (``model.watch_penultimate``: what the last layer
+    decides from) of every image, in one pass."""
     captured = []
-    hook = model.fc1.register_forward_hook(lambda module, args, output: captured.append(torch.relu(output).float().cpu()))
+    hook = watch_penultimate(model, captured)
     try:
         p_covid = predict(model, images, batch_size)
     finally:
         hook.remove()
-    features = torch.cat(captured).numpy() if captured else np.empty((0, model.fc1.out_features), dtype=np.float32)
+    features = torch.cat(captured).numpy() if captured else np.empty((0, 0), dtype=np.float32)
     return p_covid, features
 
 
@@ -265,7 +266,7 @@ def audit_after_training(mode: str, weights: Path, data, test_rows: np.ndarray, 
             f"run it with {command}")
 
 
-def audit_rows(model: Net, weights: Path, data, rows: np.ndarray, split: str, decision: tuple[float, str], seed: int,
+def audit_rows(model: torch.nn.Module, weights: Path, data, rows: np.ndarray, split: str, decision: tuple[float, str], seed: int,
                output_dir: Path) -> tuple[dict, dict]:
     """``audit`` of ``rows`` of ``data`` at ``decision`` (threshold, where it came from), written to
     ``output_dir``; returns (the result, what it was run on)."""

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional
 
 from .cli import ArgumentParser, HelpFormatter
-from .data import MCFAM_BASE_URL
+from .backbones import check_model_name
+from .data import MCFAM_BASE_URL, MIN_IMAGE_SIZE
 from .errors import UserError
 from .splits import SplitPlan
 
@@ -38,6 +39,9 @@ class TrainConfig:
                                          "file: the MCFAM source is plain HTTP)", metavar="HEX")
     sha256_labels: Optional[str] = _flag(None, "refuse a train_labels.npz whose sha256 is not this", metavar="HEX")
     synthetic_size: int = _flag(10000, "number of images of --dataset synthetic", metavar="N")
+    image_size: Optional[int] = _flag(None, "which images of the --data-dir folders to train on, by size "
+                                      "(train_images<S>.npz or the mapped store train_images<S>.npy; default: the only "
+                                      "size there), or the size of --dataset synthetic (default 64)", metavar="S")
     test_size: float = _flag(0.3, "fraction of the data held out for the final test (stratified, random_state 42)", metavar="FRACTION")
     val_size: float = _flag(0.1, "fraction of the training part held out for validation, which drives the LR "
                             "schedule; 0 trains on the whole training part and steps the schedule on the test "
@@ -48,6 +52,14 @@ class TrainConfig:
                                           "train/validate on the rest: leave-one-source-out; --test-size is unused", metavar="SOURCE")
     exclude_source: Optional[str] = _flag(None, "comma-separated sources (meta.npz 'dataset') left out of every "
                                           "part, e.g. kermany for the adult-only subset of real-cxr", metavar="SOURCES")
+    # Model
+    model: str = _flag("net", "the network: 'net' (the seed's four-conv CNN, its recipe's default), torchvision's "
+                       "'resnet18', 'resnet50', 'densenet121', 'efficientnet_b0' (one input channel; need torchvision), "
+                       "or 'timm:NAME' (needs timm); any size of images, the data's", metavar="NAME")
+    init_weights: Optional[str] = _flag(None, "start a backbone from this local state_dict (ImageNet or chest X-ray "
+                                        "weights you downloaded; read with weights_only=True): its 3-channel first "
+                                        "convolution summed to one, its classifier head replaced. Nothing is ever "
+                                        "downloaded (default: random initial weights)", metavar="PTH")
     # Recipe
     epochs: int = _flag(10, "number of passes over the training part", metavar="N")
     batch_size: Optional[int] = _flag(None, "GLOBAL batch size: images per optimizer micro-step summed over all "
@@ -59,7 +71,8 @@ class TrainConfig:
     lr: float = _flag(1e-3, "Adam learning rate", metavar="LR")
     lr_patience: int = _flag(2, "ReduceLROnPlateau patience (epochs)", metavar="EPOCHS")
     lr_factor: float = _flag(0.6, "ReduceLROnPlateau factor", metavar="FACTOR")
-    dropout: float = _flag(0.7, "dropout probability after the first fully connected layer", metavar="P")
+    dropout: float = _flag(0.7, "dropout probability after net's first fully connected layer (the backbones keep "
+                           "their own)", metavar="P")
     seed: int = _flag(1, "random seed (0 or more) of the run's independent streams: initial weights, data order, "
                       "dropout and augmentation per process, bootstrap; the split always uses random_state 42", metavar="N")
     grad_accum_steps: int = _flag(1, "micro-batches per optimizer step (gradient accumulation)", metavar="N")
@@ -106,6 +119,9 @@ class TrainConfig:
     data_on_device: str = _flag("auto", "hold the uint8 set on each process's device (one copy, batches drawn by "
                                 "tensor indexing there): 'auto' does when it fits in a quarter of the free GPU memory",
                                 choices=["auto", "yes", "no"])
+    workers: int = _flag(0, "DataLoader worker processes gathering training batches from host memory or a mapped "
+                         "store, ahead of the step (0: the training process gathers them, cut on its device where "
+                         "the set is held there)", metavar="N")
     eval_batch_size: Optional[int] = _flag(None, "global batch size for validation and test evaluation (default: "
                                            "100 per process on CPU, where small batches stay in cache and run 2x "
                                            "faster than 500; 1000 per process on GPU)", metavar="N")
@@ -157,6 +173,14 @@ class TrainConfig:
                             "loss or auc")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise UserError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+        if self.workers < 0:
+            raise UserError(f"--workers must be 0 or more, got {self.workers}")
+        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
+            raise UserError(f"--image-size must be {MIN_IMAGE_SIZE} or more, got {self.image_size}")
+        check_model_name(self.model)
+        if self.init_weights and self.model == "net":
+            raise UserError("--init-weights starts a backbone (--model resnet18, ...); net trains from random weights, "
+                            "as the seed's recipe does")
 
     def pins(self) -> dict:
         """Pinned sha256 per MCFAM file name."""
@@ -173,7 +197,7 @@ class TrainConfig:
 
 # Flags that make a resumed run another experiment: refused at a resume unless --resume-with-changes.
 # The others may change freely: where and how fast it runs, what it logs, how many epochs to reach.
-RESULT_FLAGS = ("dataset", "synthetic_size", "test_size", "val_size", "group_split", "holdout_source",
+RESULT_FLAGS = ("dataset", "synthetic_size", "image_size", "model", "init_weights", "test_size", "val_size", "group_split", "holdout_source",
                 "exclude_source", "batch_size", "grad_accum_steps", "lr", "lr_patience",
                 "lr_factor", "dropout", "seed", "max_grad_norm", "augment", "augment_acquisition", "balance_sources",
                 "augment_marks", "sync_bn", "mixed_precision", "select_by")

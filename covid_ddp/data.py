@@ -3,7 +3,9 @@
 The MCFAM set is two files, ``train_images64.npz`` (key ``train_images``,
 ``(N, 64, 64) uint8``) and ``train_labels.npz`` (key ``train_labels``,
 ``(N, 4)`` one-hot). Label indices 0 and 1 are non-COVID, 2 and 3 are COVID.
-Any folder holding two files of that format can be used with ``--data-dir``.
+Any folder holding two files of that format can be used with ``--data-dir``, its images at
+any square size ``S`` (``train_images{S}.npz``, or the memory-mapped store ``train_images{S}.npy``:
+``store.py``).
 
 Images stay ``uint8`` in memory (one byte a pixel); conversion to float and
 normalisation happen per batch, inside the model.
@@ -26,8 +28,10 @@ import torch
 from .download import DEFAULT_TIMEOUT_S, DownloadError, download
 from .errors import UserError
 from .files import atomic_path
+from .store import find_images_file, image_size_of, read_store
 from .synthetic import make_synthetic
 
+SYNTHETIC_DEFAULT_SIZE = 64
 MCFAM_BASE_URL = "http://www-users.math.umn.edu/~jwcalder/MCFAM/"
 IMAGES_FILE, IMAGES_KEY = "train_images64.npz", "train_images"
 LABELS_FILE, LABELS_KEY = "train_labels.npz", "train_labels"
@@ -37,12 +41,17 @@ META_FILE = "meta.npz"  # optional: per-image patient_id, dataset (source), ... 
 
 @dataclass
 class RawData:
-    """The whole set as loaded: images (N, 64, 64) uint8, one-hot labels (N, 4), where it came from."""
+    """The whole set as loaded: images (N, S, S) uint8 (in memory, or mapped from a store), one-hot
+    labels (N, 4), where it came from."""
 
     images: np.ndarray
     labels: np.ndarray
     provenance: dict = field(default_factory=dict)
     meta: dict | None = None  # per-image arrays of meta.npz (patient_id, dataset, ...), when present
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
 
 
 def default_data_dir() -> Path:
@@ -87,9 +96,17 @@ def load_array(path: Path, key: str) -> np.ndarray:
     return arrays[key]
 
 
-def validate_images(images: np.ndarray, path: Path) -> None:
-    if images.ndim != 3 or images.shape[1:] != (64, 64):
-        raise UserError(f"{path}: images must have shape (N, 64, 64), got {images.shape}")
+MIN_IMAGE_SIZE = 8
+
+
+def validate_images(images: np.ndarray, path: Path, image_size: int | None = None) -> None:
+    """uint8 (N, S, S) with S = ``image_size`` when given (an images file's name says its size)."""
+    if images.ndim != 3 or images.shape[1] != images.shape[2] or images.shape[1] < MIN_IMAGE_SIZE:
+        raise UserError(f"{path}: images must have shape (N, S, S), square and {MIN_IMAGE_SIZE} px or more, "
+                        f"got {images.shape}")
+    if image_size is not None and images.shape[1] != image_size:
+        raise UserError(f"{path}: its name says {image_size}x{image_size} but it holds {images.shape[1]}x"
+                        f"{images.shape[2]} images; rename it train_images{images.shape[1]}{Path(path).suffix}")
     if images.dtype != np.uint8:
         non_finite = np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all()
         problem = f"{images.dtype} with NaN or inf values" if non_finite else str(images.dtype)
@@ -113,12 +130,13 @@ def validate_labels(labels: np.ndarray, path: Path) -> None:
         )
 
 
-def load_data_dir(data_dir: Path) -> RawData:
-    """Load and validate an MCFAM-format pair of files from ``data_dir``."""
-    check_data_dir(Path(data_dir))
-    images_path, labels_path = Path(data_dir) / IMAGES_FILE, Path(data_dir) / LABELS_FILE
-    images = load_array(images_path, IMAGES_KEY)
-    validate_images(images, images_path)
+def load_data_dir(data_dir: Path, image_size: int | None = None) -> RawData:
+    """Load and validate an MCFAM-format pair of files from ``data_dir`` (its images file of
+    ``image_size``, or its only one); a store's images stay mapped, not read."""
+    images_path = check_data_dir(Path(data_dir), image_size)
+    labels_path = Path(data_dir) / LABELS_FILE
+    images = read_images(images_path)
+    validate_images(images, images_path, image_size_of(images_path))
     labels = load_array(labels_path, LABELS_KEY)
     validate_labels(labels, labels_path)
     if len(images) != len(labels):
@@ -130,6 +148,7 @@ def load_data_dir(data_dir: Path) -> RawData:
         "data_dir": str(Path(data_dir).resolve()),
         "files": {p.name: {"sha256": sha256_of(p), "bytes": p.stat().st_size} for p in described},
         "images": len(images), "covid": covid, "non_covid": len(images) - covid,
+        "image_size": int(images.shape[1]), "store": images_path.suffix == ".npy",
         **prepared_by(Path(data_dir)),
     }
     return RawData(images, labels.astype(np.float32), provenance, load_meta(meta_path, len(images)))
@@ -149,21 +168,29 @@ def prepared_by(folder: Path) -> dict:
     return {"prepare": {**summary, "sha256": sha256_of(path)}}
 
 
-def check_data_dir(folder: Path) -> None:
-    """A data folder holds both files; else one line says what is wrong and how to go on."""
-    fix = (f"--data-dir takes a folder with {IMAGES_FILE} and {LABELS_FILE} (covid-ddp-prepare makes one from "
-           "PNG/JPEG/DICOM images; covid-ddp-train --download fills a new one with MCFAM)")
+def read_images(path: Path) -> np.ndarray:
+    """An images file's array: a store mapped (nothing read yet), an .npz read whole."""
+    return read_store(path) if path.suffix == ".npy" else load_array(path, IMAGES_KEY)
+
+
+def check_data_dir(folder: Path, image_size: int | None = None) -> Path:
+    """A data folder holds an images file (of ``image_size``, or one only) and the labels; returns
+    the images file. Else one line says what is wrong and how to go on."""
+    fix = (f"--data-dir takes a folder with {IMAGES_FILE} (or train_images<S>.npz/.npy of another size) and "
+           f"{LABELS_FILE} (covid-ddp-prepare makes one from PNG/JPEG/DICOM images; covid-ddp-train --download fills "
+           "a new one with MCFAM)")
     if not folder.exists():
         raise UserError(f"{folder} does not exist (nothing was created there); {fix}")
     if not folder.is_dir():
         raise UserError(f"{folder} is a file, not a folder; {fix}")
-    present = [name for name in (IMAGES_FILE, LABELS_FILE) if (folder / name).is_file()]
-    if len(present) == 2:
-        return
-    if not present:
+    images_path = find_images_file(folder, image_size)
+    labels_there = (folder / LABELS_FILE).is_file()
+    if images_path is not None and labels_there:
+        return images_path
+    if images_path is None and not labels_there:
         refuse_a_folder_of_other_files(folder)
         raise UserError(f"{folder} holds neither {IMAGES_FILE} nor {LABELS_FILE}; {fix}")
-    (missing,) = {IMAGES_FILE, LABELS_FILE} - set(present)
+    present, missing = ([images_path.name], LABELS_FILE) if labels_there is False else ([LABELS_FILE], IMAGES_FILE)
     both = f"{folder / present[0]} holds both '{IMAGES_KEY}' and '{LABELS_KEY}': save '{_key_of(missing)}' in " \
         f"{missing} instead (np.savez(\"{missing}\", {_key_of(missing)}=...))" \
         if {IMAGES_KEY, LABELS_KEY} <= _npz_keys(folder / present[0]) else fix
@@ -275,6 +302,9 @@ def _matches_recorded_hash(path: Path) -> bool:
 def check_pins(data: RawData, pins: dict) -> None:
     """Refuse files whose sha256 is not the one pinned with --sha256-images / --sha256-labels."""
     for name, pinned in pins.items():
+        if name not in data.provenance["files"]:
+            raise UserError(f"--sha256-images pins {name}, which {data.provenance['data_dir']} does not hold; "
+                            "pin only MCFAM's own files")
         actual = data.provenance["files"][name]["sha256"]
         if pinned and actual != pinned.lower():
             raise UserError(f"{Path(data.provenance['data_dir']) / name}: sha256 is {actual}, not the pinned {pinned}; "
@@ -297,20 +327,22 @@ def fetch_dataset(dataset: str, data_dir, base_url: str, pins: dict | None = Non
 
 
 def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_url: str,
-                 pins: dict | None = None) -> RawData:
+                 pins: dict | None = None, image_size: int | None = None) -> RawData:
     """The set a run trains on: synthetic, or MCFAM-format files in ``data_dir`` (one folder or a
     list; default: the cache), as they are (``fetch_dataset`` downloads first). Files a download
     brought (their sha256 recorded beside them) name ``base_url`` as their source in config.json."""
     if dataset == "synthetic":
-        images, labels = make_synthetic(synthetic_size, seed)
-        return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed})
+        size = image_size or SYNTHETIC_DEFAULT_SIZE
+        images, labels = make_synthetic(synthetic_size, seed, image_size=size)
+        return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed,
+                                        "image_size": size})
     if dataset != "mcfam":
         raise UserError(f"unknown dataset '{dataset}': use 'mcfam' or 'synthetic'")
     folders = as_folders(data_dir) or [default_data_dir()]
     if pins and len(folders) > 1:
         raise UserError("--sha256-images/--sha256-labels pin the files of one folder; with several --data-dir "
                         "folders check config.json's sha256 of each instead")
-    data = load_data_dirs(folders)
+    data = load_data_dirs(folders, image_size)
     check_pins(data, pins or {})
     # MCFAM only where a download brought the files (their sha256 recorded beside them): a folder
     # of the user's own is recorded as such, never with MCFAM's address.
@@ -328,17 +360,22 @@ def as_folders(data_dir) -> list[Path] | None:
     return [Path(folder) for folder in ([data_dir] if isinstance(data_dir, (str, Path)) else data_dir)]
 
 
-def load_data_dirs(folders: list[Path]) -> RawData:
+def load_data_dirs(folders: list[Path], image_size: int | None = None) -> RawData:
     """Several MCFAM-format folders as one set, rows in folder order. Every image keeps its source:
     meta.npz's ``dataset`` and ``patient_id``, or, for a folder without them, the folder's name
     and one patient per image; other meta.npz arrays missing in a folder are filled with ''."""
     if len(folders) == 1:
-        return load_data_dir(folders[0])
+        return load_data_dir(folders[0], image_size)
     names = [Path(folder).resolve().name for folder in folders]
     if len(set(names)) < len(names):
         raise UserError(f"--data-dir: two folders share a name ({', '.join(map(str, folders))}); their files and "
                         "sources are told apart by folder name, so rename one")
-    parts = [load_data_dir(folder) for folder in folders]
+    parts = [load_data_dir(folder, image_size) for folder in folders]
+    sizes = {part.image_size for part in parts}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{name} {part.image_size}x{part.image_size}" for name, part in zip(names, parts))
+        raise UserError(f"--data-dir: the folders hold images of different sizes ({listed}); prepare them at one "
+                        f"size (covid-ddp-prepare --image-size) or pass --image-size where each holds that size")
     provenance = {"data_dirs": [part.provenance["data_dir"] for part in parts],
                   "images_per_dir": [len(part.images) for part in parts],
                   "folders": [{key: value for key, value in part.provenance.items() if key != "files"} for part in parts],

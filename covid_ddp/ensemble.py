@@ -22,7 +22,6 @@ import torch
 from . import checkpoint as ckpt
 from .errors import UserError
 from .metrics import choose_threshold
-from .model import Net
 from .predict import inference_model, load_model, predict
 
 
@@ -31,11 +30,20 @@ class Ensemble:
     """The weights files and their models (as loaded, for Grad-CAM; folded copies score)."""
 
     paths: list[Path]
-    models: list[Net]
-    scorers: list[Net] = field(init=False)
+    models: list[torch.nn.Module]
+    scorers: list[torch.nn.Module] = field(init=False)
 
     def __post_init__(self):
         self.scorers = [inference_model(model) for model in self.models]  # folded once, as covid-ddp-predict scores
+        sizes = {model.spec.image_size for model in self.models}
+        if len(sizes) > 1:
+            listed = ", ".join(f"{path} {model.spec.describe()}" for path, model in zip(self.paths, self.models))
+            raise UserError(f"--weights: the models read images of different sizes ({listed}); an ensemble scores "
+                            "the same images with each")
+
+    @property
+    def image_size(self) -> int:
+        return self.models[0].spec.image_size
 
     @classmethod
     def load(cls, paths: list[str | Path], device: torch.device | str = "cpu") -> "Ensemble":

@@ -3,10 +3,11 @@
     pip install "covid_ddp[export]"
     covid-ddp-export --weights runs/demo/COVID_binary_classifier.pth --onnx covid.onnx
 
-The graph takes raw 0-255 pixels, float32 of shape (batch, 1, 64, 64) with a dynamic batch
-axis, and returns P(non-COVID), P(COVID) per image: the softmax is inside, BatchNorm is folded
-into the convolutions (and the training split's normalisation already is, into conv1, in the
-weights file). Weights written by the original script export the same way. The decision threshold stays
+The graph takes raw 0-255 pixels, float32 of shape (batch, 1, S, S) with a dynamic batch
+axis (S: the size the weights were trained at, 64 for the seed's Net), and returns
+P(non-COVID), P(COVID) per image: the softmax and the normalisation are inside; Net's BatchNorm
+is folded into its convolutions (and the training split's normalisation already is, into
+conv1, in the weights file). Weights written by the original script export the same way. The decision threshold stays
 outside (in the weights' sidecar JSON), since a deployment may choose its own operating point.
 """
 
@@ -23,7 +24,7 @@ import torch
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .errors import UserError
 from .files import atomic_path
-from .model import IMAGE_SIZE, Net, fold_batchnorm
+from .model import for_inference
 from .predict import WEIGHTS_HELP, load_model
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
@@ -31,9 +32,9 @@ OPSET = 18
 
 
 class ProbabilityModel(torch.nn.Module):
-    """``Net`` returning probabilities instead of log-probabilities."""
+    """A covid_ddp model returning probabilities instead of log-probabilities."""
 
-    def __init__(self, net: Net):
+    def __init__(self, net: torch.nn.Module):
         super().__init__()
         self.net = net
 
@@ -41,14 +42,16 @@ class ProbabilityModel(torch.nn.Module):
         return self.net(pixels).exp()
 
 
-def export_onnx(model: Net, destination: Path) -> Path:
-    """Write ``model`` (eval mode, BatchNorm folded) as an ONNX graph with a dynamic batch axis."""
+def export_onnx(model: torch.nn.Module, destination: Path) -> Path:
+    """Write ``model`` (eval mode; Net's BatchNorm folded) as an ONNX graph with a dynamic batch axis,
+    for images of the model's size (``model.spec.image_size``)."""
     # torch's exporter needs both; say so in one line before it fails with a traceback.
     missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
     if missing:
         raise UserError(f"ONNX export needs {', '.join(missing)}: pip install \"covid_ddp[export]\"")
-    wrapped = ProbabilityModel(fold_batchnorm(model.cpu().float().eval())).eval()
-    example = torch.zeros(2, 1, IMAGE_SIZE, IMAGE_SIZE)
+    wrapped = ProbabilityModel(for_inference(model.cpu().float().eval())).eval()
+    size = model.spec.image_size
+    example = torch.zeros(2, 1, size, size)
     batch = torch.export.Dim("batch", min=1)
     with atomic_path(Path(destination)) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter about opset versions; failures still raise
@@ -72,8 +75,10 @@ def run(arguments: argparse.Namespace) -> None:
     destination = Path(arguments.onnx)
     if destination.suffix.lower() != ".onnx":
         raise UserError(f"--onnx {destination}: give a file name ending in .onnx")
-    export_onnx(load_model(arguments.weights), destination)
-    print(f"wrote {destination} (input '{INPUT_NAME}': float32 raw pixels (batch, 1, 64, 64); "
+    model = load_model(arguments.weights)
+    export_onnx(model, destination)
+    size = model.spec.image_size
+    print(f"wrote {destination} ({model.spec.name}; input '{INPUT_NAME}': float32 raw pixels (batch, 1, {size}, {size}); "
           f"output '{OUTPUT_NAME}': P(non-COVID), P(COVID))")
 
 

@@ -19,22 +19,49 @@ because ``conv1`` has no padding (every tap of every output sees an image pixel)
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-IMAGE_SIZE = 64
+from .errors import UserError
+
+IMAGE_SIZE = 64  # the seed's, MCFAM's and every weights file's without a sidecar naming another
 NUM_CLASSES = 2
 CLASS_NAMES = ("Non-COVID", "COVID")
+NET_MIN_SIZE = 38  # four (conv 3x3, no padding; pool 2) blocks leave 1x1 of a 38x38 image
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which network, at which input size: what a weights file's sidecar records (``model``)."""
+
+    name: str = "net"
+    image_size: int = IMAGE_SIZE
+
+    @classmethod
+    def of_sidecar(cls, sidecar: dict | None) -> "ModelSpec":
+        """The spec a sidecar names; a weights file without one (the original's, covid_ddp's before 0.3) is Net at 64."""
+        recorded = (sidecar or {}).get("model") or {}
+        return cls(str(recorded.get("name", "net")), int(recorded.get("image_size", IMAGE_SIZE)))
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "image_size": self.image_size}
+
+    def describe(self) -> str:
+        return f"{self.name} at {self.image_size}x{self.image_size}"
 
 
 class Net(nn.Module):
     """Four Conv3x3-BatchNorm-ReLU-MaxPool blocks, FC 512 + Dropout(0.7), FC 2, log-softmax."""
 
-    def __init__(self, dropout: float = 0.7):
+    def __init__(self, dropout: float = 0.7, image_size: int = IMAGE_SIZE):
         super().__init__()
+        if image_size < NET_MIN_SIZE:
+            raise UserError(f"Net needs images of {NET_MIN_SIZE}x{NET_MIN_SIZE} or more, got {image_size}x{image_size}; "
+                            "prepare the data at a larger --image-size")
         self.conv1 = nn.Conv2d(1, 32, kernel_size=3, stride=1)
         self.bn1 = nn.BatchNorm2d(32)
         self.conv2 = nn.Conv2d(32, 64, kernel_size=3, stride=1)
@@ -48,17 +75,20 @@ class Net(nn.Module):
         # the state_dict, which keeps the original's keys (see raw_pixel_state_dict).
         self.register_buffer("pixel_mean", torch.zeros(()), persistent=False)
         self.register_buffer("pixel_std", torch.ones(()), persistent=False)
-        self.fc1 = nn.Linear(self._flattened_size(), 512)
+        self.fc1 = nn.Linear(self._flattened_size(image_size), 512)
         self.fc2 = nn.Linear(512, NUM_CLASSES)
 
-    def _flattened_size(self) -> int:
-        """Size of the conv features for one 64x64 image, measured rather than hard-coded."""
+    def _flattened_size(self, image_size: int) -> int:
+        """Size of the conv features for one image (1024 at 64x64), measured rather than hard-coded."""
         with torch.no_grad():
-            return self.features(torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE)).numel()
+            return self.features(torch.zeros(1, 1, image_size, image_size)).numel()
 
     def set_normalization(self, mean: float, std: float) -> None:
         self.pixel_mean.fill_(float(mean))
         self.pixel_std.fill_(float(std))
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.bn4
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3), (self.conv4, self.bn4)):
@@ -66,7 +96,7 @@ class Net(nn.Module):
         return torch.flatten(x, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: raw pixel values (0-255), shape (N, 1, 64, 64). Returns log-probabilities (N, 2)."""
+        """``x``: raw pixel values (0-255), shape (N, 1, S, S). Returns log-probabilities (N, 2)."""
         x = (x - self.pixel_mean) / self.pixel_std
         x = self.features(x)
         x = F.relu(self.dropout(self.fc1(x)))
@@ -116,3 +146,41 @@ def fold_batchnorm(model: Net) -> Net:
         setattr(folded, conv_name, fuse_conv_bn_eval(getattr(folded, conv_name), getattr(folded, bn_name)))
         setattr(folded, bn_name, nn.Identity())
     return folded
+
+
+# --- every model: Net or a backbone -----------------------------------------------------------
+
+
+def build_network(spec: ModelSpec, dropout: float = 0.7) -> nn.Module:
+    """A fresh model of ``spec`` (initial weights from the global RNG), with ``.spec`` set; raw
+    pixels in, log-probabilities out."""
+    if spec.name == "net":
+        model = Net(dropout=dropout, image_size=spec.image_size)
+    else:
+        from .backbones import build_backbone  # torchvision/timm are optional and slow to import
+
+        model = build_backbone(spec.name, NUM_CLASSES)
+    model.spec = spec  # what predict resizes inputs to, and the sidecar records
+    return model
+
+
+def watch_penultimate(model: nn.Module, captured: list):
+    """Hook appending each batch's penultimate features (what the last layer decides from, dropout
+    off) to ``captured``: Net's FC 512 after its ReLU, a backbone's pooled features. Returns the handle."""
+    if isinstance(model, Net):
+        return model.fc1.register_forward_hook(lambda module, args, output: captured.append(
+            torch.relu(output).float().cpu()))
+    head = model.network.get_submodule(model.layout.head)
+    return head.register_forward_pre_hook(lambda module, args: captured.append(args[0].flatten(1).float().cpu()))
+
+
+def weights_state_dict(state_dict: dict, model: nn.Module) -> dict:
+    """The weights file's state_dict of ``model``: Net's with its normalisation folded into conv1
+    (the original's keys), a backbone's as it is (its normalisation buffers included)."""
+    return raw_pixel_state_dict(state_dict, model) if isinstance(model, Net) else state_dict
+
+
+def for_inference(model: nn.Module) -> nn.Module:
+    """The fastest equivalent of ``model`` for scoring, channels_last: Net with BatchNorm folded in."""
+    fast = fold_batchnorm(model) if isinstance(model, Net) else copy.deepcopy(model).eval()
+    return fast.to(memory_format=torch.channels_last)

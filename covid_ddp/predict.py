@@ -9,10 +9,12 @@ Python::
 
     from covid_ddp import load_model, predict
     model = load_model("COVID_binary_classifier.pth")
-    p_covid = predict(model, images)          # images: (N, 64, 64) uint8, raw pixel values
+    p_covid = predict(model, images)          # images: (N, S, S) uint8, raw pixel values, S = model.spec.image_size
 
+The weights' sidecar (``COVID_binary_classifier.json``) names the network and the image size it
+was trained at (a file without one is the seed's Net at 64x64, as the original script wrote).
 Inputs are MCFAM-format ``.npz`` files (key ``train_images``), PNG/JPEG/DICOM images
-(converted to 8-bit grayscale, center-cropped to a square and resized to 64x64,
+(converted to 8-bit grayscale, center-cropped to a square and resized to that size,
 with one line on stderr saying how many were) or folders of them. Output is CSV:
 ``source,index,p_covid,prediction,threshold``. Not for clinical use.
 """
@@ -28,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .checkpoint import decision_path, load_weights, read_decision
 from .cli import ArgumentParser, HelpFormatter, run_cli
@@ -35,8 +38,8 @@ from .data import IMAGES_KEY, load_array, validate_images
 from .errors import UserError
 from .files import atomic_path
 from .gradcam import gradcam
-from .model import CLASS_NAMES, IMAGE_SIZE, Net, fold_batchnorm, original_state_dict
-from .radiographs import is_radiograph_file, read_grayscale_and_size, to_model_size
+from .model import CLASS_NAMES, ModelSpec, build_network, for_inference, original_state_dict
+from .radiographs import IMAGE_SIZE, is_radiograph_file, read_grayscale_and_size, to_model_size
 
 NPZ_SUFFIX = ".npz"
 
@@ -46,8 +49,8 @@ class InputImages:
     """Images read from one input file, ready for the model."""
 
     source: str
-    images: np.ndarray  # (N, 64, 64) uint8
-    resized_from: tuple[int, int] | None = None  # an image file's own (width, height), when not 64x64
+    images: np.ndarray  # (N, S, S) uint8, S the model's image size
+    resized_from: tuple[int, int] | None = None  # the input's own (width, height), when not S x S
 
 
 def resolve_device(device: str) -> torch.device:
@@ -58,30 +61,42 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> Net:
-    """A ``Net`` in eval mode with the weights of ``path`` (loaded with ``weights_only=True``, strict):
-    written by covid_ddp (any version) or by the original script; raw 0-255 pixels in."""
-    state_dict = load_weights(Path(path))
-    if isinstance(state_dict, dict):
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model of the weights file ``path`` in eval mode (loaded with ``weights_only=True``, strict):
+    the network and size its sidecar names (``model.spec``); without a sidecar, the seed's Net at
+    64x64, as written by covid_ddp (any version) or by the original script. Raw 0-255 pixels in."""
+    path = Path(path)
+    state_dict = load_weights(path)
+    spec = model_spec(path)
+    if isinstance(state_dict, dict) and spec.name == "net":
         state_dict = original_state_dict(state_dict)
-    model = Net()
+    model = build_network(spec)
+    named = f"{spec.describe()}, as {decision_path(path).name} names" if read_decision(path) else \
+        f"the original script's Net (no {decision_path(path).name} beside it names another model)"
     missing, unexpected = _key_mismatch(model, state_dict)
     if missing or unexpected:
-        raise UserError(f"{path}: not weights of this network, the original script's Net (missing keys: "
-                        f"{', '.join(missing) or 'none'}; unexpected keys: {', '.join(unexpected) or 'none'})")
+        raise UserError(f"{path}: not weights of {named} (missing keys: {_few(missing)}; unexpected keys: "
+                        f"{_few(unexpected)})")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
-        raise UserError(f"{path}: weights do not fit the original script's Net ({str(error).splitlines()[-1].strip()})")
+        raise UserError(f"{path}: weights do not fit {named} ({str(error).splitlines()[-1].strip()})")
     return model.to(device).eval()
 
 
-def inference_model(model: Net) -> Net:
-    """The fastest equivalent of ``model`` for scoring: BatchNorm folded in, channels_last."""
-    return fold_batchnorm(model).to(memory_format=torch.channels_last)
+def model_spec(weights: Path) -> ModelSpec:
+    """The network and image size of a weights file, from its sidecar (Net at 64 without one)."""
+    return ModelSpec.of_sidecar(read_decision(weights))
 
 
-def _key_mismatch(model: Net, state_dict) -> tuple[list[str], list[str]]:
+inference_model = for_inference  # the folded, channels_last copy that scores
+
+
+def _few(keys: list[str], shown: int = 5) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "") or "none"
+
+
+def _key_mismatch(model: torch.nn.Module, state_dict) -> tuple[list[str], list[str]]:
     if not isinstance(state_dict, dict):
         return ["(the file holds no state_dict)"], []
     expected, found = set(model.state_dict()), set(state_dict)
@@ -89,8 +104,8 @@ def _key_mismatch(model: Net, state_dict) -> tuple[list[str], list[str]]:
 
 
 @torch.inference_mode()
-def predict(model: Net, images, batch_size: int = 512) -> np.ndarray:
-    """P(COVID) for each raw-pixel image of ``images`` ((N, 64, 64) or (N, 1, 64, 64)), in batches."""
+def predict(model: torch.nn.Module, images, batch_size: int = 512) -> np.ndarray:
+    """P(COVID) for each raw-pixel image of ``images`` ((N, S, S) or (N, 1, S, S)), in batches."""
     device = next(model.parameters()).device
     images = torch.as_tensor(np.asarray(images))
     if images.ndim == 3:
@@ -123,19 +138,23 @@ def collect_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def read_input(path: Path) -> InputImages:
+def read_input(path: Path, size: int = IMAGE_SIZE) -> InputImages:
+    """The images of one input file at ``size`` x ``size`` (the weights' size)."""
     if path.suffix.lower() == NPZ_SUFFIX:
         images = load_array(path, IMAGES_KEY)
         validate_images(images, path)
-        return InputImages(str(path), images)
+        if images.shape[-1] == size:
+            return InputImages(str(path), images)
+        resized = np.stack([to_model_size(Image.fromarray(image), size) for image in images])
+        return InputImages(str(path), resized, images.shape[1:][::-1])
     if is_radiograph_file(path):
-        gray, size = read_grayscale_and_size(path)
-        resized_from = size if gray.size != (IMAGE_SIZE, IMAGE_SIZE) else None
-        return InputImages(str(path), to_model_size(gray)[None], resized_from)
+        gray, own_size = read_grayscale_and_size(path, size)
+        resized_from = own_size if gray.size != (size, size) else None
+        return InputImages(str(path), to_model_size(gray, size)[None], resized_from)
     raise UserError(f"{path}: unsupported input type '{path.suffix}'; give .npz, .png, .jpg or .dcm files or folders")
 
 
-def resized_summary(sizes: list[tuple[int, int]]) -> str:
+def resized_summary(sizes: list[tuple[int, int]], size: int = IMAGE_SIZE) -> str:
     """One line for all resized images (a folder of 300 JPEGs is not worth 300 notes): how many,
     and the smallest and largest of their own sizes."""
     ordered = sorted(set(sizes), key=lambda size: (size[0] * size[1], size))
@@ -143,7 +162,7 @@ def resized_summary(sizes: list[tuple[int, int]]) -> str:
     span = shown[0] if len(ordered) == 1 else f"{shown[0]} to {shown[1]}"
     cropped = "; non-square ones center-cropped to a square first" if any(w != h for w, h in sizes) else ""
     images = "1 image was" if len(sizes) == 1 else f"{len(sizes)} images were"
-    return f"covid-ddp-predict: {images} resized to {IMAGE_SIZE}x{IMAGE_SIZE} (from {span}{cropped})"
+    return f"covid-ddp-predict: {images} resized to {size}x{size}, the weights' size (from {span}{cropped})"
 
 
 # --- command line ------------------------------------------------------------
@@ -209,7 +228,7 @@ def run(arguments: argparse.Namespace) -> None:
     skipped, resized_from = 0, []
     for path in files:
         try:
-            item = read_input(path)
+            item = read_input(path, ensemble.image_size)
         except UserError as error:
             if not arguments.skip_errors:
                 raise
@@ -234,14 +253,14 @@ def run(arguments: argparse.Namespace) -> None:
         sys.stdout.write(buffer.getvalue())
     # After the output, so that a refused input stays a one-line error.
     if resized_from:
-        print(resized_summary(resized_from), file=sys.stderr)
+        print(resized_summary(resized_from, ensemble.image_size), file=sys.stderr)
     print(f"called COVID at p_covid >= threshold {threshold:.4f} ({threshold_source})", file=sys.stderr)
 
 
 class GradcamWriter:
     """One overlay PNG per scored image: ``<input stem>_<index>.png`` in ``folder``."""
 
-    def __init__(self, folder: Path, models: list[Net], threshold: float):
+    def __init__(self, folder: Path, models: list[torch.nn.Module], threshold: float):
         self.folder, self.models, self.threshold = folder, models, threshold
         self.used_stems: set[str] = set()
 
@@ -254,7 +273,7 @@ class GradcamWriter:
         for index, (image, heatmap, p) in enumerate(zip(item.images, heatmaps, p_covid)):
             call = CLASS_NAMES[int(p >= self.threshold)]
             title = f"{Path(item.source).name} [{index}]: P(COVID) = {p:.3f} -> {call} (threshold {self.threshold:.3f})"
-            save_figure(overlay_figure(image.reshape(IMAGE_SIZE, IMAGE_SIZE), heatmap, title),
+            save_figure(overlay_figure(image, heatmap, title),
                         self.folder / f"{stem}_{index}.png")
 
     def _unique_stem(self, stem: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import os
 import shutil
 import sys
@@ -34,11 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
-from .data import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
+from .data import IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, MIN_IMAGE_SIZE, PREPARE_RECORD
 from .duplicates import find_duplicates, rows_to_drop
 from .errors import UserError, type_and_first_line
 from .files import current_umask, write_json
-from .radiographs import is_radiograph_file, read_with_tags
+from .radiographs import IMAGE_SIZE, is_radiograph_file, read_with_tags
+from .store import images_name, write_store
 
 CLASS_NAMES = {"0": 0, "1": 1, "2": 2, "3": 3, "normal": 0, "pneumonia": 1, "non-covid": 1, "other": 1,
                "covid": 2, "covid-19": 2}
@@ -135,27 +137,29 @@ def class_index(item: Item, names: dict[str, int]) -> int:
 # --- decoding --------------------------------------------------------------------
 
 
-def decode(file: Path) -> tuple[np.ndarray | None, dict, str]:
+def decode(file: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray | None, dict, str]:
     """(image, DICOM tags, error message): run in worker processes, so errors come back as text."""
     try:
-        return (*read_with_tags(file), "")
+        return (*read_with_tags(file, size), "")
     except UserError as error:
         return None, {}, str(error)
     except Exception as error:  # a decoder's own failure on a malformed file: still this file's problem
         return None, {}, f"{file}: cannot be read ({type_and_first_line(error)})"
 
 
-def decode_all(items: list[Item], workers: int, progress: bool) -> list[tuple[np.ndarray | None, dict, str]]:
-    """Every item decoded, in order, over ``workers`` processes (1: in this process)."""
+def decode_all(items: list[Item], workers: int, progress: bool,
+               size: int = IMAGE_SIZE) -> list[tuple[np.ndarray | None, dict, str]]:
+    """Every item decoded at ``size``, in order, over ``workers`` processes (1: in this process)."""
     from tqdm import tqdm
 
     files = [item.file for item in items]
     bar = dict(total=len(files), unit="img", desc="covid-ddp-prepare", disable=not progress, file=sys.stderr)
+    decode_at = functools.partial(decode, size=size)
     if workers <= 1:
-        return [decode(file) for file in tqdm(files, **bar)]
+        return [decode_at(file) for file in tqdm(files, **bar)]
     chunk = max(1, min(64, len(files) // (workers * 8)))
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(decode, files, chunksize=chunk), **bar))
+        return list(tqdm(pool.map(decode_at, files, chunksize=chunk), **bar))
 
 
 # --- the prepared folder ------------------------------------------------------------
@@ -163,18 +167,18 @@ def decode_all(items: list[Item], workers: int, progress: bool) -> list[tuple[np
 
 @dataclass
 class Prepared:
-    images: np.ndarray  # (N, 64, 64) uint8
+    images: np.ndarray  # (N, S, S) uint8
     classes: np.ndarray  # (N,) 0-3
     items: list[Item]
     report: dict
 
 
 def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors: bool, drop_duplicates: bool,
-            progress: bool = True) -> Prepared:
+            progress: bool = True, size: int = IMAGE_SIZE) -> Prepared:
     for item in items:  # unknown class names fail before the decoding
         class_index(item, names)
     started = time.perf_counter()
-    decoded = decode_all(items, workers, progress)
+    decoded = decode_all(items, workers, progress, size)
     seconds = time.perf_counter() - started
     skipped = [(item, error) for item, (_, _, error) in zip(items, decoded) if error]
     if skipped and not skip_errors:
@@ -192,7 +196,7 @@ def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors:
     classes = np.array([class_index(item, names) for item in items], dtype=np.int64)
     report = {"images_found": len(decoded), "skipped": [{"path": str(i.file), "error": e} for i, e in skipped],
               "decode_seconds": round(seconds, 2), "images_per_s": round(len(decoded) / max(seconds, 1e-9), 1),
-              "workers": workers}
+              "workers": workers, "image_size": size}
     images, classes, items = _handle_duplicates(images, classes, items, drop_duplicates, report)
     report["images"] = len(items)
     report["per_class"] = {str(c): int((classes == c).sum()) for c in range(4)}
@@ -228,7 +232,7 @@ def _handle_duplicates(images, classes, items, drop: bool, report: dict):
     return images[keep], classes[keep], [items[row] for row in keep]
 
 
-def write_folder(prepared: Prepared, output_dir: Path, overwrite: bool) -> None:
+def write_folder(prepared: Prepared, output_dir: Path, overwrite: bool, store: bool = False) -> None:
     """All files into a temporary folder beside ``output_dir``, then one rename: a reader (or an
     interrupted run) never sees a half-prepared folder."""
     output_dir = Path(output_dir)
@@ -236,7 +240,7 @@ def write_folder(prepared: Prepared, output_dir: Path, overwrite: bool) -> None:
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        _write_files(prepared, staging)
+        _write_files(prepared, staging, store)
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700
         _swap_in(staging, output_dir)
     except OSError as error:
@@ -268,15 +272,19 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
         raise UserError(f"--output-dir {output_dir} is not empty; give a new folder, or --overwrite to replace it")
 
 
-def _write_files(prepared: Prepared, folder: Path) -> None:
+def _write_files(prepared: Prepared, folder: Path, store: bool) -> None:
     items = prepared.items
-    np.savez_compressed(folder / IMAGES_FILE, **{IMAGES_KEY: prepared.images})
+    images_file = folder / images_name(prepared.images.shape[-1], store)
+    if store:
+        write_store(images_file, prepared.images)
+    else:
+        np.savez_compressed(images_file, **{IMAGES_KEY: prepared.images})
     np.savez_compressed(folder / LABELS_FILE, **{LABELS_KEY: np.eye(4, dtype=np.float32)[prepared.classes]})
     np.savez_compressed(folder / META_FILE,
                         patient_id=np.array([i.patient_id for i in items]), dataset=np.array([i.dataset for i in items]),
                         path=np.array([i.shown_path for i in items]), view=np.array([i.view for i in items]),
                         label_name=np.array([i.label_name for i in items]))
-    write_json(folder / PREPARE_RECORD, prepared.report)
+    write_json(folder / PREPARE_RECORD, {**prepared.report, "images_file": images_file.name})
 
 
 # --- command line ----------------------------------------------------------------
@@ -286,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="covid-ddp-prepare", formatter_class=HelpFormatter,
         description="Make a covid_ddp training folder (train_images64.npz, train_labels.npz, meta.npz) from "
-                    "chest X-ray images: PNG, JPEG or DICOM, in class folders or listed in a CSV. Not for clinical use.")
+                    "chest X-ray images: PNG, JPEG or DICOM, in class folders or listed in a CSV, at 64x64 or "
+                    "--image-size. Not for clinical use.")
     parser.add_argument("sources", nargs="+", metavar="SRC",
                         help="a folder with one subfolder per class (normal, pneumonia, covid, or 0-3), or a CSV "
                              "with columns path, label and optional patient_id, view, source (paths relative to "
@@ -302,8 +311,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="report each unreadable file and prepare the rest (default: stop, naming the first)")
     parser.add_argument("--workers", type=int, default=_cores(), metavar="N",
                         help="decoding processes (default: this machine's cores)")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, metavar="S",
+                        help="side of the square images written (train_images<S>...): 64 is the seed's and MCFAM's, "
+                             "224 the usual backbones' (default: 64)")
+    parser.add_argument("--format", default="auto", choices=["npz", "store", "auto"],
+                        help="the images as compressed train_images<S>.npz, or as the uncompressed store "
+                             "train_images<S>.npy that training maps read-only (a machine's processes then share "
+                             "one copy); auto: the store when the images take over 1 GiB")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
     return parser
+
+
+STORE_FROM_BYTES = 1 << 30  # --format auto: a set this large is mapped, not copied into every process
+
+
+def wants_store(choice: str, images: np.ndarray) -> bool:
+    return choice == "store" or (choice == "auto" and images.nbytes > STORE_FROM_BYTES)
 
 
 def _cores() -> int:
@@ -316,6 +339,8 @@ def _cores() -> int:
 def run(arguments: argparse.Namespace) -> None:
     if arguments.workers < 1:
         raise UserError(f"--workers must be at least 1, got {arguments.workers}")
+    if arguments.image_size < MIN_IMAGE_SIZE:
+        raise UserError(f"--image-size must be {MIN_IMAGE_SIZE} or more, got {arguments.image_size}")
     output_dir = Path(arguments.output_dir).resolve()
     _check_output(output_dir, arguments.overwrite)
     for source in arguments.sources:
@@ -325,12 +350,14 @@ def run(arguments: argparse.Namespace) -> None:
     names = parse_label_map(arguments.label_map)
     items = collect_items(arguments.sources)
     prepared = prepare(items, names, arguments.workers, arguments.skip_errors, arguments.drop_duplicates,
-                       progress=sys.stderr.isatty())
-    write_folder(prepared, Path(arguments.output_dir), arguments.overwrite)
+                       progress=sys.stderr.isatty(), size=arguments.image_size)
+    store = wants_store(arguments.format, prepared.images)
+    write_folder(prepared, Path(arguments.output_dir), arguments.overwrite, store)
     report = prepared.report
     per_class = ", ".join(f"class {c}: {n}" for c, n in report["per_class"].items())
     print(f"covid-ddp-prepare: {report['images']} images ({per_class}) from {len(report['per_dataset'])} source(s) "
-          f"-> {arguments.output_dir} ({report['images_per_s']:.0f} images/s over {arguments.workers} worker(s))")
+          f"-> {Path(arguments.output_dir) / images_name(arguments.image_size, store)} at {arguments.image_size}x"
+          f"{arguments.image_size} ({report['images_per_s']:.0f} images/s over {arguments.workers} worker(s))")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,13 @@
-"""One radiograph file (PNG, JPEG or DICOM) -> the 64x64 uint8 image the model reads.
+"""One radiograph file (PNG, JPEG or DICOM) -> the square uint8 image the model reads (64x64 by default).
 
     from covid_ddp.radiographs import read_radiograph
     image = read_radiograph("scan.dcm")            # (64, 64) uint8
+    image = read_radiograph("scan.dcm", 224)       # (224, 224) uint8
 
 The processing is the one the shared real sets were made with (their READMEs): 8-bit
-grayscale, centre-cropped to a square on the shorter side, resized to 64x64 with Pillow's
-LANCZOS (``reducing_gap=3``), no equalisation. Large JPEGs are decoded at a reduced DCT
-scale of at least 256 px. To 8 bits:
+grayscale, centre-cropped to a square on the shorter side, resized with Pillow's LANCZOS
+(``reducing_gap=3``), no equalisation. Large JPEGs are decoded at a reduced DCT scale of at
+least 256 px a side (512 for 224 px: ``jpeg_draft_side``). To 8 bits:
 
 - PNG/JPEG: turned as their EXIF orientation says (as every viewer shows them: phone
   photos of films carry one; the shared sets' processing ignored it); alpha is composited
@@ -36,29 +37,34 @@ IMAGE_SIZE = 64
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 RADIOGRAPH_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES
-JPEG_DRAFT_SIZE = (256, 256)  # decode big JPEGs at a DCT scale that keeps >= 256 px a side
 
 
-def read_radiograph(path: str | Path) -> np.ndarray:
-    """The (64, 64) uint8 image of one file; a file that cannot be read is a UserError naming it."""
-    return to_model_size(read_grayscale(path))
+def jpeg_draft_side(size: int) -> int:
+    """Big JPEGs are decoded at a DCT scale keeping at least this many pixels a side: twice the
+    output size as a power of two, 256 at the least (64 -> 256, 224 -> 512: the shared sets' own)."""
+    return 1 << max(8, (2 * size - 1).bit_length())
 
 
-def read_with_tags(path: str | Path) -> tuple[np.ndarray, dict]:
+def read_radiograph(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The (size, size) uint8 image of one file; a file that cannot be read is a UserError naming it."""
+    return to_model_size(read_grayscale(path, size), size)
+
+
+def read_with_tags(path: str | Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, dict]:
     """``read_radiograph`` and ``radiograph_tags`` of one file, a DICOM parsed once for both."""
     path = Path(path)
     if not is_dicom(path):
-        return read_radiograph(path), {}
+        return read_radiograph(path, size), {}
     dataset = _read_dicom(path)
-    return to_model_size(Image.fromarray(dicom_to_8bit(dataset, path))), _dicom_tags(dataset)
+    return to_model_size(Image.fromarray(dicom_to_8bit(dataset, path)), size), _dicom_tags(dataset)
 
 
-def read_grayscale(path: str | Path) -> Image.Image:
-    """The file as an 8-bit grayscale Pillow image, at its own size (or a JPEG's draft size)."""
-    return read_grayscale_and_size(path)[0]
+def read_grayscale(path: str | Path, size: int = IMAGE_SIZE) -> Image.Image:
+    """The file as an 8-bit grayscale Pillow image, at its own size (or a JPEG's draft size for ``size``)."""
+    return read_grayscale_and_size(path, size)[0]
 
 
-def read_grayscale_and_size(path: str | Path) -> tuple[Image.Image, tuple[int, int]]:
+def read_grayscale_and_size(path: str | Path, size: int = IMAGE_SIZE) -> tuple[Image.Image, tuple[int, int]]:
     """``read_grayscale`` and the picture's own (width, height), upright: a large JPEG is decoded
     smaller (its draft), and what a user is told about resizing should name the file's size."""
     path = Path(path)
@@ -72,7 +78,7 @@ def read_grayscale_and_size(path: str | Path) -> tuple[Image.Image, tuple[int, i
             with Image.open(path) as image:
                 width, height = image.size
                 if image.format == "JPEG":
-                    image.draft(image.mode, JPEG_DRAFT_SIZE)
+                    image.draft(image.mode, (jpeg_draft_side(size),) * 2)
                 image.load()
                 gray = to_grayscale_8bit(upright(image))
                 turned = gray.size != image.size  # an EXIF quarter turn swaps width and height
@@ -100,13 +106,13 @@ def upright(image: Image.Image) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
-def to_model_size(gray: Image.Image) -> np.ndarray:
-    """Centre square crop on the shorter side, then LANCZOS to 64x64; a writable uint8 array."""
-    if gray.size != (IMAGE_SIZE, IMAGE_SIZE):
+def to_model_size(gray: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Centre square crop on the shorter side, then LANCZOS to (size, size); a writable uint8 array."""
+    if gray.size != (size, size):
         side = min(gray.size)
         left, top = (gray.size[0] - side) // 2, (gray.size[1] - side) // 2
         gray = gray.crop((left, top, left + side, top + side))
-        gray = gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS, reducing_gap=3.0)
+        gray = gray.resize((size, size), Image.LANCZOS, reducing_gap=3.0)
     return np.array(gray, dtype=np.uint8)  # a copy: torch refuses read-only arrays
 
 

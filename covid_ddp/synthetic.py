@@ -2,7 +2,8 @@
 
 It serves the offline demo and the tests: ``make_synthetic(n, seed)`` returns
 ``(images, labels)`` exactly like the two MCFAM files, ``(n, 64, 64) uint8`` and
-``(n, 4) float32`` one-hot.
+``(n, 4) float32`` one-hot; ``make_synthetic(n, seed, image_size=224)`` draws the same
+films at another size (the same random draws but the noise, on a finer grid).
 
 Every image is a frontal chest film: body, two darker lung fields, a bright
 mediastinum and heart, ribs across the lungs, and noise. The classes differ only
@@ -25,19 +26,20 @@ import numpy as np
 
 IMAGE_SIZE = 64
 LABEL_NOISE = 0.02
-_CHUNK = 512  # images generated per vectorised step: bounds peak memory.
+_CHUNK_PIXELS = 512 * 64 * 64  # pixels generated per vectorised step (512 images at 64 px): bounds peak memory.
 
 
-def make_synthetic(n: int = 10000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``n`` synthetic chest X-rays and their one-hot 4-class labels."""
+def make_synthetic(n: int = 10000, seed: int = 0, image_size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``n`` synthetic chest X-rays (``image_size`` square) and their one-hot 4-class labels."""
     if n < 1:
         raise ValueError(f"synthetic set size must be positive, got {n}")
     rng = np.random.default_rng(seed)
     classes = rng.integers(0, 4, size=n)
-    images = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
-        images[start:stop] = _render(classes[start:stop], rng)
+    images = np.empty((n, image_size, image_size), dtype=np.uint8)
+    chunk = max(1, _CHUNK_PIXELS // image_size**2)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        images[start:stop] = _render(classes[start:stop], rng, image_size)
     noisy = _flip_some_labels(classes, rng)
     labels = np.eye(4, dtype=np.float32)[noisy]
     return images, labels
@@ -50,9 +52,9 @@ def _flip_some_labels(classes: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return np.where(flip, other_group, classes)
 
 
-def _grid() -> tuple[np.ndarray, np.ndarray]:
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     """Image coordinates in [-1, 1]; y grows downwards (towards the diaphragm)."""
-    axis = np.linspace(-1.0, 1.0, IMAGE_SIZE)
+    axis = np.linspace(-1.0, 1.0, size)
     yy, xx = np.meshgrid(axis, axis, indexing="ij")
     return yy[None], xx[None]
 
@@ -67,21 +69,21 @@ def _soft_ellipse(yy, xx, cy, cx, ry, rx, edge=0.08):
     return 1.0 / (1.0 + np.exp((r - 1.0) / edge))
 
 
-def _smooth_field(rng: np.random.Generator, n: int, coarse: int = 8) -> np.ndarray:
+def _smooth_field(rng: np.random.Generator, n: int, size: int, coarse: int = 8) -> np.ndarray:
     """Random low-frequency texture in [0, 1]: a coarse grid bilinearly upsampled."""
     coarse_grid = rng.random((n, coarse, coarse))
-    positions = np.linspace(0, coarse - 1, IMAGE_SIZE)
+    positions = np.linspace(0, coarse - 1, size)
     lower = np.floor(positions).astype(int).clip(0, coarse - 2)
     frac = positions - lower
-    interp = np.zeros((IMAGE_SIZE, coarse))
-    interp[np.arange(IMAGE_SIZE), lower] = 1 - frac
-    interp[np.arange(IMAGE_SIZE), lower + 1] = frac
+    interp = np.zeros((size, coarse))
+    interp[np.arange(size), lower] = 1 - frac
+    interp[np.arange(size), lower + 1] = frac
     return interp @ coarse_grid @ interp.T
 
 
-def _render(classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _render(classes: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
     n = classes.shape[0]
-    yy, xx = _grid()
+    yy, xx = _grid(size)
     covid = (classes >= 2)[:, None, None]
     ap_view = (classes == 3)[:, None, None]
     focal = (classes == 1)[:, None, None]
@@ -112,7 +114,7 @@ def _render(classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     peripheral = 1.0 / (1.0 + np.exp(-(np.abs(xx) - lung_cx) / 0.06))
     lower_zone = 1.0 / (1.0 + np.exp(-(yy - lung_cy) / 0.15))
     asymmetry = np.where(xx < 0, _uniform(rng, 0.6, 1.0, n), _uniform(rng, 0.6, 1.0, n))
-    patchy = 0.4 + 0.6 * _smooth_field(rng, n)
+    patchy = 0.4 + 0.6 * _smooth_field(rng, n, size)
     covid_strength = _uniform(rng, 0.03, 0.30, n)
     image = image + covid * covid_strength * lungs * peripheral * lower_zone * asymmetry * patchy
 

@@ -45,10 +45,10 @@ from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError, first_line
 from .loader import TrainingLoader, balanced_weights
 from .metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_source
-from .model import Net, raw_pixel_state_dict
+from .model import ModelSpec, build_network, for_inference, weights_state_dict
 from .audit import audit_after_training
+from .backbones import load_initial_weights
 from .model_card import refresh_model_card
-from .predict import inference_model
 from .provenance import environment_summary, resident_memory_mb
 from .run_folder import RunFolder
 from .selection import BestWeights, Selection
@@ -93,6 +93,7 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     # The main process splits for all (the same split everywhere, and scikit-learn imported once).
     split = on_main_process(accelerator, lambda: make_split(targets, config.split_plan(), data.meta), "split the data")
     config, batch_note = settle_batch_size(config, len(split.train))
+    config = dataclasses.replace(config, image_size=data.image_size)  # the data's: what a resume compares
     folder.check_resume(config, fingerprint(data))
     folder.keep_split(split)
     run = prepare_run(config, data, targets, split, accelerator)
@@ -196,7 +197,8 @@ def load_training_data(accelerator: Accelerator, config: TrainConfig) -> RawData
     on_every_process(accelerator, fetch, "download the data",
                      here=accelerator.is_local_main_process and not accelerator.is_main_process, patient=True)
     data = on_every_process(accelerator, lambda: load_dataset(
-        config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url, config.pins()),
+        config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url, config.pins(),
+        config.image_size),
         "read the data")
     same_on_every_process(accelerator, fingerprint(data), "data files")
     return data
@@ -215,6 +217,7 @@ class Prepared:
     monitor_name: str
     data_device: str  # where the uint8 set lives (--data-on-device)
     train_loader_kind: str  # 'device' (batches cut on the device) or 'DataLoader' (gathered in host memory)
+    spec: ModelSpec  # the network and its input size, recorded beside the weights
 
 
 def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, accelerator: Accelerator,
@@ -235,7 +238,8 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
                                                          on_device=on_device, device=accelerator.device,
                                                          weights=training_weights(config, data, targets, split))
     seed_global_generators(config.seed, "weights")  # identical initial weights on every rank
-    model = build_model(config, accelerator.device, pixel_statistics(data.images, split.train))
+    spec = ModelSpec(config.model, data.image_size)
+    model = build_model(config, spec, accelerator.device, pixel_statistics(data.images, split.train))
     # On its device before the optimizer sees it: fused Adam checks where the parameters are.
     optimizer = make_optimizer(model.to(accelerator.device), config.lr, accelerator.device)
     # Not passed to prepare(): accelerate's wrapper would step it once per process.
@@ -245,9 +249,9 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
     model, optimizer, test_loader = accelerator.prepare(model, optimizer, test_loader)
     placement = (str(images.device), "device" if on_device else "DataLoader")
     if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
-        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement)
+        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement, spec)
     return Prepared(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
-                    "Validation", *placement)
+                    "Validation", *placement, spec)
 
 
 def training_weights(config: TrainConfig, data: RawData, targets: np.ndarray, split) -> np.ndarray | None:
@@ -297,9 +301,14 @@ def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: 
     return train_loader, val_loader, evaluation_loader(split.test)
 
 
-def build_model(config: TrainConfig, device: torch.device, normalization: tuple[float, float]) -> torch.nn.Module:
-    """``Net`` with the training split's intensity statistics, laid out for speed."""
-    model = Net(dropout=config.dropout)
+def build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
+                normalization: tuple[float, float]) -> torch.nn.Module:
+    """The network of ``spec`` (from --init-weights, if given) with the training split's intensity
+    statistics, laid out for speed."""
+    model = build_network(spec, dropout=config.dropout)
+    if config.init_weights:
+        load_initial_weights(model, ckpt.load_plain(Path(config.init_weights), "--init-weights file"),
+                             config.init_weights)
     model.set_normalization(*normalization)
     if config.sync_bn:
         model = convert_sync_batchnorm(model, device)
@@ -391,12 +400,12 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
         monitored = None  # the last epoch's scores: not those of the shipped weights
     why = selection.describe(progress.history, config.epochs, shipped_epoch)
     accelerator.print(f"Shipping {why}")
-    # The original's keys for raw pixels (normalisation folded into conv1); get_state_dict is
-    # a collective under FSDP.
-    weights = raw_pixel_state_dict(ckpt.consolidated_state_dict(accelerator.get_state_dict(run.model)),
-                                   accelerator.unwrap_model(run.model, keep_torch_compile=False))
+    # Net: the original's keys for raw pixels (normalisation folded into conv1); get_state_dict
+    # is a collective under FSDP.
+    weights = weights_state_dict(ckpt.consolidated_state_dict(accelerator.get_state_dict(run.model)),
+                                 accelerator.unwrap_model(run.model, keep_torch_compile=False))
     if monitored is None or accelerator.mixed_precision != "no":  # (None: resumed after the last epoch)
-        scorer = shipped_model(weights, accelerator.device)
+        scorer = shipped_model(weights, run.spec, accelerator.device)
         monitored = evaluate(scorer, run.monitor_loader, accelerator)
     else:
         scorer = run.model
@@ -405,7 +414,7 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
 
     def score() -> tuple[dict, dict]:  # every rank holds the same gathered scores: the main process does it once
         decision = {**decide_threshold(monitored if run.monitor_name == "Validation" else None, config),
-                    "epoch": shipped_epoch, "shipped": why}
+                    "epoch": shipped_epoch, "shipped": why, "model": run.spec.to_dict()}
         metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
                                  bootstrap=config.bootstrap, seed=config.seed, groups=patient_ids(meta, final.rows))
         by_source = per_source(final.p_covid, final.targets, source_names(meta, final.rows), decision["threshold"])
@@ -426,11 +435,11 @@ def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: T
     return test_metrics
 
 
-def shipped_model(weights: dict, device: torch.device) -> Net:
-    """The weights file's model as covid-ddp-predict runs it: fp32, BatchNorm folded."""
-    model = Net()
+def shipped_model(weights: dict, spec: ModelSpec, device: torch.device) -> torch.nn.Module:
+    """The weights file's model as covid-ddp-predict runs it: fp32 (Net with BatchNorm folded)."""
+    model = build_network(spec)
     model.load_state_dict(weights)
-    return inference_model(model.to(device).eval())
+    return for_inference(model.to(device).eval())
 
 
 def decide_threshold(validation: Evaluation | None, config: TrainConfig) -> dict:
@@ -524,6 +533,7 @@ def _run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, sp
         "config": _recorded_flags(config, data),
         "output_dir": str(folder.path),
         "command": _command_line(),
+        "model": {**run.spec.to_dict(), "parameters": sum(p.numel() for p in run.model.parameters())},
         "data": {"source": data.provenance.get("source", config.dataset), **data.provenance,
                  "fingerprint": fingerprint(data),
                  "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
