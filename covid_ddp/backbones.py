@@ -129,7 +129,7 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
 # --- initial weights from a file --------------------------------------------------------------
 
 # torchvision's own DenseNet files name some layers "norm.1" where the modules say "norm1".
-_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 _WRAPPER_PREFIXES = ("module.", "network.", "model.")
 
 

@@ -177,6 +177,9 @@ class TrainConfig:
             raise UserError(f"--workers must be 0 or more, got {self.workers}")
         if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
             raise UserError(f"--image-size must be {MIN_IMAGE_SIZE} or more, got {self.image_size}")
+        if self.workers and self.data_on_device == "yes":
+            raise UserError("--workers gather training batches in host memory; --data-on-device yes holds the set on "
+                            "the device instead: choose one")
         check_model_name(self.model)
         if self.init_weights and self.model == "net":
             raise UserError("--init-weights starts a backbone (--model resnet18, ...); net trains from random weights, "

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import sys
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -477,8 +478,11 @@ def wants_device(images: np.ndarray, targets: np.ndarray, device: torch.device, 
 
 
 def dataset_tensors(images: np.ndarray, targets: np.ndarray, device: torch.device, on_device: bool):
-    """The uint8 set and its targets as tensors, moved to ``device`` once or left in host memory."""
-    tensors = torch.from_numpy(images), torch.from_numpy(targets)
+    """The uint8 set and its targets as tensors, moved to ``device`` once or left in host memory
+    (a mapped store stays mapped: the tensor shares its read-only pages, nothing is written to it)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        tensors = torch.from_numpy(images), torch.from_numpy(targets)
     return tuple(t.to(device) for t in tensors) if on_device else tensors
 
 

@@ -24,13 +24,13 @@ from . import checkpoint as ckpt
 from . import figures, launcher_watch
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .config import TrainConfig
-from .data import as_folders, load_data_dirs, load_dataset, patient_ids, source_names, to_binary
+from .data import MCFAM_BASE_URL, as_folders, load_data_dirs, load_dataset, patient_ids, source_names, to_binary
 from .errors import UserError
 from .files import write_json
 from .metrics import METRICS, SOURCE_METRICS, binary_metrics, per_source
 from .ensemble import Ensemble, common_split, ensemble_threshold
 from .model_card import refresh_model_card
-from .predict import WEIGHTS_HELP, decision_threshold, resolve_device
+from .predict import WEIGHTS_HELP, decision_threshold, model_spec, resolve_device
 from .splits import make_split
 
 FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
@@ -98,17 +98,20 @@ def run(arguments: argparse.Namespace) -> dict:
 
 
 def load_evaluation_data(data_dir: list[str] | None, weights: Path):
-    """``--data-dir``, or else the set the weights' run trained on (regenerated when synthetic)."""
+    """``--data-dir``, or else the set the weights' run trained on (regenerated when synthetic); its
+    images of the size the weights read."""
+    image_size = model_spec(weights).image_size
     if data_dir is not None:
-        return load_data_dirs(as_folders(data_dir))
+        return load_data_dirs(as_folders(data_dir), image_size)
     recorded = _run_config(weights, "without --data-dir")
     config, provenance = recorded["config"], recorded.get("data", {})
     if config.get("dataset") == "synthetic":
-        return load_dataset("synthetic", None, config["synthetic_size"], config["seed"], config["mcfam_url"])
+        return load_dataset("synthetic", None, config["synthetic_size"], config["seed"], MCFAM_BASE_URL,
+                            image_size=image_size)
     folders = provenance.get("data_dirs") or ([provenance["data_dir"]] if provenance.get("data_dir") else None)
     if not folders:
         raise UserError(f"{weights.parent / ckpt.CONFIG_FILE} records no data folder; pass --data-dir")
-    return load_data_dirs(as_folders(folders))
+    return load_data_dirs(as_folders(folders), image_size)
 
 
 def _run_config(weights: Path, purpose: str) -> dict:
@@ -149,7 +152,7 @@ def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
 
 
 def _check_same_data(recorded_files: dict, data, config_path: Path) -> None:
-    found_files = data.provenance["files"]
+    found_files = data.provenance.get("files", {})  # (none: the synthetic set, regenerated from the config)
     # Other folders, more or fewer, or the same in another order (rows follow the folder order).
     if recorded_files and list(recorded_files) != list(found_files):
         raise UserError(f"the run trained on {_folders(recorded_files)} ({config_path}), not {_folders(found_files)}: "

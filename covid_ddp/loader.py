@@ -11,8 +11,9 @@ wrapped it (a resumed epoch replayed epoch 0's order), nor at all in accelerate 
 
 ``TrainingLoader`` turns those positions into batches on the training device, from the
 uint8 set held either on that device (a batch is one ``index_select`` there: no DataLoader,
-no worker) or in host memory (a plain DataLoader gathers the rows and they are moved,
-pinned on a GPU). Both placements give the same batches.
+no worker) or in host memory or a mapped store (a plain DataLoader gathers the rows, in
+``--workers`` processes ahead of the step, and they are moved, pinned on a GPU). Both
+placements give the same batches: the order is drawn here, in the training process.
 
 With ``--balance-sources`` an epoch's order is a weighted draw with replacement instead
 (``balanced_weights``): the same length, the same stream, the same sharding.
@@ -82,6 +83,7 @@ class TrainingLoader:
     process_index: int = 0
     num_processes: int = 1
     weights: np.ndarray | None = None
+    workers: int = 0  # DataLoader worker processes (host memory only)
 
     def __post_init__(self):
         self.batches = EpochBatches(len(self.rows), self.batch_size, self.seed, self.process_index,
@@ -89,9 +91,12 @@ class TrainingLoader:
         self.dataset = XrayDataset(self.images, self.targets, self.rows)
         # Host memory: a DataLoader gathers each batch with one tensor index (XrayDataset.__getitems__).
         # Its own generator, so that creating an iterator leaves the global RNG (dropout) alone.
+        # Workers stay up between epochs; the batch sampler runs in this process, so set_epoch
+        # reaches it whatever they do.
         self._host_loader = None if self.on_device else torch.utils.data.DataLoader(
             self.dataset, batch_sampler=self.batches, collate_fn=collate_batch,
-            pin_memory=torch.device(self.device).type == "cuda", generator=torch.Generator())
+            pin_memory=torch.device(self.device).type == "cuda", generator=torch.Generator(),
+            num_workers=self.workers, persistent_workers=self.workers > 0)
 
     def __len__(self) -> int:
         """Steps in an epoch (the loop counts steps from 1 to this, whatever the start step)."""

@@ -127,8 +127,8 @@ def raw_pixel_state_dict(state_dict: dict, model: Net) -> dict:
 def original_state_dict(state_dict: dict) -> dict:
     """A state_dict of the original's keys from any covid_ddp or original weights file: older
     covid_ddp files carried ``pixel_mean``/``pixel_std``, folded into conv1 here."""
-    if not all(key in state_dict for key in NORMALIZATION_KEYS):
-        return state_dict
+    if not all(key in state_dict for key in (*NORMALIZATION_KEYS, "conv1.weight", "conv1.bias")):
+        return state_dict  # (a backbone's keeps its normalisation: not Net's, load_model names the mismatch)
     rest = {k: v for k, v in state_dict.items() if k not in NORMALIZATION_KEYS}
     return fold_normalization(rest, float(state_dict["pixel_mean"]), float(state_dict["pixel_std"]))
 

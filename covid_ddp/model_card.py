@@ -37,7 +37,7 @@ CLAIM_ITEMS = (
     (7, "Data sources", "card", "Data: folders, files, sha256"),
     (8, "Inclusion and exclusion criteria", "partly", "sources excluded by flags are named; the sets' own criteria "
      "are their publishers'"),
-    (9, "Data preprocessing", "partly", "64x64 uint8 as given; covid-ddp-prepare's record where it made the folder"),
+    (9, "Data preprocessing", "partly", "square uint8 images as given (size in the recipe); covid-ddp-prepare's record where it made the folder"),
     (10, "Selection of data subsets", "card", "Split"),
     (11, "De-identification methods", "author", "the source sets'"),
     (12, "Missing data handling", "author", ""),
@@ -51,7 +51,7 @@ CLAIM_ITEMS = (
     (20, "Level at which partitions are disjoint", "card", "Split: image, patient or source"),
     (21, "Intended sample size of the test set", "partly", "the test set's size is here; how it was planned is "
      "the author's"),
-    (22, "Detailed model description", "card", "Recipe (the seed's Net)"),
+    (22, "Detailed model description", "card", "Recipe (the network and its input size)"),
     (23, "Software libraries, frameworks, packages", "card", "Recipe: versions"),
     (24, "Initialization of parameters", "card", "Recipe: random, seeded"),
     (25, "Training approach", "card", "Recipe: the full command and every flag in config.json"),
@@ -123,7 +123,7 @@ def build_card(run_dir: Path, config: dict, metrics: dict | None) -> str:
     sections = [
         f"# Model card: {run_dir.name}", "",
         f"> {NOT_FOR_CLINICAL_USE}", "",
-        *_intended_use(),
+        *_intended_use(_model_of(config)),
         *_data_section(data, flags),
         *_split_section(flags, data),
         *_recipe_section(config, metrics),
@@ -132,15 +132,21 @@ def build_card(run_dir: Path, config: dict, metrics: dict | None) -> str:
         *_audit_section(run_dir),
         *_evaluations_section(run_dir),
         *_reported_section(run_dir),
-        *_limitations(flags, data, metrics),
+        *_limitations(flags, data, metrics, _model_of(config)),
         *_checklist(),
     ]
     return "\n".join(sections).rstrip() + "\n"
 
 
-def _intended_use() -> list[str]:
+def _model_of(config: dict) -> dict:
+    """The run's network and image size (runs before 0.3 recorded none: the seed's Net at 64)."""
+    return {"name": "net", "image_size": 64, **(config.get("model") or {})}
+
+
+def _intended_use(model: dict) -> list[str]:
+    size = model["image_size"]
     return ["## Intended use", "",
-            "Research on COVID / non-COVID classification of frontal chest X-rays (64x64 grayscale): comparing recipes, "
+            f"Research on COVID / non-COVID classification of frontal chest X-rays ({size}x{size} grayscale): comparing recipes, "
             "studying shortcuts, teaching. Not a medical device; its calls must not inform the care of any patient. "
             "Input: one frontal chest radiograph as raw 0-255 pixels; output: P(COVID) and a call at the threshold "
             "chosen on the run's validation split.", ""]
@@ -214,8 +220,7 @@ def _recipe_section(config: dict, metrics: dict | None) -> list[str]:
     packages = ", ".join(f"{name} {version}" for name, version in environment.get("packages", {}).items() if version)
     device = environment.get("cuda_device") or run.get("device", "?")
     lines = ["## Recipe", "",
-             "Model: the seed's `Net` (four Conv3x3-BatchNorm-ReLU-MaxPool blocks 1-32-64-128-256, FC 512 + dropout "
-             f"{flags.get('dropout')}, FC 2, log-softmax), randomly initialised (seed {flags.get('seed')}). NLL loss, "
+             f"Model: {_model_words(_model_of(config), flags)}. NLL loss, "
              f"Adam lr {flags.get('lr')}, ReduceLROnPlateau (patience {flags.get('lr_patience')}, factor "
              f"{flags.get('lr_factor')}), batch {flags.get('batch_size')}, {flags.get('epochs')} epochs.",
              "",
@@ -229,6 +234,17 @@ def _recipe_section(config: dict, metrics: dict | None) -> list[str]:
         lines.append(f"- Resumed {len(config['resumes'])} time(s); changes: "
                      + ("; ".join(str(r.get('changed')) for r in config["resumes"] if r.get("changed")) or "none"))
     return lines + ["- Every flag: `config.json` beside this card.", ""]
+
+
+def _model_words(model: dict, flags: dict) -> str:
+    size = f"at {model['image_size']}x{model['image_size']}"
+    start = (f"started from `{flags['init_weights']}` (first convolution summed to one channel, head replaced)"
+             if flags.get("init_weights") else f"randomly initialised (seed {flags.get('seed')})")
+    if model["name"] == "net":
+        return ("the seed's `Net` (four Conv3x3-BatchNorm-ReLU-MaxPool blocks 1-32-64-128-256, FC 512 + dropout "
+                f"{flags.get('dropout')}, FC 2, log-softmax) {size}, {start}")
+    parameters = f", {model['parameters']:,} parameters" if model.get("parameters") else ""
+    return f"`{model['name']}` with one input channel and two outputs{parameters}, {size}, {start}"
 
 
 def _augmentation(flags: dict) -> str:
@@ -330,8 +346,10 @@ def _reported_section(run_dir: Path) -> list[str]:
             f"'{reported.get('recipe')}' in `{reported.get('report')}` ({beside} side by side).", ""]
 
 
-def _limitations(flags: dict, data: dict, metrics: dict | None) -> list[str]:
-    items = ["Images are 64x64: fine lung texture is gone; the model sees shapes, exposure and marks."]
+def _limitations(flags: dict, data: dict, metrics: dict | None, model: dict) -> list[str]:
+    size = model["image_size"]
+    items = [f"Images are {size}x{size}: fine lung texture is gone; the model sees shapes, exposure and marks."
+             if size < 224 else f"Images are {size}x{size}, below the resolution radiologists read films at."]
     lonely = single_class_sources(_whole_table(data.get("by_source") or {}))
     if lonely:
         items.append("Disease and source are confounded (" + ", ".join(f"{s}: {c} only" for s, c in lonely.items())

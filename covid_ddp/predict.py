@@ -236,7 +236,7 @@ def run(arguments: argparse.Namespace) -> None:
             print(f"skipped: {error}", file=sys.stderr)
             continue
         if item.resized_from is not None:
-            resized_from.append(item.resized_from)
+            resized_from.extend([item.resized_from] * len(item.images))
         p_covid = ensemble.predict(item.images, arguments.batch_size)
         for index, p in enumerate(p_covid):
             writer.writerow([item.source, index, f"{p:.6f}", CLASS_NAMES[int(p >= threshold)], f"{threshold:.6f}"])

@@ -28,6 +28,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ from .model_card import REPORTED_FILE, refresh_model_card
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "threshold")  # the calls are made at each run's own threshold
 TRAIN_MODULE = ["-m", "covid_ddp.train"]
+TIMING_FILE = "report_timing.json"  # a run's wall-clock seconds, kept for a report that reuses it
 
 
 def settings(meta: dict, targets: np.ndarray, without: tuple[str, ...]) -> dict[str, list[str]]:
@@ -61,23 +63,31 @@ def settings(meta: dict, targets: np.ndarray, without: tuple[str, ...]) -> dict[
 
 
 def train_once(launcher: list[str], flags: list[str], run_dir: Path) -> dict:
-    """One run (its console in ``train.log`` beside it); a finished run is reused (``--resume auto``),
-    so a report stopped half-way continues where it was."""
+    """One run's test metrics, with the wall-clock ``seconds`` it took (its console in ``train.log``
+    beside it); a finished run is reused (``--resume auto``), so a report stopped half-way continues
+    where it was."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    metrics, timing = run_dir / "metrics.json", run_dir / TIMING_FILE
+    finished_before = metrics.is_file()
     command = [*launcher, *flags, "--output-dir", str(run_dir), "--resume", "auto"]
+    started = time.monotonic()
     with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, text=True)
-    metrics = run_dir / "metrics.json"
     if done.returncode != 0 or not metrics.is_file():
         lines = (run_dir.parent / f"{run_dir.name}.log").read_text().splitlines()
         cause = next((line for line in reversed(lines) if "error:" in line), lines[-1] if lines else "no output")
         raise UserError(f"a training run failed: {cause.strip()} (the whole console: {run_dir}.log)")
-    return json.loads(metrics.read_text())["test"]
+    if not finished_before:  # (a run resumed half-way counts only its second part)
+        write_json(timing, {"seconds": round(time.monotonic() - started, 1)})
+    seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
+    return {**json.loads(metrics.read_text())["test"], "seconds": seconds}
 
 
 def summarise(runs: list[dict]) -> dict:
     """Per shown metric: mean, std over seeds, the widest bootstrap interval of one seed (None: undefined)."""
     summary = {"n": runs[0]["n"], "n_per_class": runs[0]["n_per_class"]}
+    seconds = [run.get("seconds") for run in runs]
+    summary["seconds"] = float(np.mean(seconds)) if None not in seconds else None
     for name in SHOWN:
         values = [run[name] for run in runs if run.get(name) is not None]
         if len(values) < len(runs):
@@ -104,14 +114,17 @@ def markdown(rows: list[dict], seeds: list[int], sources: dict | None = None) ->
               f"test set, resampling {' and '.join(units) or 'image'}s]. An 'ensemble' row scores the mean P(COVID) of "
               "the seeds' models as one model, at a threshold chosen on their common validation split, with its own "
               "interval. n/a: the held-out source has one class only. Sensitivity and specificity call COVID at "
-              "each run's threshold (chosen on its validation split; the last column).", "",
-              "| setting | recipe | test n (COVID / non-COVID) | ROC AUC | sensitivity | specificity | threshold |",
-              "| --- | --- | --- | --- | --- | --- | --- |"]
+              "each run's threshold (chosen on its validation split). Minutes: the mean wall-clock time of one "
+              "run (training, test, audit), on the machine the report ran on.", "",
+              "| setting | recipe | test n (COVID / non-COVID) | ROC AUC | sensitivity | specificity | threshold | minutes |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         counts = row["summary"]["n_per_class"]
         cells = [_cell(row["summary"][name]) for name in SHOWN]
+        seconds = row["summary"].get("seconds")
+        minutes = "" if row.get("ensemble") else ("?" if seconds is None else f"{seconds / 60:.1f}")
         lines.append(f"| {row['setting']} | {row['recipe']} | {row['summary']['n']} ({counts['covid']} / "
-                     f"{counts['non_covid']}) | " + " | ".join(cells) + " |")
+                     f"{counts['non_covid']}) | " + " | ".join(cells) + f" | {minutes} |")
     return "\n".join(lines) + "\n"
 
 

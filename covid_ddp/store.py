@@ -50,8 +50,8 @@ def find_images_file(folder: Path, image_size: int | None = None) -> Path | None
             return found[image_size]
         if found:
             raise UserError(f"{folder} holds no {image_size}x{image_size} images (it holds "
-                            f"{', '.join(p.name for p in found.values())}); pass --image-size {min(found)} or prepare "
-                            f"the images again with covid-ddp-prepare --image-size {image_size}")
+                            f"{', '.join(p.name for p in found.values())}); prepare them at that size with "
+                            f"covid-ddp-prepare --image-size {image_size}")
         return None
     if len(found) > 1:
         raise UserError(f"{folder} holds images of several sizes ({', '.join(p.name for p in found.values())}); "

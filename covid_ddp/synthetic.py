@@ -2,8 +2,8 @@
 
 It serves the offline demo and the tests: ``make_synthetic(n, seed)`` returns
 ``(images, labels)`` exactly like the two MCFAM files, ``(n, 64, 64) uint8`` and
-``(n, 4) float32`` one-hot; ``make_synthetic(n, seed, image_size=224)`` draws the same
-films at another size (the same random draws but the noise, on a finer grid).
+``(n, 4) float32`` one-hot; ``make_synthetic(n, seed, image_size=224)`` draws such films at
+another size (rendered on a finer grid; 64, the default, is the generator's original stream).
 
 Every image is a frontal chest film: body, two darker lung fields, a bright
 mediastinum and heart, ribs across the lungs, and noise. The classes differ only

@@ -228,8 +228,9 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
     gradient tests pass SGD, whose update shows the gradient's scale, which Adam hides).
     """
     # Decided once, on the main process: ranks with different free GPU memory still agree.
-    on_device = on_main_process(accelerator, lambda: wants_device(data.images, targets, accelerator.device,
-                                                                  config.data_on_device), "place the data")
+    # --workers gather batches in host memory: the set stays there.
+    on_device = not config.workers and on_main_process(accelerator, lambda: wants_device(
+        data.images, targets, accelerator.device, config.data_on_device), "place the data")
     images, targets_t = on_every_process(accelerator, lambda: dataset_tensors(  # a GPU may run out of memory
         data.images, targets, accelerator.device, on_device), "put the data on the device")
     train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config,
@@ -296,7 +297,8 @@ def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: 
     # on other images than 1 process. Evaluation keeps every image.
     train_loader = TrainingLoader(images, targets, split.train, config.batch_size, config.seed,
                                   device=images.device if device is None else device, on_device=on_device,
-                                  process_index=process_index, num_processes=num_processes, weights=weights)
+                                  process_index=process_index, num_processes=num_processes, weights=weights,
+                                  workers=config.workers)
     val_loader = evaluation_loader(split.val) if len(split.val) else None
     return train_loader, val_loader, evaluation_loader(split.test)
 

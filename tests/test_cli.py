@@ -66,7 +66,7 @@ def test_predict_cli_scores_npz_png_and_folders(trained_run, small_data, tmp_pat
     threshold = json.loads((output_dir / "COVID_binary_classifier.json").read_text())["threshold"]
     assert f"threshold {threshold:.4f} (youden on the validation split, from COVID_binary_classifier.json)" in result.stderr
     assert all(r["prediction"] == ("COVID" if float(r["p_covid"]) >= threshold else "Non-COVID") for r in rows)
-    assert "1 image was resized to 64x64 (from 192x128; non-square ones center-cropped" in result.stderr
+    assert "1 image was resized to 64x64, the weights' size (from 192x128; non-square ones center-cropped" in result.stderr
 
     out_file = tmp_path / "scores.csv"
     run([sys.executable, PREDICT_SCRIPT, "--weights", weights, "--threshold", "0", "--output", out_file, tmp_path / "five.npz"])

@@ -55,7 +55,9 @@ GOOD_LABELS = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 2]]
 @pytest.mark.parametrize(
     "images, labels, message",
     [
-        (np.zeros((6, 32, 32), np.uint8), GOOD_LABELS, r"train_images64.npz: images must have shape \(N, 64, 64\)"),
+        (np.zeros((6, 32, 32), np.uint8), GOOD_LABELS, "train_images64.npz: its name says 64x64 but it holds 32x32 "
+         "images; rename it train_images32.npz"),
+        (np.zeros((6, 64, 32), np.uint8), GOOD_LABELS, r"train_images64.npz: images must have shape \(N, S, S\), square"),
         (np.zeros((6, 64, 64, 3), np.uint8), GOOD_LABELS, "images must have shape"),
         (np.zeros((6, 64, 64), np.float32), GOOD_LABELS, "images must be uint8"),
         (GOOD_IMAGES, np.zeros((6, 3), np.float32), r"train_labels.npz: labels must have shape \(N, 4\)"),

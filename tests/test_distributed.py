@@ -20,6 +20,7 @@ from conftest import SMALL_RUN, HELPERS, FakeMirror, clean_env, free_port, run, 
 from covid_ddp import Net, load_model, predict
 from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.splits import split_indices
+from covid_ddp.store import write_store
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,11 @@ def two_process_run(small_data, tmp_path_factory):
 def shard_probe(small_data, tmp_path_factory):
     """Both ranks' training rows per epoch and gathered test scores, from one 2-process probe."""
     folder = tmp_path_factory.mktemp("shards")
-    torchrun(2, HELPERS / "shard_probe.py", [folder, small_data])
+    store = folder / "store"
+    store.mkdir()
+    write_store(store / "train_images64.npy", load_data_dir(small_data).images)
+    (store / "train_labels.npz").write_bytes((small_data / "train_labels.npz").read_bytes())
+    torchrun(2, HELPERS / "shard_probe.py", [folder, small_data, store])
     return tuple(json.loads((folder / f"rank{r}.json").read_text()) for r in (0, 1))
 
 
@@ -55,6 +60,15 @@ def test_device_loader_shards_equal_the_dataloader_path(shard_probe):
     """--data-on-device yes|no must not change which images a rank trains on, batch for batch."""
     for rank in shard_probe:
         assert rank["train_rows"] == rank["train_rows_dataloader"]
+
+
+def test_workers_reading_a_mapped_store_draw_the_same_batches(shard_probe):
+    """--workers 2 over a store mapped read-only: the same rows per rank and epoch (the order is drawn
+    in the training process, whatever the workers do), each with its own pixels."""
+    for rank in shard_probe:
+        assert rank["store_is_mapped"]
+        assert rank["train_rows_store_workers"] == rank["train_rows"]
+        assert rank["store_workers_pixels_match"]
 
 
 def test_balanced_draws_are_one_draw_sharded_over_ranks_on_both_paths(shard_probe):

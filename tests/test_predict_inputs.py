@@ -129,11 +129,11 @@ def test_resized_images_get_one_line_naming_their_own_sizes(capsys, weights, tmp
     code, out, err = run_predict(capsys, "--weights", weights, folder)
     assert code == 0 and len(out.strip().splitlines()) == 1 + 5, err
     assert [line for line in err.splitlines() if "resized" in line] == [
-        "covid-ddp-predict: 4 images were resized to 64x64 (from 300x200 to 512x512; non-square ones "
+        "covid-ddp-predict: 4 images were resized to 64x64, the weights' size (from 300x200 to 512x512; non-square ones "
         "center-cropped to a square first)"]
     assert "256x256" not in err
     code, _, err = run_predict(capsys, "--weights", weights, folder / "b.jpg")
-    assert "1 image was resized to 64x64 (from 512x512)\n" in err
+    assert "1 image was resized to 64x64, the weights' size (from 512x512)\n" in err
 
 
 def test_first_bad_input_stops_the_run_and_writes_nothing(capsys, weights, tmp_path):

@@ -1,0 +1,175 @@
+"""Standard backbones (--model resnet18, ...): one channel, raw pixels, local initial weights, and
+every command working on their weights. Small images (32-40 px) keep them quick.
+
+torchvision's wheels on this project's machines import only beside their own CUDA build of torch
+(``.ci/run`` installs that pair); where it does not import, this file is skipped as a whole.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+try:
+    import torchvision
+except (ImportError, RuntimeError) as error:  # RuntimeError: beside a torch it was not built for
+    pytest.skip(f"torchvision does not import here ({str(error).splitlines()[0]}); .ci/run installs the pair",
+                allow_module_level=True)
+
+from covid_ddp.audit import predict_with_features
+from covid_ddp.backbones import TORCHVISION, load_initial_weights
+from covid_ddp.errors import UserError
+from covid_ddp.gradcam import gradcam
+from covid_ddp.model import ModelSpec, build_network
+from covid_ddp.predict import load_model, predict
+
+from conftest import PREDICT_SCRIPT, ROOT, run, torchrun
+
+SIZE = 40
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION))
+def test_each_backbone_reads_one_channel_of_raw_pixels(name):
+    torch.manual_seed(0)
+    model = build_network(ModelSpec(name, 32)).eval()
+    model.set_normalization(120.0, 60.0)
+    stem = model.network.get_submodule(TORCHVISION[name].first_conv)
+    assert stem.in_channels == 1
+    images = torch.randint(0, 256, (2, 1, 32, 32)).float()
+    with torch.no_grad():
+        log_p = model(images)
+        expected = torch.log_softmax(model.network((images - 120.0) / 60.0), dim=1)
+    assert log_p.shape == (2, 2) and torch.allclose(log_p.exp().sum(dim=1), torch.ones(2))
+    assert torch.allclose(log_p, expected), "the normalisation is inside the model: raw pixels in"
+    heatmaps = gradcam(model, images)
+    assert heatmaps.shape == (2, 32, 32) and heatmaps.min() >= 0 and heatmaps.max() <= 1
+    p_covid, features = predict_with_features(model, images.numpy())
+    assert np.allclose(p_covid, log_p[:, 1].exp().numpy(), atol=1e-5) and features.shape[0] == 2
+    assert {"pixel_mean", "pixel_std"} <= set(model.state_dict()), "the weights file carries its normalisation"
+
+
+def test_initial_weights_sum_the_rgb_stem_and_leave_the_head_out(tmp_path):
+    imagenet_like = torchvision.models.resnet18(weights=None)  # 3 channels, 1000 classes: what users download
+    torch.save(imagenet_like.state_dict(), tmp_path / "resnet18.pth")
+    model = build_network(ModelSpec("resnet18", SIZE))
+    head_before = model.network.fc.weight.clone()
+    done = load_initial_weights(model, torch.load(tmp_path / "resnet18.pth", weights_only=True), "resnet18.pth")
+    assert done["first_conv_summed_from_3_channels"] and done["head_replaced"] == "fc"
+    assert torch.equal(model.network.conv1.weight, imagenet_like.conv1.weight.sum(dim=1, keepdim=True))
+    assert torch.equal(model.network.layer4[1].bn2.running_var, imagenet_like.layer4[1].bn2.running_var)
+    assert torch.equal(model.network.fc.weight, head_before), "our two-class head is not overwritten"
+
+
+def test_initial_weights_read_torchvision_densenet_files_and_checkpoints_wrapping_them(tmp_path):
+    reference = torchvision.models.densenet121(weights=None)
+    # torchvision's published DenseNet files name layers "norm.1" (its own loader renames them), and
+    # a training checkpoint wraps the state_dict under "state_dict" with DataParallel's "module.".
+    old_names = {key.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): value
+                 for key, value in reference.state_dict().items()}
+    assert old_names.keys() != reference.state_dict().keys()
+    model = build_network(ModelSpec("densenet121", 32))
+    load_initial_weights(model, {"state_dict": {f"module.{k}": v for k, v in old_names.items()}, "epoch": 3}, "x.pth")
+    assert torch.equal(model.network.features.denseblock4.denselayer16.conv2.weight,
+                       reference.features.denseblock4.denselayer16.conv2.weight)
+
+
+def test_initial_weights_of_another_network_are_named_in_one_line():
+    model = build_network(ModelSpec("resnet18", SIZE))
+    other = torchvision.models.efficientnet_b0(weights=None).state_dict()
+    with pytest.raises(UserError) as raised:
+        load_initial_weights(model, other, "effnet.pth")
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("--init-weights effnet.pth: does not fit ResNet: missing: ")
+    assert "unexpected: classifier.1.bias, classifier.1.weight, features.0.0.weight and 357 more" in message
+    with pytest.raises(UserError, match="not a state_dict"):
+        load_initial_weights(model, {"epoch": 3}, "x.pth")
+
+
+@pytest.fixture(scope="module")
+def backbone_run(tmp_path_factory):
+    """A 2-process resnet18 run on 40 px synthetic images, from initial weights on disk."""
+    folder = tmp_path_factory.mktemp("backbone")
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), folder / "init.pth")
+    args = ["--dataset", "synthetic", "--synthetic-size", "320", "--image-size", str(SIZE), "--model", "resnet18",
+            "--init-weights", folder / "init.pth", "--epochs", "1", "--batch-size", "32", "--log-images-every", "1",
+            "--audit", "yes", "--output-dir", folder / "run"]
+    torchrun(2, ROOT / "launch" / "train.py", args, timeout=300)
+    return folder / "run"
+
+
+def test_a_backbone_run_ships_one_plain_state_dict_with_a_sidecar_naming_it(backbone_run):
+    weights = backbone_run / "COVID_binary_classifier.pth"
+    state_dict = torch.load(weights, weights_only=True, map_location="cpu")
+    assert not any(key.startswith(("module.", "_orig_mod.")) for key in state_dict)
+    assert all(v.dtype == torch.float32 for v in state_dict.values() if v.is_floating_point())
+    sidecar = json.loads(weights.with_suffix(".json").read_text())
+    assert sidecar["model"] == {"name": "resnet18", "image_size": SIZE}
+    config = json.loads((backbone_run / "config.json").read_text())
+    assert config["model"]["name"] == "resnet18" and config["config"]["init_weights"].endswith("init.pth")
+    # The consolidated weights score the test split exactly as the run did.
+    evaluated = run([sys.executable, ROOT / "launch" / "evaluate.py", "--weights", weights, "--bootstrap", "0"])
+    evaluation = json.loads((backbone_run / "evaluation-test" / "evaluation.json").read_text())
+    metrics = json.loads((backbone_run / "metrics.json").read_text())["test"]
+    assert evaluation["metrics"]["roc_auc"] == pytest.approx(metrics["roc_auc"], abs=1e-6), evaluated.stderr
+    assert "resnet18" in (backbone_run / "model_card.md").read_text()
+
+
+def test_predict_resizes_to_the_weights_size_and_draws_gradcam(backbone_run, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (120, 90), dtype=np.uint8)).save(tmp_path / "film.png")
+    weights = backbone_run / "COVID_binary_classifier.pth"
+    result = run([sys.executable, PREDICT_SCRIPT, "--weights", weights, tmp_path / "film.png",
+                  "--gradcam", tmp_path / "cams"])
+    assert f"resized to {SIZE}x{SIZE}, the weights' size (from 90x120" in result.stderr
+    assert (tmp_path / "cams" / "film_0.png").is_file()
+    p_csv = float(result.stdout.splitlines()[1].split(",")[2])
+    from covid_ddp.radiographs import read_radiograph
+
+    expected = predict(load_model(weights), read_radiograph(tmp_path / "film.png", SIZE)[None])[0]
+    assert p_csv == pytest.approx(float(expected), abs=1e-5)
+
+
+def test_backbone_weights_without_their_sidecar_are_refused_in_one_line(backbone_run, tmp_path):
+    alone = tmp_path / "COVID_binary_classifier.pth"
+    alone.write_bytes((backbone_run / "COVID_binary_classifier.pth").read_bytes())
+    with pytest.raises(UserError) as raised:
+        load_model(alone)
+    assert "not weights of the original script's Net (no COVID_binary_classifier.json beside it" in str(raised.value)
+
+
+def test_backbone_runs_are_audited_and_exported(backbone_run, tmp_path):
+    report = json.loads((backbone_run / "audit-test" / "audit.json").read_text())  # --audit yes: Grad-CAM's layer
+    assert report["gradcam"]["images"] > 0 and report["marks"]["images"] > 0
+    weights = backbone_run / "COVID_binary_classifier.pth"
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    run([sys.executable, ROOT / "launch" / "export.py", "--weights", weights, "--onnx", tmp_path / "m.onnx"])
+    pixels = np.random.default_rng(1).integers(0, 256, (3, 1, SIZE, SIZE)).astype(np.float32)
+    onnx_p = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"pixels": pixels})[0]
+    with torch.no_grad():
+        torch_p = load_model(weights)(torch.from_numpy(pixels)).exp().numpy()
+    assert np.abs(onnx_p - torch_p).max() < 1e-4
+
+
+def test_initial_weights_holding_pickled_objects_are_refused_before_training(tmp_path):
+    torch.save({"weights": torchvision.models.resnet18(weights=None)}, tmp_path / "module.pth")  # a whole module
+    result = run([sys.executable, ROOT / "launch" / "train.py", "--dataset", "synthetic", "--synthetic-size", "100",
+                  "--model", "resnet18", "--init-weights", tmp_path / "module.pth", "--output-dir", tmp_path / "run"],
+                 check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert f"{tmp_path / 'module.pth'}: refused: this --init-weights file holds pickled Python objects" in line, line
+    assert not (tmp_path / "run" / "COVID_binary_classifier.pth").exists()
+
+
+def test_timm_models_are_built_the_same_way():
+    pytest.importorskip("timm")
+    model = build_network(ModelSpec("timm:resnet10t", 32)).eval()
+    images = torch.randint(0, 256, (2, 1, 32, 32)).float()
+    assert model(images).shape == (2, 2)
+    assert gradcam(model, images).shape == (2, 32, 32)
