@@ -4,6 +4,7 @@
     python benchmarks/throughput.py --scaling --time-to-accuracy
     python benchmarks/throughput.py --device cuda --compile    # GPU: adds bf16 at batch 1024, compiled
     python benchmarks/throughput.py --sync-cost                # what a step spends agreeing across 2 processes
+    python benchmarks/throughput.py --model resnet18 --image-size 224   # a backbone: plain loop vs covid_ddp
 
 (a) ``original`` is a faithful re-implementation of the original script: a per-item
 ``Dataset`` that converts each image to float and takes the one-hot argmax,
@@ -17,7 +18,10 @@ is printed, warm-up (and compilation) excluded. Printed per variant: training, e
 and inference images/s, model FLOP utilisation (MFU: 3 x forward FLOPs x training images/s
 over this device's matmul peak, measured in this run in the variant's precision), the
 projected training time of a 10-epoch MCFAM-shaped run (7,000 images an epoch) and the
-ratios to (a). ``--scaling`` adds covid_ddp with 1 vs 2 CPU processes (same global batch,
+ratios to (a). With ``--model``/``--image-size`` (a backbone needs torchvision), (a) is the
+plain single-process loop a user would write by hand for that model (the same per-item
+``Dataset``, fp32, NCHW, Adam, the same batch) and the defaults shrink to fit a CPU (5 timed
+steps after 2, 400 images scored, 2 repeats). ``--scaling`` adds covid_ddp with 1 vs 2 CPU processes (same global batch,
 the machine's cores shared out); ``--time-to-accuracy`` trains (a) and (b) on the default
 synthetic set until the validation accuracy first reaches 90%.
 
@@ -44,7 +48,7 @@ import torch.nn.functional as F
 
 MCFAM_TRAIN_IMAGES_PER_EPOCH = 7000
 TARGET_ACCURACY = 0.90
-SYNTHETIC_POOL = 20000
+SYNTHETIC_POOL_PIXELS = 20000 * 64 * 64  # distinct synthetic images generated per variant: 20,000 at 64 px
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,12 @@ class Variant:
     def worker_flags(self) -> list[str]:
         return ["--worker", self.trainer, "--precision", self.precision, "--batch-size", str(self.batch_size),
                 *(["--compile"] if self.compile else [])]
+
+
+def model_spec(args):
+    from covid_ddp.model import ModelSpec
+
+    return ModelSpec(args.model, args.image_size)
 
 
 # --- the two trainers (run inside a worker process) ------------------------------------------
@@ -83,11 +93,11 @@ class OriginalRecipe:
     """The original training loop and its test loop, timed."""
 
     def __init__(self, images, labels, args, device):
-        from covid_ddp.model import Net
+        from covid_ddp.model import build_network
 
         self.images, self.labels, self.args, self.device = images, labels, args, device
         torch.manual_seed(1)
-        self.model = Net().to(device)
+        self.model = build_network(model_spec(args)).to(device)  # the seed's Net, or the same backbone as (b)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
 
     def train(self, rows: np.ndarray, max_steps: int | None = None) -> tuple[int, float]:
@@ -128,7 +138,7 @@ class CovidDdpTrainer:
         from covid_ddp.hardware import make_optimizer, tune_backends, with_device_defaults
         from covid_ddp.train import build_accelerator, build_model, make_loaders
 
-        config = TrainConfig(cpu=args.device == "cpu", batch_size=args.batch_size,
+        config = TrainConfig(cpu=args.device == "cpu", batch_size=args.batch_size, model=args.model,
                              mixed_precision="bf16" if args.precision == "bf16" else "no", compile=args.compile)
         self.accelerator = build_accelerator(config)
         self.config = with_device_defaults(config, self.accelerator.device, self.accelerator.num_processes)
@@ -138,7 +148,8 @@ class CovidDdpTrainer:
                                split, self.config, num_processes=self.accelerator.num_processes,
                                process_index=self.accelerator.process_index, on_device=True)
         torch.manual_seed(1)
-        model = build_model(self.config, device, pixel_statistics(images, split.train))
+        self.spec = model_spec(args)
+        model = build_model(self.config, self.spec, device, pixel_statistics(images, split.train))
         optimizer = make_optimizer(model, self.config.lr, device)
         self.model, self.optimizer, self.eval_loader = self.accelerator.prepare(model, optimizer, loaders[2])
         self.train_loader, self.split, self.images, self.epoch = loaders[0], split, images, 0
@@ -170,13 +181,14 @@ class CovidDdpTrainer:
     def inference(self, rows: np.ndarray) -> float:
         """Images/s of the shipped inference path: the consolidated weights, BatchNorm folded, channels_last."""
         from covid_ddp.checkpoint import consolidated_state_dict
-        from covid_ddp.model import Net, raw_pixel_state_dict
-        from covid_ddp.predict import inference_model, predict
+        from covid_ddp.model import build_network, for_inference, weights_state_dict
 
-        net = Net()
-        net.load_state_dict(raw_pixel_state_dict(consolidated_state_dict(self.accelerator.get_state_dict(self.model)),
-                                                 self.accelerator.unwrap_model(self.model)))
-        model = inference_model(net.to(self.accelerator.device).eval())
+        from covid_ddp.predict import predict
+
+        net = build_network(self.spec)
+        net.load_state_dict(weights_state_dict(consolidated_state_dict(self.accelerator.get_state_dict(self.model)),
+                                               self.accelerator.unwrap_model(self.model)))
+        model = for_inference(net.to(self.accelerator.device).eval())
         images = torch.from_numpy(self.images[rows]).to(self.accelerator.device)
         batch = self.config.eval_batch_size
         with self.accelerator.autocast():
@@ -207,9 +219,9 @@ def speed_worker(args) -> dict:
     from covid_ddp.splits import Split
 
     needed = max(args.batch_size * (args.steps + args.warmup_steps), args.eval_images)
-    # At most SYNTHETIC_POOL distinct images (generating 300,000 would take minutes a variant);
-    # longer runs cycle through them, which costs a timing nothing.
-    images, labels = synthetic(min(needed, SYNTHETIC_POOL))
+    # At most 20,000 distinct images at 64 px, fewer at larger sizes (generating 300,000 would take
+    # minutes a variant); longer runs cycle through them, which costs a timing nothing.
+    images, labels = synthetic(min(needed, SYNTHETIC_POOL_PIXELS // args.image_size**2), image_size=args.image_size)
     train_rows = np.arange(args.batch_size * (args.steps + args.warmup_steps)) % len(images)
     eval_rows = np.arange(args.eval_images) % len(images)
     if args.worker == "original":
@@ -302,10 +314,10 @@ def measure_sync_cost(args) -> None:
           f"{TrainConfig().log_every} steps (now) {result['now']:.1f} us/step")
 
 
-def synthetic(count: int, seed: int = 0):
+def synthetic(count: int, seed: int = 0, image_size: int = 64):
     from covid_ddp.synthetic import make_synthetic
 
-    return make_synthetic(count, seed=seed)
+    return make_synthetic(count, seed=seed, image_size=image_size)
 
 
 # --- the parent: variants in subprocesses, figures, table -------------------------------------
@@ -315,7 +327,8 @@ def run_worker(variant: Variant, args, mode_flags: list[str] | None = None) -> d
     """Run one variant in a fresh process (torchrun for several); returns its JSON result."""
     script = [os.path.abspath(__file__), *(mode_flags or variant.worker_flags()), "--device", args.device,
               "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
-              "--eval-images", str(args.eval_images), "--max-epochs", str(args.max_epochs)]
+              "--eval-images", str(args.eval_images), "--max-epochs", str(args.max_epochs),
+              "--model", args.model, "--image-size", str(args.image_size)]
     env = dict(os.environ)
     if variant.processes > 1:  # the cores shared out, as a CPU user of torchrun would
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // variant.processes))
@@ -338,15 +351,15 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def forward_flops_per_image() -> float:
+def forward_flops_per_image(args) -> float:
     """Convolution and matmul FLOPs of one forward pass (what MFU conventionally counts)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from covid_ddp.model import Net
+    from covid_ddp.model import build_network
 
-    model = Net().eval()
+    model = build_network(model_spec(args)).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 1, 64, 64))
+        model(torch.zeros(1, 1, args.image_size, args.image_size))
     return float(counter.get_total_flops())
 
 
@@ -385,12 +398,13 @@ def variants_for(args) -> list[Variant]:
 
 def print_speed_table(args, variants, medians) -> list[dict]:
     """Print the table; returns its rows (for --json)."""
-    flops = forward_flops_per_image()
+    flops = forward_flops_per_image(args)
     peaks = {p: matmul_peak(args.device, p) for p in {v.precision for v in variants}}
+    print(f"model: {model_spec(args).describe()}; (a) = {'the original script' if args.model == 'net' else 'a plain PyTorch loop'}")
     print(f"device: {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
           f"{args.steps} timed steps x {args.repeats} repeats (median); forward {flops / 1e6:.0f} MFLOP/image; "
           + ", ".join(f"{p} matmul peak {peak / 1e12:.2f} TFLOP/s" for p, peak in sorted(peaks.items())))
-    header = ["variant", "batch", "ms/step", "train img/s", "eval img/s", "infer img/s", "MFU %", "10-ep MCFAM s",
+    header = ["variant", "batch", "ms/step", "train img/s", "eval img/s", "infer img/s", "MFU %", "10-ep 7k s",
               "train x", "eval x"]
     print("".join(f"{h:>14}" if i else f"{h:<30}" for i, h in enumerate(header)))
     reference, rows = medians["original"], []
@@ -421,6 +435,7 @@ def measure_speed(args) -> None:
     rows = print_speed_table(args, variants, medians)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": args.device, "torch": torch.__version__, "steps": args.steps,
+                                               "model": args.model, "image_size": args.image_size,
                                                "repeats": args.repeats, "variants": rows}, indent=1))
 
 
@@ -455,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"time (a) and (b) to {TARGET_ACCURACY:.0%} validation accuracy")
     parser.add_argument("--max-epochs", type=int, default=10, help="epochs --time-to-accuracy tries at most")
     parser.add_argument("--json", help="also write the speed table to this JSON file")
+    parser.add_argument("--model", default="net", help="covid-ddp-train's --model (a backbone needs torchvision)")
+    parser.add_argument("--image-size", type=int, default=64, help="side of the synthetic images (default 64)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one variant, print RESULT json
     return parser
 
@@ -462,9 +479,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = build_parser().parse_args()
     gpu = args.device == "cuda"
-    args.steps = args.steps or (300 if gpu else 20)
-    args.warmup_steps = args.warmup_steps or (30 if gpu else 3)
-    args.eval_images = args.eval_images or (100000 if gpu else 3000)
+    heavy = not gpu and (args.model != "net" or args.image_size > 64)  # a backbone on a CPU: ~20-70 img/s
+    args.steps = args.steps or (300 if gpu else 5 if heavy else 20)
+    args.warmup_steps = args.warmup_steps or (30 if gpu else 2 if heavy else 3)
+    args.eval_images = args.eval_images or (100000 if gpu else 400 if heavy else 3000)
+    if heavy and "--repeats" not in sys.argv:
+        args.repeats = 2
     if args.worker:
         workers = {"sync-cost": sync_cost_worker}
         worker = workers.get(args.worker, time_to_accuracy_worker if args.worker.startswith("tta-") else speed_worker)
