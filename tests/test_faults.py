@@ -44,7 +44,7 @@ def _not_a_zip(path):
 @pytest.mark.parametrize("images, labels, damage, fragments", [
     (GOOD_IMAGES, GOOD_LABELS, ("train_images64.npz", _not_a_zip), ["train_images64.npz", "not a readable .npz"]),
     (GOOD_IMAGES, GOOD_LABELS, ("train_labels.npz", _corrupt), ["train_labels.npz", "not a readable .npz"]),
-    (GOOD_IMAGES[:, :32, :32], GOOD_LABELS, None, ["train_images64.npz", "(100, 32, 32)"]),
+    (GOOD_IMAGES[:, :32, :32], GOOD_LABELS, None, ["train_images64.npz", "says 64x64 but it holds 32x32"]),
     (np.zeros((100, 64, 64, 3), np.uint8), GOOD_LABELS, None, ["train_images64.npz", "(100, 64, 64, 3)"]),
     (np.full((100, 64, 64), np.nan, np.float32), GOOD_LABELS, None, ["must be uint8", "NaN or inf"]),
     (GOOD_IMAGES, GOOD_LABELS[:, :3], None, ["train_labels.npz", "shape (N, 4)"]),
