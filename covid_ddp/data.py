@@ -249,7 +249,8 @@ def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | Non
     pins = pins or {}
     if not all((Path(data_dir) / name).exists() for name in (IMAGES_FILE, LABELS_FILE)):
         refuse_a_folder_of_other_files(Path(data_dir))
-    for name, key, validate in ((IMAGES_FILE, IMAGES_KEY, validate_images), (LABELS_FILE, LABELS_KEY, validate_labels)):
+    mcfam_images = functools.partial(validate_images, image_size=64)  # MCFAM's files are 64x64
+    for name, key, validate in ((IMAGES_FILE, IMAGES_KEY, mcfam_images), (LABELS_FILE, LABELS_KEY, validate_labels)):
         destination = Path(data_dir) / name
         problem = ""
         if destination.exists():
