@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UserError
+from .errors import UserError, first_few
 
 TIMM_PREFIX = "timm:"
 
@@ -138,7 +138,7 @@ def load_initial_weights(model: Backbone, state_dict, path) -> dict:
 
     Its three-channel first convolution is summed to one channel; its head is left out. Any
     other missing, unexpected or differently shaped tensor is a one-line error naming the
-    first few. Returns what was done, for config.json."""
+    first few. Returns what was done."""
     if isinstance(state_dict, dict) and not _tensors_only(state_dict):
         for key in ("state_dict", "model"):  # a training checkpoint holding the weights under one key
             if isinstance(state_dict.get(key), dict):
@@ -162,7 +162,7 @@ def load_initial_weights(model: Backbone, state_dict, path) -> dict:
                       for key in set(kept) & set(own) if kept[key].shape != own[key].shape)
     if missing or unexpected or reshaped:
         raise UserError(f"--init-weights {path}: does not fit {_name(model)}: " + "; ".join(
-            f"{label}: {_first_few(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected),
+            f"{label}: {first_few(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected),
                                                               ("other shapes", reshaped)) if keys))
     model.network.load_state_dict(kept, strict=False)
     return {"path": str(path), "tensors": len(kept), "first_conv_summed_from_3_channels": summed,
@@ -178,10 +178,6 @@ def _unwrapped(key: str) -> str:
     for prefix in _WRAPPER_PREFIXES:
         key = key.removeprefix(prefix)
     return key
-
-
-def _first_few(keys: list[str], shown: int = 3) -> str:
-    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def _name(model: Backbone) -> str:

@@ -30,9 +30,8 @@ from .download import DEFAULT_TIMEOUT_S, DownloadError, download
 from .errors import UserError
 from .files import atomic_path
 from .store import find_images_file, image_size_of, read_store
-from .synthetic import make_synthetic
+from .synthetic import IMAGE_SIZE as SYNTHETIC_IMAGE_SIZE, make_synthetic
 
-SYNTHETIC_DEFAULT_SIZE = 64
 MCFAM_BASE_URL = "http://www-users.math.umn.edu/~jwcalder/MCFAM/"
 IMAGES_FILE, IMAGES_KEY = "train_images64.npz", "train_images"
 LABELS_FILE, LABELS_KEY = "train_labels.npz", "train_labels"
@@ -191,7 +190,7 @@ def check_data_dir(folder: Path, image_size: int | None = None) -> Path:
     if images_path is None and not labels_there:
         refuse_a_folder_of_other_files(folder)
         raise UserError(f"{folder} holds neither {IMAGES_FILE} nor {LABELS_FILE}; {fix}")
-    present, missing = ([images_path.name], LABELS_FILE) if labels_there is False else ([LABELS_FILE], IMAGES_FILE)
+    present, missing = ([images_path.name], LABELS_FILE) if not labels_there else ([LABELS_FILE], IMAGES_FILE)
     both = f"{folder / present[0]} holds both '{IMAGES_KEY}' and '{LABELS_KEY}': save '{_key_of(missing)}' in " \
         f"{missing} instead (np.savez(\"{missing}\", {_key_of(missing)}=...))" \
         if {IMAGES_KEY, LABELS_KEY} <= _npz_keys(folder / present[0]) else fix
@@ -249,7 +248,7 @@ def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | Non
     pins = pins or {}
     if not all((Path(data_dir) / name).exists() for name in (IMAGES_FILE, LABELS_FILE)):
         refuse_a_folder_of_other_files(Path(data_dir))
-    mcfam_images = functools.partial(validate_images, image_size=64)  # MCFAM's files are 64x64
+    mcfam_images = functools.partial(validate_images, image_size=image_size_of(IMAGES_FILE))  # 64: MCFAM's
     for name, key, validate in ((IMAGES_FILE, IMAGES_KEY, mcfam_images), (LABELS_FILE, LABELS_KEY, validate_labels)):
         destination = Path(data_dir) / name
         problem = ""
@@ -334,7 +333,7 @@ def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_ur
     list; default: the cache), as they are (``fetch_dataset`` downloads first). Files a download
     brought (their sha256 recorded beside them) name ``base_url`` as their source in config.json."""
     if dataset == "synthetic":
-        size = image_size or SYNTHETIC_DEFAULT_SIZE
+        size = image_size or SYNTHETIC_IMAGE_SIZE
         images, labels = make_synthetic(synthetic_size, seed, image_size=size)
         return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed,
                                         "image_size": size})

@@ -24,3 +24,8 @@ class UserError(Exception):
 class LocalError(UserError):
     """A problem of one machine's own (its GPU count, say) that the others may not share: each
     machine that meets it prints it, where other errors are printed by the main process alone."""
+
+
+def first_few(names: list[str], shown: int = 3) -> str:
+    """``a, b, c and 7 more``: a long list of keys or files, short enough for a one-line error."""
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "") or "none"

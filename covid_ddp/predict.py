@@ -35,7 +35,7 @@ from PIL import Image
 from .checkpoint import decision_path, load_weights, read_decision
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .data import IMAGES_KEY, load_array, validate_images
-from .errors import UserError
+from .errors import UserError, first_few
 from .files import atomic_path
 from .gradcam import gradcam
 from .model import CLASS_NAMES, ModelSpec, build_network, for_inference, original_state_dict
@@ -75,8 +75,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
         f"the original script's Net (no {decision_path(path).name} beside it names another model)"
     missing, unexpected = _key_mismatch(model, state_dict)
     if missing or unexpected:
-        raise UserError(f"{path}: not weights of {named} (missing keys: {_few(missing)}; unexpected keys: "
-                        f"{_few(unexpected)})")
+        raise UserError(f"{path}: not weights of {named} (missing keys: {first_few(missing, 5)}; unexpected keys: "
+                        f"{first_few(unexpected, 5)})")
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
@@ -90,10 +90,6 @@ def model_spec(weights: Path) -> ModelSpec:
 
 
 inference_model = for_inference  # the folded, channels_last copy that scores
-
-
-def _few(keys: list[str], shown: int = 5) -> str:
-    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "") or "none"
 
 
 def _key_mismatch(model: torch.nn.Module, state_dict) -> tuple[list[str], list[str]]:
