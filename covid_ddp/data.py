@@ -452,9 +452,14 @@ def to_binary(labels: np.ndarray) -> np.ndarray:
     return (labels.argmax(axis=1) >= 2).astype(np.int64)
 
 
-def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int = 1024) -> tuple[float, float]:
+STATISTICS_CHUNK_PIXELS = 2**22  # 32 MiB as int64, whatever the image size
+
+
+def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int | None = None) -> tuple[float, float]:
     """Mean and std of the pixels of ``images[rows]`` (uint8), exact: integer sums of the values
-    and their squares over chunks (no float copy of the set)."""
+    and their squares over chunks of ``chunk`` rows (no float copy of the set, and a bounded
+    int64 one: 1024 rows at 224 px would be 400 MB)."""
+    chunk = chunk or max(1, STATISTICS_CHUNK_PIXELS // (images.shape[1] * images.shape[2]))
     total = total_sq = 0
     for start in range(0, len(rows), chunk):
         block = images[rows[start : start + chunk]].reshape(-1).astype(np.int64)
@@ -483,7 +488,12 @@ def dataset_tensors(images: np.ndarray, targets: np.ndarray, device: torch.devic
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         tensors = torch.from_numpy(images), torch.from_numpy(targets)
-    return tuple(t.to(device) for t in tensors) if on_device else tensors
+    # On the CPU the set is where it should be already. (accelerate's device of a multi-process
+    # CPU job is cpu:0, and .to("cpu:0") copies: a second copy of the set in every process, and
+    # a mapped store copied out of the page cache.)
+    if not on_device or torch.device(device).type == "cpu":
+        return tensors
+    return tuple(t.to(device) for t in tensors)
 
 
 def _fits_on(device: torch.device, nbytes: int) -> bool:

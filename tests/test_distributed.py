@@ -69,6 +69,8 @@ def test_workers_reading_a_mapped_store_draw_the_same_batches(shard_probe):
         assert rank["store_is_mapped"]
         assert rank["train_rows_store_workers"] == rank["train_rows"]
         assert rank["store_workers_pixels_match"]
+        # A rank's device is cpu:0, and .to("cpu:0") copies: the set twice in every process.
+        assert rank["store_not_copied_on_rank_device"], "a rank copied the mapped store into its own memory"
 
 
 def test_balanced_draws_are_one_draw_sharded_over_ranks_on_both_paths(shard_probe):

@@ -61,13 +61,15 @@ def test_prepare_writes_the_size_asked_as_a_store_that_training_maps(tmp_path, c
     assert json.loads((tmp_path / "big" / "prepare.json").read_text())["images_file"] == "train_images96.npy"
 
 
-def test_a_mapped_store_is_shared_not_copied(tmp_path):
+# A process of a multi-process CPU job gets accelerate's device cpu:0, and .to("cpu:0") copies.
+@pytest.mark.parametrize("device", [torch.device("cpu"), torch.device("cpu", 0)], ids=["1 process", "a rank"])
+def test_a_mapped_store_is_shared_not_copied(tmp_path, device):
     images, labels = make_synthetic(40, seed=1)
     write_store(tmp_path / "train_images64.npy", images)
     np.savez(tmp_path / "train_labels.npz", train_labels=labels)
     data = load_dataset("mcfam", [tmp_path], 0, 0, "http://unused/")
     assert isinstance(data.images, np.memmap) and not data.images.flags.writeable
-    tensor, _ = dataset_tensors(data.images, np.zeros(40, dtype=np.int64), torch.device("cpu"), on_device=True)
+    tensor, _ = dataset_tensors(data.images, np.zeros(40, dtype=np.int64), device, on_device=True)
     assert tensor.data_ptr() == data.images.ctypes.data, "the training tensor must be the mapping, not a copy"
     assert np.array_equal(tensor.numpy(), images)
 

@@ -40,6 +40,8 @@ loaders = make_loaders(images, targets, split, config, **ranks, on_device=True)
 dataloader_path = make_loaders(images, targets, split, config, **ranks, on_device=False)[0]
 mapped = load_data_dir(store_dir).images  # the same images, as a store mapped read-only
 mapped_images, _ = dataset_tensors(mapped, targets.numpy(), torch.device("cpu"), on_device=False)
+# On this rank's own device (accelerate's cpu:0 in a multi-process CPU job): still the mapping.
+on_rank_device, _ = dataset_tensors(mapped, targets.numpy(), accelerator.device, on_device=True)
 workers = make_loaders(mapped_images, targets, split, dataclasses.replace(config, workers=2), **ranks,
                        on_device=False)[0]
 # --balance-sources with three made-up sources: the draw must be sharded like the permutation.
@@ -77,6 +79,7 @@ out_dir.mkdir(parents=True, exist_ok=True)
 (out_dir / f"rank{accelerator.process_index}.json").write_text(json.dumps({
     "train_rows": epochs, "train_rows_dataloader": dataloader_epochs, "train_rows_store_workers": workers_epochs,
     "store_is_mapped": type(mapped).__name__ == "memmap", "store_workers_pixels_match": workers_pixels_match,
+    "store_not_copied_on_rank_device": on_rank_device.data_ptr() == mapped.ctypes.data,
     "balanced": balanced_epochs, "balanced_dataloader": balanced_dataloader_epochs, "weights": weights.tolist(), "split_train": split.train.tolist(), "split_test": split.test.tolist(),
     "test_rows": result.rows.tolist(), "test_p_covid": result.p_covid.tolist(), "test_loss": result.loss,
 }))
