@@ -1,8 +1,9 @@
 """Standard backbones (--model resnet18, ...): one channel, raw pixels, local initial weights, and
 every command working on their weights. Small images (32-40 px) keep them quick.
 
-torchvision's wheels on this project's machines import only beside their own CUDA build of torch
-(``.ci/run`` installs that pair); where it does not import, this file is skipped as a whole.
+torchvision's wheels on this project's machines import only beside their own CUDA build of torch;
+where it does not import, this file is skipped as a whole (``.ci/run`` runs it in its floor
+environment: torch 2.2.2, torchvision 0.17.2, timm 0.9.16).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 try:
     import torchvision
 except (ImportError, RuntimeError) as error:  # RuntimeError: beside a torch it was not built for
-    pytest.skip(f"torchvision does not import here ({str(error).splitlines()[0]}); .ci/run installs the pair",
+    pytest.skip(f"torchvision does not import here ({str(error).splitlines()[0]}); pip install the pair: torch==2.14.1 torchvision==0.29.1",
                 allow_module_level=True)
 
 from covid_ddp.audit import predict_with_features
