@@ -13,6 +13,9 @@ Steps, each a real command in its own process (rc, seconds, what it printed and 
   loaded on the CPU, against the GPU's probabilities;
 - ``throughput``: ``benchmarks/throughput.py`` (the original recipe and covid_ddp, training,
   evaluation and inference images/s, in the same run);
+- ``train-resnet18-224-bf16``: ``--model resnet18`` on 224 px images in bf16 (64 px with
+  ``--dry-run``), its images/s by epoch; skipped where torchvision does not import (the
+  ``backbones`` extra);
 - ``two-processes-one-gpu``: ``torchrun --nproc_per_node 2`` on one GPU. NCCL cannot put two
   ranks on one GPU, so covid_ddp refuses it in one line (expected); with ``--dry-run``, two CPU
   processes (gloo) train.
@@ -114,29 +117,32 @@ class Check:
         if not self.args.skip_throughput:
             self.throughput()
         self.two_processes()
+        self.backbone()
 
     # --- the steps ----------------------------------------------------------------------------
 
-    def make_data(self) -> Path:
+    def make_data(self, images: int | None = None, image_size: int = 64) -> Path:
+        from covid_ddp.store import images_name
         from covid_ddp.synthetic import make_synthetic
 
-        folder = self.work / "data"
+        folder = self.work / ("data" if image_size == 64 else f"data{image_size}")
         folder.mkdir(exist_ok=True)
-        images, labels = make_synthetic(self.images, seed=3)
-        np.savez(folder / "train_images64.npz", train_images=images)
+        images, labels = make_synthetic(images or self.images, seed=3, image_size=image_size)
+        np.savez(folder / images_name(image_size), train_images=images)
         np.savez(folder / "train_labels.npz", train_labels=labels)
         return folder
 
-    def flags(self, run: str, *extra) -> list[str]:
-        return ["--data-dir", str(self.data), "--output-dir", str(self.work / run), "--overwrite",
+    def flags(self, run: str, *extra, data: Path | None = None) -> list[str]:
+        return ["--data-dir", str(data or self.data), "--output-dir", str(self.work / run), "--overwrite",
                 "--epochs", str(self.epochs), "--batch-size", str(self.batch), "--log-images-every", "0",
                 "--bootstrap", "200", *(["--cpu"] if self.dry else []), *extra]
 
-    def train(self, name: str, extra: list[str], script=TRAIN, script_args=()) -> dict:
+    def train(self, name: str, extra: list[str], script=TRAIN, script_args=(), data: Path | None = None) -> dict:
         env = dict(self.env)
         if "--compile" in extra and self.dry:
             env["ACCELERATE_DYNAMO_BACKEND"] = "EAGER"
-        step = self.command(name, [sys.executable, str(script), *script_args, *self.flags(name, *extra)], env=env)
+        step = self.command(name, [sys.executable, str(script), *script_args, *self.flags(name, *extra, data=data)],
+                            env=env)
         run_dir = self.work / name
         if step["rc"] == 0:
             config = json.loads((run_dir / "config.json").read_text())
@@ -203,6 +209,19 @@ class Check:
         refusal = "2 processes were started on this machine but it has"
         step["ok"] = (step["rc"] != 0 and any(refusal in line for line in step["stderr_lines"])) if gpus == 1 \
             else step["rc"] == 0
+
+    def backbone(self) -> None:
+        """A standard backbone at the size it is made for: resnet18, 224 px (64 in a dry run), bf16."""
+        name = "train-resnet18-224-bf16"
+        try:
+            import torchvision  # noqa: F401  (a CUDA build beside a CPU torch fails here, not at find_spec)
+        except Exception as error:  # noqa: BLE001  (any import failure: the step cannot run here)
+            self.steps[name] = {"ok": True, "skipped": f"torchvision does not import ({str(error)[:120]}): "
+                                                       f"pip install 'covid_ddp[backbones]'"}
+            return
+        data = self.make_data(200 if self.dry else 3000, 64 if self.dry else 224)
+        self.train(name, ["--model", "resnet18", "--mixed-precision", "bf16", "--epochs", "1" if self.dry else "2"],
+                   data=data)
 
     # --- running one ----------------------------------------------------------------------------
 
