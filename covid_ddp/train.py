@@ -309,8 +309,13 @@ def build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
     statistics, laid out for speed."""
     model = build_network(spec, dropout=config.dropout)
     if config.init_weights:
-        load_initial_weights(model, ckpt.load_plain(Path(config.init_weights), "--init-weights file"),
-                             config.init_weights)
+        loaded = load_initial_weights(model, ckpt.load_plain(Path(config.init_weights), "--init-weights file"),
+                                      config.init_weights)
+        if is_main_rank():
+            summed = (", its first convolution summed from 3 channels to 1"
+                      if loaded["first_conv_summed_from_3_channels"] else "")
+            say(f"--init-weights {config.init_weights}: {loaded['tensors']} tensors loaded{summed}; "
+                f"a new two-class head ({loaded['head_replaced']})")
     model.set_normalization(*normalization)
     if config.sync_bn:
         model = convert_sync_batchnorm(model, device)

@@ -98,8 +98,17 @@ def backbone_run(tmp_path_factory):
     args = ["--dataset", "synthetic", "--synthetic-size", "320", "--image-size", str(SIZE), "--model", "resnet18",
             "--init-weights", folder / "init.pth", "--epochs", "1", "--batch-size", "32", "--log-images-every", "1",
             "--audit", "yes", "--output-dir", folder / "run"]
-    torchrun(2, ROOT / "launch" / "train.py", args, timeout=300)
+    job = torchrun(2, ROOT / "launch" / "train.py", args, timeout=300)
+    (folder / "console.txt").write_text(job.stdout + job.stderr)
     return folder / "run"
+
+
+def test_initial_weights_are_reported_once_with_what_was_adapted(backbone_run):
+    console = (backbone_run.parent / "console.txt").read_text()
+    lines = [line for line in console.splitlines() if line.startswith("--init-weights ")]
+    # 2 processes, one line (the main rank's): torchvision's RGB stem was summed, its fc replaced.
+    assert len(lines) == 1, console[-3000:]
+    assert "tensors loaded, its first convolution summed from 3 channels to 1; a new two-class head (fc)" in lines[0]
 
 
 def test_a_backbone_run_ships_one_plain_state_dict_with_a_sidecar_naming_it(backbone_run):
