@@ -138,7 +138,9 @@ def _is_rank(pid: int) -> bool:
 
 def watch(command: list[str]) -> dict:
     """Run ``command``; the peaks of its processes' memory, in GiB."""
-    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    # The job's output goes to a file: a pipe read only at the end would block a chatty job.
+    console = tempfile.TemporaryFile(mode="w+")
+    job = subprocess.Popen(command, stdout=console, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
     peak_rss, peak_pss, peak_job_pss, ranks = {}, {}, 0, set()
     while job.poll() is None:
         total = 0
@@ -154,7 +156,9 @@ def watch(command: list[str]) -> dict:
                 ranks.add(pid)
         peak_job_pss = max(peak_job_pss, total)
         time.sleep(SAMPLE_EVERY_S)
-    output = job.stdout.read()
+    console.seek(0)
+    output = console.read()
+    console.close()
     if job.returncode != 0:
         raise SystemExit(f"the job failed ({job.returncode}):\n{output[-3000:]}")
     ranks = ranks or set(peak_rss)
@@ -206,23 +210,30 @@ def run_rank(arguments) -> None:
     config, _ = settle_batch_size(config, len(split.train))
     run = prepare_run(config, data, targets, split, accelerator)
     loader = run.train_loader
-    steps = arguments.warmup_steps + arguments.steps
-    first = dataclasses.replace(loader, rows=loader.rows[: arguments.warmup_steps * loader.batch_size])
-    timed = dataclasses.replace(loader, rows=loader.rows[arguments.warmup_steps * loader.batch_size:
-                                                         steps * loader.batch_size])
-    with GracefulStop() as stopper:
-        if arguments.warmup_steps:
-            train_one_epoch(run.model, run.optimizer, first, accelerator, config, 1, stopper=stopper)
+    batch = loader.batch_size
+
+    def seconds_to_train(steps: int) -> float:
+        """Seconds to train ``steps`` batches from a fresh copy of the loader (its workers start inside)."""
+        part = dataclasses.replace(loader, rows=loader.rows[: steps * batch])
         started = time.perf_counter()
-        train_one_epoch(run.model, run.optimizer, timed, accelerator, config, 1, stopper=stopper)
-        train_seconds = time.perf_counter() - started
+        train_one_epoch(run.model, run.optimizer, part, accelerator, config, 1, stopper=stopper)
+        return time.perf_counter() - started
+
+    warmup, steps = arguments.warmup_steps, arguments.steps
+    with GracefulStop() as stopper:
+        if warmup:
+            seconds_to_train(warmup)  # the first steps: allocations, kernel choices
+        # A fresh loader starts its DataLoader workers inside its first steps, so warm-up plus the
+        # timed steps and the warm-up alone are both timed from fresh loaders: the difference is
+        # the timed steps' steady state.
+        train_seconds = seconds_to_train(warmup + steps) - (seconds_to_train(warmup) if warmup else 0.0)
     started = time.perf_counter()
     loader.set_epoch(2)
-    drawn = sum(len(batch[1]) for batch in loader)  # the whole epoch's reads of this rank, no model
+    drawn = sum(len(drawn_batch[1]) for drawn_batch in loader)  # the whole epoch's reads of this rank, no model
     read_seconds = time.perf_counter() - started
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        print(json.dumps({"train_img_s": len(timed) * timed.batch_size / train_seconds,
+        print(json.dumps({"train_img_s": steps * batch / train_seconds,
                           "epoch_read_s": read_seconds, "rows_drawn": drawn,
                           "processes": accelerator.num_processes, "placement": run.train_loader_kind,
                           "precision": config.mixed_precision}), flush=True)
