@@ -125,7 +125,8 @@ class Check:
         from covid_ddp.store import images_name
         from covid_ddp.synthetic import make_synthetic
 
-        folder = self.work / ("data" if image_size == 64 else f"data{image_size}")
+        # Each set its own folder: the backbone step's set must not replace the one the others used.
+        folder = self.work / ("data" if images is None and image_size == 64 else f"data-{images}x{image_size}")
         folder.mkdir(exist_ok=True)
         images, labels = make_synthetic(images or self.images, seed=3, image_size=image_size)
         np.savez(folder / images_name(image_size), train_images=images)
