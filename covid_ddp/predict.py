@@ -101,9 +101,14 @@ def _key_mismatch(model: torch.nn.Module, state_dict) -> tuple[list[str], list[s
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, images, batch_size: int = 512) -> np.ndarray:
-    """P(COVID) for each raw-pixel image of ``images`` ((N, S, S) or (N, 1, S, S)), in batches."""
+    """P(COVID) for each raw-pixel image of ``images`` ((N, S, S) or (N, 1, S, S)), in batches.
+
+    ``images`` is a NumPy array (or anything ``np.asarray`` takes) or a tensor on any device: a
+    tensor already on the model's device (a set held on the GPU) is scored without a round trip
+    through host memory. The result is a NumPy array on the host either way."""
     device = next(model.parameters()).device
-    images = torch.as_tensor(np.asarray(images))
+    if not isinstance(images, torch.Tensor):  # np.asarray of a CUDA tensor raises: tensors stay as they are
+        images = torch.as_tensor(np.asarray(images))
     if images.ndim == 3:
         images = images.unsqueeze(1)
     probabilities = [

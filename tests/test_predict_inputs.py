@@ -236,3 +236,22 @@ def test_weights_of_earlier_covid_ddp_versions_still_load(tmp_path):
     pixels = torch.randint(0, 256, (5, 1, 64, 64)).float()
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path / "old.pth")(pixels), model(pixels), rtol=0, atol=1e-4)
+
+
+class NotNumpyConvertible(torch.Tensor):
+    """A tensor NumPy cannot read, as a CUDA tensor is (np.asarray raises TypeError): the CPU stand-in for
+    a set held on the GPU."""
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("can't convert cuda:0 device type tensor to numpy")
+
+
+def test_predict_scores_a_tensor_where_it_is_without_numpy(weights):
+    model = load_model(weights)
+    pixels = np.stack([xray(seed) for seed in range(5)])
+    from_numpy = predict(model, pixels, batch_size=2)
+    on_device = torch.from_numpy(pixels).as_subclass(NotNumpyConvertible)
+    from_tensor = predict(model, on_device, batch_size=2)
+    assert isinstance(from_tensor, np.ndarray) and from_tensor.shape == (5,)
+    np.testing.assert_array_equal(from_tensor, from_numpy)
+    np.testing.assert_array_equal(predict(model, on_device[:, None], batch_size=2), from_numpy)  # (N, 1, S, S)
