@@ -8,17 +8,26 @@
 
 (a) ``original`` is a faithful re-implementation of the original script: a per-item
 ``Dataset`` that converts each image to float and takes the one-hot argmax,
-``DataLoader(num_workers=1)``, fp32, NCHW, Adam, batch 100. (b) ``covid_ddp`` runs the
+``DataLoader(num_workers=1)``, fp32, NCHW, Adam, batch 100; its clock starts once its worker
+has started and handed over the first batch, and the share of the timed steps it then spent
+waiting for that worker is printed (on a GPU the recipe is bound by it, so the ratios to (a)
+measure the host's CPU as much as the device). (b) ``covid_ddp`` runs the
 package's own pieces: the device-resident loader, ``train_one_epoch`` and ``evaluate`` of
 ``covid_ddp.engine`` under accelerate (as training runs them, stop-request and NaN checks
-included), and the BatchNorm-folded inference model of ``covid-ddp-predict``. Every variant
-runs in its own process (accelerate's state is process-wide), the variants take turns
-within each repeat, and the median of the repeats
-is printed, warm-up (and compilation) excluded. Printed per variant: training, evaluation
-and inference images/s, model FLOP utilisation (MFU: 3 x forward FLOPs x training images/s
-over this device's matmul peak, measured in this run in the variant's precision), the
-projected training time of a 10-epoch MCFAM-shaped run (7,000 images an epoch) and the
-ratios to (a). With ``--model``/``--image-size`` (a backbone needs torchvision), (a) is the
+included), and the BatchNorm-folded inference model of ``covid-ddp-predict`` fed from the
+set on the device (evaluation and inference batch: 1,000 on a GPU, 100 on a CPU). Every
+variant runs in its own process (accelerate's state is process-wide), the variants take
+turns within each repeat, and the median of the repeats is printed, warm-up (and
+compilation) excluded. A variant that fails is a row saying so; the others still run (the
+exit status is 1). Printed per variant: training, evaluation and inference images/s, model
+FLOP utilisation (MFU: 3 x forward FLOPs x training images/s over this device's matmul peak,
+measured in this run in the precision the variant's convolutions compute in: bf16, or for
+fp32 on a GPU TF32, cuDNN's default), the projected training time of a 10-epoch MCFAM-shaped
+run (7,000 images an epoch; ``benchmarks/gpu_check.py`` times a real one) and the ratios to
+(a). On a GPU the variants are bf16 at batch 1024 (the targets' batch), (a), the compiled one
+with ``--compile``, then bf16 and fp32 at ``--batch-size``. ``--json`` is rewritten after every
+variant. ``--data-dir`` gives every variant one folder's images instead of making synthetic
+ones in each. With ``--model``/``--image-size`` (a backbone needs torchvision), (a) is the
 plain single-process loop a user would write by hand for that model (the same per-item
 ``Dataset``, fp32, NCHW, Adam, the same batch) and the defaults shrink to fit a CPU (5 timed
 steps after 2, 400 images scored, 2 repeats). ``--scaling`` adds covid_ddp with 1 vs 2 CPU processes (same global batch,
@@ -101,19 +110,29 @@ class OriginalRecipe:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
 
     def train(self, rows: np.ndarray, max_steps: int | None = None) -> tuple[int, float]:
-        """(images trained on, seconds) for one pass over ``rows`` (or its first ``max_steps`` batches)."""
+        """(images trained on, seconds) for one pass over ``rows`` (or its first ``max_steps`` batches).
+
+        The clock starts once the first batch is in hand: the DataLoader worker's start-up (a process
+        and its imports) is a fixed cost of each pass, not of training. ``self.data_wait`` keeps the
+        seconds the loop then spent waiting for that one worker: on a fast GPU the recipe is bound by
+        it, so a ratio to this rate measures the host's CPU as much as the device."""
         loader = torch.utils.data.DataLoader(OriginalDataset(self.images[rows], self.labels[rows]),
                                              batch_size=self.args.batch_size, shuffle=True, num_workers=1)
         self.model.train()
-        seen, started = 0, time.perf_counter()
-        for step, (batch, target) in enumerate(loader):
-            if max_steps is not None and step == max_steps:
-                break
-            batch, target = batch.to(self.device), target.to(self.device)
+        batches = iter(loader)
+        steps = len(loader) if max_steps is None else min(max_steps, len(loader))
+        pending = next(batches)  # the worker's start-up and first batch, before the clock
+        seen, self.data_wait, started = 0, 0.0, time.perf_counter()
+        for step in range(steps):
+            batch, target = pending[0].to(self.device), pending[1].to(self.device)
             self.optimizer.zero_grad()
             F.nll_loss(self.model(batch), target).backward()
             self.optimizer.step()
             seen += len(target)
+            if step + 1 < steps:
+                waited = time.perf_counter()
+                pending = next(batches)
+                self.data_wait += time.perf_counter() - waited
         _sync(self.device)
         return seen, time.perf_counter() - started
 
@@ -186,19 +205,21 @@ class CovidDdpTrainer:
         from covid_ddp.predict import predict
 
         net = build_network(self.spec)
+        # keep_torch_compile=False: a compiled model unwraps to its Net, so the normalisation is folded
+        # into conv1 as the weights file has it (a compiled wrapper is not a Net, and was not folded).
+        unwrapped = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
         net.load_state_dict(weights_state_dict(consolidated_state_dict(self.accelerator.get_state_dict(self.model)),
-                                               self.accelerator.unwrap_model(self.model)))
+                                               unwrapped))
         model = for_inference(net.to(self.accelerator.device).eval())
         images = torch.from_numpy(self.images[rows]).to(self.accelerator.device)
         batch = self.config.eval_batch_size
-        with self.accelerator.autocast():
+        with self.accelerator.autocast():  # the images stay on the device: predict takes tensors anywhere
             predict(model, images[:batch], batch)  # warm-up
             _sync(self.accelerator.device)
             started = time.perf_counter()
             predict(model, images, batch)
         _sync(self.accelerator.device)
         return len(rows) / (time.perf_counter() - started)
-
 
     def close(self) -> None:
         """Drop the DDP wrapper and end the process group while Python is alive (see train.shut_down)."""
@@ -218,18 +239,16 @@ def speed_worker(args) -> dict:
     """Train ``--steps`` timed steps after warm-up, then time evaluation and inference."""
     from covid_ddp.splits import Split
 
-    needed = max(args.batch_size * (args.steps + args.warmup_steps), args.eval_images)
-    # At most 20,000 distinct images at 64 px, fewer at larger sizes (generating 300,000 would take
-    # minutes a variant); longer runs cycle through them, which costs a timing nothing.
-    images, labels = synthetic(min(needed, SYNTHETIC_POOL_PIXELS // args.image_size**2), image_size=args.image_size)
+    images, labels = image_pool(args)
     train_rows = np.arange(args.batch_size * (args.steps + args.warmup_steps)) % len(images)
     eval_rows = np.arange(args.eval_images) % len(images)
     if args.worker == "original":
         trainer = OriginalRecipe(images, labels, args, torch.device(args.device))
-        trainer.train(train_rows, max_steps=args.warmup_steps)  # worker start, first allocations
+        trainer.train(train_rows, max_steps=args.warmup_steps)  # first allocations, cuDNN's choices
         seen, seconds = trainer.train(train_rows, max_steps=args.steps)
         _, eval_rate = trainer.accuracy(eval_rows)
-        return {"train": seen / seconds, "eval": eval_rate, "inference": None}
+        return {"train": seen / seconds, "eval": eval_rate, "inference": None, "eval_batch": args.batch_size,
+                "data_wait_share": trainer.data_wait / seconds}
     trainer = CovidDdpTrainer(images, labels, Split(train_rows, np.empty(0, dtype=np.int64), eval_rows), args)
     trainer.train(max_steps=args.warmup_steps)  # allocations, cuDNN autotuning, compilation
     seen, seconds = trainer.train(max_steps=args.steps)
@@ -237,8 +256,9 @@ def speed_worker(args) -> dict:
     _, eval_rate = trainer.evaluate()
     # Inference is single-device (covid-ddp-predict): timed in one-process variants only.
     inference = trainer.inference(eval_rows) if trainer.accelerator.num_processes == 1 else None
+    eval_batch = trainer.config.eval_batch_size  # evaluation's and inference's batch (1,000 a GPU)
     trainer.close()
-    return {"train": seen / seconds, "eval": eval_rate, "inference": inference}
+    return {"train": seen / seconds, "eval": eval_rate, "inference": inference, "eval_batch": eval_batch}
 
 
 def time_to_accuracy_worker(args) -> dict:
@@ -308,7 +328,10 @@ def measure_sync_cost(args) -> None:
 
     if args.device == "cuda" and torch.cuda.device_count() < 2:
         raise SystemExit("--sync-cost on GPUs needs 2 of them (one process alone agrees with nobody)")
-    result = run_worker(Variant("sync cost", "sync-cost", processes=2), args, ["--worker", "sync-cost"])
+    try:
+        result = run_worker(Variant("sync cost", "sync-cost", processes=2), args, ["--worker", "sync-cost"])
+    except VariantFailed as failure:
+        raise SystemExit(str(failure)) from None
     print(f"per-step cost of agreeing across 2 {args.device} processes (2000 steps, no model): all-gather + host "
           f"sync every step (before) {result['old']:.1f} us/step; device tally + one all-gather every "
           f"{TrainConfig().log_every} steps (now) {result['now']:.1f} us/step")
@@ -320,15 +343,35 @@ def synthetic(count: int, seed: int = 0, image_size: int = 64):
     return make_synthetic(count, seed=seed, image_size=image_size)
 
 
+def image_pool(args) -> tuple[np.ndarray, np.ndarray]:
+    """The images every speed variant trains and scores: ``--data-dir``'s set (made once by the
+    caller, e.g. the GPU check), else synthetic images made in this process. At most 20,000
+    distinct synthetic images at 64 px, fewer at larger sizes (20,000 take about 10 s to make on
+    one core); longer runs cycle through them, which costs a timing nothing."""
+    if args.data_dir:
+        from covid_ddp.data import load_data_dir
+
+        data = load_data_dir(Path(args.data_dir), args.image_size)
+        return np.asarray(data.images), data.labels
+    needed = max(args.batch_size * (args.steps + args.warmup_steps), args.eval_images)
+    return synthetic(min(needed, SYNTHETIC_POOL_PIXELS // args.image_size**2), image_size=args.image_size)
+
+
 # --- the parent: variants in subprocesses, figures, table -------------------------------------
 
 
+class VariantFailed(Exception):
+    """One variant's process failed; the message holds the end of what it printed."""
+
+
 def run_worker(variant: Variant, args, mode_flags: list[str] | None = None) -> dict:
-    """Run one variant in a fresh process (torchrun for several); returns its JSON result."""
+    """Run one variant in a fresh process (torchrun for several); returns its JSON result, or raises
+    VariantFailed."""
     script = [os.path.abspath(__file__), *(mode_flags or variant.worker_flags()), "--device", args.device,
               "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
               "--eval-images", str(args.eval_images), "--max-epochs", str(args.max_epochs),
-              "--model", args.model, "--image-size", str(args.image_size)]
+              "--model", args.model, "--image-size", str(args.image_size),
+              *(["--data-dir", args.data_dir] if args.data_dir else [])]
     env = dict(os.environ)
     if variant.processes > 1:  # the cores shared out, as a CPU user of torchrun would
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // variant.processes))
@@ -339,7 +382,7 @@ def run_worker(variant: Variant, args, mode_flags: list[str] | None = None) -> d
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not results:
-        raise SystemExit(f"{variant.name} failed:\n{done.stderr[-3000:]}")
+        raise VariantFailed(f"{variant.name} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(results[0].removeprefix("RESULT "))
 
 
@@ -363,80 +406,158 @@ def forward_flops_per_image(args) -> float:
     return float(counter.get_total_flops())
 
 
+def peak_precision(device: str, precision: str) -> str:
+    """The matmul precision a variant's convolutions really run in: 'bf16', or for fp32 on a GPU
+    'tf32' where cuDNN may use TensorFloat-32 (torch's default for convolutions), else 'fp32'."""
+    if precision == "bf16":
+        return "bf16"
+    return "tf32" if device == "cuda" and torch.backends.cudnn.allow_tf32 else "fp32"
+
+
 def matmul_peak(device: str, precision: str) -> float:
-    """Measured FLOP/s of a large square matmul in ``precision``: the denominator of MFU."""
+    """Measured FLOP/s of a large square matmul in ``precision`` (bf16, tf32 or fp32): the
+    denominator of MFU, in the precision the variant's convolutions compute in."""
     size = 8192 if device == "cuda" else 2048
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(2):
-        a @ b
-    _sync(torch.device(device))
-    repeats = 20 if device == "cuda" else 3
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    _sync(torch.device(device))
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    try:
+        for _ in range(2):
+            a @ b
+        _sync(torch.device(device))
+        repeats = 20 if device == "cuda" else 3
+        started = time.perf_counter()
+        for _ in range(repeats):
+            a @ b
+        _sync(torch.device(device))
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32_before
     return 2 * size**3 * repeats / (time.perf_counter() - started)
 
 
 def variants_for(args) -> list[Variant]:
-    chosen = [Variant("original", "original")]
+    """The variants, in the order they run. On a GPU the targets' variant (bf16 at batch 1024, the
+    set on the device) comes first and the reference second: a run stopped early keeps those."""
     precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
-    for precision in precisions:
-        chosen.append(Variant(f"covid_ddp {precision}", "covid_ddp", precision, args.batch_size))
+    recipe = [Variant(f"covid_ddp {precision}", "covid_ddp", precision, args.batch_size) for precision in precisions]
+    reference = Variant("original", "original")
     if args.device == "cuda":
-        chosen.append(Variant("covid_ddp bf16 b1024", "covid_ddp", "bf16", 1024))
+        chosen = [Variant("covid_ddp bf16 b1024", "covid_ddp", "bf16", 1024), reference]
+        if args.compile:
+            chosen.append(Variant("covid_ddp bf16 b1024 compiled", "covid_ddp", "bf16", 1024, compile=True))
+        return chosen + recipe[::-1]  # bf16 before fp32
+    chosen = [reference, *recipe]
     if args.compile:
-        batch = 1024 if args.device == "cuda" else args.batch_size
-        chosen.append(Variant(f"covid_ddp bf16 b{batch} compiled", "covid_ddp", "bf16", batch, compile=True))
+        chosen.append(Variant(f"covid_ddp bf16 b{args.batch_size} compiled", "covid_ddp", "bf16", args.batch_size,
+                              compile=True))
     if args.scaling:
         precision = precisions[-1]
         chosen.append(Variant(f"covid_ddp {precision} 2 procs", "covid_ddp", precision, args.batch_size, processes=2))
     return chosen
 
 
-def print_speed_table(args, variants, medians) -> list[dict]:
-    """Print the table; returns its rows (for --json)."""
+def medians_of(results: list[dict]) -> dict:
+    return {key: (statistics.median(r[key] for r in results) if results[0][key] is not None else None)
+            for key in results[0]}
+
+
+def measured_rows(variants, runs: dict, errors: dict) -> list[dict]:
+    """One row per variant run so far: its medians, or the error that stopped it."""
+    rows = []
+    for variant in variants:
+        row = {"variant": variant.name, "batch": variant.batch_size, "precision": variant.precision,
+               "repeats": len(runs[variant.name])}
+        if variant.name in errors:
+            rows.append({**row, "error": errors[variant.name]})
+        elif runs[variant.name]:
+            rows.append({**row, **medians_of(runs[variant.name])})
+    return rows
+
+
+def add_ratios(args, rows: list[dict]) -> dict:
+    """MFU and the ratios to (a), added to the rows in place; returns the header figures."""
     flops = forward_flops_per_image(args)
-    peaks = {p: matmul_peak(args.device, p) for p in {v.precision for v in variants}}
+    peaks = {name: matmul_peak(args.device, name)
+             for name in {peak_precision(args.device, row["precision"]) for row in rows if "train" in row}}
+    reference = next((row for row in rows if row["variant"] == "original" and "train" in row), None)
+    for row in rows:
+        if "train" not in row:
+            continue
+        peak = peak_precision(args.device, row["precision"])
+        row.update(mfu_percent=100 * 3 * flops * row["train"] / peaks[peak], mfu_peak=peak,
+                   matmul_peak_tflops=peaks[peak] / 1e12,
+                   train_vs_original=reference and row["train"] / reference["train"],
+                   eval_vs_original=reference and row["eval"] / reference["eval"])
+    return {"forward_mflop_per_image": flops / 1e6, "matmul_peaks_tflops": {k: v / 1e12 for k, v in peaks.items()}}
+
+
+def print_speed_table(args, rows: list[dict], figures: dict) -> None:
     print(f"model: {model_spec(args).describe()}; (a) = {'the original script' if args.model == 'net' else 'a plain PyTorch loop'}")
     print(f"device: {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
-          f"{args.steps} timed steps x {args.repeats} repeats (median); forward {flops / 1e6:.0f} MFLOP/image; "
-          + ", ".join(f"{p} matmul peak {peak / 1e12:.2f} TFLOP/s" for p, peak in sorted(peaks.items())))
+          f"{args.steps} timed steps x {args.repeats} repeats (median); forward "
+          f"{figures['forward_mflop_per_image']:.0f} MFLOP/image; "
+          + ", ".join(f"{p} matmul peak {peak:.2f} TFLOP/s" for p, peak in sorted(figures["matmul_peaks_tflops"].items())))
     header = ["variant", "batch", "ms/step", "train img/s", "eval img/s", "infer img/s", "MFU %", "10-ep 7k s",
               "train x", "eval x"]
     print("".join(f"{h:>14}" if i else f"{h:<30}" for i, h in enumerate(header)))
-    reference, rows = medians["original"], []
-    for variant in variants:
-        figures = medians[variant.name]
-        mfu = 100 * 3 * flops * figures["train"] / peaks[variant.precision]
-        rows.append({"variant": variant.name, "batch": variant.batch_size, **figures, "mfu_percent": mfu,
-                     "train_vs_original": figures["train"] / reference["train"],
-                     "eval_vs_original": figures["eval"] / reference["eval"],
-                     "matmul_peak_tflops": peaks[variant.precision] / 1e12})
-        row = [variant.name, variant.batch_size, f"{1000 * variant.batch_size / figures['train']:.2f}",
-               f"{figures['train']:.0f}", f"{figures['eval']:.0f}",
-               "-" if figures["inference"] is None else f"{figures['inference']:.0f}", f"{mfu:.1f}",
-               f"{10 * MCFAM_TRAIN_IMAGES_PER_EPOCH / figures['train']:.1f}",
-               f"{figures['train'] / reference['train']:.2f}", f"{figures['eval'] / reference['eval']:.2f}"]
-        print("".join(f"{str(c):>14}" if i else f"{c:<30}" for i, c in enumerate(row)))
-    return rows
+    for row in rows:
+        if "train" not in row:
+            print(f"{row['variant']:<30}{row['batch']:>14}  FAILED: {row['error'].splitlines()[0]}")
+            continue
+        cells = [row["variant"], row["batch"], f"{1000 * row['batch'] / row['train']:.2f}", f"{row['train']:.0f}",
+                 f"{row['eval']:.0f}", "-" if row["inference"] is None else f"{row['inference']:.0f}",
+                 f"{row['mfu_percent']:.1f}", f"{10 * MCFAM_TRAIN_IMAGES_PER_EPOCH / row['train']:.1f}",
+                 _ratio(row["train_vs_original"]), _ratio(row["eval_vs_original"])]
+        print("".join(f"{str(c):>14}" if i else f"{c:<30}" for i, c in enumerate(cells)))
+    reference = next((row for row in rows if row["variant"] == "original" and "data_wait_share" in row), None)
+    if reference is not None:
+        print(f"(a) waited for its one DataLoader worker {100 * reference['data_wait_share']:.0f}% of its timed steps: "
+              f"where that is high, the ratios to (a) measure this host's CPU as much as the {args.device}")
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def write_table(args, rows: list[dict], complete: bool, figures: dict | None = None) -> None:
+    """``--json``, rewritten whole after every variant (a run stopped part-way keeps what it measured)."""
+    if not args.json:
+        return
+    from covid_ddp.files import atomic_path
+
+    table = {"complete": complete, "device": args.device, "torch": torch.__version__, "steps": args.steps,
+             "warmup_steps": args.warmup_steps, "eval_images": args.eval_images, "model": args.model,
+             "image_size": args.image_size, "repeats": args.repeats, **(figures or {}), "variants": rows}
+    with atomic_path(Path(args.json)) as tmp:
+        tmp.write_text(json.dumps(table, indent=1) + "\n")
 
 
 def measure_speed(args) -> None:
     variants = variants_for(args)
-    runs = {v.name: [] for v in variants}
-    for _ in range(args.repeats):  # variants take turns, so a noisy minute hits all of them
+    runs, errors = {v.name: [] for v in variants}, {}
+    for repeat in range(args.repeats):  # variants take turns, so a noisy minute hits all of them
         for variant in variants:
-            runs[variant.name].append(run_worker(variant, args))
-    medians = {name: {key: (statistics.median(r[key] for r in results) if results[0][key] is not None else None)
-                      for key in results[0]} for name, results in runs.items()}
-    rows = print_speed_table(args, variants, medians)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": args.device, "torch": torch.__version__, "steps": args.steps,
-                                               "model": args.model, "image_size": args.image_size,
-                                               "repeats": args.repeats, "variants": rows}, indent=1))
+            if variant.name in errors:
+                continue
+            try:
+                result = run_worker(variant, args)
+            except VariantFailed as failure:  # a row, not the end: the other variants still run
+                errors[variant.name] = str(failure)
+                print(f"throughput: {variant.name}: FAILED ({str(failure).splitlines()[0]})", flush=True)
+            else:
+                runs[variant.name].append(result)
+                print(f"throughput: {variant.name} (repeat {repeat + 1}): train {result['train']:.0f}, eval "
+                      f"{result['eval']:.0f}" + ("" if result["inference"] is None else
+                                                 f", inference {result['inference']:.0f}") + " images/s", flush=True)
+            write_table(args, measured_rows(variants, runs, errors), complete=False)
+    rows = measured_rows(variants, runs, errors)
+    figures = add_ratios(args, rows)
+    print_speed_table(args, rows, figures)
+    write_table(args, rows, complete=True, figures=figures)
+    if errors:
+        raise SystemExit(f"{len(errors)} of {len(variants)} variant(s) failed: {', '.join(errors)}")
 
 
 def measure_time_to_accuracy(args) -> None:
@@ -445,8 +566,11 @@ def measure_time_to_accuracy(args) -> None:
           f"700 validation), training seconds only:")
     for name, mode in (("original", "tta-original"), (f"covid_ddp {precision}", "tta-covid_ddp")):
         variant = Variant(name, mode, precision, args.batch_size)
-        result = run_worker(variant, args, ["--worker", mode, "--precision", precision,
-                                            "--batch-size", str(args.batch_size)])
+        try:
+            result = run_worker(variant, args, ["--worker", mode, "--precision", precision,
+                                                "--batch-size", str(args.batch_size)])
+        except VariantFailed as failure:
+            raise SystemExit(str(failure)) from None
         reached = "not reached" if result["seconds"] is None else f"{result['seconds']:.1f} s"
         print(f"  {name:<22} {reached} after {result['epochs']} epoch(s); validation accuracy per epoch "
               f"{result['curve']}")
@@ -467,9 +591,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sync-cost", action="store_true",
                         help="only time what a step spends agreeing across 2 processes, before and now")
     parser.add_argument("--time-to-accuracy", action="store_true",
-                        help=f"time (a) and (b) to {TARGET_ACCURACY:.0%} validation accuracy")
+                        help=f"time (a) and (b) to {TARGET_ACCURACY:.0%}% validation accuracy")  # %%: argparse
     parser.add_argument("--max-epochs", type=int, default=10, help="epochs --time-to-accuracy tries at most")
-    parser.add_argument("--json", help="also write the speed table to this JSON file")
+    parser.add_argument("--json", help="also write the speed table to this JSON file (rewritten after every "
+                        "variant, 'complete': false until the table is whole)")
+    parser.add_argument("--data-dir", help="an MCFAM-format folder whose images every variant uses (default: "
+                        "synthetic images made in each variant's process)")
     parser.add_argument("--model", default="net", help="covid-ddp-train's --model (a backbone needs torchvision)")
     parser.add_argument("--image-size", type=int, default=64, help="side of the synthetic images (default 64)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run one variant, print RESULT json
