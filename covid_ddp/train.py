@@ -354,6 +354,7 @@ def announce_sources(table: dict | None) -> None:
 def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoch: int,
               progress: ckpt.TrainingProgress, stopper=None, board: Logger | None = None) -> tuple[dict, Evaluation]:
     """Train one epoch, evaluate, step the LR schedule; returns the epoch's history record and evaluation."""
+    started = time.perf_counter()
     if progress.step == 0:
         # Dropout masks differ per rank and epoch and depend only on (seed, epoch, rank), so a
         # resumed epoch is exact. (Resuming inside an epoch, the checkpoint's random state is restored.)
@@ -363,7 +364,8 @@ def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoc
     monitored = evaluate(run.model, run.monitor_loader, accelerator)
     run.scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
     record = {"epoch": epoch, "train_loss": train_loss, **_monitored_figures(run.monitor_name, monitored),
-              "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s, "rss_mb": resident_memory_mb()}
+              "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s, "rss_mb": resident_memory_mb(),
+              "seconds": round(time.perf_counter() - started, 3)}  # training and evaluation (a resumed epoch: since resuming)
     accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch" and v is not None}, step=epoch)
     if board is not None:  # main process only; no collectives inside
         board.epoch(accelerator.unwrap_model(run.model, keep_torch_compile=False), monitored, run.monitor_name, epoch)

@@ -40,6 +40,7 @@ def test_training_writes_a_complete_run_folder(trained_run):
     for key in ("loss", "accuracy", "sensitivity", "specificity", "roc_auc", "n", "confusion_matrix"):
         assert key in metrics["test"]
     assert len(metrics["history"]) == 2
+    assert all(0 < epoch["seconds"] < 60 for epoch in metrics["history"]), "each epoch's seconds, for timing a run"
     config = json.loads((output_dir / "config.json").read_text())
     assert config["data"]["files"]["train_images64.npz"]["sha256"]
     assert config["distributed"]["num_processes"] == 1 and config["environment"]["packages"]["torch"]
