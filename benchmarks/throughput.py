@@ -488,17 +488,18 @@ def add_ratios(args, rows: list[dict]) -> dict:
         peak = peak_precision(args.device, row["precision"])
         row.update(mfu_percent=100 * 3 * flops * row["train"] / peaks[peak], mfu_peak=peak,
                    matmul_peak_tflops=peaks[peak] / 1e12,
-                   train_vs_original=reference and row["train"] / reference["train"],
-                   eval_vs_original=reference and row["eval"] / reference["eval"])
+                   train_vs_original=None if reference is None else row["train"] / reference["train"],
+                   eval_vs_original=None if reference is None else row["eval"] / reference["eval"])
     return {"forward_mflop_per_image": flops / 1e6, "matmul_peaks_tflops": {k: v / 1e12 for k, v in peaks.items()}}
 
 
 def print_speed_table(args, rows: list[dict], figures: dict) -> None:
-    print(f"model: {model_spec(args).describe()}; (a) = {'the original script' if args.model == 'net' else 'a plain PyTorch loop'}")
+    reference = "the original script" if args.model == "net" else "a plain PyTorch loop"
+    peaks = ", ".join(f"{p} matmul peak {peak:.2f} TFLOP/s" for p, peak in sorted(figures["matmul_peaks_tflops"].items()))
+    print(f"model: {model_spec(args).describe()}; (a) = {reference}")
     print(f"device: {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
           f"{args.steps} timed steps x {args.repeats} repeats (median); forward "
-          f"{figures['forward_mflop_per_image']:.0f} MFLOP/image; "
-          + ", ".join(f"{p} matmul peak {peak:.2f} TFLOP/s" for p, peak in sorted(figures["matmul_peaks_tflops"].items())))
+          f"{figures['forward_mflop_per_image']:.0f} MFLOP/image; {peaks}")
     header = ["variant", "batch", "ms/step", "train img/s", "eval img/s", "infer img/s", "MFU %", "10-ep 7k s",
               "train x", "eval x"]
     print("".join(f"{h:>14}" if i else f"{h:<30}" for i, h in enumerate(header)))
