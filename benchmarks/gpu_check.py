@@ -181,9 +181,14 @@ class Check:
             from covid_ddp.hardware import cpu_has_native_bf16
 
             return "bf16" if cpu_has_native_bf16() else "no"
-        import torch
+        gpus = self.report.header.get("machine", {}).get("gpus")
+        if gpus:  # from the machine step's child: this process stays off the GPU
+            major = int(gpus[0]["capability"].split(".")[0])
+        else:
+            import torch
 
-        return "bf16" if torch.cuda.get_device_capability(0)[0] >= 8 else "fp16"
+            major = torch.cuda.get_device_capability(0)[0]
+        return "bf16" if major >= 8 else "fp16"
 
     def flags(self, run_dir: Path, epochs: int | None = None, data: Path | None = None) -> list[str]:
         return ["--data-dir", str(data or self.data), "--output-dir", str(run_dir), "--overwrite",
