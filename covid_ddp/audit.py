@@ -40,6 +40,7 @@ from . import launcher_watch
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
 from .errors import first_line
 from .data import patient_ids, source_names, to_binary
+from .destinations import check_output_folder, either, is_own_figure, record_of, refuse_inputs
 from .files import atomic_path, write_json
 from .gradcam import gradcam
 from .marks import add_marks
@@ -371,9 +372,12 @@ def run(arguments: argparse.Namespace) -> dict:
 
     weights = Path(arguments.weights)
     model = load_model(weights, resolve_device(arguments.device))
+    output_dir = Path(arguments.output_dir or weights.parent / f"audit-{arguments.split}")
+    refuse_inputs(output_dir, "--output-dir", [*(arguments.data_dir or []), weights], nested=False)
+    check_output_folder(output_dir, "--output-dir", AUDIT_FILES, "covid-ddp-audit",
+                        either(record_of(AUDIT_FILES[0], "weights", "split", "threshold"), is_own_figure))
     data = load_evaluation_data(arguments.data_dir, weights)
     rows = rows_to_score(arguments.split, weights, data)
-    output_dir = Path(arguments.output_dir or weights.parent / f"audit-{arguments.split}")
     result, about = audit_rows(model, weights, data, rows, arguments.split,
                                decision_threshold(arguments.threshold, weights), arguments.seed, output_dir)
     print(markdown({**about, **result}), end="")

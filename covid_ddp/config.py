@@ -15,6 +15,7 @@ from typing import Optional
 from .cli import ArgumentParser, HelpFormatter
 from .backbones import check_model_name
 from .data import MCFAM_BASE_URL, MIN_IMAGE_SIZE
+from .destinations import refuse_inputs
 from .errors import UserError
 from .splits import SplitPlan
 
@@ -146,8 +147,8 @@ class TrainConfig:
         """Reject values that cannot work, with the flag named."""
         positive = ("epochs", "batch_size", "early_stop", "lr", "grad_accum_steps", "synthetic_size", "eval_batch_size",
                     "keep_checkpoints", "log_every", "lr_factor", "dist_timeout")
-        for name in positive:
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
+        for name in positive:  # 'not > 0': NaN is refused too (it passes '<= 0')
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise UserError(f"--{_dashed(name)} must be positive, got {getattr(self, name)}")
         if self.lr_factor >= 1:
             raise UserError(f"--lr-factor must be below 1 (it multiplies the learning rate), got {self.lr_factor}")
@@ -171,7 +172,9 @@ class TrainConfig:
         if self.early_stop is not None and (self.val_size == 0 or self.select_by == "last"):
             raise UserError("--early-stop watches the validation split: it needs --val-size above 0 and --select-by "
                             "loss or auc")
-        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+        if self.lr_patience < 0:
+            raise UserError(f"--lr-patience must be 0 or more, got {self.lr_patience}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise UserError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
         if self.workers < 0:
             raise UserError(f"--workers must be 0 or more, got {self.workers}")
@@ -181,6 +184,8 @@ class TrainConfig:
             raise UserError("--workers gather training batches in host memory; --data-on-device yes holds the set on "
                             "the device instead: choose one")
         check_model_name(self.model)
+        if self.output_dir and self.data_dir:  # a run's files mixed into its data would be read as data
+            refuse_inputs(Path(self.output_dir), "--output-dir", self.data_dir, nested=False)
         if self.init_weights and self.model == "net":
             raise UserError("--init-weights starts a backbone (--model resnet18, ...); net trains from random weights, "
                             "as the seed's recipe does")

@@ -25,6 +25,7 @@ from . import figures, launcher_watch
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .config import TrainConfig
 from .data import MCFAM_BASE_URL, as_folders, load_data_dirs, load_dataset, patient_ids, source_names, to_binary
+from .destinations import check_output_folder, either, is_own_figure, record_of, refuse_inputs
 from .errors import UserError
 from .files import write_json
 from .metrics import METRICS, SOURCE_METRICS, binary_metrics, per_source
@@ -34,6 +35,7 @@ from .predict import WEIGHTS_HELP, decision_threshold, model_spec, resolve_devic
 from .splits import make_split
 
 FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
+RECORD = "evaluation.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +66,8 @@ def run(arguments: argparse.Namespace) -> dict:
         raise UserError(f"--bootstrap must be 0 or more, got {arguments.bootstrap}")
     weights = [Path(path) for path in arguments.weights]
     ensemble = Ensemble.load(weights, resolve_device(arguments.device))  # one run, or the mean of several
+    output_dir = evaluation_folder(arguments, weights)
+    check_destination(output_dir, arguments.data_dir, weights)
     split = None
     if len(weights) > 1 and (arguments.split != "all" or arguments.threshold is None):
         split = common_split(weights)  # its rows, or its threshold: refused before anything is read if the runs differ
@@ -77,14 +81,11 @@ def run(arguments: argparse.Namespace) -> dict:
     targets = to_binary(data.labels)[rows]
     metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, arguments.bootstrap,
                              groups=patient_ids(data.meta, rows))
-    # A run's evaluation sits in its folder; an ensemble's beside the runs' folders.
-    output_dir = Path(arguments.output_dir or (weights[0].parent / f"evaluation-{arguments.split}" if len(weights) == 1
-                                               else weights[0].parent.parent / f"ensemble-evaluation-{arguments.split}"))
     by_source = per_source(p_covid, targets, source_names(data.meta, rows), threshold)
     report = {"weights": str(weights[0]) if len(weights) == 1 else [str(path) for path in weights],
               "data": data.provenance, "split": arguments.split, "threshold_source": threshold_source,
               "metrics": metrics, **({"per_source": by_source} if by_source else {}), "rows": rows.tolist()}
-    write_json(output_dir / "evaluation.json", report)
+    write_json(output_dir / RECORD, report)
     write_figures(output_dir, p_covid, targets, metrics)
     members = "" if len(weights) == 1 else f"ensemble of {len(weights)} runs, "
     print(format_table(metrics, title=f"{arguments.split}: {len(rows)} images, {members}threshold {threshold:.3f} "
@@ -95,6 +96,22 @@ def run(arguments: argparse.Namespace) -> dict:
     if len(weights) == 1:  # an ensemble's results belong to no one run's card
         refresh_model_card(weights[0].parent, "covid-ddp-evaluate")
     return report
+
+
+def evaluation_folder(arguments: argparse.Namespace, weights: list[Path]) -> Path:
+    """--output-dir, else a run's evaluation in its folder and an ensemble's beside the runs' folders."""
+    if arguments.output_dir:
+        return Path(arguments.output_dir)
+    if len(weights) == 1:
+        return weights[0].parent / f"evaluation-{arguments.split}"
+    return weights[0].parent.parent / f"ensemble-evaluation-{arguments.split}"
+
+
+def check_destination(output_dir: Path, data_dirs: list[str] | None, weights: list[Path]) -> None:
+    """Before anything is read: not inside the data, and no file of another program's is replaced."""
+    refuse_inputs(output_dir, "--output-dir", [*(data_dirs or []), *weights], nested=False)
+    check_output_folder(output_dir, "--output-dir", [RECORD, *FIGURES], "covid-ddp-evaluate",
+                        either(record_of(RECORD, "weights", "split", "metrics"), is_own_figure))
 
 
 def load_evaluation_data(data_dir: list[str] | None, weights: Path):

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import decision_path
 from .cli import ArgumentParser, HelpFormatter, run_cli
+from .destinations import check_output_file, refuse_inputs
 from .errors import UserError
 from .files import atomic_path
 from .model import for_inference
@@ -45,10 +47,7 @@ class ProbabilityModel(torch.nn.Module):
 def export_onnx(model: torch.nn.Module, destination: Path) -> Path:
     """Write ``model`` (eval mode; Net's BatchNorm folded) as an ONNX graph with a dynamic batch axis,
     for images of the model's size (``model.spec.image_size``)."""
-    # torch's exporter needs both; say so in one line before it fails with a traceback.
-    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise UserError(f"ONNX export needs {', '.join(missing)}: pip install \"covid_ddp[export]\"")
+    require_exporter()
     wrapped = ProbabilityModel(for_inference(model.cpu().float().eval())).eval()
     size = model.spec.image_size
     example = torch.zeros(2, 1, size, size)
@@ -63,6 +62,21 @@ def export_onnx(model: torch.nn.Module, destination: Path) -> Path:
     return Path(destination)
 
 
+def require_exporter() -> None:
+    """torch's exporter needs both; say so in one line before it fails with a traceback."""
+    missing = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {', '.join(missing)}: pip install \"covid_ddp[export]\"")
+
+
+def is_exported_model(path: Path) -> bool:
+    """An ONNX graph covid-ddp-export wrote: one input and one output, named as it names them."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return [i.name for i in graph.input] == [INPUT_NAME] and [o.name for o in graph.output] == [OUTPUT_NAME]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="covid-ddp-export", description=__doc__.split("\n\n")[0] +
                             " Not for clinical use.", formatter_class=HelpFormatter)
@@ -75,6 +89,9 @@ def run(arguments: argparse.Namespace) -> None:
     destination = Path(arguments.onnx)
     if destination.suffix.lower() != ".onnx":
         raise UserError(f"--onnx {destination}: give a file name ending in .onnx")
+    require_exporter()
+    refuse_inputs(destination, "--onnx", [arguments.weights, decision_path(Path(arguments.weights))])
+    check_output_file(destination, "--onnx", "an ONNX model covid-ddp-export wrote", is_exported_model)
     model = load_model(arguments.weights)
     export_onnx(model, destination)
     size = model.spec.image_size

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
+from .destinations import FIGURE_SOFTWARE  # noqa: E402
 from .files import atomic_path  # noqa: E402
 from .model import CLASS_NAMES  # noqa: E402
 
@@ -115,9 +116,10 @@ def audit_figure(images, targets, with_marks, without_border, mean_heatmap, lung
 
 
 def save_figure(figure: Figure, path: Path) -> None:
-    """Write a PNG atomically and free the figure (pyplot keeps every open figure alive)."""
+    """Write a PNG atomically and free the figure (pyplot keeps every open figure alive). Its
+    Software tag marks it as covid_ddp's: a later run may replace it (destinations.is_own_figure)."""
     with atomic_path(Path(path)) as tmp:
-        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight", metadata={"Software": FIGURE_SOFTWARE})
     plt.close(figure)
 
 

@@ -35,6 +35,7 @@ from PIL import Image
 from .checkpoint import decision_path, load_weights, read_decision
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .data import IMAGES_KEY, load_array, validate_images
+from .destinations import check_output_file, check_output_folder, is_own_figure, refuse_inputs, starts_with
 from .errors import UserError, first_few
 from .files import atomic_path
 from .gradcam import gradcam
@@ -42,6 +43,7 @@ from .model import CLASS_NAMES, ModelSpec, build_network, for_inference, origina
 from .radiographs import IMAGE_SIZE, is_radiograph_file, read_grayscale_and_size, to_model_size
 
 NPZ_SUFFIX = ".npz"
+CSV_COLUMNS = ("source", "index", "p_covid", "prediction", "threshold")  # each call names its threshold
 
 
 @dataclass
@@ -214,6 +216,7 @@ def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]
 def run(arguments: argparse.Namespace) -> None:
     if arguments.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {arguments.batch_size}")
+    check_destinations(arguments)
     from .ensemble import Ensemble, ensemble_threshold
 
     ensemble = Ensemble.load(arguments.weights, resolve_device(arguments.device))
@@ -224,7 +227,7 @@ def run(arguments: argparse.Namespace) -> None:
     overlays = GradcamWriter(Path(arguments.gradcam), ensemble.models, threshold) if arguments.gradcam else None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["source", "index", "p_covid", "prediction", "threshold"])  # each call names its threshold
+    writer.writerow(CSV_COLUMNS)
     files = collect_files(arguments.inputs)
     skipped, resized_from = 0, []
     for path in files:
@@ -256,6 +259,22 @@ def run(arguments: argparse.Namespace) -> None:
     if resized_from:
         print(resized_summary(resized_from, ensemble.image_size), file=sys.stderr)
     print(f"called COVID at p_covid >= threshold {threshold:.4f} ({threshold_source})", file=sys.stderr)
+
+
+def check_destinations(arguments: argparse.Namespace) -> None:
+    """Before anything is read: the CSV replaces no input and no file but an earlier CSV of this
+    command; overlays go to a folder that is no input's and holds no PNG this command did not draw."""
+    weights = [Path(path) for path in arguments.weights]
+    inputs = [*arguments.inputs, *weights, *(decision_path(path) for path in weights)]
+    if arguments.output:
+        refuse_inputs(Path(arguments.output), "--output", inputs)
+        check_output_file(Path(arguments.output), "--output", "a CSV covid-ddp-predict wrote",
+                          starts_with(",".join(CSV_COLUMNS)))
+    if arguments.gradcam:
+        folder = Path(arguments.gradcam)
+        refuse_inputs(folder, "--gradcam", inputs)
+        pictures = sorted(p.name for p in folder.glob("*.png")) if folder.is_dir() else []
+        check_output_folder(folder, "--gradcam", pictures, "covid-ddp-predict", is_own_figure)
 
 
 class GradcamWriter:

@@ -24,6 +24,7 @@ import argparse
 import csv
 import functools
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -36,8 +37,9 @@ import numpy as np
 
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
 from .data import IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, MIN_IMAGE_SIZE, PREPARE_RECORD
+from .destinations import refuse_inputs
 from .duplicates import find_duplicates, rows_to_drop
-from .errors import UserError, type_and_first_line
+from .errors import UserError, first_few, type_and_first_line
 from .files import current_umask, write_json
 from .radiographs import IMAGE_SIZE, is_radiograph_file, read_with_tags
 from .store import images_name, write_store
@@ -265,11 +267,25 @@ def _swap_in(staging: Path, output_dir: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+PREPARED_NAMES = re.compile(rf"{IMAGES_KEY}\d+\.(npz|npy)|{LABELS_FILE}|{META_FILE}|{PREPARE_RECORD}")
+
+
 def _check_output(output_dir: Path, overwrite: bool) -> None:
+    """A new or empty folder, or with --overwrite one covid-ddp-prepare wrote: it holds its record
+    and nothing else but its files. Any other folder is the user's, and is never replaced."""
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output-dir {output_dir} is a file; give a folder path")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise UserError(f"--output-dir {output_dir} is not empty; give a new folder, or --overwrite to replace it")
+    entries = sorted(entry.name for entry in output_dir.iterdir()) if output_dir.is_dir() else []
+    if not entries:
+        return
+    if not overwrite:
+        raise UserError(f"--output-dir {output_dir} is not empty; give a new folder, or --overwrite to replace a "
+                        "folder covid-ddp-prepare wrote")
+    foreign = [name for name in entries if not PREPARED_NAMES.fullmatch(name)]
+    if foreign or PREPARE_RECORD not in entries:
+        held = f"it holds {first_few(foreign, 3)}" if foreign else f"it has no {PREPARE_RECORD}"
+        raise UserError(f"--output-dir {output_dir} is not a folder covid-ddp-prepare wrote ({held}); --overwrite "
+                        "replaces only such a folder, so this one is left as it is: give a new folder")
 
 
 def _write_files(prepared: Prepared, folder: Path, store: bool) -> None:
@@ -342,11 +358,8 @@ def run(arguments: argparse.Namespace) -> None:
     if arguments.image_size < MIN_IMAGE_SIZE:
         raise UserError(f"--image-size must be {MIN_IMAGE_SIZE} or more, got {arguments.image_size}")
     output_dir = Path(arguments.output_dir).resolve()
+    refuse_inputs(output_dir, "--output-dir", arguments.sources)
     _check_output(output_dir, arguments.overwrite)
-    for source in arguments.sources:
-        if output_dir == Path(source).resolve() or output_dir in Path(source).resolve().parents:
-            raise UserError(f"{source} lies inside --output-dir {arguments.output_dir}, which is replaced as a whole; "
-                            "write the prepared folder elsewhere")
     names = parse_label_map(arguments.label_map)
     items = collect_items(arguments.sources)
     prepared = prepare(items, names, arguments.workers, arguments.skip_errors, arguments.drop_duplicates,

@@ -280,5 +280,5 @@ def test_each_data_folder_is_a_source_and_one_source_has_no_rows_of_its_own(orig
     assert "per source" in capsys.readouterr().out
     np.savez(north / "meta.npz", dataset=np.full(40, "north"))
     for folders in ([south], [north]):  # no meta.npz; a meta.npz of one source
-        assert "per_source" not in evaluate_all(original_weights, folders, tmp_path / folders[0].name)
+        assert "per_source" not in evaluate_all(original_weights, folders, tmp_path / f"{folders[0].name}-evaluation")
         assert "per source" not in capsys.readouterr().out

@@ -142,14 +142,33 @@ def test_sources_that_are_not_a_class_folder_or_csv_are_refused(tmp_path, capsys
     assert code == 2 and err.count("\n") == 1 and fragment in err
 
 
-def test_a_non_empty_output_folder_is_kept_unless_overwrite(tmp_path, capsys):
+def test_a_non_empty_output_folder_is_kept_and_overwrite_replaces_only_a_prepared_one(tmp_path, capsys):
     root = class_folders(tmp_path / "set", {"normal": 2, "covid": 2})
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "mine.txt").write_text("keep me")
+    (tmp_path / "out" / "sub").mkdir(parents=True)
+    (tmp_path / "out" / "thesis.docx").write_text("keep me")
+    (tmp_path / "out" / "sub" / "notes.txt").write_text("keep me too")
     code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", root)
-    assert code == 2 and "not empty" in err and (tmp_path / "out" / "mine.txt").exists()
-    code, _, _ = prepare(capsys, "--output-dir", tmp_path / "out", "--overwrite", "--workers", "1", root)
-    assert code == 0 and not (tmp_path / "out" / "mine.txt").exists() and len(load_data_dir(tmp_path / "out").images) == 4
+    assert code == 2 and "not empty" in err and (tmp_path / "out" / "thesis.docx").exists()
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", "--overwrite", "--workers", "1", root)
+    assert code == 2 and err.count("\n") == 1 and "is not a folder covid-ddp-prepare wrote" in err and "sub" in err
+    assert (tmp_path / "out" / "thesis.docx").read_text() == "keep me"
+    assert (tmp_path / "out" / "sub" / "notes.txt").read_text() == "keep me too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "set"], "no staging folder left behind"
+
+    code, _, _ = prepare(capsys, "--output-dir", tmp_path / "prepared", "--workers", "1", root)
+    assert code == 0
+    code, _, _ = prepare(capsys, "--output-dir", tmp_path / "prepared", "--overwrite", "--workers", "1", root)
+    assert code == 0 and len(load_data_dir(tmp_path / "prepared").images) == 4, "its own folder is replaced"
+    (tmp_path / "prepared" / "notes.txt").write_text("added by hand")
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "prepared", "--overwrite", "--workers", "1", root)
+    assert code == 2 and "notes.txt" in err and (tmp_path / "prepared" / "notes.txt").exists()
+
+
+def test_a_prepared_folder_inside_an_input_folder_is_refused(tmp_path, capsys):
+    root = class_folders(tmp_path / "set", {"normal": 2, "covid": 2})
+    code, _, err = prepare(capsys, "--output-dir", root / "covid" / "prepared", "--workers", "1", root)
+    assert code == 2 and err.count("\n") == 1 and "lies inside the input folder" in err
+    assert not (root / "covid" / "prepared").exists()
 
 
 def test_the_shared_real_sets_images_prepare_to_themselves(tmp_path, capsys):
@@ -195,4 +214,4 @@ def test_csv_blank_rows_are_skipped_and_a_source_inside_the_output_is_refused(tm
     code, _, _ = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "1", tmp_path / "list.csv")
     assert code == 0 and len(load_data_dir(tmp_path / "out").images) == 2
     code, _, err = prepare(capsys, "--output-dir", tmp_path, "--overwrite", tmp_path / "list.csv")
-    assert code == 2 and "lies inside --output-dir" in err and (tmp_path / "a.png").exists()
+    assert code == 2 and "holds the input" in err and (tmp_path / "a.png").exists()
