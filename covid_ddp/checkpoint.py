@@ -273,7 +273,26 @@ def load_weights(path: Path, map_location="cpu") -> dict:
         inside = path / WEIGHTS_FILE
         example = f", e.g. {inside}" if inside.is_file() else ""
         raise UserError(f"{path} is a folder, not a weights file; pass the .pth inside it{example}")
-    return load_plain(path, "weights file", map_location)
+    return refuse_non_finite(load_plain(path, "weights file", map_location), path)
+
+
+def refuse_non_finite(state_dict, path: Path):
+    """Weights holding NaN or Inf score every image NaN (called Non-COVID at any threshold): refused
+    by every command that reads weights, naming the first tensor that holds them."""
+    for key, value in _tensors(state_dict):
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"{path}: the weights hold NaN or Inf values (first in '{key}'): they come from a "
+                            "run that diverged or a damaged file; use another weights file")
+    return state_dict
+
+
+def _tensors(tree, prefix: str = ""):
+    """(key, tensor) of a state_dict, and of the dicts a checkpoint may wrap it in ('state_dict', ...)."""
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
 
 
 def load_plain(path: Path, kind: str, map_location="cpu"):

@@ -471,6 +471,18 @@ def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int | None = N
     return mean, max(std, 1e-6)
 
 
+def blank_rows(images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """The rows of ``images`` (all, or ``rows``) whose image is a single gray level: nothing in
+    them to read. In chunks of STATISTICS_CHUNK_PIXELS (a mapped store is read, not copied)."""
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    chunk = max(1, STATISTICS_CHUNK_PIXELS // (images.shape[1] * images.shape[2]))
+    blank = []
+    for start in range(0, len(rows), chunk):
+        block = np.asarray(images[rows[start : start + chunk]]).reshape(-1, images.shape[1] * images.shape[2])
+        blank.append(rows[start : start + chunk][block.min(axis=1) == block.max(axis=1)])
+    return np.concatenate(blank) if blank else np.empty(0, dtype=np.int64)
+
+
 # --- the torch side ----------------------------------------------------------
 
 

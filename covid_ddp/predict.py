@@ -34,7 +34,7 @@ from PIL import Image
 
 from .checkpoint import decision_path, load_weights, read_decision
 from .cli import ArgumentParser, HelpFormatter, run_cli
-from .data import IMAGES_KEY, load_array, validate_images
+from .data import IMAGES_KEY, blank_rows, load_array, validate_images
 from .destinations import check_output_file, check_output_folder, is_own_figure, refuse_inputs, starts_with
 from .errors import UserError, first_few
 from .files import atomic_path
@@ -229,7 +229,7 @@ def run(arguments: argparse.Namespace) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     files = collect_files(arguments.inputs)
-    skipped, resized_from = 0, []
+    skipped, resized_from, blank = 0, [], []
     for path in files:
         try:
             item = read_input(path, ensemble.image_size)
@@ -241,6 +241,7 @@ def run(arguments: argparse.Namespace) -> None:
             continue
         if item.resized_from is not None:
             resized_from.extend([item.resized_from] * len(item.images))
+        blank.extend(f"{Path(item.source).name}[{row}]" for row in blank_rows(item.images))
         p_covid = ensemble.predict(item.images, arguments.batch_size)
         for index, p in enumerate(p_covid):
             writer.writerow([item.source, index, f"{p:.6f}", CLASS_NAMES[int(p >= threshold)], f"{threshold:.6f}"])
@@ -258,6 +259,9 @@ def run(arguments: argparse.Namespace) -> None:
     # After the output, so that a refused input stays a one-line error.
     if resized_from:
         print(resized_summary(resized_from, ensemble.image_size), file=sys.stderr)
+    if blank:  # image files are refused as blank when read; an array's rows are scored, and named here
+        print(f"covid-ddp-predict: warning: {len(blank)} image(s) are blank, a single gray level ({first_few(blank, 3)}): "
+              "their p_covid is the model's reading of nothing", file=sys.stderr)
     print(f"called COVID at p_covid >= threshold {threshold:.4f} ({threshold_source})", file=sys.stderr)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .data import MIN_IMAGE_SIZE
 from .errors import UserError, type_and_first_line
 
 IMAGE_SIZE = 64
@@ -56,7 +57,8 @@ def read_with_tags(path: str | Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray
     if not is_dicom(path):
         return read_radiograph(path, size), {}
     dataset = _read_dicom(path)
-    return to_model_size(Image.fromarray(dicom_to_8bit(dataset, path)), size), _dicom_tags(dataset)
+    gray = refuse_blank(Image.fromarray(dicom_to_8bit(dataset, path)), path)
+    return to_model_size(gray, size), _dicom_tags(dataset)
 
 
 def read_grayscale(path: str | Path, size: int = IMAGE_SIZE) -> Image.Image:
@@ -69,7 +71,7 @@ def read_grayscale_and_size(path: str | Path, size: int = IMAGE_SIZE) -> tuple[I
     smaller (its draft), and what a user is told about resizing should name the file's size."""
     path = Path(path)
     if is_dicom(path):
-        gray = Image.fromarray(dicom_to_8bit(_read_dicom(path), path))
+        gray = refuse_blank(Image.fromarray(dicom_to_8bit(_read_dicom(path), path)), path)
         return gray, gray.size
     try:
         with warnings.catch_warnings():
@@ -80,13 +82,27 @@ def read_grayscale_and_size(path: str | Path, size: int = IMAGE_SIZE) -> tuple[I
                 if image.format == "JPEG":
                     image.draft(image.mode, (jpeg_draft_side(size),) * 2)
                 image.load()
-                gray = to_grayscale_8bit(upright(image))
+                gray = refuse_blank(to_grayscale_8bit(upright(image)), path)
                 turned = gray.size != image.size  # an EXIF quarter turn swaps width and height
                 return gray, (height, width) if turned else (width, height)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UserError(f"{path}: refused, too many pixels for an X-ray (Pillow's decompression-bomb guard: {error})")
     except (OSError, ValueError, SyntaxError) as error:  # unidentified, truncated or corrupt files
         raise UserError(f"{path}: not a readable image ({error})")
+
+
+def refuse_blank(gray: Image.Image, path: Path) -> Image.Image:
+    """A file with no picture in it (a single gray level: an all-black export, a DICOM whose rescale
+    slope is 0; or a few pixels) is refused by name, not scored or trained on: its P(COVID) would
+    be the model's reading of nothing. prepare and predict skip it with --skip-errors."""
+    if min(gray.size) < MIN_IMAGE_SIZE:
+        raise UserError(f"{path}: {gray.size[0]}x{gray.size[1]} pixels is too small to be a radiograph "
+                        f"({MIN_IMAGE_SIZE} a side at the least)")
+    low, high = gray.getextrema()
+    if low == high:
+        raise UserError(f"{path}: a blank image (every pixel is {low}): there is nothing in it to read; remove it "
+                        "(--skip-errors goes on without it)")
+    return gray
 
 
 # EXIF orientation -> the transpose that shows the picture as viewers do (1: as stored).

@@ -36,8 +36,8 @@ from .board import Logger
 from .cli import is_main_rank, run_cli, say
 from .config import TrainConfig, parse_config, settle_batch_size
 from .confounding import confounding_warning, format_table, table_of
-from .data import (RawData, XrayDataset, collate_batch, dataset_tensors, fetch_dataset, fingerprint, load_dataset,
-                   patient_ids, pixel_statistics, source_names, to_binary, wants_device)
+from .data import (RawData, XrayDataset, blank_rows, collate_batch, dataset_tensors, fetch_dataset, fingerprint,
+                   load_dataset, patient_ids, pixel_statistics, source_names, to_binary, wants_device)
 from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, exchange_before_group,
                           join_restarted_group, lost_another_process, on_every_process, on_main_process,
                           refuse_independent_launch, same_on_every_process)
@@ -92,6 +92,7 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     targets = to_binary(data.labels)
     # The main process splits for all (the same split everywhere, and scikit-learn imported once).
     split = on_main_process(accelerator, lambda: make_split(targets, config.split_plan(), data.meta), "split the data")
+    refuse_blank_training(accelerator, data, split.train)
     config, batch_note = settle_batch_size(config, len(split.train))
     config = dataclasses.replace(config, image_size=data.image_size)  # the data's: what a resume compares
     folder.check_resume(config, fingerprint(data))
@@ -220,6 +221,19 @@ class Prepared:
     spec: ModelSpec  # the network and its input size, recorded beside the weights
 
 
+def refuse_blank_training(accelerator: Accelerator, data: RawData, train_rows: np.ndarray) -> None:
+    """A training part of blank images (each a single gray level) has nothing to learn: a run on it
+    would end at ROC AUC 0.5 with no word. All blank: refused (on every rank: the same count);
+    some: one warning line."""
+    blank = on_main_process(accelerator, lambda: len(blank_rows(data.images, train_rows)), "look for blank images")
+    if blank == len(train_rows):
+        raise UserError(f"all {blank} training images are blank (each a single gray level): there is nothing to "
+                        "learn from; check the data folder")
+    if blank and accelerator.is_main_process:
+        say(f"covid-ddp-train: warning: {blank} of the {len(train_rows)} training images are blank (each a single "
+            "gray level); covid-ddp-prepare names such files")
+
+
 def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, accelerator: Accelerator,
                 make_optimizer=hardware.make_optimizer) -> Prepared:
     """Loaders, model (normalised with training-split statistics), optimizer and LR schedule.
@@ -309,8 +323,9 @@ def build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
     statistics, laid out for speed."""
     model = build_network(spec, dropout=config.dropout)
     if config.init_weights:
-        loaded = load_initial_weights(model, ckpt.load_plain(Path(config.init_weights), "--init-weights file"),
-                                      config.init_weights)
+        initial = Path(config.init_weights)
+        loaded = load_initial_weights(model, ckpt.refuse_non_finite(ckpt.load_plain(initial, "--init-weights file"),
+                                                                    initial), config.init_weights)
         if is_main_rank():
             summed = (", its first convolution summed from 3 channels to 1"
                       if loaded["first_conv_summed_from_3_channels"] else "")

@@ -156,3 +156,4 @@ def test_training_into_its_own_data_folder_is_refused_before_anything_is_written
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--output-dir" in lines[0] and "is also an input" in lines[0], done.stderr
     assert sorted(p.name for p in data.iterdir()) == ["train_images64.npz", "train_labels.npz"]
+

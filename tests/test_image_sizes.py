@@ -118,12 +118,13 @@ def test_net_trains_at_the_data_size_and_predict_resizes_to_it(tmp_path):
     weights = tmp_path / "run" / "COVID_binary_classifier.pth"
     assert json.loads(weights.with_suffix(".json").read_text())["model"] == {"name": "net", "image_size": 48}
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["image_size"] == 48
-    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "x.png")
-    np.savez(tmp_path / "x.npz", train_images=np.full((2, 64, 64), 128, np.uint8))
+    film = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8)  # one gradient film (a blank one is refused)
+    Image.fromarray(film).save(tmp_path / "x.png")
+    np.savez(tmp_path / "x.npz", train_images=np.stack([film, film]))
     result = run([sys.executable, PREDICT_SCRIPT, "--weights", weights, tmp_path / "x.png", tmp_path / "x.npz"])
     assert "3 images were resized to 48x48, the weights' size (from 64x64)" in result.stderr
     rows = result.stdout.splitlines()[1:]
-    assert len(rows) == 3 and len({row.split(",")[2] for row in rows}) == 1, "the same grey film, the same score"
+    assert len(rows) == 3 and len({row.split(",")[2] for row in rows}) == 1, "the same film, the same score"
 
 
 def test_backbone_choices_and_a_missing_torchvision_are_one_line_errors(monkeypatch):

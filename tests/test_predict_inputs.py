@@ -123,9 +123,9 @@ def test_resized_images_get_one_line_naming_their_own_sizes(capsys, weights, tmp
     folder = tmp_path / "scans"
     folder.mkdir()
     Image.fromarray(xray()).save(folder / "a.png")  # 64x64: used as it is
-    Image.fromarray(np.full((512, 512), 90, np.uint8)).save(folder / "b.jpg", quality=90)
+    Image.fromarray(xray()).resize((512, 512)).save(folder / "b.jpg", quality=90)
     for index, (height, width) in enumerate([(200, 300), (240, 300), (300, 300)]):
-        Image.fromarray(np.full((height, width), 120, np.uint8)).save(folder / f"c{index}.png")
+        Image.fromarray(xray(index)).resize((width, height)).save(folder / f"c{index}.png")
     code, out, err = run_predict(capsys, "--weights", weights, folder)
     assert code == 0 and len(out.strip().splitlines()) == 1 + 5, err
     assert [line for line in err.splitlines() if "resized" in line] == [
