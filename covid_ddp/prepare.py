@@ -21,7 +21,6 @@ Images are decoded in parallel (``--workers``, default every core) by
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import os
 import re
@@ -41,6 +40,7 @@ from .destinations import refuse_inputs
 from .duplicates import find_duplicates, rows_to_drop
 from .errors import UserError, first_few, type_and_first_line
 from .files import current_umask, write_json
+from .listing import read_listing
 from .radiographs import IMAGE_SIZE, is_radiograph_file, read_with_tags
 from .store import images_name, write_store
 
@@ -64,15 +64,16 @@ class Item:
 # --- finding the images ------------------------------------------------------------
 
 
-def collect_items(sources: list[str]) -> list[Item]:
-    """Every image named by the SRC arguments, in a stable order (SRC, then path)."""
+def collect_items(sources: list[str], allow_outside: bool = False) -> list[Item]:
+    """Every image named by the SRC arguments, in a stable order (SRC, then path); a CSV is read
+    strictly (``listing.read_listing``), its paths inside its folder unless ``allow_outside``."""
     items = []
     for source in sources:
         path = Path(source)
         if path.is_dir():
             items.extend(_items_of_class_folders(path))
         elif path.is_file() and path.suffix.lower() == ".csv":
-            items.extend(_items_of_csv(path))
+            items.extend(_items_of_csv(path, allow_outside))
         elif not path.exists():
             raise UserError(f"{source} does not exist")
         else:
@@ -92,25 +93,10 @@ def _items_of_class_folders(folder: Path) -> list[Item]:
             for file in sorted(p for p in class_folder.rglob("*") if is_radiograph_file(p))]
 
 
-def _items_of_csv(table: Path) -> list[Item]:
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = {name.strip().lower(): name for name in reader.fieldnames or []}
-        missing = [name for name in ("path", "label") if name not in columns]
-        if missing:
-            raise UserError(f"{table}: no {' or '.join(missing)} column (found: {', '.join(columns) or 'none'}); "
-                            "the CSV needs path and label, and may have patient_id, view, source")
-        rows = [(reader.line_num, row) for row in reader]
-    items = []
-    for line, row in rows:
-        value = {key: (row.get(name) or "").strip() for key, name in columns.items()}
-        if not any(value.values()):  # an empty row, as spreadsheets leave at the end
-            continue
-        if not value["path"] or not value["label"]:
-            raise UserError(f"{table}, line {line}: empty {'path' if not value['path'] else 'label'}")
-        items.append(Item(table.parent / value["path"], value["path"], value["label"],
-                          value.get("source") or table.stem, value.get("patient_id", ""), value.get("view", "")))
-    return items
+def _items_of_csv(table: Path, allow_outside: bool) -> list[Item]:
+    return [Item(row.file, row.path, row.values["label"], row.values.get("source") or table.stem,
+                 row.values.get("patient_id", ""), row.values.get("view", ""))
+            for row in read_listing(table, allow_outside)]
 
 
 # --- labels ----------------------------------------------------------------------
@@ -334,7 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the images as compressed train_images<S>.npz, or as the uncompressed store "
                              "train_images<S>.npy that training maps read-only (a machine's processes then share "
                              "one copy); auto: the store when the images take over 1 GiB")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output-dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --output-dir that covid-ddp-prepare wrote (no other folder)")
+    parser.add_argument("--allow-outside", action="store_true",
+                        help="let a CSV name files outside its own folder (absolute paths, '..'); by default such "
+                             "a path is refused, so that a list from elsewhere reaches only the files beside it")
     return parser
 
 
@@ -361,7 +351,7 @@ def run(arguments: argparse.Namespace) -> None:
     refuse_inputs(output_dir, "--output-dir", arguments.sources)
     _check_output(output_dir, arguments.overwrite)
     names = parse_label_map(arguments.label_map)
-    items = collect_items(arguments.sources)
+    items = collect_items(arguments.sources, arguments.allow_outside)
     prepared = prepare(items, names, arguments.workers, arguments.skip_errors, arguments.drop_duplicates,
                        progress=sys.stderr.isatty(), size=arguments.image_size)
     store = wants_store(arguments.format, prepared.images)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import json
 import sys
 from pathlib import Path
@@ -215,3 +216,68 @@ def test_csv_blank_rows_are_skipped_and_a_source_inside_the_output_is_refused(tm
     assert code == 0 and len(load_data_dir(tmp_path / "out").images) == 2
     code, _, err = prepare(capsys, "--output-dir", tmp_path, "--overwrite", tmp_path / "list.csv")
     assert code == 2 and "holds the input" in err and (tmp_path / "a.png").exists()
+
+
+# --- CSVs read strictly ---------------------------------------------------------------------------
+
+
+def listed_pictures(folder, count=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        Image.fromarray(noise()).save(folder / f"{index}.png")
+    return folder
+
+
+@pytest.mark.parametrize("header", ["path,label,path", "path,label,Label", " Path ,label,PATH"])
+def test_a_column_named_twice_in_any_capitals_is_refused(tmp_path, capsys, header):
+    listed_pictures(tmp_path)
+    (tmp_path / "list.csv").write_text(f"{header}\n0.png,covid,1.png\n")
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", tmp_path / "list.csv")
+    assert code == 2 and err.count("\n") == 1 and "is there twice" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_utf8_with_a_bom_and_utf16_from_a_spreadsheet_are_read(tmp_path, capsys, encoding):
+    listed_pictures(tmp_path)
+    (tmp_path / "list.csv").write_bytes("path,label,source\r\n0.png,covid,Zürich\r\n1.png,normal,Zürich\r\n"
+                                        .encode(encoding))
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "1", tmp_path / "list.csv")
+    assert code == 0, err
+    assert list(np.load(tmp_path / "out" / "meta.npz")["dataset"]) == ["Zürich", "Zürich"]
+
+
+def test_a_csv_in_another_encoding_is_refused_in_one_line(tmp_path, capsys):
+    listed_pictures(tmp_path)
+    (tmp_path / "list.csv").write_bytes("path,label,source\n0.png,covid,Zürich\n".encode("latin-1"))
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", tmp_path / "list.csv")
+    assert code == 2 and err.count("\n") == 1 and "not UTF-8 or UTF-16 text" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("written", ["../outside/0.png", "{absolute}", "./../outside/0.png"])
+def test_paths_outside_the_csvs_folder_are_refused_unless_allowed(tmp_path, capsys, written):
+    outside = listed_pictures(tmp_path / "outside")
+    listed_pictures(tmp_path / "lists")
+    written = written.format(absolute=outside / "0.png")
+    (tmp_path / "lists" / "list.csv").write_text(f"path,label\n0.png,normal\n{written},covid\n")
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", tmp_path / "lists" / "list.csv")
+    assert code == 2 and "line 3" in err and "outside the CSV's folder" in err and "--allow-outside" in err
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "1", "--allow-outside",
+                           tmp_path / "lists" / "list.csv")
+    assert code == 0, err
+
+
+def test_a_fifo_in_a_csv_is_refused_before_it_is_opened(tmp_path, capsys):
+    listed_pictures(tmp_path)
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would wait forever for a writer
+    (tmp_path / "list.csv").write_text("path,label\n0.png,normal\npipe.png,covid\n")
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", tmp_path / "list.csv")
+    assert code == 2 and "line 3" in err and "not a regular file" in err
+
+
+def test_one_file_listed_under_two_labels_is_a_label_conflict(tmp_path, capsys):
+    listed_pictures(tmp_path)
+    (tmp_path / "list.csv").write_text("path,label\n0.png,normal\n1.png,covid\n./0.png,COVID\n")
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", tmp_path / "list.csv")
+    assert code == 2 and err.count("\n") == 1 and "listed twice with different labels" in err
+    assert "'normal' on line 2, 'COVID' on line 4" in err
