@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .bounds import IMAGE_SIZES, PROBABILITY
 from .data import read_npz
 from .errors import UserError, first_line
 from .files import save_torch, write_json
@@ -201,12 +202,26 @@ def read_decision(weights: Path) -> dict | None:
         return None
     try:
         decision = json.loads(path.read_text())
-        threshold = float(decision["threshold"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{path}: not a covid_ddp threshold file ({error}); remove it or pass --threshold")
-    if not 0 <= threshold <= 1:
-        raise UserError(f"{path}: threshold {threshold} is outside [0, 1]; fix it or pass --threshold")
-    return {**decision, "threshold": threshold}
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UserError(f"{path}: not a covid_ddp sidecar (not JSON: {first_line(error)}); remove it or pass "
+                        "--threshold") from None
+    if not isinstance(decision, dict) or "threshold" not in decision:
+        raise UserError(f"{path}: not a covid_ddp sidecar (no 'threshold'); remove it or pass --threshold")
+    if not PROBABILITY.holds(decision["threshold"]):  # a bool is no threshold: JSON true once read as 1.0
+        raise UserError(f"{path}: 'threshold' must be a number between 0 and 1, got {decision['threshold']!r}; fix "
+                        "it or pass --threshold")
+    _check_model_record(path, decision.get("model"))
+    return {**decision, "threshold": float(decision["threshold"])}
+
+
+def _check_model_record(path: Path, model) -> None:
+    """The sidecar's {"name": ..., "image_size": ...} (absent: the seed's Net at 64), as covid-ddp-train wrote it."""
+    if model is None:
+        return
+    if not isinstance(model, dict) or not isinstance(model.get("name", "net"), str) or \
+            not IMAGE_SIZES.holds(model.get("image_size", 64)) or isinstance(model.get("image_size"), float):
+        raise UserError(f"{path}: 'model' must be {{\"name\": ..., \"image_size\": {IMAGE_SIZES.describe()}}}, "
+                        f"got {json.dumps(model)[:80]}; the weights' run wrote it: restore that file")
 
 
 def read_splits(path: Path) -> dict:

@@ -14,7 +14,8 @@ from typing import Optional
 
 from .cli import ArgumentParser, HelpFormatter
 from .backbones import check_model_name
-from .data import MCFAM_BASE_URL, MIN_IMAGE_SIZE
+from .bounds import (BOOTSTRAP, COUNT, FRACTION, IMAGE_SIZES, POSITIVE, POSITIVE_INT, SEED, Bounds)
+from .data import MCFAM_BASE_URL
 from .destinations import refuse_inputs
 from .errors import UserError
 from .splits import SplitPlan
@@ -145,41 +146,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Reject values that cannot work, with the flag named."""
-        positive = ("epochs", "batch_size", "early_stop", "lr", "grad_accum_steps", "synthetic_size", "eval_batch_size",
-                    "keep_checkpoints", "log_every", "lr_factor", "dist_timeout")
-        for name in positive:  # 'not > 0': NaN is refused too (it passes '<= 0')
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise UserError(f"--{_dashed(name)} must be positive, got {getattr(self, name)}")
-        if self.lr_factor >= 1:
-            raise UserError(f"--lr-factor must be below 1 (it multiplies the learning rate), got {self.lr_factor}")
-        if not 0 < self.test_size < 1:
-            raise UserError(f"--test-size must be between 0 and 1 (exclusive), got {self.test_size}")
-        if not 0 <= self.val_size < 1:
-            raise UserError(f"--val-size must be in [0, 1), got {self.val_size}")
-        if not 0 <= self.dropout < 1:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.log_images_every < 0:
-            raise UserError(f"--log-images-every must be 0 (never) or more, got {self.log_images_every}")
-        if self.target_sensitivity is not None and not 0 < self.target_sensitivity <= 1:
-            raise UserError(f"--target-sensitivity must be in (0, 1], got {self.target_sensitivity}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be 0 or more, got {self.seed}")
-        if self.bootstrap < 0:
-            raise UserError(f"--bootstrap must be 0 or more, got {self.bootstrap}")
+        for name, bounds in FLAG_BOUNDS.items():  # NaN and infinities fail every bound
+            bounds.check(getattr(self, name), f"--{_dashed(name)}")
         if self.download and (not self.data_dir or len(self.data_dir) > 1 or self.dataset != "mcfam"):
             raise UserError("--download fills one --data-dir folder with MCFAM (without --data-dir, MCFAM is "
                             "downloaded into the cache by itself)")
         if self.early_stop is not None and (self.val_size == 0 or self.select_by == "last"):
             raise UserError("--early-stop watches the validation split: it needs --val-size above 0 and --select-by "
                             "loss or auc")
-        if self.lr_patience < 0:
-            raise UserError(f"--lr-patience must be 0 or more, got {self.lr_patience}")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
-            raise UserError(f"--max-grad-norm must be positive, got {self.max_grad_norm}")
-        if self.workers < 0:
-            raise UserError(f"--workers must be 0 or more, got {self.workers}")
-        if self.image_size is not None and self.image_size < MIN_IMAGE_SIZE:
-            raise UserError(f"--image-size must be {MIN_IMAGE_SIZE} or more, got {self.image_size}")
         if self.workers and self.data_on_device == "yes":
             raise UserError("--workers gather training batches in host memory; --data-on-device yes holds the set on "
                             "the device instead: choose one")
@@ -257,6 +231,18 @@ def changed_flags(recorded: dict, config: TrainConfig) -> dict[str, tuple]:
             if name in recorded and name in current and recorded[name] != current[name]}
 
 
+# The values each numeric flag takes (TrainConfig.validate; --help says the upper ones).
+FLAG_BOUNDS = {
+    "synthetic_size": POSITIVE_INT, "image_size": IMAGE_SIZES, "test_size": FRACTION,
+    "val_size": Bounds(float, low=0, high=1, high_open=True), "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT,
+    "lr": POSITIVE, "lr_patience": COUNT, "lr_factor": FRACTION, "dropout": Bounds(float, low=0, high=1, high_open=True),
+    "seed": SEED, "grad_accum_steps": POSITIVE_INT, "max_grad_norm": POSITIVE, "early_stop": POSITIVE_INT,
+    "target_sensitivity": Bounds(float, low=0, high=1, low_open=True), "bootstrap": BOOTSTRAP,
+    "dist_timeout": POSITIVE, "workers": COUNT, "eval_batch_size": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,
+    "log_every": POSITIVE_INT, "log_images_every": COUNT,
+}
+
+
 def _dashed(name: str) -> str:
     return name.replace("_", "-")
 
@@ -276,8 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
         if spec.type in ("bool", bool):
             parser.add_argument(flag, action="store_true", help=spec.metadata["help"])
             continue
+        bounds = FLAG_BOUNDS.get(spec.name)
+        said = f" ({bounds.describe()})" if bounds is not None and bounds.high is not None else ""
         parser.add_argument(flag, type=_parse_type(spec.type), default=spec.default,
-                            help=spec.metadata["help"], **extra)
+                            help=spec.metadata["help"] + said, **extra)
     return parser
 
 

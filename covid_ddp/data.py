@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .bounds import MIN_IMAGE_SIZE
 from .download import DEFAULT_TIMEOUT_S, DownloadError, download
 from .errors import UserError
 from .files import atomic_path
@@ -96,7 +97,6 @@ def load_array(path: Path, key: str) -> np.ndarray:
     return arrays[key]
 
 
-MIN_IMAGE_SIZE = 8
 
 
 def validate_images(images: np.ndarray, path: Path, image_size: int | None = None) -> None:

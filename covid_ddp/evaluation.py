@@ -22,6 +22,7 @@ import numpy as np
 
 from . import checkpoint as ckpt
 from . import figures, launcher_watch
+from .bounds import BOOTSTRAP, PROBABILITY
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .config import TrainConfig
 from .data import MCFAM_BASE_URL, as_folders, load_data_dirs, load_dataset, patient_ids, source_names, to_binary
@@ -53,17 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", metavar="DIR", help="where evaluation.json and the figures go "
                         "(default: evaluation-<split> beside the weights; for an ensemble, ensemble-evaluation-<split> "
                         "beside the first run's folder)")
-    parser.add_argument("--threshold", type=float, metavar="P", help="decision threshold (default: the one chosen on "
+    parser.add_argument("--threshold", type=PROBABILITY.parse, metavar="P", help="decision threshold (default: the one chosen on "
                         "the validation split, from the weights' sidecar JSON; else 0.5)")
-    parser.add_argument("--bootstrap", type=int, default=1000, metavar="N",
-                        help="bootstrap resamples for the 95%% intervals")
+    parser.add_argument("--bootstrap", type=BOOTSTRAP.parse, default=1000, metavar="N",
+                        help=f"bootstrap resamples for the 95%% intervals ({BOOTSTRAP.describe()})")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     return parser
 
 
 def run(arguments: argparse.Namespace) -> dict:
-    if arguments.bootstrap < 0:
-        raise UserError(f"--bootstrap must be 0 or more, got {arguments.bootstrap}")
     weights = [Path(path) for path in arguments.weights]
     ensemble = Ensemble.load(weights, resolve_device(arguments.device))  # one run, or the mean of several
     output_dir = evaluation_folder(arguments, weights)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .bounds import POSITIVE_INT, PROBABILITY
 from .checkpoint import decision_path, load_weights, read_decision
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .data import IMAGES_KEY, blank_rows, load_array, validate_images
@@ -183,12 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "Repeated: the ensemble of those runs (the mean of their P(COVID); its threshold chosen on "
                         "their common validation split)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
-    parser.add_argument("--threshold", type=float, metavar="P", help="p_covid at or above this is called COVID "
+    parser.add_argument("--threshold", type=PROBABILITY.parse, metavar="P", help="p_covid at or above this is called COVID "
                         "(default: the threshold chosen on the validation split, from the JSON beside the weights; "
                         "else 0.5)")
     parser.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per image here "
                         "(the radiograph, the heatmap of what drove P(COVID), p_covid in the title)")
-    parser.add_argument("--batch-size", type=int, default=512, metavar="N", help="images per forward pass")
+    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=512, metavar="N", help="images per forward pass")
     parser.add_argument("--output", metavar="CSV", help="write the CSV to this file instead of standard output")
     parser.add_argument("--skip-errors", action="store_true",
                         help="report unreadable inputs on stderr and score the rest (default: stop at the first)")
@@ -214,8 +215,6 @@ def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]
 
 
 def run(arguments: argparse.Namespace) -> None:
-    if arguments.batch_size <= 0:
-        raise UserError(f"--batch-size must be positive, got {arguments.batch_size}")
     check_destinations(arguments)
     from .ensemble import Ensemble, ensemble_threshold
 

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .bounds import IMAGE_SIZES, POSITIVE_INT
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
-from .data import IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, MIN_IMAGE_SIZE, PREPARE_RECORD
+from .data import IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
 from .destinations import refuse_inputs
 from .duplicates import find_duplicates, rows_to_drop
 from .errors import UserError, first_few, type_and_first_line
@@ -311,11 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "disagree); by default they are only reported")
     parser.add_argument("--skip-errors", action="store_true",
                         help="report each unreadable file and prepare the rest (default: stop, naming the first)")
-    parser.add_argument("--workers", type=int, default=_cores(), metavar="N",
+    parser.add_argument("--workers", type=POSITIVE_INT.parse, default=_cores(), metavar="N",
                         help="decoding processes (default: this machine's cores)")
-    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, metavar="S",
+    parser.add_argument("--image-size", type=IMAGE_SIZES.parse, default=IMAGE_SIZE, metavar="S",
                         help="side of the square images written (train_images<S>...): 64 is the seed's and MCFAM's, "
-                             "224 the usual backbones' (default: 64)")
+                             f"224 the usual backbones' ({IMAGE_SIZES.describe()}; default: 64)")
     parser.add_argument("--format", default="auto", choices=["npz", "store", "auto"],
                         help="the images as compressed train_images<S>.npz, or as the uncompressed store "
                              "train_images<S>.npy that training maps read-only (a machine's processes then share "
@@ -343,10 +344,6 @@ def _cores() -> int:
 
 
 def run(arguments: argparse.Namespace) -> None:
-    if arguments.workers < 1:
-        raise UserError(f"--workers must be at least 1, got {arguments.workers}")
-    if arguments.image_size < MIN_IMAGE_SIZE:
-        raise UserError(f"--image-size must be {MIN_IMAGE_SIZE} or more, got {arguments.image_size}")
     output_dir = Path(arguments.output_dir).resolve()
     refuse_inputs(output_dir, "--output-dir", arguments.sources)
     _check_output(output_dir, arguments.overwrite)

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .data import MIN_IMAGE_SIZE
+from .bounds import MIN_IMAGE_SIZE
 from .errors import UserError, type_and_first_line
 
 IMAGE_SIZE = 64
