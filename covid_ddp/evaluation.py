@@ -27,7 +27,7 @@ from .cli import ArgumentParser, HelpFormatter, run_cli
 from .config import TrainConfig
 from .data import MCFAM_BASE_URL, as_folders, load_data_dirs, load_dataset, patient_ids, source_names, to_binary
 from .destinations import check_output_folder, either, is_own_figure, record_of, refuse_inputs
-from .errors import UserError
+from .errors import UserError, first_line
 from .files import write_json
 from .metrics import METRICS, SOURCE_METRICS, binary_metrics, per_source
 from .ensemble import Ensemble, common_split, ensemble_threshold
@@ -120,12 +120,12 @@ def load_evaluation_data(data_dir: list[str] | None, weights: Path):
     if data_dir is not None:
         return load_data_dirs(as_folders(data_dir), image_size)
     recorded = _run_config(weights, "without --data-dir")
-    config, provenance = recorded["config"], recorded.get("data", {})
-    if config.get("dataset") == "synthetic":
-        return load_dataset("synthetic", None, config["synthetic_size"], config["seed"], MCFAM_BASE_URL,
+    config, provenance = _train_config(recorded, weights.parent / ckpt.CONFIG_FILE), recorded.get("data", {})
+    if config.dataset == "synthetic":
+        return load_dataset("synthetic", None, config.synthetic_size, config.seed, MCFAM_BASE_URL,
                             image_size=image_size)
     folders = provenance.get("data_dirs") or ([provenance["data_dir"]] if provenance.get("data_dir") else None)
-    if not folders:
+    if not isinstance(provenance, dict) or not folders or not all(isinstance(f, str) for f in folders):
         raise UserError(f"{weights.parent / ckpt.CONFIG_FILE} records no data folder; pass --data-dir")
     return load_data_dirs(as_folders(folders), image_size)
 
@@ -145,15 +145,29 @@ def _run_config(weights: Path, purpose: str) -> dict:
     return recorded
 
 
+def _train_config(recorded: dict, config_path: Path) -> TrainConfig:
+    """The run's TrainConfig from its config.json, checked as a command line is: a hand edit that
+    no command line could have made ("val_size": "a", "seed": null) is one line naming the file."""
+    fields = {k: v for k, v in recorded["config"].items() if k in TrainConfig.__dataclass_fields__}
+    try:
+        config = TrainConfig(**fields)
+        config.validate()
+        if not isinstance(config.seed, int):  # (None passes the bounds: an unset option)
+            raise UserError(f"--seed must be an integer, got {config.seed!r}")
+    except (UserError, TypeError, ValueError, AttributeError) as error:  # a value of another type
+        raise UserError(f"{config_path}: not as covid-ddp-train wrote it ({first_line(error)}); restore the run's "
+                        "file, or pass --data-dir and use --split all") from None
+    return config
+
+
 def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
     """All rows, or the run's own test/validation rows, rebuilt from its config.json."""
     if split == "all":
         return np.arange(len(data.images))
     run_dir, config_path = weights.parent, weights.parent / ckpt.CONFIG_FILE
     recorded = _run_config(weights, f"to rebuild --split {split},")
-    recorded_config = recorded["config"]
+    config = _train_config(recorded, config_path)
     _check_same_data(recorded.get("data", {}).get("files", {}), data, config_path)
-    config = TrainConfig(**{k: v for k, v in recorded_config.items() if k in TrainConfig.__dataclass_fields__})
     rebuilt = make_split(to_binary(data.labels), config.split_plan(), data.meta)
     saved_path = run_dir / ckpt.SPLITS_FILE
     if saved_path.is_file():

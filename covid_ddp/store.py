@@ -66,9 +66,14 @@ def image_size_of(path: Path) -> int:
 def read_store(path: Path) -> np.ndarray:
     """The store's images, mapped read-only: nothing is read until rows are indexed."""
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:  # an object array, a damaged header
-        raise UserError(f"{path}: not a readable image store ({error}); write it again with covid-ddp-prepare")
+        images = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:  # an object array, a damaged header, an empty file
+        raise UserError(f"{path}: not a readable image store ({type(error).__name__}: {error or 'empty'}); write it "
+                        "again with covid-ddp-prepare --format store") from None
+    if not isinstance(images, np.ndarray):  # an .npz archive renamed .npy: np.load opened it as one
+        images.close()
+        raise UserError(f"{path}: an .npz archive named like a store; name it {path.with_suffix('.npz').name}")
+    return images
 
 
 def write_store(path: Path, images: np.ndarray, chunk: int = 4096) -> Path:

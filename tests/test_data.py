@@ -122,3 +122,16 @@ def test_synthetic_labels_carry_about_two_percent_noise():
     _, labels = make_synthetic(6000, seed=7)  # the flip rate's standard error here is 0.2 points
     flipped = (to_binary(labels) != (clean >= 2)).mean()
     assert 0.01 < flipped < 0.03
+
+
+def test_an_empty_or_misnamed_store_is_one_line_naming_it(tmp_path):
+    images, labels = make_synthetic(20, seed=1)
+    write_mcfam(tmp_path / "empty", images, labels)
+    (tmp_path / "empty" / "train_images64.npz").unlink()
+    (tmp_path / "empty" / "train_images64.npy").write_bytes(b"")
+    with pytest.raises(UserError, match=r"train_images64.npy: not a readable image store \(EOFError"):
+        load_data_dir(tmp_path / "empty")
+    write_mcfam(tmp_path / "renamed", images, labels)
+    (tmp_path / "renamed" / "train_images64.npz").rename(tmp_path / "renamed" / "train_images64.npy")
+    with pytest.raises(UserError, match="an .npz archive named like a store; name it train_images64.npz"):
+        load_data_dir(tmp_path / "renamed")

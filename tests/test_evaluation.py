@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -282,3 +283,20 @@ def test_each_data_folder_is_a_source_and_one_source_has_no_rows_of_its_own(orig
     for folders in ([south], [north]):  # no meta.npz; a meta.npz of one source
         assert "per_source" not in evaluate_all(original_weights, folders, tmp_path / f"{folders[0].name}-evaluation")
         assert "per source" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("val_size", "a", "--val-size must be in [0, 1), got a"),
+    ("seed", None, "--seed must be an integer, got None"),
+    ("model", 3, "not as covid-ddp-train wrote it"),
+    ("image_size", "big", "--image-size must be an integer between 8 and 1024, got big"),
+])
+def test_a_hand_edited_config_json_is_one_line_naming_it(patient_run, tmp_path, capsys, key, value, fragment):
+    run_dir = tmp_path / "run"
+    shutil.copytree(patient_run, run_dir, ignore=shutil.ignore_patterns("checkpoints", "tensorboard", "evaluation-*"))
+    recorded = json.loads((run_dir / "config.json").read_text())
+    recorded["config"][key] = value
+    (run_dir / "config.json").write_text(json.dumps(recorded))
+    assert evaluate_main(["--weights", str(run_dir / "COVID_binary_classifier.pth"), "--bootstrap", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json: not as covid-ddp-train wrote it" in err and fragment in err, err
