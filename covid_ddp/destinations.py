@@ -13,6 +13,7 @@ overlays written into a class folder became training images at the next prepare)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -43,12 +44,26 @@ def refuse_inputs(destination: Path, flag: str, inputs: Iterable[Path | str], ne
             raise UserError(f"{flag} {destination} holds the input {given}; write the output elsewhere")
 
 
+def check_can_make(folder: Path, flag: str) -> None:
+    """``folder`` exists or can be made: no file stands on its path, and its nearest existing
+    ancestor is writable. Checked up front: a command must not fail there after its work is done."""
+    folder = Path(folder).absolute()
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise UserError(f"{flag}: {ancestor} is a file, not a folder; give another path")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise UserError(f"{flag}: cannot write in {ancestor} (permission denied); give another path")
+            return
+
+
 def check_output_file(destination: Path, flag: str, what: str, is_ours: Callable[[Path], bool]) -> None:
     """``destination`` is new, or a file the command wrote before (``is_ours``): replacing it loses
     nothing the user made. ``what`` names such a file ('a CSV covid-ddp-predict wrote')."""
     destination = Path(destination)
     if destination.is_dir():
         raise UserError(f"{flag} {destination} is a folder; give a file name")
+    check_can_make(destination.parent, flag)
     if destination.exists() and not _safely(is_ours, destination):
         raise UserError(f"{flag} {destination} exists and is not {what}; it is left as it is: give a new file name")
 
@@ -60,6 +75,7 @@ def check_output_folder(folder: Path, flag: str, names: Iterable[str], what: str
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder} is a file; give a folder")
+    check_can_make(folder, flag)
     foreign = [name for name in names if (folder / name).exists() and not _safely(is_ours, folder / name)]
     if foreign:
         raise UserError(f"{flag} {folder} holds {first_few(foreign, 3)}, which {what} did not write; they are left "

@@ -37,7 +37,7 @@ import numpy as np
 from .bounds import IMAGE_SIZES, POSITIVE_INT
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
 from .data import IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
-from .destinations import refuse_inputs
+from .destinations import check_can_make, refuse_inputs
 from .duplicates import find_duplicates, rows_to_drop
 from .errors import UserError, first_few, type_and_first_line
 from .files import current_umask, write_json
@@ -262,6 +262,7 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
     and nothing else but its files. Any other folder is the user's, and is never replaced."""
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output-dir {output_dir} is a file; give a folder path")
+    check_can_make(output_dir, "--output-dir")
     entries = sorted(entry.name for entry in output_dir.iterdir()) if output_dir.is_dir() else []
     if not entries:
         return

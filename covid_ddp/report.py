@@ -26,6 +26,7 @@ import argparse
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from .checkpoint import WEIGHTS_FILE
 from .config import TrainConfig
 from .confounding import confounding_warning, markdown_table, table_of
 from .data import as_folders, load_data_dirs, patient_ids, to_binary
+from .destinations import check_can_make, refuse_inputs
 from .ensemble import Ensemble, common_split, ensemble_threshold
 from .errors import UserError
 from .files import atomic_path, write_json
@@ -178,9 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_before_reading(arguments: argparse.Namespace, folders: list) -> tuple[list[str], Path]:
+    """(the command that trains, the report's folder), checked before anything is read or trained:
+    a launcher that is not there, or a folder that cannot be made, would fail after the first run."""
+    launcher = [*(shlex.split(arguments.launcher) if arguments.launcher else [sys.executable]), *TRAIN_MODULE]
+    if shutil.which(launcher[0]) is None:
+        raise UserError(f"--launcher '{arguments.launcher}': no command '{launcher[0]}' on this machine's PATH")
+    output = Path(arguments.output_dir)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output-dir {output} is a file; give a folder")
+    check_can_make(output, "--output-dir")
+    refuse_inputs(output, "--output-dir", folders, nested=False)
+    return launcher, output
+
+
 def run(arguments: argparse.Namespace) -> list[dict]:
     seeds = _seeds(arguments.seeds)
     folders = as_folders(arguments.data_dir)
+    launcher, output = check_before_reading(arguments, folders)
     data = load_data_dirs(folders)
     if data.meta is None or "dataset" not in data.meta:
         raise UserError(f"{folders[0]}: no meta.npz with a 'dataset' array: one source cannot be held out; give "
@@ -193,8 +210,6 @@ def run(arguments: argparse.Namespace) -> list[dict]:
         raise UserError(f"--patient-split-without: no source named {', '.join(sorted(unknown))} in the data")
     if arguments.ensemble and len(seeds) < 2:
         raise UserError(f"--ensemble averages the seeds' models: give --seeds two or more, got '{arguments.seeds}'")
-    launcher = [*(shlex.split(arguments.launcher) if arguments.launcher else [sys.executable]), *TRAIN_MODULE]
-    output = Path(arguments.output_dir)
     every = settings(data.meta, to_binary(data.labels), without)
     header = {"seeds": seeds, "data_dir": [str(f) for f in folders], "train_flags": shared}
     # --only adds to (or redoes rows of) an earlier report of the same data, seeds and flags.

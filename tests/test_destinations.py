@@ -157,3 +157,33 @@ def test_training_into_its_own_data_folder_is_refused_before_anything_is_written
     assert len(lines) == 1 and "--output-dir" in lines[0] and "is also an input" in lines[0], done.stderr
     assert sorted(p.name for p in data.iterdir()) == ["train_images64.npz", "train_labels.npz"]
 
+
+
+# --- a destination that cannot be made, found before the work ---------------------------------------
+
+
+def test_a_path_under_a_file_is_refused_before_any_work(weights, images, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("the user's")
+    refused(capsys, predict_main(["--weights", str(weights), "--output", str(afile / "x.csv"), str(images)]),
+            "--output", "is a file, not a folder")
+    from covid_ddp.prepare import main as prepare_main
+
+    sources = tmp_path / "clinic" / "covid"
+    sources.mkdir(parents=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(sources / "0.png")
+    refused(capsys, prepare_main(["--output-dir", str(afile / "sub"), str(tmp_path / "clinic")]),
+            "is a file, not a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "clinic", "data"], "no staging folder left"
+
+
+def test_report_checks_its_launcher_and_folder_before_reading_or_training(images, tmp_path, capsys):
+    from covid_ddp.report import main as report_main
+
+    data = str(images.parent)  # (without sources: read later, so these come first)
+    refused(capsys, report_main(["--data-dir", data, "--output-dir", str(tmp_path / "r"), "--launcher", "nosuch"]),
+            "--launcher 'nosuch': no command 'nosuch'")
+    (tmp_path / "afile").write_text("x")
+    refused(capsys, report_main(["--data-dir", data, "--output-dir", str(tmp_path / "afile")]), "is a file")
+    refused(capsys, report_main(["--data-dir", data, "--output-dir", data]), "is also an input")
+    assert not (tmp_path / "r").exists()
