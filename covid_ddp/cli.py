@@ -13,12 +13,15 @@ problem as the root cause, not a rank that merely stopped with it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
+import signal
 import socket
 import sys
 import textwrap
+import threading
 import time
 from typing import Callable
 
@@ -28,10 +31,25 @@ USER_ERROR_EXIT = 2
 LAUNCHER_GRACE_S = 1.0  # how long the other ranks let the main process be first to fail
 
 
-def run_cli(command: Callable[[], object], prog: str) -> int:
-    """Run ``command``; a ``UserError`` prints ``prog: error: <message>`` (argparse's style), no traceback."""
+class Interrupted(UserError):
+    """Ctrl-C, or SIGTERM where a command asks for it: one line, exit 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; what was written is whole (files are "
+                         "written all at once), nothing else was")
+        self.exit_code = 128 + signum
+
+
+def run_cli(command: Callable[[], object], prog: str, sigterm: bool = True) -> int:
+    """Run ``command``; a ``UserError`` prints ``prog: error: <message>`` (argparse's style), no traceback.
+    Ctrl-C is such an error; so is SIGTERM with ``sigterm`` (training has its own graceful stop,
+    and a rank blocked in a collective would not run a Python handler: it keeps SIGTERM's default)."""
     try:
-        command()
+        with _signals_as_errors(sigterm):
+            try:
+                command()
+            except KeyboardInterrupt:
+                raise Interrupted(signal.SIGINT) from None
     except UserError as error:
         if is_main_rank():
             say(f"{prog}: error: {error}")
@@ -43,6 +61,23 @@ def run_cli(command: Callable[[], object], prog: str) -> int:
             time.sleep(LAUNCHER_GRACE_S)
         return getattr(error, "exit_code", USER_ERROR_EXIT)  # 128 + signal for an interrupted run
     return 0
+
+
+@contextlib.contextmanager
+def _signals_as_errors(sigterm: bool):
+    """SIGTERM raises ``Interrupted`` while the command runs (finally blocks then remove temporary
+    files); from the main thread only, where Python allows handlers."""
+    if not sigterm or threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        yield
+        return
+    def interrupt(signum, frame):
+        raise Interrupted(signum)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def is_main_rank() -> bool:

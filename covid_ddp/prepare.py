@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import functools
+import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,8 +148,19 @@ def decode_all(items: list[Item], workers: int, progress: bool,
     if workers <= 1:
         return [decode_at(file) for file in tqdm(files, **bar)]
     chunk = max(1, min(64, len(files) // (workers * 8)))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return list(tqdm(pool.map(decode_at, files, chunksize=chunk), **bar))
+    # multiprocessing's Pool, not concurrent.futures': leaving its block terminates the workers, so
+    # Ctrl-C or SIGTERM ends the command at once (ProcessPoolExecutor's shutdown could hang on
+    # workers a Ctrl-C had killed). The workers ignore Ctrl-C: the terminal sends it to all of
+    # them, and the command's one line says it, not a traceback from each.
+    with multiprocessing.Pool(workers, initializer=_worker_signals) as pool:
+        return list(tqdm(pool.imap(decode_at, files, chunksize=chunk), **bar))
+
+
+def _worker_signals() -> None:
+    """A worker ignores Ctrl-C and dies on SIGTERM, as Pool.terminate expects (a forked worker
+    inherits the command's handler, which would turn SIGTERM into an error it outlives)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 # --- the prepared folder ------------------------------------------------------------

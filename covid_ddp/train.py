@@ -59,7 +59,7 @@ from .sync_batchnorm import convert_sync_batchnorm
 
 def main(argv: list[str] | None = None) -> int:
     launcher_watch.arm("covid-ddp-train")  # (launch/train.py arms it earlier, before torch is imported)
-    return run_cli(lambda: train(parse_config(argv)), prog="covid-ddp-train")
+    return run_cli(lambda: train(parse_config(argv)), prog="covid-ddp-train", sigterm=False)
 
 
 def train(config: TrainConfig) -> dict | None:

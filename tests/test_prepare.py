@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import csv
-import os
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TRAIN_SCRIPT, run
+from conftest import ROOT, TRAIN_SCRIPT, run
 from covid_ddp.data import load_data_dir, to_binary
 from covid_ddp.prepare import main as prepare_main
 from dicom_files import needs_pydicom, write_dicom
 
 RNG = np.random.default_rng(7)
+PREPARE_SCRIPT = ROOT / "launch" / "prepare.py"
 
 
 def noise(size=(80, 96)) -> np.ndarray:
@@ -281,3 +285,39 @@ def test_one_file_listed_under_two_labels_is_a_label_conflict(tmp_path, capsys):
     code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", tmp_path / "list.csv")
     assert code == 2 and err.count("\n") == 1 and "listed twice with different labels" in err
     assert "'normal' on line 2, 'COVID' on line 4" in err
+
+
+# --- interrupts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["ctrl-c to the terminal's process group", "sigterm to the command"])
+def test_an_interrupt_while_decoding_ends_in_one_line_with_nothing_written(tmp_path, how):
+    import psutil
+
+    one = tmp_path / "one.png"
+    Image.fromarray(noise((2048, 2048))).save(one, compress_level=1)  # about 40 ms to decode
+    for label in ("normal", "covid"):
+        (tmp_path / "set" / label).mkdir(parents=True)
+        for index in range(200):  # the same picture under many names: seconds of decoding, made at once
+            os.link(one, tmp_path / "set" / label / f"{index}.png")
+    command = subprocess.Popen([sys.executable, str(PREPARE_SCRIPT), "--output-dir", str(tmp_path / "out"),
+                                "--workers", "2", str(tmp_path / "set")], stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    parent = psutil.Process(command.pid)
+    deadline = time.monotonic() + 60
+    while len(parent.children()) < 2 and command.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # inside the decoding
+    assert command.poll() is None, "decoding ended before the interrupt: make the set larger"
+    workers = parent.children()
+    if how.startswith("ctrl-c"):
+        os.killpg(command.pid, signal.SIGINT)  # as a terminal's Ctrl-C: every process of the group
+    else:
+        command.send_signal(signal.SIGTERM)
+    _, err = command.communicate(timeout=30)
+    expected = signal.SIGINT if how.startswith("ctrl-c") else signal.SIGTERM
+    assert command.returncode == 128 + expected, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err and f"interrupted by {expected.name}" in lines[0], err
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers), "workers ended"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "set"], "no folder, staging or output"
