@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .backbones import MODEL_NAMES, check_model_name
 from .bounds import IMAGE_SIZES, PROBABILITY
 from .data import read_npz
 from .errors import UserError, first_line
@@ -222,6 +223,12 @@ def _check_model_record(path: Path, model) -> None:
             not IMAGE_SIZES.holds(model.get("image_size", 64)) or isinstance(model.get("image_size"), float):
         raise UserError(f"{path}: 'model' must be {{\"name\": ..., \"image_size\": {IMAGE_SIZES.describe()}}}, "
                         f"got {json.dumps(model)[:80]}; the weights' run wrote it: restore that file")
+    try:
+        check_model_name(model.get("name", "net"))
+    except UserError:
+        raise UserError(f"{path}: 'model' names '{model['name']}', a network this covid_ddp does not know ("
+                        f"{', '.join(MODEL_NAMES)} or timm:NAME); the weights' run wrote it: restore that file, or "
+                        "use the covid_ddp version that trained them") from None
 
 
 def read_splits(path: Path) -> dict:

@@ -367,7 +367,12 @@ def load_data_dirs(folders: list[Path], image_size: int | None = None) -> RawDat
     and one patient per image; other meta.npz arrays missing in a folder are filled with ''."""
     if len(folders) == 1:
         return load_data_dir(folders[0], image_size)
-    names = [Path(folder).resolve().name for folder in folders]
+    resolved = [Path(folder).resolve() for folder in folders]
+    repeated = [str(folder) for folder, path in zip(folders, resolved) if resolved.count(path) > 1]
+    if repeated:
+        raise UserError(f"--data-dir: {repeated[0]} is given twice (as {' and '.join(repeated)}); give each folder "
+                        "once")
+    names = [path.name for path in resolved]
     if len(set(names)) < len(names):
         raise UserError(f"--data-dir: two folders share a name ({', '.join(map(str, folders))}); their files and "
                         "sources are told apart by folder name, so rename one")

@@ -143,7 +143,8 @@ class AgreedTotals:
         """Every rank sees the same table, so all stop together, before anything is saved."""
         if self.first_bad_step >= 0:
             raise UserError(f"the training loss became NaN or infinite at epoch {epoch}, step {self.first_bad_step}; "
-                            "stopped without saving this epoch (the last complete checkpoint is kept). Try a lower "
+                            "stopped without saving this epoch (a run with an earlier checkpoint resumes from it with "
+                            "--resume latest; one without leaves nothing behind). Try a lower "
                             "--lr, --max-grad-norm, or --mixed-precision no")
 
 

@@ -86,13 +86,14 @@ class RunLock:
         if self._handle is None:
             return
         lock_file = self.output_dir / ckpt.LOCK_FILE
-        nothing_else = {p.name for p in self.output_dir.iterdir()} == {ckpt.LOCK_FILE}
-        if nothing_else:
+        left = {p.name for p in self.output_dir.iterdir()} - {ckpt.LOCK_FILE}
+        no_run = not left & (RUN_FILES | RUN_FOLDERS)  # only the user's files, if any: the lock goes too
+        if no_run:
             lock_file.unlink(missing_ok=True)
         fcntl.flock(self._handle, fcntl.LOCK_UN)
         self._handle.close()
         self._handle = None
-        if nothing_else:
+        if no_run and not left:
             with contextlib.suppress(OSError):  # another run may have just created something there
                 self.output_dir.rmdir()
 
@@ -119,8 +120,13 @@ class RunFolder:
                                                            f"lock the run folder {path}")
             on_every_process(accelerator, lambda: _check_shared(path, token), f"read {path / ckpt.LOCK_FILE}",
                              here=not accelerator.is_main_process)
-            yield cls(accelerator, path, Path(resume_from) if resume_from else None, finished,
-                      config.keep_checkpoints)
+            try:
+                yield cls(accelerator, path, Path(resume_from) if resume_from else None, finished,
+                          config.keep_checkpoints)
+            except BaseException:
+                if lock is not None and resume_from is None:
+                    _forget_unsaved_run(path)
+                raise
         finally:
             if lock is not None:
                 lock.release()
@@ -309,12 +315,25 @@ def _read_or_empty(path: Path) -> str:
         return ""
 
 
+def _forget_unsaved_run(path: Path) -> None:
+    """A new run that failed before its first checkpoint (a refusal once the data was read, a NaN
+    loss in epoch 1, a full disk) leaves the folder as it found it: nothing it wrote could be
+    resumed, and a config.json or splits.npz without a checkpoint would only mislead. (Its lock
+    goes with the folder, if nothing else is there.) A run with a checkpoint keeps everything."""
+    if not ckpt.complete_checkpoints(path):
+        clear_run(path)
+
+
+RUN_FILES = {ckpt.WEIGHTS_FILE, ckpt.decision_path(ckpt.WEIGHTS_FILE).name, ckpt.METRICS_FILE, ckpt.CONFIG_FILE,
+             ckpt.SPLITS_FILE}
+RUN_FOLDERS = {ckpt.CHECKPOINTS_DIR, ckpt.TENSORBOARD_DIR}
+
+
 def clear_run(output_dir: Path) -> None:
     """Remove what a run writes (and nothing else: the folder may hold the user's files)."""
-    for name in (ckpt.WEIGHTS_FILE, ckpt.decision_path(ckpt.WEIGHTS_FILE).name, ckpt.METRICS_FILE,
-                 ckpt.CONFIG_FILE, ckpt.SPLITS_FILE):
+    for name in RUN_FILES:
         (Path(output_dir) / name).unlink(missing_ok=True)
-    for name in (ckpt.CHECKPOINTS_DIR, ckpt.TENSORBOARD_DIR):
+    for name in RUN_FOLDERS:
         shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
 
 

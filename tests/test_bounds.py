@@ -96,3 +96,14 @@ def test_a_hand_edited_sidecar_is_named_in_one_line(tmp_path, capsys, sidecar, f
     assert predict_main(["--weights", str(weights), str(weights)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "COVID_binary_classifier.json" in err and fragment in err, err
+
+
+def test_a_sidecar_naming_an_unknown_network_is_named_as_the_sidecars_fault(tmp_path, capsys):
+    weights = tmp_path / "COVID_binary_classifier.pth"
+    torch.save(trained_like(OriginalNet(), seed=0).state_dict(), weights)
+    (tmp_path / "COVID_binary_classifier.json").write_text(json.dumps({"threshold": 0.4,
+                                                                      "model": {"name": "resnet9000", "image_size": 64}}))
+    assert predict_main(["--weights", str(weights), str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "COVID_binary_classifier.json: 'model' names 'resnet9000'" in err
+    assert "--model" not in err, "predict has no --model flag to blame"

@@ -135,3 +135,12 @@ def test_an_empty_or_misnamed_store_is_one_line_naming_it(tmp_path):
     (tmp_path / "renamed" / "train_images64.npz").rename(tmp_path / "renamed" / "train_images64.npy")
     with pytest.raises(UserError, match="an .npz archive named like a store; name it train_images64.npz"):
         load_data_dir(tmp_path / "renamed")
+
+
+def test_the_same_folder_twice_is_named_as_such(tmp_path):
+    from covid_ddp.data import load_data_dirs
+
+    images, labels = make_synthetic(20, seed=1)
+    folder = write_mcfam(tmp_path / "a", images, labels)
+    with pytest.raises(UserError, match="is given twice"):
+        load_data_dirs([folder, tmp_path / "." / "a"])

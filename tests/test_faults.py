@@ -163,3 +163,21 @@ def test_a_data_dir_with_the_two_files_and_others_is_used_as_it_is(small_data, t
     (folder / "README.md").write_text("my X-rays")
     assert train_main(["--data-dir", str(folder), "--output-dir", str(tmp_path / "run"), "--epochs", "1",
                        "--batch-size", "20", "--mcfam-url", "http://127.0.0.1:9/", "--bootstrap", "0"]) == 0
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--batch-size", "100000"], "--batch-size"),
+    (["--val-size", "0.99"], "training part"),
+])
+def test_a_refusal_once_the_data_is_read_leaves_the_folder_as_it_found_it(capsys, small_data, tmp_path, flags,
+                                                                           fragment):
+    """These need the split, so they come after the run folder is claimed: the run takes back what
+    it wrote (.lock, splits.npz, config.json), and leaves the user's own file."""
+    code, err = train_in_process(capsys, small_data, tmp_path / "new", *flags)
+    assert code == 2 and fragment in err and "Traceback" not in err, err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("the user's")
+    code, err = train_in_process(capsys, small_data, tmp_path / "mine", *flags)
+    assert code == 2
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
