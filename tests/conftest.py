@@ -89,6 +89,17 @@ def torchrun(nproc: int, script: Path, args: list, **kwargs) -> subprocess.Compl
     return run(command, **kwargs)
 
 
+def refused(capsys, code: int, *fragments: str) -> None:
+    """An in-process command refused its input as a user error: exit 2, one line on stderr (no
+    traceback) holding every fragment."""
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def small_args(data: Path, output_dir: Path, *extra) -> list:
     return [a.format(data=data) for a in SMALL_RUN] + ["--output-dir", output_dir, *extra]
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TRAIN_SCRIPT, write_mcfam
+from conftest import TRAIN_SCRIPT, refused, write_mcfam
 from covid_ddp.audit import main as audit_main
 from covid_ddp.evaluation import main as evaluate_main
 from covid_ddp.export import main as export_main
@@ -39,15 +39,6 @@ def weights(tmp_path_factory):
 def images(tmp_path):
     pixels, labels = make_synthetic(6, seed=1)
     return write_mcfam(tmp_path / "data", pixels, labels) / "train_images64.npz"
-
-
-def refused(capsys, code: int, *fragments: str) -> None:
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def picture(path, pixels: np.ndarray):
