@@ -495,7 +495,8 @@ def add_ratios(args, rows: list[dict]) -> dict:
 
 def print_speed_table(args, rows: list[dict], figures: dict) -> None:
     reference = "the original script" if args.model == "net" else "a plain PyTorch loop"
-    peaks = ", ".join(f"{p} matmul peak {peak:.2f} TFLOP/s" for p, peak in sorted(figures["matmul_peaks_tflops"].items()))
+    peaks = ", ".join(f"{p} matmul peak {peak:.2f} TFLOP/s"
+                      for p, peak in sorted(figures["matmul_peaks_tflops"].items()))
     print(f"model: {model_spec(args).describe()}; (a) = {reference}")
     print(f"device: {args.device} ({torch.get_num_threads()} threads), torch {torch.__version__}; "
           f"{args.steps} timed steps x {args.repeats} repeats (median); forward "

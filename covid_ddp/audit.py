@@ -360,9 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="which images: the run's test or validation part, or all of them")
     parser.add_argument("--output-dir", metavar="DIR", help="where audit.json, audit.md and audit.png go "
                         "(default: audit-<split> beside the weights)")
-    parser.add_argument("--threshold", type=PROBABILITY.parse, metavar="P", help="decision threshold for the flips (default: the "
+    parser.add_argument("--threshold", type=PROBABILITY.parse, metavar="P",
+                        help="decision threshold for the flips (default: the "
                         "run's, from the weights' sidecar JSON; else 0.5)")
-    parser.add_argument("--seed", type=SEED.parse, default=0, metavar="N", help="seed of the stamped marks and probe folds")
+    parser.add_argument("--seed", type=SEED.parse, default=0, metavar="N",
+                        help="seed of the stamped marks and probe folds")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     return parser
 

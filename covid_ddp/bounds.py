@@ -30,7 +30,8 @@ class Bounds:
                 return f"{kind} between {_shown(self.low)} and {_shown(self.high)}"
             if self.low_open and self.high_open:
                 return f"between {_shown(self.low)} and {_shown(self.high)} (exclusive)"
-            return f"in {'(' if self.low_open else '['}{_shown(self.low)}, {_shown(self.high)}{')' if self.high_open else ']'}"
+            opening, closing = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {opening}{_shown(self.low)}, {_shown(self.high)}{closing}"
         if self.low is not None:
             if (self.low == 0 and self.low_open) or (self.kind is int and self.low == 1 and not self.low_open):
                 return "positive"

@@ -235,7 +235,8 @@ def changed_flags(recorded: dict, config: TrainConfig) -> dict[str, tuple]:
 FLAG_BOUNDS = {
     "synthetic_size": POSITIVE_INT, "image_size": IMAGE_SIZES, "test_size": FRACTION,
     "val_size": Bounds(float, low=0, high=1, high_open=True), "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT,
-    "lr": POSITIVE, "lr_patience": COUNT, "lr_factor": FRACTION, "dropout": Bounds(float, low=0, high=1, high_open=True),
+    "lr": POSITIVE, "lr_patience": COUNT, "lr_factor": FRACTION,
+    "dropout": Bounds(float, low=0, high=1, high_open=True),
     "seed": SEED, "grad_accum_steps": POSITIVE_INT, "max_grad_norm": POSITIVE, "early_stop": POSITIVE_INT,
     "target_sensitivity": Bounds(float, low=0, high=1, low_open=True), "bootstrap": BOOTSTRAP,
     "dist_timeout": POSITIVE, "workers": COUNT, "eval_batch_size": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,

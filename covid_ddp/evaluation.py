@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output-dir", metavar="DIR", help="where evaluation.json and the figures go "
                         "(default: evaluation-<split> beside the weights; for an ensemble, ensemble-evaluation-<split> "
                         "beside the first run's folder)")
-    parser.add_argument("--threshold", type=PROBABILITY.parse, metavar="P", help="decision threshold (default: the one chosen on "
+    parser.add_argument("--threshold", type=PROBABILITY.parse, metavar="P",
+                        help="decision threshold (default: the one chosen on "
                         "the validation split, from the weights' sidecar JSON; else 0.5)")
     parser.add_argument("--bootstrap", type=BOOTSTRAP.parse, default=1000, metavar="N",
                         help=f"bootstrap resamples for the 95%% intervals ({BOOTSTRAP.describe()})")

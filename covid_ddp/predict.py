@@ -184,12 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "Repeated: the ensemble of those runs (the mean of their P(COVID); its threshold chosen on "
                         "their common validation split)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
-    parser.add_argument("--threshold", type=PROBABILITY.parse, metavar="P", help="p_covid at or above this is called COVID "
+    parser.add_argument("--threshold", type=PROBABILITY.parse, metavar="P",
+                        help="p_covid at or above this is called COVID "
                         "(default: the threshold chosen on the validation split, from the JSON beside the weights; "
                         "else 0.5)")
     parser.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per image here "
                         "(the radiograph, the heatmap of what drove P(COVID), p_covid in the title)")
-    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=512, metavar="N", help="images per forward pass")
+    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=512, metavar="N",
+                        help="images per forward pass")
     parser.add_argument("--output", metavar="CSV", help="write the CSV to this file instead of standard output")
     parser.add_argument("--skip-errors", action="store_true",
                         help="report unreadable inputs on stderr and score the rest (default: stop at the first)")
@@ -259,8 +261,8 @@ def run(arguments: argparse.Namespace) -> None:
     if resized_from:
         print(resized_summary(resized_from, ensemble.image_size), file=sys.stderr)
     if blank:  # image files are refused as blank when read; an array's rows are scored, and named here
-        print(f"covid-ddp-predict: warning: {len(blank)} image(s) are blank, a single gray level ({first_few(blank, 3)}): "
-              "their p_covid is the model's reading of nothing", file=sys.stderr)
+        print(f"covid-ddp-predict: warning: {len(blank)} image(s) are blank, a single gray level "
+              f"({first_few(blank, 3)}): their p_covid is the model's reading of nothing", file=sys.stderr)
     print(f"called COVID at p_covid >= threshold {threshold:.4f} ({threshold_source})", file=sys.stderr)
 
 

@@ -380,7 +380,7 @@ def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoc
     run.scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
     record = {"epoch": epoch, "train_loss": train_loss, **_monitored_figures(run.monitor_name, monitored),
               "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s, "rss_mb": resident_memory_mb(),
-              "seconds": round(time.perf_counter() - started, 3)}  # training and evaluation (a resumed epoch: since resuming)
+              "seconds": round(time.perf_counter() - started, 3)}  # training + validation (resumed: since then)
     accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch" and v is not None}, step=epoch)
     if board is not None:  # main process only; no collectives inside
         board.epoch(accelerator.unwrap_model(run.model, keep_torch_compile=False), monitored, run.monitor_name, epoch)
