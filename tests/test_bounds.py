@@ -65,6 +65,7 @@ def weights(tmp_path_factory):
     (evaluate_main, ["--bootstrap", "1000000000000"], "argument --bootstrap: must be an integer between 0 and 10000"),
     (evaluate_main, ["--threshold", "1.5"], "argument --threshold: must be a number between 0 and 1, got 1.5"),
     (audit_main, ["--seed", "-1"], "argument --seed: must be an integer between 0 and 4294967295, got -1"),
+    (predict_main, ["--batch-size", "many", "x.npz"], "argument --batch-size: must be positive, got 'many'"),
 ])
 def test_other_commands_refuse_values_out_of_bounds_in_one_line(weights, capsys, command, argv, line):
     assert command(["--weights", str(weights), *argv]) == 2

@@ -178,3 +178,13 @@ def test_report_checks_its_launcher_and_folder_before_reading_or_training(images
     refused(capsys, report_main(["--data-dir", data, "--output-dir", str(tmp_path / "afile")]), "is a file")
     refused(capsys, report_main(["--data-dir", data, "--output-dir", data]), "is also an input")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_file_where_a_folder_goes_and_a_folder_where_a_file_goes_are_named(weights, images, tmp_path, capsys):
+    (tmp_path / "scores.csv").mkdir()
+    refused(capsys, predict_main(["--weights", str(weights), "--output", str(tmp_path / "scores.csv"), str(images)]),
+            "is a folder; give a file name")
+    (tmp_path / "results").write_text("the user's")
+    refused(capsys, evaluate_main(["--weights", str(weights), "--data-dir", str(images.parent), "--split", "all",
+                                   "--output-dir", str(tmp_path / "results")]), "is a file; give a folder")
+    assert (tmp_path / "results").read_text() == "the user's"

@@ -321,3 +321,15 @@ def test_an_interrupt_while_decoding_ends_in_one_line_with_nothing_written(tmp_p
     assert len(lines) == 1 and "Traceback" not in err and f"interrupted by {expected.name}" in lines[0], err
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers), "workers ended"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "set"], "no folder, staging or output"
+
+
+@pytest.mark.parametrize("rows, fragment", [
+    ("0.png,normal\n,covid\n", "line 3: empty path"),
+    ("0.png,normal\nsub,covid\n", "line 3: 'sub' is a folder"),
+])
+def test_a_csv_row_without_a_file_to_read_is_named_by_line(tmp_path, capsys, rows, fragment):
+    listed_pictures(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "list.csv").write_text(f"path,label\n{rows}")
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", tmp_path / "list.csv")
+    assert code == 2 and err.count("\n") == 1 and fragment in err, err
