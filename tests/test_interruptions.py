@@ -181,6 +181,8 @@ def test_a_killed_launcher_takes_its_workers_with_it(small_data, tmp_path, unint
     train), free the lock; --resume auto then ends with the uninterrupted run's weights."""
     run_dir = tmp_path / "run"
     script, wait_for = (), run_dir / "checkpoints" / "epoch_001"
+    if moment == "inside an epoch":  # epoch 2's 12 steps made 3 s long: the kill lands inside it on any machine
+        script = (HELPERS / "faulty_train.py", "slowsteps:12")
     if moment == "during a checkpoint write":
         script, wait_for = (HELPERS / "faulty_train.py", "slowsave:5"), run_dir / "checkpoints" / "epoch_002.tmp"
     launcher = _start_two_process_run(small_data, run_dir, *script)

@@ -7,6 +7,8 @@ Usage: faulty_train.py FAULT[,FAULT...] [covid-ddp-train flags...]
   sigterm:N  after the N-th training step of this run, the main process sends SIGTERM to its
              launcher (which forwards it to every worker), or to itself without one, and waits
              a second for it to arrive: a stop at a known step, whatever the machine's load
+  slowsteps:N every training step after the N-th takes 0.25 s longer (an epoch wide enough to be
+             inside of, whatever the machine's speed)
   blowup:N   after the N-th epoch the learning rate jumps to 0.05 (a run that diverges later
              on: its best validation epoch is N, not the last)
   float64    train in float64 (with --mixed-precision no): no float32 round-off, which Adam's
@@ -82,6 +84,18 @@ def sigterm(count):
     engine.StepTally.add = after_calls(count, add)(engine.StepTally.add)
 
 
+def slowsteps(count):
+    real, calls = engine.StepTally.add, {"n": 0}
+
+    def add(*args, **kwargs):
+        real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > int(count):
+            time.sleep(0.25)
+
+    engine.StepTally.add = add
+
+
 def blowup(count):
     def run_epoch(real, args, kwargs, now):
         result = real(*args, **kwargs)
@@ -97,7 +111,7 @@ def float64():
     torch.set_default_dtype(torch.float64)
 
 
-FAULTS = {"nan": nan, "slowsave": slowsave, "figure": figure, "sigterm": sigterm,
+FAULTS = {"nan": nan, "slowsave": slowsave, "figure": figure, "sigterm": sigterm, "slowsteps": slowsteps,
           "blowup": blowup, "float64": float64}
 
 for fault in sys.argv[1].split(","):
