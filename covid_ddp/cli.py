@@ -40,12 +40,12 @@ class Interrupted(UserError):
         self.exit_code = 128 + signum
 
 
-def run_cli(command: Callable[[], object], prog: str, sigterm: bool = True) -> int:
+def run_cli(command: Callable[[], object], prog: str) -> int:
     """Run ``command``; a ``UserError`` prints ``prog: error: <message>`` (argparse's style), no traceback.
-    Ctrl-C is such an error; so is SIGTERM with ``sigterm`` (training has its own graceful stop,
-    and a rank blocked in a collective would not run a Python handler: it keeps SIGTERM's default)."""
+    Ctrl-C and SIGTERM are such errors (training's loop replaces both with its graceful stop,
+    ``interrupt.GracefulStop``)."""
     try:
-        with _signals_as_errors(sigterm):
+        with _signals_as_errors():
             try:
                 command()
             except KeyboardInterrupt:
@@ -64,10 +64,10 @@ def run_cli(command: Callable[[], object], prog: str, sigterm: bool = True) -> i
 
 
 @contextlib.contextmanager
-def _signals_as_errors(sigterm: bool):
+def _signals_as_errors():
     """SIGTERM raises ``Interrupted`` while the command runs (finally blocks then remove temporary
     files); from the main thread only, where Python allows handlers."""
-    if not sigterm or threading.current_thread() is not threading.main_thread() or \
+    if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
         yield
         return

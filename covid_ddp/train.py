@@ -43,6 +43,7 @@ from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_o
                           refuse_independent_launch, same_on_every_process)
 from .engine import Evaluation, evaluate, train_one_epoch
 from .errors import UserError, first_line
+from .interrupt import stop_even_while_waiting
 from .loader import TrainingLoader, balanced_weights
 from .metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_source
 from .model import ModelSpec, build_network, for_inference, weights_state_dict
@@ -53,29 +54,37 @@ from .provenance import environment_summary, resident_memory_mb
 from .run_folder import RunFolder
 from .selection import BestWeights, Selection
 from .seeding import seed_global_generators
-from .splits import make_split
+from .splits import Split, make_split
 from .sync_batchnorm import convert_sync_batchnorm
 
 
 def main(argv: list[str] | None = None) -> int:
     launcher_watch.arm("covid-ddp-train")  # (launch/train.py arms it earlier, before torch is imported)
-    return run_cli(lambda: train(parse_config(argv)), prog="covid-ddp-train", sigterm=False)
+
+    def command():
+        # SIGTERM and Ctrl-C end start-up and the final stage in one line; the loop's own stop saves first.
+        with stop_even_while_waiting("covid-ddp-train"):
+            return train(parse_config(argv))
+
+    return run_cli(command, prog="covid-ddp-train")
 
 
 def train(config: TrainConfig) -> dict | None:
     """Train, checkpoint every epoch, test once, write the run folder; returns the final test metrics
     (None when ``--resume auto`` finds the run already finished)."""
+    started = time.monotonic()
     accelerator, config = start_job(config)
     run_dir = None  # for the message below, once known
     try:
-        with RunFolder.open(accelerator, config) as folder:
+        job = set_up_job(accelerator, config)
+        with RunFolder.open(accelerator, job.config) as folder:
             run_dir = folder.path
             accelerator.print(f"covid-ddp-train: {describe(accelerator)}; run folder {folder.path}")
             if folder.finished:
                 accelerator.print(f"{folder.path} is finished ({folder.finished}): nothing to do")
                 shut_down(accelerator)
                 return None
-            return _train_in(folder, config, accelerator)
+            return _train_in(folder, job, accelerator, started)
     except Exception as error:
         shut_down(accelerator, barrier=False)  # the other ranks may not reach a barrier
         if lost_another_process(error):
@@ -86,8 +95,20 @@ def train(config: TrainConfig) -> dict | None:
         raise
 
 
-def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) -> dict:
-    started = time.monotonic()
+@dataclass
+class Job:
+    """What a run trains on, settled before its folder is claimed: whatever the data, the split or
+    the model refuses is refused there, and the folder is left as it was found."""
+
+    config: TrainConfig  # with the batch size and image size the data settled
+    data: RawData
+    targets: np.ndarray
+    split: Split
+    model: torch.nn.Module  # built (from --init-weights, if given), not yet prepared by accelerate
+    batch_note: str  # why the batch size changed, if it did
+
+
+def set_up_job(accelerator: Accelerator, config: TrainConfig) -> Job:
     data = load_training_data(accelerator, config)
     targets = to_binary(data.labels)
     # The main process splits for all (the same split everywhere, and scikit-learn imported once).
@@ -95,9 +116,16 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
     refuse_blank_training(accelerator, data, split.train)
     config, batch_note = settle_batch_size(config, len(split.train))
     config = dataclasses.replace(config, image_size=data.image_size)  # the data's: what a resume compares
+    check_parts(config, split, accelerator.num_processes)
+    return Job(config, data, targets, split, new_model(config, data, split, accelerator.device), batch_note)
+
+
+def _train_in(folder: RunFolder, job: Job, accelerator: Accelerator, started: float) -> dict:
+    config, data, split = job.config, job.data, job.split
     folder.check_resume(config, fingerprint(data))
     folder.keep_split(split)
-    run = prepare_run(config, data, targets, split, accelerator)
+    run = prepare_run(config, data, job.targets, split, accelerator, model=job.model)
+    job.model = None  # the run holds it, wrapped: released with the run before shutting down
     progress = ckpt.TrainingProgress()
     state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress)
     selection = Selection.for_run(config.select_by, config.early_stop, has_validation=len(split.val) > 0)
@@ -105,11 +133,11 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
         seed_global_generators(config.seed, "dropout", progress.epoch + 1, accelerator.process_index)
     _apply_recipe_changes(run, config, folder.changes, accelerator)
     folder.write_config(_run_config(config, accelerator, data, split, folder, run))  # once the resume holds
-    if batch_note and accelerator.is_main_process:
-        say(f"covid-ddp-train: {batch_note}")
+    if job.batch_note and accelerator.is_main_process:
+        say(f"covid-ddp-train: {job.batch_note}")
     if accelerator.is_main_process:
-        announce_sources(table_of(data.meta, targets, split.train))
-    board = start_logging(accelerator, folder, data.images, targets, split, config)
+        announce_sources(table_of(data.meta, job.targets, split.train))
+    board = start_logging(accelerator, folder, data.images, job.targets, split, config)
 
     monitored = None
     with folder.stop_on_signal(state) as stopper:
@@ -124,7 +152,7 @@ def _train_in(folder: RunFolder, config: TrainConfig, accelerator: Accelerator) 
 
     test_metrics = finish(run, folder, accelerator, config, monitored, board, progress, selection, state.best,
                           data.meta)
-    del run  # the DDP wrapper holds the process group: release it before shutting down
+    del run, state  # the DDP wrapper holds the process group: release it before shutting down
     shut_down(accelerator)
     if accelerator.is_main_process:  # after the group is gone: no other process waits on these
         audit_after_training(config.audit, folder.path / ckpt.WEIGHTS_FILE, data, split.test, test_metrics["threshold"],
@@ -235,8 +263,9 @@ def refuse_blank_training(accelerator: Accelerator, data: RawData, train_rows: n
 
 
 def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, accelerator: Accelerator,
-                make_optimizer=hardware.make_optimizer) -> Prepared:
-    """Loaders, model (normalised with training-split statistics), optimizer and LR schedule.
+                make_optimizer=hardware.make_optimizer, model: torch.nn.Module | None = None) -> Prepared:
+    """Loaders, model (normalised with training-split statistics; ``new_model`` unless given),
+    optimizer and LR schedule.
 
     ``make_optimizer(model, lr, device)`` builds the optimizer (the recipe's Adam; the
     gradient tests pass SGD, whose update shows the gradient's scale, which Adam hides).
@@ -252,9 +281,8 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
                                                          process_index=accelerator.process_index,
                                                          on_device=on_device, device=accelerator.device,
                                                          weights=training_weights(config, data, targets, split))
-    seed_global_generators(config.seed, "weights")  # identical initial weights on every rank
+    model = model if model is not None else new_model(config, data, split, accelerator.device)
     spec = ModelSpec(config.model, data.image_size)
-    model = build_model(config, spec, accelerator.device, pixel_statistics(data.images, split.train))
     # On its device before the optimizer sees it: fused Adam checks where the parameters are.
     optimizer = make_optimizer(model.to(accelerator.device), config.lr, accelerator.device)
     # Not passed to prepare(): accelerate's wrapper would step it once per process.
@@ -289,18 +317,7 @@ def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: 
     way. Evaluation always uses a DataLoader for accelerate to prepare: ``gather_for_metrics``
     needs accelerate's view of its last batch to drop the padding, which keeps evaluation exact.
     """
-    if config.batch_size % num_processes or config.eval_batch_size % num_processes:
-        raise UserError(
-            f"--batch-size {config.batch_size} and --eval-batch-size {config.eval_batch_size} are global and must "
-            f"divide evenly over {num_processes} processes"
-        )
-    for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
-        if 0 < len(rows) < num_processes or (name != "validation" and len(rows) < num_processes):
-            raise UserError(f"the {name} part has {len(rows)} images, fewer than the {num_processes} processes; "
-                            "use more data or fewer processes")
-
-    if len(split.train) < config.batch_size:
-        raise UserError(f"the training part has {len(split.train)} images, fewer than --batch-size {config.batch_size}")
+    check_parts(config, split, num_processes)
 
     def evaluation_loader(rows):
         return torch.utils.data.DataLoader(XrayDataset(images, targets, rows), batch_size=config.eval_batch_size,
@@ -315,6 +332,29 @@ def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: 
                                   workers=config.workers)
     val_loader = evaluation_loader(split.val) if len(split.val) else None
     return train_loader, val_loader, evaluation_loader(split.test)
+
+
+def check_parts(config: TrainConfig, split, num_processes: int) -> None:
+    """Every part can be shared by the processes, and the training part holds a whole batch."""
+    if config.batch_size % num_processes or config.eval_batch_size % num_processes:
+        raise UserError(
+            f"--batch-size {config.batch_size} and --eval-batch-size {config.eval_batch_size} are global and must "
+            f"divide evenly over {num_processes} processes"
+        )
+    for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
+        if 0 < len(rows) < num_processes or (name != "validation" and len(rows) < num_processes):
+            raise UserError(f"the {name} part has {len(rows)} images, fewer than the {num_processes} processes; "
+                            "use more data or fewer processes")
+
+    if len(split.train) < config.batch_size:
+        raise UserError(f"the training part has {len(split.train)} images, fewer than --batch-size {config.batch_size}")
+
+
+def new_model(config: TrainConfig, data: RawData, split, device: torch.device) -> torch.nn.Module:
+    """The run's network, seeded: identical initial weights on every rank."""
+    seed_global_generators(config.seed, "weights")
+    return build_model(config, ModelSpec(config.model, data.image_size), device,
+                       pixel_statistics(data.images, split.train))
 
 
 def build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,

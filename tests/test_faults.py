@@ -168,16 +168,24 @@ def test_a_data_dir_with_the_two_files_and_others_is_used_as_it_is(small_data, t
 @pytest.mark.parametrize("flags, fragment", [
     (["--batch-size", "100000"], "--batch-size"),
     (["--val-size", "0.99"], "training part"),
+    (["--image-size", "32"], "--image-size"),
 ])
-def test_a_refusal_once_the_data_is_read_leaves_the_folder_as_it_found_it(capsys, small_data, tmp_path, flags,
-                                                                           fragment):
-    """These need the split, so they come after the run folder is claimed: the run takes back what
-    it wrote (.lock, splits.npz, config.json), and leaves the user's own file."""
+def test_a_refusal_once_the_data_is_read_comes_before_the_run_folder_is_touched(capsys, small_data, tmp_path, flags,
+                                                                               fragment):
+    """These need the data, the split or the model: all are settled before the run folder is
+    claimed. A new folder is never made, a folder of the user's is left as it was, and a
+    finished run is not cleared by --overwrite for a run that is then refused."""
     code, err = train_in_process(capsys, small_data, tmp_path / "new", *flags)
-    assert code == 2 and fragment in err and "Traceback" not in err, err
+    assert_refused(code, err, fragment)
     assert not (tmp_path / "new").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("the user's")
     code, err = train_in_process(capsys, small_data, tmp_path / "mine", *flags)
-    assert code == 2
+    assert_refused(code, err, fragment)
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    finished = tmp_path / "finished"
+    assert train_in_process(capsys, small_data, finished)[0] == 0
+    before = {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()}
+    code, err = train_in_process(capsys, small_data, finished, "--overwrite", *flags)
+    assert_refused(code, err, fragment)
+    assert {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()} == before

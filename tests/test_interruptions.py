@@ -213,6 +213,37 @@ def test_a_killed_launcher_takes_its_workers_with_it(small_data, tmp_path, unint
     _assert_same_run(run_dir, uninterrupted)
 
 
+@pytest.mark.parametrize("signalled", ["the launcher", "the main process alone"])
+def test_a_stop_during_start_up_ends_in_one_line_even_while_waiting_for_the_others(small_data, tmp_path, signalled):
+    """SIGTERM while rank 1 still reads its data (a minute's stall) and rank 0 waits for it inside
+    a collective, where no Python handler runs: the main process ends within seconds in one line,
+    no rank prints a traceback, and the run folder was never made (nothing is claimed before the
+    data is read)."""
+    run_dir, logs = tmp_path / "run", tmp_path / "logs"
+    launcher = _start_two_process_run(small_data, run_dir, HELPERS / "faulty_train.py", "stall:1", launcher_flags=(
+        "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--tee", "3", "--log-dir", str(logs)))
+    pid_files = [Path(f"{run_dir}.rank{rank}.pid") for rank in (0, 1)]
+    for pid_file in pid_files:
+        _wait_for(pid_file)
+    time.sleep(1.0)  # rank 0 is inside the first collective by now, rank 1 asleep
+    main_process = int(pid_files[0].read_text())
+    os.kill(launcher.pid if signalled == "the launcher" else main_process, signal.SIGTERM)
+    sent = time.monotonic()
+    while _alive(main_process) and time.monotonic() - sent < 60:
+        time.sleep(0.05)
+    gone = time.monotonic() - sent
+    launcher.communicate(timeout=60)
+    print(f"the main process ended {gone:.1f} s after SIGTERM")
+    assert gone < 15, "a stop signal must not wait for the others"
+    ranks = {int(path.parent.name): path.read_text() for path in logs.rglob("stderr.log")}
+    assert sorted(ranks) == [0, 1]
+    said = [line for line in ranks[0].splitlines() if "error:" in line]
+    assert len(said) == 1 and said[0].startswith("covid-ddp-train: error: interrupted by SIGTERM"), ranks[0][-3000:]
+    for rank, text in ranks.items():
+        assert "Traceback" not in text, f"rank {rank}:\n{text[-3000:]}"
+    assert not run_dir.exists()
+
+
 # A worker as a launcher starts it (its own session, TORCHELASTIC_RUN_ID set), whose launcher then
 # exits: before the worker arms launcher_watch ("early"), or after ("late").
 WORKER = """
