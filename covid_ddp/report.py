@@ -23,6 +23,7 @@ run (the spread of one test set). Nothing is chosen on these test sets. Not for 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import shlex
@@ -36,7 +37,7 @@ import numpy as np
 
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
 from .checkpoint import WEIGHTS_FILE
-from .config import TrainConfig
+from .config import TrainConfig, parse_config
 from .confounding import confounding_warning, markdown_table, table_of
 from .data import as_folders, load_data_dirs, patient_ids, to_binary
 from .destinations import check_can_make, refuse_inputs
@@ -67,18 +68,26 @@ def settings(meta: dict, targets: np.ndarray, without: tuple[str, ...]) -> dict[
 def train_once(launcher: list[str], flags: list[str], run_dir: Path) -> dict:
     """One run's test metrics, with the wall-clock ``seconds`` it took (its console in ``train.log``
     beside it); a finished run is reused (``--resume auto``), so a report stopped half-way continues
-    where it was."""
+    where it was. A run refused in one line, having written nothing, leaves no folder or log behind."""
+    made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics, timing = run_dir / "metrics.json", run_dir / TIMING_FILE
+    metrics, timing, log = run_dir / "metrics.json", run_dir / TIMING_FILE, run_dir.parent / f"{run_dir.name}.log"
     finished_before = metrics.is_file()
     command = [*launcher, *flags, "--output-dir", str(run_dir), "--resume", "auto"]
     started = time.monotonic()
-    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+    with open(log, "w") as console:
+        done = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT, text=True)
     if done.returncode != 0 or not metrics.is_file():
-        lines = (run_dir.parent / f"{run_dir.name}.log").read_text().splitlines()
-        cause = next((line for line in reversed(lines) if "error:" in line), lines[-1] if lines else "no output")
-        raise UserError(f"a training run failed: {cause.strip()} (the whole console: {run_dir}.log)")
+        lines = log.read_text().splitlines()
+        refusal = next((line.strip() for line in reversed(lines) if "error:" in line), None)
+        if refusal and not any(run_dir.iterdir()):
+            log.unlink()
+            for folder in made:
+                with contextlib.suppress(OSError):  # (not empty: something else is there now)
+                    folder.rmdir()
+            raise UserError(f"a training run was refused: {refusal}")
+        cause = refusal or (lines[-1].strip() if lines else "no output")
+        raise UserError(f"a training run failed: {cause} (the whole console: {log})")
     if not finished_before:  # (a run resumed half-way counts only its second part)
         write_json(timing, {"seconds": round(time.monotonic() - started, 1)})
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
@@ -194,17 +203,30 @@ def check_before_reading(arguments: argparse.Namespace, folders: list) -> tuple[
     return launcher, output
 
 
+def check_train_flags(folders: list, shared: list[str], recipes: dict[str, list[str]], output: Path) -> None:
+    """Every recipe's covid-ddp-train flags parse and hold, before anything is trained: a typo
+    must not cost the runs before the one it breaks."""
+    for recipe, recipe_flags in recipes.items():
+        flags = [*shared, *recipe_flags]
+        try:
+            parse_config(["--data-dir", *map(str, folders), "--group-split", *flags, "--output-dir",
+                          str(output / "check")])
+        except UserError as error:
+            raise UserError(f"the training flags of recipe '{recipe}' ({shlex.join(flags)}): {error}") from None
+
+
 def run(arguments: argparse.Namespace) -> list[dict]:
     seeds = _seeds(arguments.seeds)
     folders = as_folders(arguments.data_dir)
     launcher, output = check_before_reading(arguments, folders)
+    shared = arguments.train_flags[1:] if arguments.train_flags[:1] == ["--"] else arguments.train_flags
+    recipes = {"default": [], **dict(_variant(spec) for spec in arguments.variant)}
+    check_train_flags(folders, shared, recipes, output)
     data = load_data_dirs(folders)
     if data.meta is None or "dataset" not in data.meta:
         raise UserError(f"{folders[0]}: no meta.npz with a 'dataset' array: one source cannot be held out; give "
                         "several folders or a folder made by covid-ddp-prepare")
     without = tuple(filter(None, (arguments.patient_split_without or "").split(",")))
-    shared = arguments.train_flags[1:] if arguments.train_flags[:1] == ["--"] else arguments.train_flags
-    recipes = {"default": [], **dict(_variant(spec) for spec in arguments.variant)}
     unknown = set(without) - set(np.asarray(data.meta["dataset"]).astype(str))
     if unknown:
         raise UserError(f"--patient-split-without: no source named {', '.join(sorted(unknown))} in the data")

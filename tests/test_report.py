@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from conftest import clean_env, write_mcfam
+from conftest import clean_env, refused, write_mcfam
 from covid_ddp.report import main as report_main
 from covid_ddp.report import settings
 from covid_ddp.synthetic import make_synthetic
@@ -99,3 +99,28 @@ def test_only_adds_its_settings_to_the_earlier_report_of_the_same_runs(tmp_path,
     rows = json.loads((tmp_path / "report" / "report.json").read_text())["rows"]
     assert [row["recipe"] for row in rows if row["setting"] == "held out: b"] == ["default", "aug", "late"], \
         "a recipe added later comes after the earlier ones"
+
+
+def test_training_flags_that_do_not_hold_are_refused_before_anything_is_trained(tmp_path, capsys):
+    images, labels = make_synthetic(120, seed=4)
+    write_mcfam(tmp_path / "a", images[:60], labels[:60])
+    write_mcfam(tmp_path / "b", images[60:], labels[60:])
+    base = ["--data-dir", str(tmp_path / "a"), str(tmp_path / "b"), "--output-dir", str(tmp_path / "report")]
+    refused(capsys, report_main([*base, "--", "--epochs", "many"]),
+            "the training flags of recipe 'default' (--epochs many)", "--epochs")
+    refused(capsys, report_main([*base, "--variant", "late=--lr nan"]), "recipe 'late' (--lr nan)", "--lr")
+    assert not (tmp_path / "report").exists()
+
+
+def test_a_run_refused_by_training_leaves_no_report_folder_behind(tmp_path, capsys, monkeypatch):
+    """A refusal that needs the data (a batch larger than the training part) comes from the first
+    run itself: the report says it in one line, and takes back the folders and log it made."""
+    images, labels = make_synthetic(120, seed=4)
+    write_mcfam(tmp_path / "a", images[:60], labels[:60])
+    write_mcfam(tmp_path / "b", images[60:], labels[60:])
+    for name, value in clean_env().items():
+        monkeypatch.setenv(name, value)
+    code = report_main(["--data-dir", str(tmp_path / "a"), str(tmp_path / "b"), "--seeds", "1",
+                        "--output-dir", str(tmp_path / "report"), "--", "--batch-size", "1000"])
+    refused(capsys, code, "a training run was refused: covid-ddp-train: error:", "--batch-size 1000")
+    assert not (tmp_path / "report").exists()
