@@ -126,11 +126,20 @@ def raw_pixel_state_dict(state_dict: dict, model: Net) -> dict:
 
 def original_state_dict(state_dict: dict) -> dict:
     """A state_dict of the original's keys from any covid_ddp or original weights file: older
-    covid_ddp files carried ``pixel_mean``/``pixel_std``, folded into conv1 here."""
+    covid_ddp files carried ``pixel_mean``/``pixel_std``, folded into conv1 here (ValueError where
+    they are not one mean and one positive spread)."""
     if not all(key in state_dict for key in (*NORMALIZATION_KEYS, "conv1.weight", "conv1.bias")):
         return state_dict  # (a backbone's keeps its normalisation: not Net's, load_model names the mismatch)
+    mean, std = (state_dict[key] for key in NORMALIZATION_KEYS)
+    if not all(isinstance(value, torch.Tensor) and value.numel() == 1 for value in (mean, std)) or float(std) <= 0:
+        raise ValueError(f"its pixel_mean/pixel_std are not one mean and one positive spread (shapes "
+                         f"{_shape(mean)} and {_shape(std)}): not a file covid_ddp wrote")
     rest = {k: v for k, v in state_dict.items() if k not in NORMALIZATION_KEYS}
-    return fold_normalization(rest, float(state_dict["pixel_mean"]), float(state_dict["pixel_std"]))
+    return fold_normalization(rest, float(mean), float(std))
+
+
+def _shape(value) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
 
 
 def fold_batchnorm(model: Net) -> Net:

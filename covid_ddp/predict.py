@@ -72,7 +72,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
     state_dict = load_weights(path)
     spec = model_spec(path)
     if isinstance(state_dict, dict) and spec.name == "net":
-        state_dict = original_state_dict(state_dict)
+        try:
+            state_dict = original_state_dict(state_dict)
+        except ValueError as error:
+            raise UserError(f"{path}: {error}") from None
     model = build_network(spec)
     named = f"{spec.describe()}, as {decision_path(path).name} names" if read_decision(path) else \
         f"the original script's Net (no {decision_path(path).name} beside it names another model)"

@@ -184,7 +184,14 @@ def dicom_to_8bit(dataset, path: Path) -> np.ndarray:
     return 255 - scaled if photometric == "MONOCHROME1" else scaled
 
 
+PIXEL_DATA_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
 def _dicom_pixels(dataset, path: Path) -> np.ndarray:
+    if not any(keyword in dataset for keyword in PIXEL_DATA_KEYWORDS):
+        raise UserError(f"{path}: no image in it (no DICOM pixel data): a damaged file, or not a DICOM file at all")
+    if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}):
+        _settle_transfer_syntax(dataset, path)
     try:
         return dataset.pixel_array
     except Exception as error:  # no pixel data, or a compressed syntax without its decoder
@@ -193,6 +200,23 @@ def _dicom_pixels(dataset, path: Path) -> np.ndarray:
                 "pylibjpeg-openjpeg (or gdcm)") if syntax is not None and syntax.is_compressed else ""
         raise UserError(f"{path}: cannot decode the DICOM pixel data ("
                         f"{type_and_first_line(error)}){hint}")
+
+
+def _settle_transfer_syntax(dataset, path: Path) -> None:
+    """A file without its header (old archives write the bare data set) names no transfer syntax;
+    the encoding pydicom read it in is one of the uncompressed three, and says which."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    implicit, little = getattr(dataset, "original_encoding", (None, None))
+    syntax = {(True, True): ImplicitVRLittleEndian, (False, True): ExplicitVRLittleEndian,
+              (False, False): ExplicitVRBigEndian}.get((implicit, little))
+    if syntax is None:
+        raise UserError(f"{path}: its DICOM header is missing or damaged (no Transfer Syntax UID says how the "
+                        "pixels are stored); export the image again from the PACS or viewer")
+    if getattr(dataset, "file_meta", None) is None:
+        dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = syntax
 
 
 def _grayscale_to_8bit(pixels: np.ndarray, dataset) -> np.ndarray:

@@ -144,3 +144,20 @@ def test_init_weights_holding_nan_are_refused_before_training(tmp_path):
     with pytest.raises(UserError, match="'state_dict.conv1.weight'"):
         refuse_non_finite(wrapped, tmp_path / "init.pth")
     assert refuse_non_finite({"epoch": 3, "w": torch.ones(2)}, tmp_path / "init.pth")["epoch"] == 3
+
+
+@pytest.mark.parametrize("mean, std, shapes", [(torch.zeros(3), torch.ones(()), "(3,) and ()"),
+                                               (torch.zeros(()), torch.zeros(()), "() and ()")])
+def test_old_weights_whose_normalisation_is_not_one_mean_and_one_spread_are_refused(tmp_path, images, capsys, mean,
+                                                                                     std, shapes):
+    """covid_ddp < 0.2 stored the pixel mean and spread beside Net's weights (folded into conv1 on
+    load); a vector there, or a spread of 0 (infinite weights), is no file covid_ddp wrote."""
+    state = trained_like(OriginalNet(), seed=0).state_dict()
+    state.update(pixel_mean=mean, pixel_std=std)
+    weights = tmp_path / "old.pth"
+    torch.save(state, weights)
+    refused(capsys, predict_main(["--weights", str(weights), str(images)]), str(weights),
+            f"pixel_mean/pixel_std are not one mean and one positive spread (shapes {shapes})")
+    refused(capsys, evaluate_main(["--weights", str(weights), "--data-dir", str(images.parent), "--split", "all",
+                                   "--bootstrap", "0", "--output-dir", str(tmp_path / "evaluation")]), str(weights))
+    assert not (tmp_path / "evaluation").exists()

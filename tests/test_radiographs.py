@@ -171,3 +171,31 @@ def test_unreadable_files_are_a_one_line_error_naming_the_file(tmp_path, content
             read_radiograph(tmp_path / name)
         assert str(tmp_path / name) in str(raised.value) and "\n" not in str(raised.value)
         assert message in str(raised.value) or name.endswith(".dcm")
+
+
+@needs_pydicom
+@pytest.mark.parametrize("content", [b"\0" * 2000, b"\0" * 128 + b"DICM" + bytes(range(256)) * 2,
+                                     b"not an image at all"])
+def test_a_dcm_file_without_pixel_data_is_named_as_holding_no_image(tmp_path, content):
+    """pydicom reads (forced) junk as an empty data set; its own complaint would be a missing
+    Transfer Syntax UID, which tells the user nothing."""
+    (tmp_path / "x.dcm").write_bytes(content)
+    with pytest.raises(UserError, match=r"x\.dcm: no image in it \(no DICOM pixel data\): a damaged file, or not a "
+                                        r"DICOM file at all$"):
+        read_radiograph(tmp_path / "x.dcm")
+
+
+@needs_pydicom
+@pytest.mark.parametrize("implicit_vr", [True, False])
+def test_a_dicom_without_its_header_reads_as_the_same_image(tmp_path, implicit_vr):
+    """Old archives keep the bare data set (no preamble, no file meta): its transfer syntax is the
+    encoding it was read in."""
+    import pydicom
+
+    whole = write_dicom(tmp_path / "whole.dcm", RAMP, WindowCenter=2000, WindowWidth=3000)
+    dataset = pydicom.dcmread(whole)
+    del dataset.file_meta
+    dataset.preamble = None
+    dataset.save_as(tmp_path / "bare.dcm", implicit_vr=implicit_vr, little_endian=True, enforce_file_format=False)
+    assert (tmp_path / "bare.dcm").read_bytes()[128:132] != b"DICM"
+    np.testing.assert_array_equal(read_radiograph(tmp_path / "bare.dcm"), read_radiograph(whole))
