@@ -325,17 +325,27 @@ def load_plain(path: Path, kind: str, map_location="cpu"):
         raise UserError(f"{path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        # A class weights_only refuses ("Unsupported global" / "class"; torch would advise weights_only=False),
-        # not a damaged file ("Unsupported operand").
-        if re.search(r"unsupported (global|class)", str(error), re.IGNORECASE):
-            raise UserError(f"{path}: refused: this {kind} holds pickled Python objects besides tensors, which "
-                            "could run code when read; save plain tensors (a state_dict) instead") from None
-        raise UserError(f"{path}: not a loadable {kind} (damaged: {first_line(error)})") from None
-    except Exception as error:  # a truncated zip, ...
-        with open(path, "rb") as handle:
-            zip_archive = handle.read(4) == b"PK\x03\x04"
-        if not zip_archive:  # a text file, an image...: torch's own words would be "pop from empty list"
-            raise UserError(f"{path}: not a PyTorch {kind} (torch.save writes a zip archive and this file is "
-                            "not one)") from None
-        raise UserError(f"{path}: not a loadable {kind} ({first_line(error)})") from None
+    except Exception as error:
+        raise _unloadable(path, kind, error) from None
+
+
+def _unloadable(path: Path, kind: str, error: Exception) -> UserError:
+    """Why ``torch.load(weights_only=True)`` could not read ``path``, in the user's terms."""
+    # A class weights_only refuses ("Unsupported global" / "class"; torch would advise weights_only=False),
+    # not a damaged file ("Unsupported operand").
+    if isinstance(error, pickle.UnpicklingError) and re.search(r"unsupported (global|class)", str(error), re.I):
+        return UserError(f"{path}: refused: this {kind} holds pickled Python objects besides tensors, which could "
+                         "run code when read; save plain tensors (a state_dict) instead")
+    with open(path, "rb") as handle:
+        zip_archive = handle.read(4) == b"PK\x03\x04"
+    if not zip_archive and not _legacy_torch_file(path):  # a text file, a picture...
+        return UserError(f"{path}: not a PyTorch {kind} (torch.save writes a zip archive and this file is not one)")
+    damaged = "damaged: " if isinstance(error, pickle.UnpicklingError) else ""
+    return UserError(f"{path}: not a loadable {kind} ({damaged}{first_line(error)})")
+
+
+def _legacy_torch_file(path: Path) -> bool:
+    """torch.save before PyTorch 1.6 (or with _use_new_zipfile_serialization=False): a pickle
+    stream, starting with the protocol opcode."""
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
