@@ -464,3 +464,11 @@ def test_the_configuration_table_names_flags_covid_ddp_train_has():
     assert len(flags) > 30
     options = train_parser()._option_string_actions
     assert [flag for flag in flags if flag not in options] == []
+
+
+def test_the_bad_input_counts_in_testing_md_are_the_suites():
+    """docs/testing.md's table of bad-input cases is the one tests/test_bad_inputs.py prints."""
+    from test_bad_inputs import counts_table
+
+    indented = "".join(f"  {line}\n" for line in counts_table().splitlines())
+    assert indented in (ROOT / "docs" / "testing.md").read_text(), f"paste into docs/testing.md:\n{indented}"
