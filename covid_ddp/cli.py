@@ -25,19 +25,10 @@ import threading
 import time
 from typing import Callable
 
-from .errors import LocalError, UserError
+from .errors import Interrupted, LocalError, UserError
 
 USER_ERROR_EXIT = 2
 LAUNCHER_GRACE_S = 1.0  # how long the other ranks let the main process be first to fail
-
-
-class Interrupted(UserError):
-    """Ctrl-C, or SIGTERM where a command asks for it: one line, exit 128 + the signal number."""
-
-    def __init__(self, signum: int):
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; what was written is whole (files are "
-                         "written all at once), nothing else was")
-        self.exit_code = 128 + signum
 
 
 def run_cli(command: Callable[[], object], prog: str) -> int:

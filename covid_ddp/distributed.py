@@ -35,7 +35,7 @@ from typing import Any, Callable
 import torch
 from accelerate.utils import gather_object
 
-from .errors import LocalError, UserError
+from .errors import Interrupted, LocalError, UserError
 
 class JobFailed(UserError):
     """A failure every rank raises together; the message names the rank when it was not the main one."""
@@ -221,6 +221,8 @@ def same_on_every_process(accelerator, value, what: str) -> None:
 def _attempt(work: Callable[[], Any], what: str) -> _Outcome:
     try:
         return _Outcome(value=work())
+    except Interrupted:
+        raise  # this rank's own stop, with its exit code: the others have theirs, or their launcher's
     except UserError as error:
         return _Outcome(error=str(error))
     except OSError as error:  # a full disk, a read-only or missing folder, no flock on this filesystem

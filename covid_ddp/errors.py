@@ -1,9 +1,11 @@
-"""The one exception type for mistakes a user can fix.
+"""The one exception type for mistakes a user can fix (and a stop signal, told the same way).
 
 The command-line entry points catch it and print its message as a single line
 (no traceback) before exiting non-zero. Its message says what is wrong and how
 to go on.
 """
+
+import signal
 
 
 def first_line(error: BaseException, when_empty: str | None = None) -> str:
@@ -24,6 +26,16 @@ class UserError(Exception):
 class LocalError(UserError):
     """A problem of one machine's own (its GPU count, say) that the others may not share: each
     machine that meets it prints it, where other errors are printed by the main process alone."""
+
+
+class Interrupted(UserError):
+    """Ctrl-C or SIGTERM: one line, exit 128 + the signal number. Not a failure for the ranks of a
+    job to agree on (``distributed``): each got its own signal, or its launcher stops it."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; what was written is whole (files are "
+                         "written all at once), nothing else was")
+        self.exit_code = 128 + signum
 
 
 def first_few(names: list[str], shown: int = 3) -> str:

@@ -244,6 +244,26 @@ def test_a_stop_during_start_up_ends_in_one_line_even_while_waiting_for_the_othe
     assert not run_dir.exists()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_while_a_plain_run_reads_its_data_ends_in_one_line(small_data, tmp_path, signum):
+    """One process, stopped while it reads its data (before any run folder): one line, exit
+    128 + the signal (not a failure the ranks agree on, which would be exit 2)."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, str(HELPERS / "faulty_train.py"), "stall:0",
+               *map(str, small_args(small_data, run_dir))]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+                               preexec_fn=_as_a_terminal_starts_it)
+    _wait_for(Path(f"{run_dir}.rank0.pid"))
+    time.sleep(0.5)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"covid-ddp-train: error: interrupted by "
+                                                   f"{signal.Signals(signum).name}"), stderr[-2000:]
+    assert not run_dir.exists()
+
+
 # A worker as a launcher starts it (its own session, TORCHELASTIC_RUN_ID set), whose launcher then
 # exits: before the worker arms launcher_watch ("early"), or after ("late").
 WORKER = """

@@ -11,8 +11,8 @@ Usage: faulty_train.py FAULT[,FAULT...] [covid-ddp-train flags...]
              inside of, whatever the machine's speed)
   blowup:N   after the N-th epoch the learning rate jumps to 0.05 (a run that diverges later
              on: its best validation epoch is N, not the last)
-  stall:R    before reading the data, rank R sleeps a minute (a slow disk) while the others wait
-             for it inside a collective; each rank first writes its pid to <--output-dir>.rank<N>.pid
+  stall:R    rank R reads its data for a minute (a slow disk) while the others, done, wait for it
+             inside a collective; each rank first writes its pid to <--output-dir>.rank<N>.pid
   float64    train in float64 (with --mixed-precision no): no float32 round-off, which Adam's
              first steps turn into whole learning-rate steps on parameters whose true gradient
              is zero (the conv biases before BatchNorm), so runs that split batches otherwise
@@ -110,16 +110,18 @@ def blowup(count):
 
 
 def stall(rank):
-    def load(real, args, kwargs, now):
-        config = args[1]  # load_training_data(accelerator, config)
+    real = train.load_dataset
+
+    def load_dataset(*args, **kwargs):  # called inside distributed.on_every_process
         mine = os.environ.get("RANK", "0")
-        with open(f"{config.output_dir}.rank{mine}.pid", "w") as handle:
+        output_dir = sys.argv[sys.argv.index("--output-dir") + 1]
+        with open(f"{output_dir}.rank{mine}.pid", "w") as handle:
             handle.write(str(os.getpid()))
         if mine == rank:
             time.sleep(60)
         return real(*args, **kwargs)
 
-    train.load_training_data = after_calls(1, load)(train.load_training_data)
+    train.load_dataset = load_dataset
 
 
 def float64():
