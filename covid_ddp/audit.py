@@ -56,7 +56,7 @@ PROBE_FOLDS = 5
 PIXEL_PROBE_SIZE = 16  # the reference probe's images: 16x16 averages of the pixels
 PROBE_COMPONENTS = 32  # the probe reads the first principal components (fitted per fold): ~20x faster than 512
 GRADCAM_IMAGES = 256  # the Grad-CAM share is a mean: a sample of this many images measures it
-FIXED_SECONDS = 2.0  # the probe's fits and the figure, about, on this project's 2-core CPU
+FIXED_SECONDS = 2.0  # the probe's fits and the figure, about, on a 2-core CPU
 AUDIT_SHARE = 0.10  # covid-ddp-train --audit auto: the largest share of the run's time the audit may add
 AUDIT_FILES = ("audit.json", "audit.md", "audit.png")
 

@@ -11,9 +11,9 @@ chest X-ray weights), with its three-channel first convolution summed to one (th
 the summed kernel to a grey image equals the original's to the same image in three equal
 channels) and its classifier head left out (ours has two classes).
 
-torchvision and timm are optional: on this project's machines torchvision's wheels need the
-CUDA build of torch beside them (``pip install torch==2.14.1 torchvision==0.29.1``), so a
-missing or broken install is a one-line error naming the fix.
+torchvision and timm are optional, and a torchvision wheel imports only beside the torch build
+it was made for (a CUDA wheel beside a CPU-only torch fails to import), so a missing or broken
+install is a one-line error naming the fix.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def build_backbone(name: str, num_classes: int = 2) -> Backbone:
         return _timm_backbone(name.removeprefix(TIMM_PREFIX), num_classes)
     if name not in TORCHVISION:
         check_model_name(name)
-    models = _import("torchvision.models", "torchvision", "pip install torch==2.14.1 torchvision==0.29.1 "
-                     "(a matching pair: torchvision's wheels need their own torch build)")
+    models = _import("torchvision.models", "torchvision", "install the torchvision built for your torch, e.g. "
+                     "pip install torch==2.14.1 torchvision==0.29.1 (each torchvision wheel pins its torch)")
     layout = TORCHVISION[name]
     network = getattr(models, name)(weights=None, num_classes=num_classes)
     _replace(network, layout.first_conv, _one_channel(network.get_submodule(layout.first_conv)))
@@ -130,7 +130,8 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
 
 # torchvision's own DenseNet files name some layers "norm.1" where the modules say "norm1".
 _DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
-_WRAPPER_PREFIXES = ("module.", "network.", "model.")
+# Prefixes other programs save their models under (DataParallel, wrapper modules): stripped.
+FOREIGN_PREFIXES = ("module.", "network.", "model.")
 
 
 def load_initial_weights(model: Backbone, state_dict, path) -> dict:
@@ -175,7 +176,7 @@ def _tensors_only(state_dict: dict) -> bool:
 
 def _unwrapped(key: str) -> str:
     """A key without DataParallel's ``module.`` or a wrapper's prefix."""
-    for prefix in _WRAPPER_PREFIXES:
+    for prefix in FOREIGN_PREFIXES:
         key = key.removeprefix(prefix)
     return key
 

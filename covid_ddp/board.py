@@ -106,7 +106,7 @@ def tile_grid(images: np.ndarray, heatmaps: np.ndarray | None, captions: list[st
               scale: int = 2) -> np.ndarray:
     """A (3, H, W) uint8 grid of the radiographs (upscaled), their heatmaps blended in over them,
     a caption above each. Drawn with numpy and Pillow: a matplotlib figure of the same took
-    about 0.7 s, every epoch, on this project's 2-core CPU."""
+    about 0.7 s, every epoch, on a 2-core CPU."""
     from PIL import Image, ImageDraw
 
     caption_height, size = 26, images.shape[-1] * scale

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .backbones import MODEL_NAMES, check_model_name
-from .bounds import IMAGE_SIZES, PROBABILITY
+from .bounds import IMAGE_SIZE, IMAGE_SIZES, PROBABILITY
 from .data import read_npz
 from .errors import UserError, first_line
 from .files import save_torch, write_json
@@ -48,7 +48,7 @@ MODEL_STATE, OPTIMIZER_STATE, LOOP_STATE = "model.pt", "optimizer.pt", "training
 BEST_MODEL_STATE = "best_model.pt"  # the best epoch's weights (--select-by), when they are not model.pt's
 RANDOM_STATE = "random_state_rank{rank}.pt"
 _CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")  # epoch_003, or epoch_003_step_00012
-_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+TRAINING_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # what DDP and torch.compile add to the keys
 _PICKLED_STATE = ("custom_checkpoint_0.pkl", "random_states_0.pkl")  # accelerate's save_state (covid_ddp 0.1)
 
 
@@ -146,7 +146,7 @@ class TrainingState:
         return self.progress.step == 0 and self.best.epoch == self.progress.epoch
 
     def _load_best(self, folder: Path, best_epoch: int | None, model: torch.nn.Module) -> None:
-        self.best.epoch, self.best.state = best_epoch, None  # None: no best weights kept (before 0.3)
+        self.best.epoch, self.best.state = best_epoch, None  # None: no best weights kept (older checkpoints)
         if best_epoch is not None and self._best_is_the_model():
             self.best.keep(model, best_epoch)
         elif best_epoch is not None:
@@ -187,18 +187,20 @@ def is_finished_run(output_dir: Path) -> bool:
     return (Path(output_dir) / WEIGHTS_FILE).exists() or (Path(output_dir) / METRICS_FILE).exists()
 
 
-def decision_path(weights: Path | str) -> Path:
-    """The sidecar beside a weights file: the state_dict stays plain, its metadata lives here."""
+def sidecar_path(weights: Path | str) -> Path:
+    """The sidecar JSON beside a weights file: the state_dict stays plain, and this says how to use
+    it: the decision threshold (and how it was chosen), the network and image size, the epoch."""
     return Path(weights).with_suffix(".json")
 
 
-def write_decision(weights: Path, decision: dict) -> None:
-    write_json(decision_path(weights), decision)
+def write_sidecar(weights: Path, decision: dict) -> None:
+    write_json(sidecar_path(weights), decision)
 
 
-def read_decision(weights: Path) -> dict | None:
-    """The stored decision threshold of ``weights`` (None without a sidecar); a broken one is a user error."""
-    path = decision_path(weights)
+def read_sidecar(weights: Path) -> dict | None:
+    """The sidecar of ``weights``, its threshold and model record checked (None without one); a broken
+    one is a user error."""
+    path = sidecar_path(weights)
     if not path.is_file():
         return None
     try:
@@ -220,7 +222,7 @@ def _check_model_record(path: Path, model) -> None:
     if model is None:
         return
     if not isinstance(model, dict) or not isinstance(model.get("name", "net"), str) or \
-            not IMAGE_SIZES.holds(model.get("image_size", 64)) or isinstance(model.get("image_size"), float):
+            not IMAGE_SIZES.holds(model.get("image_size", IMAGE_SIZE)) or isinstance(model.get("image_size"), float):
         raise UserError(f"{path}: 'model' must be {{\"name\": ..., \"image_size\": {IMAGE_SIZES.describe()}}}, "
                         f"got {json.dumps(model)[:80]}; the weights' run wrote it: restore that file")
     try:
@@ -277,10 +279,10 @@ def checked_checkpoint(path: Path) -> Path:
 
 
 def consolidated_state_dict(state_dict: dict) -> dict:
-    """Plain keys and fp32 CPU tensors: loads into a fresh ``Net`` on any device."""
+    """Plain keys and fp32 CPU tensors: loads into a fresh model of its kind on any device."""
     clean = {}
     for key, value in state_dict.items():
-        for prefix in _WRAPPER_PREFIXES:
+        for prefix in TRAINING_WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
         value = value.detach().to("cpu").contiguous()  # plain NCHW, whatever layout training used
         clean[key] = value.float() if value.is_floating_point() else value

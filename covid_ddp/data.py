@@ -1,4 +1,4 @@
-"""Data: the MCFAM files (downloaded, cached, validated), the synthetic set, splits, datasets.
+"""Data: the MCFAM files (downloaded, cached, validated), folders read as one set, the synthetic set, datasets.
 
 The MCFAM set is two files, ``train_images64.npz`` (key ``train_images``,
 ``(N, 64, 64) uint8``) and ``train_labels.npz`` (key ``train_labels``,
@@ -26,18 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bounds import MIN_IMAGE_SIZE
+from .bounds import IMAGE_SIZE, MIN_IMAGE_SIZE
 from .download import DEFAULT_TIMEOUT_S, DownloadError, download
 from .errors import UserError
 from .files import atomic_path
 from .store import find_images_file, image_size_of, read_store
-from .synthetic import IMAGE_SIZE as SYNTHETIC_IMAGE_SIZE, make_synthetic
+from .synthetic import make_synthetic
 
 MCFAM_BASE_URL = "http://www-users.math.umn.edu/~jwcalder/MCFAM/"
 IMAGES_FILE, IMAGES_KEY = "train_images64.npz", "train_images"
 LABELS_FILE, LABELS_KEY = "train_labels.npz", "train_labels"
 PREPARE_RECORD = "prepare.json"  # what covid-ddp-prepare wrote of the folder
-META_FILE = "meta.npz"  # optional: per-image patient_id, dataset (source), ... as in ../shared/data/real-cxr
+META_FILE = "meta.npz"  # optional: per-image patient_id, dataset (source), ... (docs/data.md)
 
 
 @dataclass
@@ -333,7 +333,7 @@ def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_ur
     list; default: the cache), as they are (``fetch_dataset`` downloads first). Files a download
     brought (their sha256 recorded beside them) name ``base_url`` as their source in config.json."""
     if dataset == "synthetic":
-        size = image_size or SYNTHETIC_IMAGE_SIZE
+        size = image_size or IMAGE_SIZE
         images, labels = make_synthetic(synthetic_size, seed, image_size=size)
         return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed,
                                         "image_size": size})
@@ -449,7 +449,7 @@ def fingerprint(data: RawData) -> str:
     return ", ".join(f"{key} {value}" for key, value in sorted(parts.items()))
 
 
-# --- labels, splits, statistics ---------------------------------------------
+# --- labels and statistics --------------------------------------------------
 
 
 def to_binary(labels: np.ndarray) -> np.ndarray:

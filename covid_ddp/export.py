@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import decision_path
+from .checkpoint import sidecar_path
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .destinations import check_output_file, refuse_inputs
 from .errors import UserError
@@ -90,7 +90,7 @@ def run(arguments: argparse.Namespace) -> None:
     if destination.suffix.lower() != ".onnx":
         raise UserError(f"--onnx {destination}: give a file name ending in .onnx")
     require_exporter()
-    refuse_inputs(destination, "--onnx", [arguments.weights, decision_path(Path(arguments.weights))])
+    refuse_inputs(destination, "--onnx", [arguments.weights, sidecar_path(Path(arguments.weights))])
     check_output_file(destination, "--onnx", "an ONNX model covid-ddp-export wrote", is_exported_model)
     model = load_model(arguments.weights)
     export_onnx(model, destination)

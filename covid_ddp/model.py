@@ -26,9 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .bounds import IMAGE_SIZE
 from .errors import UserError
 
-IMAGE_SIZE = 64  # the seed's, MCFAM's and every weights file's without a sidecar naming another
 NUM_CLASSES = 2
 CLASS_NAMES = ("Non-COVID", "COVID")
 NET_MIN_SIZE = 38  # four (conv 3x3, no padding; pool 2) blocks leave 1x1 of a 38x38 image
@@ -43,7 +43,8 @@ class ModelSpec:
 
     @classmethod
     def of_sidecar(cls, sidecar: dict | None) -> "ModelSpec":
-        """The spec a sidecar names; a weights file without one (the original's, covid_ddp's before 0.3) is Net at 64."""
+        """The spec a sidecar names; a weights file without one (the original script's, or one written
+        before sidecars named the model) is Net at 64."""
         recorded = (sidecar or {}).get("model") or {}
         return cls(str(recorded.get("name", "net")), int(recorded.get("image_size", IMAGE_SIZE)))
 
@@ -104,7 +105,7 @@ class Net(nn.Module):
 
 
 CONV_BN_PAIRS = (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3"), ("conv4", "bn4"))
-NORMALIZATION_KEYS = ("pixel_mean", "pixel_std")  # in weights files of covid_ddp before 0.2
+NORMALIZATION_KEYS = ("pixel_mean", "pixel_std")  # in weights files of covid_ddp 0.1
 
 
 def fold_normalization(state_dict: dict, mean: float, std: float) -> dict:
@@ -147,7 +148,7 @@ def fold_batchnorm(model: Net) -> Net:
 
     In eval mode BatchNorm is a per-channel affine map, so it merges into the conv's weights
     and bias: one pass over the activations fewer per block. Outputs equal the original's to
-    ~1e-5 (float round-off); on this project's 2-core CPU fp32 inference ran ~1.3x faster
+    ~1e-5 (float round-off); on a 2-core CPU fp32 inference ran ~1.3x faster
     (benchmarks/throughput.py). The copy has no ``bn*`` parameters, so save the original.
     """
     folded = copy.deepcopy(model).eval()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .bounds import IMAGE_SIZE
 from .confounding import confounding_warning, markdown_table, single_class_sources
 from .files import atomic_path
 
@@ -139,8 +140,8 @@ def build_card(run_dir: Path, config: dict, metrics: dict | None) -> str:
 
 
 def _model_of(config: dict) -> dict:
-    """The run's network and image size (runs before 0.3 recorded none: the seed's Net at 64)."""
-    return {"name": "net", "image_size": 64, **(config.get("model") or {})}
+    """The run's network and image size (a run from before config.json named them: the seed's Net at 64)."""
+    return {"name": "net", "image_size": IMAGE_SIZE, **(config.get("model") or {})}
 
 
 def _intended_use(model: dict) -> list[str]:

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .bounds import POSITIVE_INT, PROBABILITY
-from .checkpoint import decision_path, load_weights, read_decision
+from .bounds import IMAGE_SIZE, POSITIVE_INT, PROBABILITY
+from .checkpoint import sidecar_path, load_weights, read_sidecar
 from .cli import ArgumentParser, HelpFormatter, run_cli
 from .data import IMAGES_KEY, blank_rows, load_array, validate_images
 from .destinations import check_output_file, check_output_folder, is_own_figure, refuse_inputs, starts_with
@@ -41,7 +41,7 @@ from .errors import UserError, first_few
 from .files import atomic_path
 from .gradcam import gradcam
 from .model import CLASS_NAMES, ModelSpec, build_network, for_inference, original_state_dict
-from .radiographs import IMAGE_SIZE, is_radiograph_file, read_grayscale_and_size, to_model_size
+from .radiographs import is_radiograph_file, read_grayscale_and_size, to_model_size
 
 NPZ_SUFFIX = ".npz"
 CSV_COLUMNS = ("source", "index", "p_covid", "prediction", "threshold")  # each call names its threshold
@@ -77,8 +77,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
         except ValueError as error:
             raise UserError(f"{path}: {error}") from None
     model = build_network(spec)
-    named = f"{spec.describe()}, as {decision_path(path).name} names" if read_decision(path) else \
-        f"the original script's Net (no {decision_path(path).name} beside it names another model)"
+    named = f"{spec.describe()}, as {sidecar_path(path).name} names" if read_sidecar(path) else \
+        f"the original script's Net (no {sidecar_path(path).name} beside it names another model)"
     missing, unexpected = _key_mismatch(model, state_dict)
     if missing or unexpected:
         raise UserError(f"{path}: not weights of {named} (missing keys: {first_few(missing, 5)}; unexpected keys: "
@@ -92,7 +92,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
 
 def model_spec(weights: Path) -> ModelSpec:
     """The network and image size of a weights file, from its sidecar (Net at 64 without one)."""
-    return ModelSpec.of_sidecar(read_decision(weights))
+    return ModelSpec.of_sidecar(read_sidecar(weights))
 
 
 inference_model = for_inference  # the folded, channels_last copy that scores
@@ -211,12 +211,12 @@ def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]
         if not 0 <= chosen <= 1:
             raise UserError(f"--threshold must be in [0, 1], got {chosen}")
         return chosen, "--threshold"
-    stored = read_decision(weights)
+    stored = read_sidecar(weights)
     if stored is None:
-        return 0.5, f"default 0.5 (no {decision_path(weights).name} beside the weights)"
+        return 0.5, f"default 0.5 (no {sidecar_path(weights).name} beside the weights)"
     method = stored.get("method", "stored")
     chosen_on = " on the validation split" if stored.get("chosen_on") == "validation" else ""
-    return stored["threshold"], f"{method}{chosen_on}, from {decision_path(weights).name}"
+    return stored["threshold"], f"{method}{chosen_on}, from {sidecar_path(weights).name}"
 
 
 def run(arguments: argparse.Namespace) -> None:
@@ -273,7 +273,7 @@ def check_destinations(arguments: argparse.Namespace) -> None:
     """Before anything is read: the CSV replaces no input and no file but an earlier CSV of this
     command; overlays go to a folder that is no input's and holds no PNG this command did not draw."""
     weights = [Path(path) for path in arguments.weights]
-    inputs = [*arguments.inputs, *weights, *(decision_path(path) for path in weights)]
+    inputs = [*arguments.inputs, *weights, *(sidecar_path(path) for path in weights)]
     if arguments.output:
         refuse_inputs(Path(arguments.output), "--output", inputs)
         check_output_file(Path(arguments.output), "--output", "a CSV covid-ddp-predict wrote",

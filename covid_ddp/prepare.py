@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bounds import IMAGE_SIZES, POSITIVE_INT
+from .bounds import IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT
 from .cli import ArgumentParser, HelpFormatter, run_cli, say
 from .data import IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
 from .destinations import check_can_make, refuse_inputs
@@ -43,7 +43,7 @@ from .duplicates import find_duplicates, rows_to_drop
 from .errors import UserError, first_few, type_and_first_line
 from .files import current_umask, write_json
 from .listing import read_listing
-from .radiographs import IMAGE_SIZE, is_radiograph_file, read_with_tags
+from .radiographs import is_radiograph_file, read_with_tags
 from .store import images_name, write_store
 
 CLASS_NAMES = {"0": 0, "1": 1, "2": 2, "3": 3, "normal": 0, "pneumonia": 1, "non-covid": 1, "other": 1,
@@ -167,7 +167,7 @@ def _worker_signals() -> None:
 
 
 @dataclass
-class Prepared:
+class PreparedSet:
     images: np.ndarray  # (N, S, S) uint8
     classes: np.ndarray  # (N,) 0-3
     items: list[Item]
@@ -175,7 +175,7 @@ class Prepared:
 
 
 def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors: bool, drop_duplicates: bool,
-            progress: bool = True, size: int = IMAGE_SIZE) -> Prepared:
+            progress: bool = True, size: int = IMAGE_SIZE) -> PreparedSet:
     for item in items:  # unknown class names fail before the decoding
         class_index(item, names)
     started = time.perf_counter()
@@ -202,7 +202,7 @@ def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors:
     report["images"] = len(items)
     report["per_class"] = {str(c): int((classes == c).sum()) for c in range(4)}
     report["per_dataset"] = {name: int(sum(i.dataset == name for i in items)) for name in sorted({i.dataset for i in items})}
-    return Prepared(images, classes, items, report)
+    return PreparedSet(images, classes, items, report)
 
 
 def _fill_from_tags(item: Item, tags: dict) -> None:
@@ -233,7 +233,7 @@ def _handle_duplicates(images, classes, items, drop: bool, report: dict):
     return images[keep], classes[keep], [items[row] for row in keep]
 
 
-def write_folder(prepared: Prepared, output_dir: Path, overwrite: bool, store: bool = False) -> None:
+def write_folder(prepared: PreparedSet, output_dir: Path, overwrite: bool, store: bool = False) -> None:
     """All files into a temporary folder beside ``output_dir``, then one rename: a reader (or an
     interrupted run) never sees a half-prepared folder."""
     output_dir = Path(output_dir)
@@ -288,7 +288,7 @@ def _check_output(output_dir: Path, overwrite: bool) -> None:
                         "replaces only such a folder, so this one is left as it is: give a new folder")
 
 
-def _write_files(prepared: Prepared, folder: Path, store: bool) -> None:
+def _write_files(prepared: PreparedSet, folder: Path, store: bool) -> None:
     items = prepared.items
     images_file = folder / images_name(prepared.images.shape[-1], store)
     if store:

@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .bounds import MIN_IMAGE_SIZE
+from .bounds import IMAGE_SIZE, MIN_IMAGE_SIZE
 from .errors import UserError, type_and_first_line
 
-IMAGE_SIZE = 64
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}
 RADIOGRAPH_SUFFIXES = PICTURE_SUFFIXES | DICOM_SUFFIXES

@@ -1,6 +1,6 @@
 """How a recipe generalizes across sources: leave-one-source-out over several seeds, in one table.
 
-    covid-ddp-report --data-dir ../shared/data/real-cxr ../shared/data/adult-cxr \\
+    covid-ddp-report --data-dir data/real-cxr data/adult-cxr \\
         --patient-split-without kermany --output-dir runs/report
     covid-ddp-report --data-dir DIR --variant "marks=--augment-marks" --output-dir runs/report
 

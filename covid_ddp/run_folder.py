@@ -215,7 +215,7 @@ class RunFolder:
         def write() -> None:
             if board is not None:
                 board()
-            ckpt.write_decision(weights_path, decision)  # before the weights it belongs to
+            ckpt.write_sidecar(weights_path, decision)  # before the weights it belongs to
             save_torch(weights_path, weights)
             write_json(self.path / ckpt.METRICS_FILE, metrics)
 
@@ -324,7 +324,7 @@ def _forget_unsaved_run(path: Path) -> None:
         clear_run(path)
 
 
-RUN_FILES = {ckpt.WEIGHTS_FILE, ckpt.decision_path(ckpt.WEIGHTS_FILE).name, ckpt.METRICS_FILE, ckpt.CONFIG_FILE,
+RUN_FILES = {ckpt.WEIGHTS_FILE, ckpt.sidecar_path(ckpt.WEIGHTS_FILE).name, ckpt.METRICS_FILE, ckpt.CONFIG_FILE,
              ckpt.SPLITS_FILE}
 RUN_FOLDERS = {ckpt.CHECKPOINTS_DIR, ckpt.TENSORBOARD_DIR}
 

@@ -13,7 +13,7 @@ Three ways to hold data out, all deterministic (random_state 42) and recorded in
   set (leave-one-source-out), the rest is split into train and validation.
 
 ``--exclude-source NAME,...`` drops sources before any of that (e.g. the paediatric
-``kermany`` images of ../shared/data/real-cxr for an adult-only evaluation).
+``kermany`` images of the real-cxr set for an adult-only evaluation: docs/real-cxr.md).
 """
 
 from __future__ import annotations

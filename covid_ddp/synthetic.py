@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-IMAGE_SIZE = 64
+from .bounds import IMAGE_SIZE
+
 LABEL_NOISE = 0.02
 _CHUNK_PIXELS = 512 * 64 * 64  # pixels generated per vectorised step (512 images at 64 px): bounds peak memory.
 

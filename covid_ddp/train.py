@@ -234,7 +234,7 @@ def load_training_data(accelerator: Accelerator, config: TrainConfig) -> RawData
 
 
 @dataclass
-class Prepared:
+class PreparedRun:
     """What the loop works with, after ``accelerator.prepare``."""
 
     model: torch.nn.Module
@@ -263,7 +263,7 @@ def refuse_blank_training(accelerator: Accelerator, data: RawData, train_rows: n
 
 
 def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, accelerator: Accelerator,
-                make_optimizer=hardware.make_optimizer, model: torch.nn.Module | None = None) -> Prepared:
+                make_optimizer=hardware.make_optimizer, model: torch.nn.Module | None = None) -> PreparedRun:
     """Loaders, model (normalised with training-split statistics; ``new_model`` unless given),
     optimizer and LR schedule.
 
@@ -292,8 +292,8 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
     model, optimizer, test_loader = accelerator.prepare(model, optimizer, test_loader)
     placement = (str(images.device), "device" if on_device else "DataLoader")
     if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
-        return Prepared(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement, spec)
-    return Prepared(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
+        return PreparedRun(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement, spec)
+    return PreparedRun(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
                     "Validation", *placement, spec)
 
 
@@ -374,7 +374,7 @@ def build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
     model.set_normalization(*normalization)
     if config.sync_bn:
         model = convert_sync_batchnorm(model, device)
-    # NHWC convolutions: faster training and evaluation on this project's 2-core CPU
+    # NHWC convolutions: faster training and evaluation on a 2-core CPU
     # (benchmarks/throughput.py), and the layout GPU tensor cores want.
     return model.to(memory_format=torch.channels_last)
 
@@ -406,7 +406,7 @@ def announce_sources(table: dict | None) -> None:
 # --- an epoch ---------------------------------------------------------------------------------
 
 
-def run_epoch(run: Prepared, accelerator: Accelerator, config: TrainConfig, epoch: int,
+def run_epoch(run: PreparedRun, accelerator: Accelerator, config: TrainConfig, epoch: int,
               progress: ckpt.TrainingProgress, stopper=None, board: Logger | None = None) -> tuple[dict, Evaluation]:
     """Train one epoch, evaluate, step the LR schedule; returns the epoch's history record and evaluation."""
     started = time.perf_counter()
@@ -448,7 +448,7 @@ def _monitored_line(monitor_name: str, record: dict) -> str:
 # --- the end ----------------------------------------------------------------------------------
 
 
-def finish(run: Prepared, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
+def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
            monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
            selection: Selection, best: BestWeights, meta: dict | None = None) -> dict:
     """Ship the selected epoch's weights, pick the threshold on validation, score the test split
@@ -549,7 +549,7 @@ def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
     return values
 
 
-def _apply_recipe_changes(run: Prepared, config: TrainConfig, changes: dict, accelerator: Accelerator) -> None:
+def _apply_recipe_changes(run: PreparedRun, config: TrainConfig, changes: dict, accelerator: Accelerator) -> None:
     """--resume-with-changes: the optimizer's and the schedule's saved states hold the old learning
     rate, patience and factor; the new ones replace them."""
     optimizer, scheduler = run.optimizer, run.scheduler
@@ -592,7 +592,7 @@ def _by_source(data: RawData, split) -> dict:
 
 
 def _run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, split, folder: RunFolder,
-                run: Prepared) -> dict:
+                run: PreparedRun) -> dict:
     return {
         "config": _recorded_flags(config, data),
         "output_dir": str(folder.path),

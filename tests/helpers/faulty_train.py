@@ -102,7 +102,7 @@ def blowup(count):
     def run_epoch(real, args, kwargs, now):
         result = real(*args, **kwargs)
         if now:
-            for group in args[0].optimizer.param_groups:  # args[0]: train.Prepared
+            for group in args[0].optimizer.param_groups:  # args[0]: train.PreparedRun
                 group["lr"] = 0.05
         return result
 
