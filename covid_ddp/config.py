@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
 from .cli import ArgumentParser, HelpFormatter
+from .config_file import read_settings, settings_as_flags
 from .backbones import check_model_name
 from .bounds import (BOOTSTRAP, COUNT, FRACTION, IMAGE_SIZES, POSITIVE, POSITIVE_INT, SEED, Bounds)
 from .data import MCFAM_BASE_URL
@@ -114,7 +116,7 @@ class TrainConfig:
                                            "every process can run it, else replaced by auto's, saying so (default: auto)",
                                            choices=["no", "fp16", "bf16", "auto"])
     compile: bool = _flag(False, "torch.compile the model (inductor, or the accelerate config's dynamo_backend). "
-                          "Pays on GPUs; on a 2-core CPU it trained slower (benchmarks/throughput.py); the first "
+                          "Pays on GPUs; on a 2-core CPU it trained slower (docs/performance.md); the first "
                           "steps include the compilation. Can be switched on or off at a --resume")
     sync_bn: bool = _flag(False, "use SyncBatchNorm: batch statistics over all processes' shards")
     cpu: bool = _flag(False, "train on the CPU even when a GPU is present")
@@ -187,14 +189,14 @@ RESULT_FLAGS = ("dataset", "synthetic_size", "image_size", "model", "init_weight
 
 RECIPE_BATCH_SIZE = 100
 SMALL_SET_BATCH_SIZES = (64, 32, 16, 8)  # powers of two: they divide over 1, 2, 4 or 8 processes
-STEPS_PER_EPOCH = 10  # an epoch of fewer optimizer steps hardly moves the weights (issue: 1 step of 100 images)
+MIN_STEPS_PER_EPOCH = 10  # an epoch of fewer optimizer steps hardly moves the weights (1 step of 100 images)
 
 
 def batch_size_for(train_images: int) -> int:
     """The default global batch: the recipe's 100, unless that gives an epoch fewer than 10 steps;
     then the largest of 64, 32, 16, 8 that gives 10 (8 on the smallest sets)."""
     for size in (RECIPE_BATCH_SIZE, *SMALL_SET_BATCH_SIZES):
-        if train_images // size >= STEPS_PER_EPOCH:
+        if train_images // size >= MIN_STEPS_PER_EPOCH:
             return size
     return SMALL_SET_BATCH_SIZES[-1]
 
@@ -213,7 +215,7 @@ def settle_batch_size(config: TrainConfig, train_images: int) -> tuple[TrainConf
         note = (f"note: {train_images} training images: batch size {chosen} instead of the recipe's "
                 f"{RECIPE_BATCH_SIZE}, for {steps} steps an epoch ({RECIPE_BATCH_SIZE} would give "
                 f"{train_images // RECIPE_BATCH_SIZE}); --batch-size sets it")
-    elif optimizer_steps < STEPS_PER_EPOCH:
+    elif optimizer_steps < MIN_STEPS_PER_EPOCH:
         suggested = batch_size_for(train_images)
         accumulation = f" x --grad-accum-steps {config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""
         note = (f"warning: {train_images} training images at --batch-size {chosen}{accumulation}: {optimizer_steps} "
@@ -261,12 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         extra = {key: value for key, value in spec.metadata.items() if key != "help"}
         flag = f"--{_dashed(spec.name)}"
         if spec.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=spec.metadata["help"])
+            # --no-X too, to switch off what a --config file switched on. Left out when not
+            # given (SUPPRESS): the dataclass's default then applies.
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                help=spec.metadata["help"])
             continue
         bounds = FLAG_BOUNDS.get(spec.name)
         said = f" ({bounds.describe()})" if bounds is not None and bounds.high is not None else ""
         parser.add_argument(flag, type=_parse_type(spec.type), default=spec.default,
                             help=spec.metadata["help"] + said, **extra)
+    parser.add_argument("--config", metavar="FILE", help="settings from a YAML or JSON file, named as these flags "
+                        "(batch_size: 64), or a run's own config.json to train that run again; flags given here "
+                        "win (docs/configuration.md)")
     return parser
 
 
@@ -279,10 +287,37 @@ def _parse_type(annotation):
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    arguments = build_parser().parse_args(argv)
-    config = TrainConfig(**vars(arguments))
+    """The configuration of a command line (``sys.argv[1:]`` by default), with a ``--config``
+    file's settings under it."""
+    argv = sys.argv[1:] if argv is None else [str(arg) for arg in argv]
+    parser = build_parser()
+    settings_file = _settings_file(argv)
+    if settings_file is not None:
+        argv = [*_flags_of_file(Path(settings_file), parser), *argv]  # the command line's own come last: they win
+    values = vars(parser.parse_args(argv))
+    values.pop("config")
+    config = TrainConfig(**values)
     config.validate()
     return config
+
+
+def _settings_file(argv: list[str]) -> str | None:
+    finder = ArgumentParser(prog="covid-ddp-train", add_help=False)
+    finder.add_argument("--config")
+    return finder.parse_known_args(argv)[0].config
+
+
+def _flags_of_file(path: Path, parser: argparse.ArgumentParser) -> list[str]:
+    """A settings file as flags, each value checked as the flag would be, and named with the file."""
+    flags = settings_as_flags(path, read_settings(path), dataclasses.fields(TrainConfig))
+    try:
+        values = vars(parser.parse_args(flags))
+    except UserError as error:
+        raise UserError(f"--config {path}: {error}") from None
+    given = {flag[2:].replace("-", "_") for flag in flags if flag.startswith("--")}
+    for name in given & set(FLAG_BOUNDS):
+        FLAG_BOUNDS[name].check(values[name], f"--config {path}: {name}")
+    return flags
 
 
 def default_output_dir(timestamp: str) -> Path:
