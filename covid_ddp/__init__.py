@@ -11,7 +11,8 @@ import sys
 import types
 
 _EXPORTS = {"Net": ".model", "gradcam": ".gradcam", "load_model": ".predict", "predict": ".predict",
-            "Ensemble": ".ensemble", "update_model_card": ".model_card"}
+            "Ensemble": ".ensemble", "update_model_card": ".model_card", "TrainConfig": ".config",
+            "TrainedRun": ".train", "evaluate": ".evaluation", "EvaluationResult": ".evaluation"}
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.2.0"

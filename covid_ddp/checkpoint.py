@@ -187,6 +187,15 @@ def is_finished_run(output_dir: Path) -> bool:
     return (Path(output_dir) / WEIGHTS_FILE).exists() or (Path(output_dir) / METRICS_FILE).exists()
 
 
+def recorded_test_metrics(output_dir: Path) -> dict:
+    """A finished run's test metrics (metrics.json's "test"); a damaged file is a user error."""
+    path = Path(output_dir) / METRICS_FILE
+    try:
+        return json.loads(path.read_text())["test"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path}: no test metrics in it ({first_line(error)}); rerun with --overwrite") from None
+
+
 def sidecar_path(weights: Path | str) -> Path:
     """The sidecar JSON beside a weights file: the state_dict stays plain, and this says how to use
     it: the decision threshold (and how it was chosen), the network and image size, the epoch."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,48 +64,80 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(arguments: argparse.Namespace) -> dict:
-    weights = [Path(path) for path in arguments.weights]
-    ensemble = Ensemble.load(weights, resolve_device(arguments.device))  # one run, or the mean of several
-    output_dir = evaluation_folder(arguments, weights)
-    check_destination(output_dir, arguments.data_dir, weights)
-    split = None
-    if len(weights) > 1 and (arguments.split != "all" or arguments.threshold is None):
-        split = common_split(weights)  # its rows, or its threshold: refused before anything is read if the runs differ
-    data = load_evaluation_data(arguments.data_dir, weights[0])
-    rows = rows_to_score(arguments.split, weights[0], data)
-    if len(weights) == 1 or arguments.threshold is not None:
-        threshold, threshold_source = decision_threshold(arguments.threshold, weights[0])
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What ``evaluate`` returns (and ``evaluation.json`` in ``folder`` holds)."""
+
+    folder: Path  # evaluation.json and the figures
+    split: str
+    threshold: float
+    threshold_source: str  # where the threshold came from
+    metrics: dict  # every metric, with its 95% bootstrap interval
+    per_source: dict | None  # the same per source, for images of several sources
+    rows: np.ndarray  # the rows of the data that were scored
+
+
+SPLITS = ("test", "val", "all")
+
+
+def evaluate(weights: str | Path | list, data_dir: str | list | None = None, split: str = "test",
+             output_dir: str | Path | None = None, threshold: float | None = None, bootstrap: int = 1000,
+             device: str = "auto") -> EvaluationResult:
+    """Score ``weights`` (several: their ensemble) on ``split`` of ``data_dir`` (default: the data
+    their run trained on) and write ``evaluation.json`` and the figures into ``output_dir``
+    (default: ``evaluation-<split>`` beside the weights). ``test`` and ``val`` are the run's own
+    parts, rebuilt from its config.json; ``all`` is every image."""
+    weights = [Path(path) for path in (weights if isinstance(weights, (list, tuple)) else [weights])]
+    data_dirs = [str(folder) for folder in ([data_dir] if isinstance(data_dir, (str, Path)) else data_dir)] \
+        if data_dir is not None else None
+    if split not in SPLITS:
+        raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    BOOTSTRAP.check(bootstrap, "bootstrap")
+    PROBABILITY.check(threshold, "threshold")
+    ensemble = Ensemble.load(weights, resolve_device(device))  # one run, or the mean of several
+    output = Path(output_dir) if output_dir else evaluation_folder(split, weights)
+    check_destination(output, data_dirs, weights)
+    common = None
+    if len(weights) > 1 and (split != "all" or threshold is None):
+        common = common_split(weights)  # its rows, or its threshold: refused before anything is read if the runs differ
+    data = load_evaluation_data(data_dirs, weights[0])
+    rows = rows_to_score(split, weights[0], data)
+    if len(weights) == 1 or threshold is not None:
+        threshold, threshold_source = decision_threshold(threshold, weights[0])
     else:  # an ensemble's own threshold, on its runs' common validation split
-        threshold, threshold_source = ensemble_threshold(ensemble, data if arguments.data_dir is None else None, split)
+        threshold, threshold_source = ensemble_threshold(ensemble, data if data_dirs is None else None, common)
     p_covid = ensemble.predict(data.images[rows])
     targets = to_binary(data.labels)[rows]
-    metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, arguments.bootstrap,
+    metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, bootstrap,
                              groups=patient_ids(data.meta, rows))
     by_source = per_source(p_covid, targets, source_names(data.meta, rows), threshold)
-    report = {"weights": str(weights[0]) if len(weights) == 1 else [str(path) for path in weights],
-              "data": data.provenance, "split": arguments.split, "threshold_source": threshold_source,
-              "metrics": metrics, **({"per_source": by_source} if by_source else {}), "rows": rows.tolist()}
-    write_json(output_dir / RECORD, report)
-    write_figures(output_dir, p_covid, targets, metrics)
-    members = "" if len(weights) == 1 else f"ensemble of {len(weights)} runs, "
-    print(format_table(metrics, title=f"{arguments.split}: {len(rows)} images, {members}threshold {threshold:.3f} "
-                                      f"({threshold_source})"))
-    if by_source:
-        print(format_sources(by_source, threshold))
-    print(f"wrote {output_dir / 'evaluation.json'} and {', '.join(FIGURES)}")
+    write_json(output / RECORD, {
+        "weights": str(weights[0]) if len(weights) == 1 else [str(path) for path in weights],
+        "data": data.provenance, "split": split, "threshold_source": threshold_source,
+        "metrics": metrics, **({"per_source": by_source} if by_source else {}), "rows": rows.tolist()})
+    write_figures(output, p_covid, targets, metrics)
     if len(weights) == 1:  # an ensemble's results belong to no one run's card
         refresh_model_card(weights[0].parent, "covid-ddp-evaluate")
-    return report
+    return EvaluationResult(output, split, threshold, threshold_source, metrics, by_source or None, rows)
 
 
-def evaluation_folder(arguments: argparse.Namespace, weights: list[Path]) -> Path:
-    """--output-dir, else a run's evaluation in its folder and an ensemble's beside the runs' folders."""
-    if arguments.output_dir:
-        return Path(arguments.output_dir)
+def run(arguments: argparse.Namespace) -> EvaluationResult:
+    result = evaluate(arguments.weights, arguments.data_dir, arguments.split, arguments.output_dir,
+                      arguments.threshold, arguments.bootstrap, arguments.device)
+    members = "" if len(arguments.weights) == 1 else f"ensemble of {len(arguments.weights)} runs, "
+    print(format_table(result.metrics, title=f"{result.split}: {len(result.rows)} images, {members}threshold "
+                                             f"{result.threshold:.3f} ({result.threshold_source})"))
+    if result.per_source:
+        print(format_sources(result.per_source, result.threshold))
+    print(f"wrote {result.folder / RECORD} and {', '.join(FIGURES)}")
+    return result
+
+
+def evaluation_folder(split: str, weights: list[Path]) -> Path:
+    """A run's evaluation in its folder, an ensemble's beside the runs' folders."""
     if len(weights) == 1:
-        return weights[0].parent / f"evaluation-{arguments.split}"
-    return weights[0].parent.parent / f"ensemble-evaluation-{arguments.split}"
+        return weights[0].parent / f"evaluation-{split}"
+    return weights[0].parent.parent / f"ensemble-evaluation-{split}"
 
 
 def check_destination(output_dir: Path, data_dirs: list[str] | None, weights: list[Path]) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from . import checkpoint as ckpt
@@ -69,9 +70,34 @@ def main(argv: list[str] | None = None) -> int:
     return run_cli(command, prog="covid-ddp-train")
 
 
-def train(config: TrainConfig) -> dict | None:
-    """Train, checkpoint every epoch, test once, write the run folder; returns the final test metrics
-    (None when ``--resume auto`` finds the run already finished)."""
+@dataclass(frozen=True)
+class TrainedRun:
+    """What ``train`` returns, on every process of the job."""
+
+    folder: Path  # the run folder
+    weights: Path  # its weights file (the sidecar JSON beside it names the threshold and the model)
+    metrics: dict  # the test split's metrics at the run's threshold, as metrics.json's "test"
+    config: TrainConfig  # as the run settled it: batch size, image size, precision
+
+    @property
+    def threshold(self) -> float:
+        return self.metrics["threshold"]
+
+
+def train(config: TrainConfig) -> TrainedRun:
+    """Train, checkpoint every epoch, test once, write the run folder. Called on every process of
+    a job (any launcher, or ``accelerate.notebook_launcher``); each returns the same run. A run
+    that ``--resume auto`` finds finished is returned as it is, untouched."""
+    try:
+        return _train(config)
+    finally:
+        # The job's accelerate state goes with it: the same Python process (a notebook) can train
+        # again, or start several processes with notebook_launcher, which refuses while one is held.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _train(config: TrainConfig) -> TrainedRun:
     started = time.monotonic()
     accelerator, config = start_job(config)
     run_dir = None  # for the message below, once known
@@ -82,9 +108,12 @@ def train(config: TrainConfig) -> dict | None:
             accelerator.print(f"covid-ddp-train: {describe(accelerator)}; run folder {folder.path}")
             if folder.finished:
                 accelerator.print(f"{folder.path} is finished ({folder.finished}): nothing to do")
+                metrics = on_main_process(accelerator, lambda: ckpt.recorded_test_metrics(folder.path),
+                                          f"read {folder.path / ckpt.METRICS_FILE}")
                 shut_down(accelerator)
-                return None
-            return _train_in(folder, job, accelerator, started)
+                return TrainedRun(folder.path, folder.path / ckpt.WEIGHTS_FILE, metrics, job.config)
+            metrics = _train_in(folder, job, accelerator, started)
+            return TrainedRun(folder.path, folder.path / ckpt.WEIGHTS_FILE, metrics, job.config)
     except Exception as error:
         shut_down(accelerator, barrier=False)  # the other ranks may not reach a barrier
         if lost_another_process(error):
