@@ -4,11 +4,12 @@ under the command line's flags, each value checked as its flag would be."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 
-from conftest import refused
+from conftest import TRAIN_SCRIPT, refused, run
 from covid_ddp.config import parse_config
 from covid_ddp.errors import UserError
 from covid_ddp.train import main as train_main
@@ -62,15 +63,17 @@ def test_a_missing_settings_file_is_refused_by_the_command_in_one_line(tmp_path,
 
 def test_a_run_given_back_its_config_json_trains_the_same_weights(small_data, tmp_path):
     """Where the run was (its folder, resume, overwrite) is not given back: the second run goes to
-    the folder the command line names, and its weights are the first's, bit for bit."""
+    the folder the command line names, and its weights are the first's, bit for bit. Both run as
+    a user runs them, as commands (one thread each, as every bit-identity test here: in the floor
+    environment two in-process runs beside other tests once differed)."""
     first, second = tmp_path / "first", tmp_path / "second"
-    assert train_main(["--data-dir", str(small_data), "--output-dir", str(first), "--epochs", "2", "--batch-size",
-                       "40", "--augment", "--bootstrap", "0", "--log-images-every", "0", "--audit", "no"]) == 0
+    run([sys.executable, TRAIN_SCRIPT, "--data-dir", small_data, "--output-dir", first, "--epochs", "2",
+         "--batch-size", "40", "--augment", "--bootstrap", "0", "--log-images-every", "0", "--audit", "no"])
     assert parse_config(["--config", str(first / "config.json")]).output_dir is None, "a new folder, not the first's"
-    assert train_main(["--config", str(first / "config.json"), "--output-dir", str(second)]) == 0
-    recorded = [json.loads((run / "config.json").read_text())["config"] for run in (first, second)]
+    run([sys.executable, TRAIN_SCRIPT, "--config", first / "config.json", "--output-dir", second])
+    recorded = [json.loads((folder / "config.json").read_text())["config"] for folder in (first, second)]
     assert {k: v for k, v in recorded[1].items() if k != "output_dir"} == \
         {k: v for k, v in recorded[0].items() if k != "output_dir"}
-    weights = [torch.load(run / "COVID_binary_classifier.pth", weights_only=True) for run in (first, second)]
+    weights = [torch.load(folder / "COVID_binary_classifier.pth", weights_only=True) for folder in (first, second)]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
