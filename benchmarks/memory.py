@@ -194,7 +194,7 @@ def _meminfo_kib(field: str) -> int:
 
 
 def run_rank(arguments) -> None:
-    from covid_ddp.config import TrainConfig, settle_batch_size
+    from covid_ddp.config import TrainConfig, settle_batches
     from covid_ddp.data import to_binary
     from covid_ddp.engine import train_one_epoch
     from covid_ddp.interrupt import GracefulStop
@@ -207,7 +207,7 @@ def run_rank(arguments) -> None:
     data = load_training_data(accelerator, config)
     targets = to_binary(data.labels)
     split = make_split(targets, config.split_plan(), data.meta)
-    config, _ = settle_batch_size(config, len(split.train))
+    config, _ = settle_batches(config, len(split.train), accelerator.num_processes, accelerator.device.type)
     run = prepare_run(config, data, targets, split, accelerator)
     loader = run.train_loader
     batch = loader.batch_size

@@ -152,15 +152,16 @@ class CovidDdpTrainer:
     """covid_ddp's loaders, model, optimizer and loop, prepared by accelerate as ``launch/train.py`` does."""
 
     def __init__(self, images, labels, split, args):
-        from covid_ddp.config import TrainConfig
+        from covid_ddp.config import TrainConfig, settle_batches
         from covid_ddp.data import pixel_statistics, to_binary
-        from covid_ddp.hardware import make_optimizer, tune_backends, with_device_defaults
+        from covid_ddp.hardware import make_optimizer, tune_backends
         from covid_ddp.train import build_accelerator, build_model, make_loaders
 
         config = TrainConfig(cpu=args.device == "cpu", batch_size=args.batch_size, model=args.model,
                              mixed_precision="bf16" if args.precision == "bf16" else "no", compile=args.compile)
         self.accelerator = build_accelerator(config)
-        self.config = with_device_defaults(config, self.accelerator.device, self.accelerator.num_processes)
+        self.config = settle_batches(config, len(split.train), self.accelerator.num_processes,
+                                     self.accelerator.device.type)[0]
         tune_backends(self.accelerator.device)
         device = self.accelerator.device
         loaders = make_loaders(torch.from_numpy(images).to(device), torch.from_numpy(to_binary(labels)).to(device),

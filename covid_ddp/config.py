@@ -188,6 +188,9 @@ RESULT_FLAGS = ("dataset", "synthetic_size", "image_size", "model", "init_weight
 
 
 RECIPE_BATCH_SIZE = 100
+# The evaluation batch per process: on a CPU a batch of 100 stays in cache and scored ~2x faster
+# than 500; a GPU wants large batches to amortise kernel launches.
+EVAL_BATCH_PER_PROCESS = {"cpu": 100, "cuda": 1000}
 SMALL_SET_BATCH_SIZES = (64, 32, 16, 8)  # powers of two: they divide over 1, 2, 4 or 8 processes
 MIN_STEPS_PER_EPOCH = 10  # an epoch of fewer optimizer steps hardly moves the weights (1 step of 100 images)
 
@@ -199,6 +202,19 @@ def batch_size_for(train_images: int) -> int:
         if train_images // size >= MIN_STEPS_PER_EPOCH:
             return size
     return SMALL_SET_BATCH_SIZES[-1]
+
+
+def settle_batches(config: TrainConfig, train_images: int, num_processes: int,
+                   device_type: str) -> tuple[TrainConfig, str | None]:
+    """The run's two batch sizes, settled here alone: the training batch (``settle_batch_size``)
+    and the evaluation batch (--eval-batch-size, or ``EVAL_BATCH_PER_PROCESS`` of the device for
+    every process), both global and shared evenly by the processes. config.json records them."""
+    config, note = settle_batch_size(config, train_images)
+    eval_batch = config.eval_batch_size or EVAL_BATCH_PER_PROCESS.get(device_type, 100) * num_processes
+    if config.batch_size % num_processes or eval_batch % num_processes:
+        raise UserError(f"--batch-size {config.batch_size} and --eval-batch-size {eval_batch} are global and must "
+                        f"divide evenly over {num_processes} processes")
+    return dataclasses.replace(config, eval_batch_size=eval_batch), note
 
 
 def settle_batch_size(config: TrainConfig, train_images: int) -> tuple[TrainConfig, str | None]:

@@ -35,7 +35,7 @@ from . import checkpoint as ckpt
 from . import hardware, launcher_watch
 from .board import Logger
 from .cli import is_main_rank, run_cli, say
-from .config import TrainConfig, parse_config, settle_batch_size
+from .config import TrainConfig, parse_config, settle_batches
 from .confounding import confounding_warning, format_table, table_of
 from .data import (RawData, XrayDataset, blank_rows, collate_batch, dataset_tensors, fetch_dataset, fingerprint,
                    load_dataset, patient_ids, pixel_statistics, source_names, to_binary, wants_device)
@@ -143,7 +143,7 @@ def set_up_job(accelerator: Accelerator, config: TrainConfig) -> Job:
     # The main process splits for all (the same split everywhere, and scikit-learn imported once).
     split = on_main_process(accelerator, lambda: make_split(targets, config.split_plan(), data.meta), "split the data")
     refuse_blank_training(accelerator, data, split.train)
-    config, batch_note = settle_batch_size(config, len(split.train))
+    config, batch_note = settle_batches(config, len(split.train), accelerator.num_processes, accelerator.device.type)
     config = dataclasses.replace(config, image_size=data.image_size)  # the data's: what a resume compares
     check_parts(config, split, accelerator.num_processes)
     return Job(config, data, targets, split, new_model(config, data, split, accelerator.device), batch_note)
@@ -194,8 +194,8 @@ def _train_in(folder: RunFolder, job: Job, accelerator: Accelerator, started: fl
 
 
 def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
-    """The process group (GPUs, or CPU processes where no GPU is usable) and the settings that
-    depend on the device it landed on."""
+    """The process group (GPUs, or CPU processes where no GPU is usable), and ``config`` with the
+    precision every process of it agreed on."""
     check_launch()
     cpu = cpu_only(config.cpu)
     if not cpu and torch.cuda.is_available():
@@ -211,7 +211,7 @@ def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
     accelerator = build_accelerator(config, cpu)
     refuse_independent_launch(accelerator.num_processes)
     hardware.tune_backends(accelerator.device)
-    return accelerator, hardware.with_device_defaults(config, accelerator.device, accelerator.num_processes)
+    return accelerator, config
 
 
 def build_accelerator(config: TrainConfig, cpu: bool | None = None) -> Accelerator:
@@ -364,12 +364,8 @@ def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: 
 
 
 def check_parts(config: TrainConfig, split, num_processes: int) -> None:
-    """Every part can be shared by the processes, and the training part holds a whole batch."""
-    if config.batch_size % num_processes or config.eval_batch_size % num_processes:
-        raise UserError(
-            f"--batch-size {config.batch_size} and --eval-batch-size {config.eval_batch_size} are global and must "
-            f"divide evenly over {num_processes} processes"
-        )
+    """Every part can be shared by the processes, and the training part holds a whole batch (the
+    batch sizes themselves are settled by ``config.settle_batches``)."""
     for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
         if 0 < len(rows) < num_processes or (name != "validation" and len(rows) < num_processes):
             raise UserError(f"the {name} part has {len(rows)} images, fewer than the {num_processes} processes; "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 
 import pytest
 import torch
@@ -83,14 +82,6 @@ def test_processes_on_gpus_and_on_cpus_are_refused_naming_them():
     with pytest.raises(UserError, match=r"processes 0, 1 \(on node1\) would train on CUDA GPUs but process 2 "
                                         r"\(on node2\) found no usable GPU.*pass --cpu"):
         hardware.agree_device([gpu(), gpu(), cpu(host="node2")])
-
-
-def test_eval_batch_defaults_per_device_and_process_count():
-    config = TrainConfig()
-    assert hardware.with_device_defaults(config, torch.device("cpu"), 2).eval_batch_size == 200
-    assert hardware.with_device_defaults(config, torch.device("cuda"), 4).eval_batch_size == 4000
-    chosen = dataclasses.replace(config, eval_batch_size=30)
-    assert hardware.with_device_defaults(chosen, torch.device("cuda"), 4).eval_batch_size == 30
 
 
 def test_adam_is_fused_only_on_cuda():

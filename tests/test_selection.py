@@ -16,8 +16,9 @@ import torch
 
 from conftest import HELPERS, TRAIN_SCRIPT, run, write_mcfam
 from covid_ddp.checkpoint import BEST_MODEL_STATE, complete_checkpoints
-from covid_ddp.config import TrainConfig, batch_size_for, settle_batch_size
+from covid_ddp.config import TrainConfig, batch_size_for, settle_batch_size, settle_batches
 from covid_ddp.evaluation import main as evaluate_main
+from covid_ddp.errors import UserError
 from covid_ddp.selection import Selection
 from covid_ddp.synthetic import make_synthetic
 
@@ -88,6 +89,20 @@ def test_a_small_set_is_told_its_batch_size_and_a_short_epoch_is_warned_of():
     assert note == ("warning: 189 training images at --batch-size 100: 1 optimizer step an epoch, and 89 images left "
                     "out of each epoch by the last partial batch; --batch-size 16 gives 11 steps")
     assert settle_batch_size(TrainConfig(), 6300) == (TrainConfig(batch_size=100), None), "MCFAM: silent, as before"
+
+
+def test_both_batch_sizes_are_settled_in_one_place_and_shared_evenly():
+    """The evaluation batch: --eval-batch-size, else 100 per CPU process and 1000 per GPU; both
+    batches global, refused in one line when the processes cannot share them evenly."""
+    settled, _ = settle_batches(TrainConfig(), 6300, 2, "cpu")
+    assert (settled.batch_size, settled.eval_batch_size) == (100, 200)
+    assert settle_batches(TrainConfig(), 6300, 4, "cuda")[0].eval_batch_size == 4000
+    assert settle_batches(TrainConfig(batch_size=30, eval_batch_size=30), 6300, 3, "cuda")[0].eval_batch_size == 30
+    with pytest.raises(UserError, match=r"--batch-size 100 and --eval-batch-size 300 are global and must divide "
+                                        r"evenly over 3 processes"):
+        settle_batches(TrainConfig(), 6300, 3, "cpu")
+    with pytest.raises(UserError, match="--eval-batch-size 31"):
+        settle_batches(TrainConfig(batch_size=30, eval_batch_size=31), 6300, 3, "cpu")
 
 
 # --- end to end: the best epoch shipped, an early stop, and both across a stop inside an epoch ------
