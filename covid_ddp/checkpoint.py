@@ -348,15 +348,10 @@ def _unloadable(path: Path, kind: str, error: Exception) -> UserError:
         return UserError(f"{path}: refused: this {kind} holds pickled Python objects besides tensors, which could "
                          "run code when read; save plain tensors (a state_dict) instead")
     with open(path, "rb") as handle:
-        zip_archive = handle.read(4) == b"PK\x03\x04"
-    if not zip_archive and not _legacy_torch_file(path):  # a text file, a picture...
+        head = handle.read(4)
+    # torch.save writes a zip archive; before PyTorch 1.6 (or with _use_new_zipfile_serialization=False)
+    # a pickle stream, which starts with the protocol opcode. Anything else is a text file, a picture...
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
         return UserError(f"{path}: not a PyTorch {kind} (torch.save writes a zip archive and this file is not one)")
     damaged = "damaged: " if isinstance(error, pickle.UnpicklingError) else ""
     return UserError(f"{path}: not a loadable {kind} ({damaged}{first_line(error)})")
-
-
-def _legacy_torch_file(path: Path) -> bool:
-    """torch.save before PyTorch 1.6 (or with _use_new_zipfile_serialization=False): a pickle
-    stream, starting with the protocol opcode."""
-    with open(path, "rb") as handle:
-        return handle.read(1) == b"\x80"

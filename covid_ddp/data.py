@@ -97,8 +97,6 @@ def load_array(path: Path, key: str) -> np.ndarray:
     return arrays[key]
 
 
-
-
 def validate_images(images: np.ndarray, path: Path, image_size: int | None = None) -> None:
     """uint8 (N, S, S) with S = ``image_size`` when given (an images file's name says its size)."""
     if images.ndim != 3 or images.shape[1] != images.shape[2] or images.shape[1] < MIN_IMAGE_SIZE:

@@ -38,6 +38,7 @@ from .splits import make_split
 
 FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
 RECORD = "evaluation.json"
+SPLITS = ("test", "val", "all")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", metavar="DIR", nargs="+", help="folder(s) with train_images64.npz and "
                         "train_labels.npz (and meta.npz for patient-level or source splits), several read as one set "
                         "(default: the data the weights' run trained on)")
-    parser.add_argument("--split", default="test", choices=["test", "val", "all"],
+    parser.add_argument("--split", default="test", choices=SPLITS,
                         help="which images: the run's test or validation part, or all of them")
     parser.add_argument("--output-dir", metavar="DIR", help="where evaluation.json and the figures go "
                         "(default: evaluation-<split> beside the weights; for an ensemble, ensemble-evaluation-<split> "
@@ -77,9 +78,6 @@ class EvaluationResult:
     rows: np.ndarray  # the rows of the data that were scored
 
 
-SPLITS = ("test", "val", "all")
-
-
 def evaluate(weights: str | Path | list, data_dir: str | list | None = None, split: str = "test",
              output_dir: str | Path | None = None, threshold: float | None = None, bootstrap: int = 1000,
              device: str = "auto") -> EvaluationResult:
@@ -92,8 +90,7 @@ def evaluate(weights: str | Path | list, data_dir: str | list | None = None, spl
         if data_dir is not None else None
     if split not in SPLITS:
         raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    BOOTSTRAP.check(bootstrap, "bootstrap")
-    PROBABILITY.check(threshold, "threshold")
+    BOOTSTRAP.check(bootstrap, "bootstrap")  # (a threshold is checked where it is used: decision_threshold)
     ensemble = Ensemble.load(weights, resolve_device(device))  # one run, or the mean of several
     output = Path(output_dir) if output_dir else evaluation_folder(split, weights)
     check_destination(output, data_dirs, weights)

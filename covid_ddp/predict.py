@@ -208,8 +208,7 @@ WEIGHTS_HELP = ("a COVID_binary_classifier.pth written by covid-ddp-train, or by
 def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]:
     """(threshold, where it came from): --threshold, else the sidecar beside the weights, else 0.5."""
     if chosen is not None:
-        if not 0 <= chosen <= 1:
-            raise UserError(f"--threshold must be in [0, 1], got {chosen}")
+        PROBABILITY.check(chosen, "--threshold")
         return chosen, "--threshold"
     stored = read_sidecar(weights)
     if stored is None:
