@@ -32,10 +32,10 @@ STOPPED_AT = "epoch_002_step_00005"
 PLACEMENTS = {"device": ("--data-on-device", "yes"), "DataLoader": ("--data-on-device", "no")}
 
 
-def _start_two_process_run(data, output_dir, *script, extra=(), launcher_flags=()) -> subprocess.Popen:
+def _start_two_process_run(data, output_dir, *script, extra=(), launcher_flags=(), processes=2) -> subprocess.Popen:
     """torchrun in a session of its own: killing its process group is what a closed terminal does."""
     rendezvous = launcher_flags or ("--master_addr", "127.0.0.1", "--master_port", str(free_port()))
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *rendezvous,
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), *rendezvous,
                *map(str, script or [TRAIN_SCRIPT]),
                *map(str, small_args(data, output_dir, *TRIAL_FLAGS, *extra))]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
@@ -213,16 +213,18 @@ def test_a_killed_launcher_takes_its_workers_with_it(small_data, tmp_path, unint
     _assert_same_run(run_dir, uninterrupted)
 
 
-@pytest.mark.parametrize("signalled", ["the launcher", "the main process alone"])
-def test_a_stop_during_start_up_ends_in_one_line_even_while_waiting_for_the_others(small_data, tmp_path, signalled):
-    """SIGTERM while rank 1 still reads its data (a minute's stall) and rank 0 waits for it inside
-    a collective, where no Python handler runs: the main process ends within seconds in one line,
-    no rank prints a traceback, and the run folder was never made (nothing is claimed before the
-    data is read)."""
+@pytest.mark.parametrize("signalled, processes", [("the launcher", 2), ("the main process alone", 3)])
+def test_a_stop_during_start_up_ends_in_one_line_even_while_waiting_for_the_others(small_data, tmp_path, signalled,
+                                                                                   processes):
+    """SIGTERM while the last rank still reads its data (a minute's stall) and rank 0 waits for it
+    inside a collective, where no Python handler runs: the main process ends within seconds in one
+    line, no rank prints a traceback, and the run folder was never made (nothing is claimed before
+    the data is read)."""
     run_dir, logs = tmp_path / "run", tmp_path / "logs"
-    launcher = _start_two_process_run(small_data, run_dir, HELPERS / "faulty_train.py", "stall:1", launcher_flags=(
+    launcher = _start_two_process_run(small_data, run_dir, HELPERS / "faulty_train.py", f"stall:{processes - 1}",
+                                      processes=processes, extra=("--batch-size", str(12 * processes)), launcher_flags=(
         "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "--tee", "3", "--log-dir", str(logs)))
-    pid_files = [Path(f"{run_dir}.rank{rank}.pid") for rank in (0, 1)]
+    pid_files = [Path(f"{run_dir}.rank{rank}.pid") for rank in range(processes)]
     for pid_file in pid_files:
         _wait_for(pid_file)
     time.sleep(1.0)  # rank 0 is inside the first collective by now, rank 1 asleep
@@ -236,7 +238,7 @@ def test_a_stop_during_start_up_ends_in_one_line_even_while_waiting_for_the_othe
     print(f"the main process ended {gone:.1f} s after SIGTERM")
     assert gone < 15, "a stop signal must not wait for the others"
     ranks = {int(path.parent.name): path.read_text() for path in logs.rglob("stderr.log")}
-    assert sorted(ranks) == [0, 1]
+    assert sorted(ranks) == list(range(processes))
     said = [line for line in ranks[0].splitlines() if "error:" in line]
     assert len(said) == 1 and said[0].startswith("covid-ddp-train: error: interrupted by SIGTERM"), ranks[0][-3000:]
     for rank, text in ranks.items():
