@@ -52,7 +52,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
 from check_runner import Report, StepRunner, last_result, log_tail
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +177,7 @@ class Check:
         """What --mixed-precision auto picks here: bf16 on Ampere or newer, fp16 on older GPUs; on the
         CPU bf16 where it computes it natively, else fp32 ('no')."""
         if self.dry:
-            from covid_ddp.hardware import cpu_has_native_bf16
+            from covid_ddp.training.hardware import cpu_has_native_bf16
 
             return "bf16" if cpu_has_native_bf16() else "no"
         gpus = self.report.header.get("machine", {}).get("gpus")

@@ -143,8 +143,8 @@ def tree_hash() -> str:
 def make_data(folder: Path, images: int, image_size: int) -> dict:
     """An MCFAM-format folder of synthetic images (seed 3): every step of the check reads this one set."""
     sys.path.insert(0, str(ROOT))
-    from covid_ddp.store import images_name
-    from covid_ddp.synthetic import make_synthetic
+    from covid_ddp.data.store import images_name
+    from covid_ddp.data.synthetic import make_synthetic
 
     folder.mkdir(parents=True, exist_ok=True)
     pixels, labels = make_synthetic(images, seed=3, image_size=image_size)
@@ -166,7 +166,7 @@ def scores(weights: Path, images: Path, predictions: Path, device: str) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from covid_ddp import load_model, predict
-    from covid_ddp.predict import inference_model
+    from covid_ddp.models.weights import inference_model
 
     with np.load(images, allow_pickle=False) as archive:
         pixels = archive["train_images"]

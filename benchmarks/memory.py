@@ -72,9 +72,9 @@ class RepeatedPool:
 
 def write_layouts(scratch: Path, images: int, size: int, pool: int) -> dict[str, Path]:
     """Two data folders of the same set: ``archive`` (``.npz``, read whole) and ``store`` (``.npy``, mapped)."""
-    from covid_ddp.data import LABELS_FILE, LABELS_KEY
-    from covid_ddp.store import IMAGES_KEY, images_name, write_store
-    from covid_ddp.synthetic import make_synthetic
+    from covid_ddp.data.format import LABELS_FILE, LABELS_KEY
+    from covid_ddp.data.store import IMAGES_KEY, images_name, write_store
+    from covid_ddp.data.synthetic import make_synthetic
 
     folders = {"archive": scratch / "archive", "store": scratch / "store"}
     store_file = folders["store"] / images_name(size, store=True)
@@ -194,12 +194,14 @@ def _meminfo_kib(field: str) -> int:
 
 
 def run_rank(arguments) -> None:
-    from covid_ddp.config import TrainConfig, settle_batches
-    from covid_ddp.data import to_binary
-    from covid_ddp.engine import train_one_epoch
-    from covid_ddp.interrupt import GracefulStop
-    from covid_ddp.splits import make_split
-    from covid_ddp.train import load_training_data, prepare_run, start_job
+    from covid_ddp.data.format import to_binary
+    from covid_ddp.data.splits import make_split
+    from covid_ddp.training.config import TrainConfig, settle_batches
+    from covid_ddp.training.engine import train_one_epoch
+    from covid_ddp.training.interrupt import GracefulStop
+    from covid_ddp.training.preparation import prepare_run
+    from covid_ddp.training.session import start_job
+    from covid_ddp.training.trainer import load_training_data
 
     config = TrainConfig(data_dir=[arguments.data_dir], image_size=arguments.image_size, model=arguments.model,
                          cpu=True, workers=arguments.rank_workers)

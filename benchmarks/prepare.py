@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from covid_ddp.duplicates import find_duplicates  # noqa: E402
-from covid_ddp.prepare import collect_items, parse_label_map, prepare  # noqa: E402
+from covid_ddp.data.duplicates import find_duplicates  # noqa: E402
+from covid_ddp.data.prepare import collect_items, parse_label_map, prepare  # noqa: E402
 
 KINDS = {"png 1024x1024 8-bit": (".png", 1024), "jpeg 2048x2048": (".jpg", 2048),
          "dicom 2048x2048 12-bit": (".dcm", 2048)}

@@ -75,7 +75,7 @@ class Variant:
 
 
 def model_spec(args):
-    from covid_ddp.model import ModelSpec
+    from covid_ddp.models.net import ModelSpec
 
     return ModelSpec(args.model, args.image_size)
 
@@ -102,7 +102,7 @@ class OriginalRecipe:
     """The original training loop and its test loop, timed."""
 
     def __init__(self, images, labels, args, device):
-        from covid_ddp.model import build_network
+        from covid_ddp.models.net import build_network
 
         self.images, self.labels, self.args, self.device = images, labels, args, device
         torch.manual_seed(1)
@@ -152,10 +152,12 @@ class CovidDdpTrainer:
     """covid_ddp's loaders, model, optimizer and loop, prepared by accelerate as ``launch/train.py`` does."""
 
     def __init__(self, images, labels, split, args):
-        from covid_ddp.config import TrainConfig, settle_batches
-        from covid_ddp.data import pixel_statistics, to_binary
-        from covid_ddp.hardware import make_optimizer, tune_backends
-        from covid_ddp.train import build_accelerator, build_model, make_loaders
+        from covid_ddp.data.format import to_binary
+        from covid_ddp.data.tensors import pixel_statistics
+        from covid_ddp.training.config import TrainConfig, settle_batches
+        from covid_ddp.training.hardware import make_optimizer, tune_backends
+        from covid_ddp.training.preparation import build_model, make_loaders
+        from covid_ddp.training.session import build_accelerator
 
         config = TrainConfig(cpu=args.device == "cpu", batch_size=args.batch_size, model=args.model,
                              mixed_precision="bf16" if args.precision == "bf16" else "no", compile=args.compile)
@@ -176,8 +178,8 @@ class CovidDdpTrainer:
 
     def train(self, max_steps: int | None = None) -> tuple[int, float]:
         """(images trained on by all processes, seconds) for one epoch (or its first ``max_steps`` batches)."""
-        from covid_ddp.engine import train_one_epoch
-        from covid_ddp.interrupt import GracefulStop
+        from covid_ddp.training.engine import train_one_epoch
+        from covid_ddp.training.interrupt import GracefulStop
 
         self.epoch += 1
         loader = self.train_loader
@@ -192,7 +194,7 @@ class CovidDdpTrainer:
 
     def evaluate(self) -> tuple[float, float]:
         """(accuracy, images/s) of ``covid_ddp.engine.evaluate`` over the evaluation rows."""
-        from covid_ddp.engine import evaluate
+        from covid_ddp.training.engine import evaluate
 
         started = time.perf_counter()
         result = evaluate(self.model, self.eval_loader, self.accelerator)
@@ -200,10 +202,9 @@ class CovidDdpTrainer:
 
     def inference(self, rows: np.ndarray) -> float:
         """Images/s of the shipped inference path: the consolidated weights, BatchNorm folded, channels_last."""
-        from covid_ddp.checkpoint import consolidated_state_dict
-        from covid_ddp.model import build_network, for_inference, weights_state_dict
-
-        from covid_ddp.predict import predict
+        from covid_ddp.models.inference import predict
+        from covid_ddp.models.net import build_network, for_inference, weights_state_dict
+        from covid_ddp.models.weights import consolidated_state_dict
 
         net = build_network(self.spec)
         # keep_torch_compile=False: a compiled model unwraps to its Net, so the normalisation is folded
@@ -224,7 +225,7 @@ class CovidDdpTrainer:
 
     def close(self) -> None:
         """Drop the DDP wrapper and end the process group while Python is alive (see train.shut_down)."""
-        from covid_ddp.train import shut_down
+        from covid_ddp.training.session import shut_down
 
         accelerator = self.accelerator
         del self.model, self.optimizer, self.eval_loader, self.train_loader
@@ -238,7 +239,7 @@ def _sync(device: torch.device) -> None:
 
 def speed_worker(args) -> dict:
     """Train ``--steps`` timed steps after warm-up, then time evaluation and inference."""
-    from covid_ddp.splits import Split
+    from covid_ddp.data.splits import Split
 
     images, labels = image_pool(args)
     train_rows = np.arange(args.batch_size * (args.steps + args.warmup_steps)) % len(images)
@@ -265,8 +266,8 @@ def speed_worker(args) -> dict:
 def time_to_accuracy_worker(args) -> dict:
     """Epochs on the default synthetic set (10,000 images, split as launch/train.py does) until the
     validation accuracy first reaches TARGET_ACCURACY; training seconds only."""
-    from covid_ddp.data import to_binary
-    from covid_ddp.splits import split_indices
+    from covid_ddp.data.format import to_binary
+    from covid_ddp.data.splits import split_indices
 
     images, labels = synthetic(10000, seed=1)
     split = split_indices(to_binary(labels), 0.3, 0.1)
@@ -274,7 +275,7 @@ def time_to_accuracy_worker(args) -> dict:
         trainer = OriginalRecipe(images, labels, args, torch.device(args.device))
         train, accuracy = (lambda: trainer.train(split.train)), (lambda: trainer.accuracy(split.val)[0])
     else:
-        from covid_ddp.splits import Split
+        from covid_ddp.data.splits import Split
 
         trainer = CovidDdpTrainer(images, labels, Split(split.train, np.empty(0, dtype=np.int64), split.val), args)
         train, accuracy = trainer.train, (lambda: trainer.evaluate()[0])
@@ -292,9 +293,9 @@ def sync_cost_worker(args) -> dict:
     """Microseconds a training step spends agreeing with the other ranks, without the model:
     (old) an all-gather of a stop flag and a host sync every step, as covid_ddp did before;
     (now) engine.StepTally's device-side tally every step and one all-gather every 20 steps."""
-    from covid_ddp.config import TrainConfig
-    from covid_ddp.engine import StepTally
-    from covid_ddp.train import build_accelerator, shut_down
+    from covid_ddp.training.config import TrainConfig
+    from covid_ddp.training.engine import StepTally
+    from covid_ddp.training.session import build_accelerator, shut_down
 
     accelerator = build_accelerator(TrainConfig(cpu=args.device == "cpu", mixed_precision="no"))
     device, steps, log_every = accelerator.device, 2000, TrainConfig().log_every
@@ -325,7 +326,7 @@ def sync_cost_worker(args) -> dict:
 
 def measure_sync_cost(args) -> None:
     """Two processes (two GPUs with --device cuda: one process per GPU, as training runs)."""
-    from covid_ddp.config import TrainConfig
+    from covid_ddp.training.config import TrainConfig
 
     if args.device == "cuda" and torch.cuda.device_count() < 2:
         raise SystemExit("--sync-cost on GPUs needs 2 of them (one process alone agrees with nobody)")
@@ -339,7 +340,7 @@ def measure_sync_cost(args) -> None:
 
 
 def synthetic(count: int, seed: int = 0, image_size: int = 64):
-    from covid_ddp.synthetic import make_synthetic
+    from covid_ddp.data.synthetic import make_synthetic
 
     return make_synthetic(count, seed=seed, image_size=image_size)
 
@@ -350,7 +351,7 @@ def image_pool(args) -> tuple[np.ndarray, np.ndarray]:
     distinct synthetic images at 64 px, fewer at larger sizes (20,000 take about 10 s to make on
     one core); longer runs cycle through them, which costs a timing nothing."""
     if args.data_dir:
-        from covid_ddp.data import load_data_dir
+        from covid_ddp.data.folders import load_data_dir
 
         data = load_data_dir(Path(args.data_dir), args.image_size)
         return np.asarray(data.images), data.labels
@@ -399,7 +400,7 @@ def forward_flops_per_image(args) -> float:
     """Convolution and matmul FLOPs of one forward pass (what MFU conventionally counts)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from covid_ddp.model import build_network
+    from covid_ddp.models.net import build_network
 
     model = build_network(model_spec(args)).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():

@@ -28,7 +28,7 @@ def make_data(folder: Path, size: int) -> Path:
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from covid_ddp.synthetic import make_synthetic
+    from covid_ddp.data.synthetic import make_synthetic
 
     images, labels = make_synthetic(size, seed=1)
     np.savez(folder / "train_images64.npz", train_images=images)

@@ -7,12 +7,12 @@ The names below are imported on first use, so that importing a light module of t
 """
 
 import importlib
-import sys
-import types
 
-_EXPORTS = {"Net": ".model", "gradcam": ".gradcam", "load_model": ".predict", "predict": ".predict",
-            "Ensemble": ".ensemble", "update_model_card": ".model_card", "TrainConfig": ".config",
-            "TrainedRun": ".train", "evaluate": ".evaluation", "EvaluationResult": ".evaluation"}
+_EXPORTS = {"Net": ".models.net", "gradcam": ".models.gradcam", "load_model": ".models.weights",
+            "predict": ".models.inference", "Ensemble": ".evaluation.ensemble",
+            "update_model_card": ".evaluation.model_card", "TrainConfig": ".training.config",
+            "train": ".training.trainer", "TrainedRun": ".training.trainer", "evaluate": ".evaluation.evaluate",
+            "EvaluationResult": ".evaluation.evaluate"}
 
 __all__ = sorted(_EXPORTS)
 __version__ = "0.2.0"
@@ -22,16 +22,3 @@ def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """Importing the submodule ``covid_ddp.predict`` (or ``.gradcam``) would bind the package's
-    ``predict`` to that module; the package exports the function of that name instead."""
-
-    def __setattr__(self, name, value):
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

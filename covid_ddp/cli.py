@@ -154,3 +154,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+
+WEIGHTS_HELP = ("a COVID_binary_classifier.pth written by covid-ddp-train, or by the original script (the same "
+                "format)")

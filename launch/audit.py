@@ -7,7 +7,7 @@ from covid_ddp import launcher_watch
 
 launcher_watch.arm("covid-ddp-audit")  # first, before torch: see launch/train.py
 
-from covid_ddp.audit import main  # noqa: E402
+from covid_ddp.commands.audit import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

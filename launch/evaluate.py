@@ -7,7 +7,7 @@ from covid_ddp import launcher_watch
 
 launcher_watch.arm("covid-ddp-evaluate")  # first, before torch: see launch/train.py
 
-from covid_ddp.evaluation import main  # noqa: E402
+from covid_ddp.commands.evaluate import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

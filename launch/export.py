@@ -2,7 +2,7 @@
 
 import sys
 
-from covid_ddp.export import main
+from covid_ddp.commands.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from covid_ddp.predict import main
+from covid_ddp.commands.predict import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from covid_ddp.prepare import main
+from covid_ddp.commands.prepare import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,7 +2,7 @@
 
 import sys
 
-from covid_ddp.report import main
+from covid_ddp.commands.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,7 +6,7 @@ from covid_ddp import launcher_watch
 
 launcher_watch.arm("covid-ddp-train")  # first, before torch: a launcher killed now takes this process with it
 
-from covid_ddp.train import main  # noqa: E402
+from covid_ddp.commands.train import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,8 +23,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from covid_ddp import gradcam, load_model, predict  # noqa: E402
-from covid_ddp.board import tile_grid  # noqa: E402
-from covid_ddp.data import as_folders, load_data_dirs, to_binary  # noqa: E402
+from covid_ddp.data.folders import as_folders, load_data_dirs  # noqa: E402
+from covid_ddp.data.format import to_binary
+from covid_ddp.training.board import tile_grid  # noqa: E402
 
 
 def chosen_rows(data, source: str, label: str, count: int) -> np.ndarray:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from covid_ddp.checkpoint import WEIGHTS_FILE, read_decision
-from covid_ddp.data import as_folders, load_data_dirs, patient_ids, to_binary
-from covid_ddp.metrics import binary_metrics
-from covid_ddp.predict import inference_model, load_model, predict
+from covid_ddp.data.folders import as_folders, load_data_dirs, patient_ids
+from covid_ddp.data.format import to_binary
+from covid_ddp.evaluation.metrics import binary_metrics
+from covid_ddp.models.inference import predict
+from covid_ddp.models.weights import WEIGHTS_FILE, inference_model, load_model, read_sidecar
 
 SHOWN = ("roc_auc", "sensitivity", "specificity")
 
@@ -40,7 +41,7 @@ def main() -> None:
     for setting in arguments.settings.split(","):
         for run_dir in sorted(p for p in (report / setting / arguments.recipe).glob("seed_*") if p.is_dir()):
             rows = np.load(run_dir / "splits.npz")["test"]
-            threshold = read_decision(run_dir / WEIGHTS_FILE)["threshold"]
+            threshold = read_sidecar(run_dir / WEIGHTS_FILE)["threshold"]
             seed = json.loads((run_dir / "config.json").read_text())["config"]["seed"]
             p_covid = predict(inference_model(load_model(run_dir / WEIGHTS_FILE)), data.images[rows])
             drawn = {unit: binary_metrics(p_covid, targets[rows], threshold=threshold, bootstrap=1000, seed=seed,

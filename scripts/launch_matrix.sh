@@ -16,7 +16,7 @@ export OMP_NUM_THREADS=1 XDG_CACHE_HOME="$work/cache" PYTHONPATH="$PWD"
 
 python - "$work" <<'PY'
 import sys, pathlib, numpy as np
-from covid_ddp.synthetic import make_synthetic
+from covid_ddp.data.synthetic import make_synthetic
 for name, bad in (("small", False), ("bad", True)):
     folder = pathlib.Path(sys.argv[1]) / name
     folder.mkdir()

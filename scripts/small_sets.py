@@ -9,7 +9,7 @@ written as PNGs plus a CSV (path,label,patient_id,view,source) and prepared into
 --group-split --seed S --output-dir <work>/runs/N/seed_S --log-images-every 0 --bootstrap 0`` and no
 other flag. Figures come from the run folder (config.json) and evaluate's evaluation.json, never from
 the training output, so later versions that print other lines still work; the wall time is measured
-here. The commands run as ``sys.executable -c "from covid_ddp.<module> import main ..."``, which is
+here. The commands run as ``sys.executable -c "from covid_ddp.commands.<module> import main ..."``, which is
 what the console scripts do, with whichever covid_ddp is importable (PYTHONPATH). std is over seeds (n - 1).
 """
 
@@ -33,12 +33,12 @@ ROOT = Path(__file__).resolve().parents[1]
 REAL_CXR = next((p for p in (ROOT.parent / "shared/data/real-cxr", Path("/work/shared/data/real-cxr")) if p.is_dir()),
                 ROOT.parent / "shared/data/real-cxr")
 LABEL_NAMES = {0: ("normal", ""), 1: ("other", ""), 2: ("covid", ""), 3: ("covid", "AP")}  # prepare.py's names
-COMMANDS = {"prepare": "covid-ddp-prepare", "train": "covid-ddp-train", "evaluation": "covid-ddp-evaluate"}
+COMMANDS = {"prepare": "covid-ddp-prepare", "train": "covid-ddp-train", "evaluate": "covid-ddp-evaluate"}
 
 
 def run(module: str, *args, log: Path | None = None) -> float:
     """Run a covid_ddp command as its console script does; returns its wall time in seconds."""
-    code = f"import sys; sys.argv[0] = {COMMANDS[module]!r}; from covid_ddp.{module} import main; sys.exit(main())"
+    code = f"import sys; sys.argv[0] = {COMMANDS[module]!r}; from covid_ddp.commands.{module} import main; sys.exit(main())"
     command = [sys.executable, "-c", code, *map(str, args)]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -89,7 +89,7 @@ def one_run(folder: Path, seed: int, out: Path) -> dict:
               **{key: config.get(key) for key in ("grad_accum_steps", "epochs", "mixed_precision", "select_by")},
               "shipped_epoch": shipped.get("epoch")}
     for split in ("val", "test"):
-        run("evaluation", "--weights", out / "COVID_binary_classifier.pth", "--split", split,
+        run("evaluate", "--weights", out / "COVID_binary_classifier.pth", "--split", split,
             log=out.parent / f"seed_{seed}.eval-{split}.log")
         metrics = json.loads((out / f"evaluation-{split}" / "evaluation.json").read_text())["metrics"]
         result[split] = {name: metrics.get(name) for name in ("roc_auc", "accuracy", "sensitivity", "specificity", "n",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from covid_ddp.augment import augment_batch
-from covid_ddp.config import TrainConfig
+from covid_ddp.training.augment import augment_batch
+from covid_ddp.training.config import TrainConfig
 
 
 def left_bright_images(count: int = 64) -> torch.Tensor:
@@ -48,7 +48,7 @@ def test_zero_strength_is_the_identity_and_the_seed_reproduces_a_batch():
 
 
 def test_marks_are_stamped_on_about_half_the_images_reproducibly_and_nowhere_else():
-    from covid_ddp.marks import add_marks
+    from covid_ddp.data.marks import add_marks
 
     assert TrainConfig().augment_marks is False
     images = torch.full((400, 1, 64, 64), 120.0)
@@ -65,7 +65,7 @@ def test_marks_are_stamped_on_about_half_the_images_reproducibly_and_nowhere_els
 
 
 def test_augment_applies_marks_after_the_geometric_changes():
-    from covid_ddp.augment import augment
+    from covid_ddp.training.augment import augment
 
     config = TrainConfig(augment=False, augment_marks=True)
     images = left_bright_images(200)
@@ -74,7 +74,7 @@ def test_augment_applies_marks_after_the_geometric_changes():
 
 
 def test_acquisition_changes_tones_and_sharpness_but_never_geometry():
-    from covid_ddp.augment import acquisition_batch
+    from covid_ddp.training.augment import acquisition_batch
 
     assert TrainConfig().augment_acquisition is False
     images = left_bright_images(200)
@@ -92,7 +92,7 @@ def test_acquisition_changes_tones_and_sharpness_but_never_geometry():
 
 
 def test_acquisition_at_zero_strength_is_the_identity():
-    from covid_ddp.augment import acquisition_batch
+    from covid_ddp.training.augment import acquisition_batch
 
     images = torch.randint(0, 256, (4, 1, 64, 64), dtype=torch.uint8)
     same = acquisition_batch(images, max_gamma=1.0, max_window=0.0, max_sharpness=0.0, max_noise=0.0)

@@ -21,14 +21,15 @@ except (ImportError, RuntimeError) as error:  # RuntimeError: beside a torch it 
     pytest.skip(f"torchvision does not import here ({str(error).splitlines()[0]}); pip install the pair: torch==2.14.1 torchvision==0.29.1",
                 allow_module_level=True)
 
-from covid_ddp.audit import predict_with_features
-from covid_ddp.backbones import TORCHVISION, load_initial_weights
-from covid_ddp.errors import UserError
-from covid_ddp.gradcam import gradcam
-from covid_ddp.model import ModelSpec, build_network
-from covid_ddp.predict import load_model, predict
-
 from conftest import PREDICT_SCRIPT, ROOT, run, torchrun
+
+from covid_ddp.errors import UserError
+from covid_ddp.evaluation.audit import predict_with_features
+from covid_ddp.models.backbones import TORCHVISION, load_initial_weights
+from covid_ddp.models.gradcam import gradcam
+from covid_ddp.models.inference import predict
+from covid_ddp.models.net import ModelSpec, build_network
+from covid_ddp.models.weights import load_model
 
 SIZE = 40
 
@@ -138,7 +139,7 @@ def test_predict_resizes_to_the_weights_size_and_draws_gradcam(backbone_run, tmp
     assert f"resized to {SIZE}x{SIZE}, the weights' size (from 90x120" in result.stderr
     assert (tmp_path / "cams" / "film_0.png").is_file()
     p_csv = float(result.stdout.splitlines()[1].split(",")[2])
-    from covid_ddp.radiographs import read_radiograph
+    from covid_ddp.data.radiographs import read_radiograph
 
     expected = predict(load_model(weights), read_radiograph(tmp_path / "film.png", SIZE)[None])[0]
     assert p_csv == pytest.approx(float(expected), abs=1e-5)

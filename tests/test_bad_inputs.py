@@ -25,19 +25,19 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import write_mcfam
-from covid_ddp.audit import main as audit_main
-from covid_ddp.evaluation import main as evaluate_main
-from covid_ddp.export import main as export_main
-from covid_ddp.predict import main as predict_main
-from covid_ddp.prepare import main as prepare_main
-from covid_ddp.report import main as report_main
-from covid_ddp.synthetic import make_synthetic
-from covid_ddp.train import main as train_main
 from original_net import Net as OriginalNet
 from original_net import trained_like
+from PIL import Image
+
+from covid_ddp.commands.audit import main as audit_main
+from covid_ddp.commands.evaluate import main as evaluate_main
+from covid_ddp.commands.export import main as export_main
+from covid_ddp.commands.predict import main as predict_main
+from covid_ddp.commands.prepare import main as prepare_main
+from covid_ddp.commands.report import main as report_main
+from covid_ddp.commands.train import main as train_main
+from covid_ddp.data.synthetic import make_synthetic
 
 COMMANDS = {"train": train_main, "predict": predict_main, "evaluate": evaluate_main, "audit": audit_main,
             "export": export_main, "prepare": prepare_main, "report": report_main}

@@ -8,15 +8,15 @@ import math
 
 import pytest
 import torch
-
-from covid_ddp.audit import main as audit_main
-from covid_ddp.bounds import BOOTSTRAP, COUNT, FRACTION, IMAGE_SIZES, POSITIVE, POSITIVE_INT, PROBABILITY
-from covid_ddp.config import build_parser, parse_config
-from covid_ddp.evaluation import main as evaluate_main
-from covid_ddp.predict import main as predict_main
-from covid_ddp.prepare import main as prepare_main
 from original_net import Net as OriginalNet
 from original_net import trained_like
+
+from covid_ddp.bounds import BOOTSTRAP, COUNT, FRACTION, IMAGE_SIZES, POSITIVE, POSITIVE_INT, PROBABILITY
+from covid_ddp.commands.audit import main as audit_main
+from covid_ddp.commands.evaluate import main as evaluate_main
+from covid_ddp.commands.predict import main as predict_main
+from covid_ddp.commands.prepare import main as prepare_main
+from covid_ddp.training.config import build_parser, parse_config
 
 
 def test_every_bound_refuses_nan_infinities_and_booleans():

@@ -12,17 +12,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, run, small_args, torchrun
+from original_net import Net as OriginalNet
+from original_net import trained_like
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, run, small_args, torchrun
 from covid_ddp import load_model, predict
-from covid_ddp.config import build_parser
-from covid_ddp.data import load_data_dir, to_binary
-from covid_ddp.metrics import choose_threshold
-from covid_ddp.splits import split_indices
-from original_net import Net as OriginalNet
-from original_net import trained_like
+from covid_ddp.data.folders import load_data_dir
+from covid_ddp.data.format import to_binary
+from covid_ddp.data.splits import split_indices
+from covid_ddp.evaluation.metrics import choose_threshold
+from covid_ddp.training.config import build_parser
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +184,7 @@ def test_bf16_mixed_precision_trains_and_saves_fp32_weights(small_data, tmp_path
     (["--val-size", "1.2"], "--val-size must be in [0, 1)"),
 ])
 def test_bad_flags_get_one_line_and_exit_2(small_data, tmp_path, capsys, flags, message):
-    from covid_ddp.train import main as train_main
+    from covid_ddp.commands.train import main as train_main
 
     code = train_main([str(a) for a in small_args(small_data, tmp_path / "run", *flags)])
     stderr = capsys.readouterr().err
@@ -193,10 +194,10 @@ def test_bad_flags_get_one_line_and_exit_2(small_data, tmp_path, capsys, flags, 
     assert not (tmp_path / "run").exists()
 
 
-COMMANDS = {"covid-ddp-train": "covid_ddp.train", "covid-ddp-predict": "covid_ddp.predict",
-            "covid-ddp-evaluate": "covid_ddp.evaluation", "covid-ddp-export": "covid_ddp.export",
-            "covid-ddp-prepare": "covid_ddp.prepare", "covid-ddp-report": "covid_ddp.report",
-            "covid-ddp-audit": "covid_ddp.audit"}
+COMMANDS = {"covid-ddp-train": "covid_ddp.commands.train", "covid-ddp-predict": "covid_ddp.commands.predict",
+            "covid-ddp-evaluate": "covid_ddp.commands.evaluate", "covid-ddp-export": "covid_ddp.commands.export",
+            "covid-ddp-prepare": "covid_ddp.commands.prepare", "covid-ddp-report": "covid_ddp.commands.report",
+            "covid-ddp-audit": "covid_ddp.commands.audit"}
 
 
 def run_main(prog: str, argv: list, capsys) -> tuple[int, str]:
@@ -298,11 +299,11 @@ def test_every_flag_has_help_text():
 
 
 def test_help_says_each_default_once_and_keeps_urls_and_flags_whole(monkeypatch):
-    from covid_ddp.evaluation import build_parser as evaluate_parser
-    from covid_ddp.export import build_parser as export_parser
-    from covid_ddp.predict import build_parser as predict_parser
-    from covid_ddp.prepare import build_parser as prepare_parser
-    from covid_ddp.report import build_parser as report_parser
+    from covid_ddp.commands.evaluate import build_parser as evaluate_parser
+    from covid_ddp.commands.export import build_parser as export_parser
+    from covid_ddp.commands.predict import build_parser as predict_parser
+    from covid_ddp.commands.prepare import build_parser as prepare_parser
+    from covid_ddp.commands.report import build_parser as report_parser
 
     monkeypatch.setenv("COLUMNS", "80")
     for parser in (build_parser(), predict_parser(), evaluate_parser(), export_parser(), prepare_parser(),
@@ -320,7 +321,6 @@ def test_help_says_each_default_once_and_keeps_urls_and_flags_whole(monkeypatch)
 
 def test_accelerate_config_is_a_valid_multi_gpu_config_that_leaves_the_precision_to_covid_ddp():
     from accelerate.commands.config.config_args import load_config_from_file
-
     from conftest import ROOT
 
     config = load_config_from_file(str(ROOT / "accelerate_config.yaml"))

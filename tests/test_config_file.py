@@ -8,11 +8,11 @@ import sys
 
 import pytest
 import torch
-
 from conftest import TRAIN_SCRIPT, refused, run
-from covid_ddp.config import parse_config
+
+from covid_ddp.commands.train import main as train_main
 from covid_ddp.errors import UserError
-from covid_ddp.train import main as train_main
+from covid_ddp.training.config import parse_config
 
 
 def write(path, text: str):

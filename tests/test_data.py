@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_mcfam
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
-from conftest import write_mcfam
-from covid_ddp.data import load_data_dir, pixel_statistics, to_binary
-from covid_ddp.splits import split_indices
+from covid_ddp.data.folders import load_data_dir
+from covid_ddp.data.format import to_binary
+from covid_ddp.data.splits import split_indices
+from covid_ddp.data.synthetic import make_synthetic
+from covid_ddp.data.tensors import pixel_statistics
 from covid_ddp.errors import UserError
-from covid_ddp.synthetic import make_synthetic
 
 
 def test_one_hot_classes_map_to_covid_binary():
@@ -138,7 +140,7 @@ def test_an_empty_or_misnamed_store_is_one_line_naming_it(tmp_path):
 
 
 def test_the_same_folder_twice_is_named_as_such(tmp_path):
-    from covid_ddp.data import load_data_dirs
+    from covid_ddp.data.folders import load_data_dirs
 
     images, labels = make_synthetic(20, seed=1)
     folder = write_mcfam(tmp_path / "a", images, labels)

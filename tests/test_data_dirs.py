@@ -7,12 +7,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, run, small_args, torchrun, write_mcfam
-from covid_ddp.data import load_data_dirs, to_binary
+
+from covid_ddp.data.folders import load_data_dirs
+from covid_ddp.data.format import to_binary
+from covid_ddp.data.splits import SplitPlan, make_split
+from covid_ddp.data.synthetic import make_synthetic
 from covid_ddp.errors import UserError
-from covid_ddp.splits import SplitPlan, make_split
-from covid_ddp.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import TRAIN_SCRIPT, refused, write_mcfam
-from covid_ddp.audit import main as audit_main
-from covid_ddp.evaluation import main as evaluate_main
-from covid_ddp.export import main as export_main
-from covid_ddp.predict import main as predict_main
-from covid_ddp.synthetic import make_synthetic
 from original_net import Net as OriginalNet
 from original_net import trained_like
+from PIL import Image
+
+from covid_ddp.commands.audit import main as audit_main
+from covid_ddp.commands.evaluate import main as evaluate_main
+from covid_ddp.commands.export import main as export_main
+from covid_ddp.commands.predict import main as predict_main
+from covid_ddp.data.synthetic import make_synthetic
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_a_path_under_a_file_is_refused_before_any_work(weights, images, tmp_pat
     afile.write_text("the user's")
     refused(capsys, predict_main(["--weights", str(weights), "--output", str(afile / "x.csv"), str(images)]),
             "--output", "is a file, not a folder")
-    from covid_ddp.prepare import main as prepare_main
+    from covid_ddp.commands.prepare import main as prepare_main
 
     sources = tmp_path / "clinic" / "covid"
     sources.mkdir(parents=True)
@@ -169,7 +169,7 @@ def test_a_path_under_a_file_is_refused_before_any_work(weights, images, tmp_pat
 
 
 def test_report_checks_its_launcher_and_folder_before_reading_or_training(images, tmp_path, capsys):
-    from covid_ddp.report import main as report_main
+    from covid_ddp.commands.report import main as report_main
 
     data = str(images.parent)  # (without sources: read later, so these come first)
     refused(capsys, report_main(["--data-dir", data, "--output-dir", str(tmp_path / "r"), "--launcher", "nosuch"]),

@@ -15,12 +15,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import HELPERS, SMALL_RUN, FakeMirror, clean_env, free_port, run, small_args, torchrun
 
-from conftest import SMALL_RUN, HELPERS, FakeMirror, clean_env, free_port, run, small_args, torchrun
 from covid_ddp import Net, load_model, predict
-from covid_ddp.data import load_data_dir, to_binary
-from covid_ddp.splits import split_indices
-from covid_ddp.store import write_store
+from covid_ddp.data.folders import load_data_dir
+from covid_ddp.data.format import to_binary
+from covid_ddp.data.splits import split_indices
+from covid_ddp.data.store import write_store
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +76,7 @@ def test_workers_reading_a_mapped_store_draw_the_same_batches(shard_probe):
 
 def test_balanced_draws_are_one_draw_sharded_over_ranks_on_both_paths(shard_probe):
     """--balance-sources: rank r takes the r-th half of every global batch of the one weighted draw."""
-    from covid_ddp.loader import epoch_permutation
+    from covid_ddp.training.loader import epoch_permutation
 
     rank0, rank1 = shard_probe
     train = np.array(rank0["split_train"])

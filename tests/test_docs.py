@@ -39,12 +39,12 @@ NEGATIVE_NUMBER = re.compile(r"^-\d")
 INLINE_COMMAND = re.compile(r"^(\$ )?([A-Z_]+=\S+ )*(covid-ddp-|python |accelerate launch |torchrun |sbatch )")
 
 # The module whose build_parser() a console script's main() parses with, where it is not its own.
-PARSER_MODULE = {"covid_ddp.train": "covid_ddp.config"}
+PARSER_MODULE = {"covid_ddp.commands.train": "covid_ddp.training.config"}
 # Scripts that hand their arguments to covid-ddp-train (launch/slurm.sbatch: "flags after the script").
 TRAIN_FLAGS_SCRIPTS = {"launch/slurm.sbatch"}
 # Commands that pass flags on to covid-ddp-train: everything after `--`, and NAME=FLAGS values.
-TRAIN_FLAGS_AFTER_DASHES = {"covid_ddp.report", "scripts/seeds.py"}
-TRAIN_FLAGS_IN_VALUE = {("covid_ddp.report", "--variant"), ("benchmarks/whole_run.py", "--variant")}
+TRAIN_FLAGS_AFTER_DASHES = {"covid_ddp.commands.report", "scripts/seeds.py"}
+TRAIN_FLAGS_IN_VALUE = {("covid_ddp.commands.report", "--variant"), ("benchmarks/whole_run.py", "--variant")}
 
 
 # --- which parser a command line uses ---------------------------------------------------------
@@ -68,7 +68,7 @@ def module_parser(module: str) -> argparse.ArgumentParser:
 
 
 def train_parser() -> argparse.ArgumentParser:
-    return module_parser("covid_ddp.train")
+    return module_parser("covid_ddp.commands.train")
 
 
 @functools.cache
@@ -120,7 +120,7 @@ def resolve(program: str) -> tuple[str, argparse.ArgumentParser | None, str | No
     if not (ROOT / program).is_file():
         return program, None, f"{program}: no such file"
     if program in TRAIN_FLAGS_SCRIPTS:
-        return "covid_ddp.train", train_parser(), None
+        return "covid_ddp.commands.train", train_parser(), None
     if program.startswith("launch/") and program.endswith(".py"):
         module = launch_module(program)
         if module is None:
@@ -237,7 +237,7 @@ def check_arguments(key: str, parser: argparse.ArgumentParser, arguments: list[s
         index += 1
         if token == "--":
             if key in TRAIN_FLAGS_AFTER_DASHES:
-                problems += check_arguments("covid_ddp.train", train_parser(), tokens[index:], where)
+                problems += check_arguments("covid_ddp.commands.train", train_parser(), tokens[index:], where)
             break
         if not option_like(token):
             continue  # a positional argument
@@ -267,7 +267,7 @@ def check_arguments(key: str, parser: argparse.ArgumentParser, arguments: list[s
             problems += check_value(parser.prog, flag, action, value, where)
             if (key, flag) in TRAIN_FLAGS_IN_VALUE and "=" in value:
                 flags = shlex.split(value.partition("=")[2])
-                problems += check_arguments("covid_ddp.train", train_parser(), flags, f"{where} ({flag} {value})")
+                problems += check_arguments("covid_ddp.commands.train", train_parser(), flags, f"{where} ({flag} {value})")
     return problems
 
 
@@ -383,7 +383,7 @@ def test_the_checker_catches_a_misspelt_flag():
         "covid-ddp-train --data-dir DIR --epoch 3          # --epochs, abbreviated: refused",
         "python launch/train.py --epochs 3 --mixed-precision fp8",
         "covid-ddp-predict --weights W.pth --gradcams out/ scans/",
-        "python -m covid_ddp.evaluation --weights W.pth --split every",
+        "python -m covid_ddp.commands.evaluate --weights W.pth --split every",
         "python scripts/seeds.py --seeds 1,2 --output-dir runs/s -- --dataset synthetic --epoch 2",
         "covid-ddp-report --data-dir A B --output-dir R --variant 'x=--augment-mark'",
         "covid-ddp-trian --epochs 3",

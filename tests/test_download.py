@@ -9,10 +9,11 @@ import time
 
 import numpy as np
 import pytest
+from conftest import IMAGES, LABELS, SMALL_RUN, TRAIN_SCRIPT, FakeMirror, clean_env, npz_bytes, run, torchrun
 
-from conftest import IMAGES, LABELS, TRAIN_SCRIPT, FakeMirror, SMALL_RUN, clean_env, npz_bytes, run, torchrun
-from covid_ddp.data import fetch_dataset, fetch_mcfam, load_data_dir, sha256_of
-from covid_ddp.download import DownloadError, download
+from covid_ddp.data.download import DownloadError, download
+from covid_ddp.data.folders import fetch_dataset, load_data_dir
+from covid_ddp.data.mcfam import fetch_mcfam, sha256_of
 from covid_ddp.errors import UserError
 
 
@@ -121,7 +122,7 @@ def sha256_of_bytes(data: bytes) -> str:
 
 
 def test_a_data_dir_that_does_not_exist_is_refused_and_not_created(mirror, capsys, tmp_path):
-    from covid_ddp.train import main as train_main
+    from covid_ddp.commands.train import main as train_main
 
     typo = tmp_path / "data" / "mnie"  # for data/mine
     code = train_main(["--data-dir", str(typo), "--mcfam-url", mirror.url, "--output-dir", str(tmp_path / "run")])

@@ -15,16 +15,18 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
-
 from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, free_port, run, small_args, write_mcfam
-from covid_ddp.data import load_data_dir, to_binary
-from covid_ddp.evaluation import main as evaluate_main
-from covid_ddp.predict import inference_model, load_model, predict
-from covid_ddp.splits import SplitPlan, make_split
-from covid_ddp.synthetic import make_synthetic
 from original_net import Net as OriginalNet
 from original_net import trained_like
+from sklearn.metrics import roc_auc_score
+
+from covid_ddp.commands.evaluate import main as evaluate_main
+from covid_ddp.data.folders import load_data_dir
+from covid_ddp.data.format import to_binary
+from covid_ddp.data.splits import SplitPlan, make_split
+from covid_ddp.data.synthetic import make_synthetic
+from covid_ddp.models.inference import predict
+from covid_ddp.models.weights import inference_model, load_model
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +107,9 @@ def test_tensorboard_grid_gradcam_title_and_predict_call_an_image_alike(patient_
                                                                        monkeypatch):
     """One threshold everywhere: the grid TensorBoard draws at the end (the shipped weights, the
     run's threshold), a Grad-CAM overlay's title and covid-ddp-predict's CSV call each image the same."""
-    from covid_ddp import board
-    from covid_ddp.predict import load_model, main as predict_main
+    from covid_ddp.commands.predict import main as predict_main
+    from covid_ddp.models.weights import load_model
+    from covid_ddp.training import board
 
     decision = json.loads((patient_run / "COVID_binary_classifier.json").read_text())
     weights = patient_run / "COVID_binary_classifier.pth"
@@ -132,8 +135,8 @@ def test_tensorboard_grid_gradcam_title_and_predict_call_an_image_alike(patient_
     grid_calls = [caption.split("\n")[1].split(":")[0] for caption in captions[: len(logger.watched_images)]]
     assert all(f"{decision['threshold']:.2f}" in caption for caption in captions)
 
-    monkeypatch.setattr("covid_ddp.figures.overlay_figure", lambda image, heatmap, title: titles.append(title))
-    monkeypatch.setattr("covid_ddp.figures.save_figure", lambda figure, path: None)
+    monkeypatch.setattr("covid_ddp.evaluation.figures.overlay_figure", lambda image, heatmap, title: titles.append(title))
+    monkeypatch.setattr("covid_ddp.evaluation.figures.save_figure", lambda figure, path: None)
     np.savez(tmp_path / "watched.npz", train_images=logger.watched_images)
     output = tmp_path / "calls.csv"
     assert predict_main(["--weights", str(weights), "--gradcam", str(tmp_path / "cam"), "--output",
@@ -201,7 +204,7 @@ def test_resuming_with_other_split_flags_is_refused(patient_run, cohort_data, tm
     """Else the new test part would hold images the first epochs trained on."""
     import shutil
 
-    from covid_ddp.train import main as train_main
+    from covid_ddp.commands.train import main as train_main
 
     run_dir = shutil.copytree(patient_run, tmp_path / "run")
     resume = ["--cpu", "--data-dir", str(cohort_data), "--output-dir", str(run_dir), "--resume", "latest",

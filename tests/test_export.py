@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from covid_ddp import load_model, predict
-from covid_ddp.export import main as export_main
 from original_net import Net as OriginalNet
 from original_net import trained_like
+
+from covid_ddp import load_model, predict
+from covid_ddp.commands.export import main as export_main
 
 onnxruntime = pytest.importorskip("onnxruntime")
 

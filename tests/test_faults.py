@@ -8,12 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import HELPERS, TRAIN_SCRIPT, run, small_args, write_mcfam
-from covid_ddp.checkpoint import complete_checkpoints
-from covid_ddp.run_folder import RunLock
+
+from covid_ddp.commands.train import main as train_main
 from covid_ddp.errors import UserError
-from covid_ddp.train import main as train_main
+from covid_ddp.training.checkpoint import complete_checkpoints
+from covid_ddp.training.run_folder import RunLock
 
 GOOD_LABELS = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 25]
 GOOD_IMAGES = np.random.default_rng(0).integers(0, 256, (100, 64, 64), dtype=np.uint8)
@@ -117,9 +117,9 @@ def test_a_local_copy_that_differs_from_its_pin_is_refused(capsys, small_data, t
 
 
 def test_fewer_evaluation_images_than_processes_is_refused():
-    from covid_ddp.config import TrainConfig
-    from covid_ddp.splits import Split
-    from covid_ddp.train import make_loaders
+    from covid_ddp.data.splits import Split
+    from covid_ddp.training.config import TrainConfig
+    from covid_ddp.training.preparation import make_loaders
 
     images, targets = torch.zeros((20, 64, 64), dtype=torch.uint8), torch.zeros(20, dtype=torch.int64)
     split = Split(np.arange(16), np.arange(16, 17), np.arange(17, 20))

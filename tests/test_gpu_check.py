@@ -19,7 +19,6 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-
 from conftest import ROOT
 
 BENCHMARKS = ROOT / "benchmarks"

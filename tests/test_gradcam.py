@@ -61,7 +61,7 @@ def test_a_confident_model_still_gets_a_heatmap():
 
 
 def test_the_tensorboard_grid_shows_each_radiograph_under_its_caption_with_its_heatmap():
-    from covid_ddp.board import tile_grid
+    from covid_ddp.training.board import tile_grid
 
     images = np.stack([np.full((64, 64), 200, np.uint8), np.zeros((64, 64), np.uint8)])
     heat = np.zeros((2, 64, 64), np.float32)

@@ -7,9 +7,9 @@ import contextlib
 import pytest
 import torch
 
-from covid_ddp import hardware
-from covid_ddp.config import TrainConfig
 from covid_ddp.errors import UserError
+from covid_ddp.training import hardware
+from covid_ddp.training.config import TrainConfig
 
 
 def cpu(native="bf16", host="node1") -> dict:
@@ -105,10 +105,12 @@ def fresh_accelerate_state():
 def test_mixed_precision_runs_the_training_convolutions_in_it(small_data, fresh_accelerate_state, precision, expected):
     """A hook on the model that train_one_epoch trains sees its activations' dtype: bf16 autocast
     really ran (and fp32 without it), while the weights themselves stay fp32."""
-    from covid_ddp.data import load_data_dir, to_binary
-    from covid_ddp.engine import train_one_epoch
-    from covid_ddp.splits import split_indices
-    from covid_ddp.train import build_accelerator, prepare_run
+    from covid_ddp.data.folders import load_data_dir
+    from covid_ddp.data.format import to_binary
+    from covid_ddp.data.splits import split_indices
+    from covid_ddp.training.engine import train_one_epoch
+    from covid_ddp.training.preparation import prepare_run
+    from covid_ddp.training.session import build_accelerator
 
     config = TrainConfig(mixed_precision=precision, batch_size=40, eval_batch_size=60, log_every=1000)
     accelerator = build_accelerator(config)
@@ -129,8 +131,8 @@ def test_compile_wraps_the_prepared_model_and_the_export_stays_plain(tmp_path, f
     from torch._dynamo.eval_frame import OptimizedModule
 
     from covid_ddp import Net
-    from covid_ddp.checkpoint import consolidated_state_dict
-    from covid_ddp.train import build_accelerator
+    from covid_ddp.models.weights import consolidated_state_dict
+    from covid_ddp.training.session import build_accelerator
 
     accelerator = build_accelerator(TrainConfig(cpu=True, compile=True, output_dir=str(tmp_path)))
     assert accelerator.state.dynamo_plugin.backend == DynamoBackend.INDUCTOR

@@ -11,16 +11,18 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, run, write_mcfam
 from PIL import Image
 
-from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, run, write_mcfam
-from covid_ddp.data import dataset_tensors, load_data_dir, load_data_dirs, load_dataset
-from covid_ddp.duplicates import find_duplicates
+from covid_ddp.bounds import IMAGE_SIZE
+from covid_ddp.commands.prepare import main as prepare_main
+from covid_ddp.data.duplicates import find_duplicates
+from covid_ddp.data.folders import load_data_dir, load_data_dirs, load_dataset
+from covid_ddp.data.store import write_store
+from covid_ddp.data.synthetic import make_synthetic
+from covid_ddp.data.tensors import dataset_tensors
 from covid_ddp.errors import UserError
-from covid_ddp.model import IMAGE_SIZE, ModelSpec, Net, build_network
-from covid_ddp.prepare import main as prepare_main
-from covid_ddp.synthetic import make_synthetic
-from covid_ddp.store import write_store
+from covid_ddp.models.net import ModelSpec, Net, build_network
 
 LABELS = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 3]
 
@@ -128,8 +130,8 @@ def test_net_trains_at_the_data_size_and_predict_resizes_to_it(tmp_path):
 
 
 def test_backbone_choices_and_a_missing_torchvision_are_one_line_errors(monkeypatch):
-    from covid_ddp.backbones import build_backbone
-    from covid_ddp.config import parse_config
+    from covid_ddp.models.backbones import build_backbone
+    from covid_ddp.training.config import parse_config
 
     with pytest.raises(UserError, match="--model vgg16: unknown; use one of net, resnet18, resnet50, densenet121, "
                                         "efficientnet_b0, or timm:NAME"):

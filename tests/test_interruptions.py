@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import HELPERS, ROOT, TRAIN_SCRIPT, clean_env, free_port, run, small_args, torchrun
-from covid_ddp.checkpoint import complete_checkpoints
-from covid_ddp.run_folder import RunLock
+
+from covid_ddp.training.checkpoint import complete_checkpoints
+from covid_ddp.training.run_folder import RunLock
 
 # 252 training images at batch 20: 12 steps an epoch. The ranks agree (and may stop) every 5 steps,
 # so a stop lands inside an epoch (step 5 or 10) or at its end (12). Augmentation and

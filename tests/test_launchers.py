@@ -16,13 +16,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from conftest import (HELPERS, ROOT, TRAIN_SCRIPT, assert_failed_together, clean_env, launch_job, run, small_args,
                       torchrun_launcher, write_mcfam)
-from covid_ddp import distributed
-from covid_ddp.checkpoint import complete_checkpoints
+
 from covid_ddp.errors import UserError
-from covid_ddp.hardware import cpu_has_native_bf16
+from covid_ddp.training import distributed
+from covid_ddp.training.checkpoint import complete_checkpoints
+from covid_ddp.training.hardware import cpu_has_native_bf16
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]
 CONFIG = ROOT / "accelerate_config.yaml"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from covid_ddp.loader import TrainingLoader
+from covid_ddp.training.loader import TrainingLoader
 
 IMAGES = torch.arange(50, dtype=torch.uint8).view(50, 1, 1).expand(50, 64, 64).contiguous()
 TARGETS = torch.arange(50) % 2
@@ -111,7 +111,7 @@ def test_a_batch_that_does_not_divide_over_the_processes_is_refused():
 
 
 def test_a_short_last_accumulation_cycle_averages_over_its_own_micro_batches():
-    from covid_ddp.engine import AccumulationCycles
+    from covid_ddp.training.engine import AccumulationCycles
 
     def scales(steps, accumulation):
         cycles = AccumulationCycles(None, None, accumulation, steps)
@@ -124,7 +124,7 @@ def test_a_short_last_accumulation_cycle_averages_over_its_own_micro_batches():
 
 
 def test_balanced_sources_weigh_every_source_class_pair_the_same():
-    from covid_ddp.loader import balanced_weights, epoch_permutation
+    from covid_ddp.training.loader import balanced_weights, epoch_permutation
 
     # A big one-class source, a small mixed one and a tiny one-class one: 900 / 60+40 / 20 rows.
     sources = np.array(["big"] * 900 + ["mixed"] * 100 + ["tiny"] * 20)
@@ -141,7 +141,7 @@ def test_balanced_sources_weigh_every_source_class_pair_the_same():
 
 
 def test_balanced_loader_shards_the_same_draw_over_ranks():
-    from covid_ddp.loader import balanced_weights
+    from covid_ddp.training.loader import balanced_weights
 
     # TRAIN_ROWS are odd, so all of class 1: two pairs, source a (rows 3-9) and source b.
     weights = balanced_weights(np.where(TRAIN_ROWS < 10, "a", "b"), TARGETS.numpy()[TRAIN_ROWS])
@@ -156,8 +156,8 @@ def test_balanced_loader_shards_the_same_draw_over_ranks():
 def test_training_weights_follow_the_training_rows_of_the_split():
     from types import SimpleNamespace
 
-    from covid_ddp.config import TrainConfig
-    from covid_ddp.train import training_weights
+    from covid_ddp.training.config import TrainConfig
+    from covid_ddp.training.preparation import training_weights
 
     targets = np.array([0, 1] * 6)
     meta = {"dataset": np.array(["a"] * 8 + ["b"] * 4)}

@@ -12,18 +12,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import TRAIN_SCRIPT, refused, write_mcfam
-from covid_ddp.audit import main as audit_main
-from covid_ddp.evaluation import main as evaluate_main
-from covid_ddp.export import main as export_main
-from covid_ddp.predict import main as predict_main
-from covid_ddp.prepare import main as prepare_main
-from covid_ddp.synthetic import make_synthetic
 from dicom_files import needs_pydicom, write_dicom
 from original_net import Net as OriginalNet
 from original_net import trained_like
+from PIL import Image
+
+from covid_ddp.commands.audit import main as audit_main
+from covid_ddp.commands.evaluate import main as evaluate_main
+from covid_ddp.commands.export import main as export_main
+from covid_ddp.commands.predict import main as predict_main
+from covid_ddp.commands.prepare import main as prepare_main
+from covid_ddp.data.synthetic import make_synthetic
 
 RNG = np.random.default_rng(5)
 
@@ -96,7 +96,7 @@ def test_prepare_names_a_blank_file_and_skip_errors_prepares_the_rest(tmp_path, 
     assert not (tmp_path / "out").exists()
     assert prepare_main(["--output-dir", str(tmp_path / "out"), "--workers", "1", "--skip-errors",
                          str(tmp_path / "set")]) == 0
-    from covid_ddp.data import load_data_dir
+    from covid_ddp.data.folders import load_data_dir
 
     assert len(load_data_dir(tmp_path / "out").images) == 4
 
@@ -137,8 +137,8 @@ def test_weights_holding_nan_or_inf_are_refused_by_every_command_that_reads_weig
 
 
 def test_init_weights_holding_nan_are_refused_before_training(tmp_path):
-    from covid_ddp.checkpoint import refuse_non_finite
     from covid_ddp.errors import UserError
+    from covid_ddp.models.weights import refuse_non_finite
 
     wrapped = {"state_dict": {"conv1.weight": torch.tensor([1.0, float("nan")])}}
     with pytest.raises(UserError, match="'state_dict.conv1.weight'"):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-
-from covid_ddp import Net
-from covid_ddp.checkpoint import consolidated_state_dict
-from covid_ddp.model import raw_pixel_state_dict
 from original_net import Net as OriginalNet
 from original_net import trained_like
+
+from covid_ddp import Net
+from covid_ddp.models.net import raw_pixel_state_dict
+from covid_ddp.models.weights import consolidated_state_dict
 
 # Conv 1->32->64->128->256 (3x3) with BatchNorm, FC 1024->512, FC 512->2.
 ORIGINAL_PARAMETERS = (320 + 64) + (18496 + 128) + (73856 + 256) + (295168 + 512) + 524800 + 1026
@@ -65,7 +65,7 @@ def test_consolidated_state_dict_strips_wrappers_and_casts_to_fp32_cpu():
 
 
 def test_folded_batchnorm_scores_like_the_trained_model():
-    from covid_ddp.model import fold_batchnorm
+    from covid_ddp.models.net import fold_batchnorm
 
     torch.manual_seed(0)
     model = Net()

@@ -10,15 +10,15 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from original_net import Net as OriginalNet
+from original_net import trained_like
 from PIL import Image
 
 from covid_ddp import Net, load_model, predict
-from covid_ddp.checkpoint import consolidated_state_dict
-from covid_ddp.evaluation import main as evaluate_main
-from covid_ddp.model import raw_pixel_state_dict
-from original_net import Net as OriginalNet
-from original_net import trained_like
-from covid_ddp.predict import main as predict_main
+from covid_ddp.commands.evaluate import main as evaluate_main
+from covid_ddp.commands.predict import main as predict_main
+from covid_ddp.models.net import raw_pixel_state_dict
+from covid_ddp.models.weights import consolidated_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ROOT, TRAIN_SCRIPT, run
+from dicom_files import needs_pydicom, write_dicom
 from PIL import Image
 
-from conftest import ROOT, TRAIN_SCRIPT, run
-from covid_ddp.data import load_data_dir, to_binary
-from covid_ddp.prepare import main as prepare_main
-from dicom_files import needs_pydicom, write_dicom
+from covid_ddp.commands.prepare import main as prepare_main
+from covid_ddp.data.folders import load_data_dir
+from covid_ddp.data.format import to_binary
 
 RNG = np.random.default_rng(7)
 PREPARE_SCRIPT = ROOT / "launch" / "prepare.py"

@@ -9,8 +9,9 @@ import subprocess
 import sys
 
 from conftest import ROOT, clean_env
+
 from covid_ddp import TrainConfig, TrainedRun, evaluate
-from covid_ddp.train import train
+from covid_ddp.training.trainer import train
 
 PAGE = ROOT / "docs" / "python-api.md"
 

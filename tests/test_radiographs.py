@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dicom_files import needs_pydicom, write_dicom
 from PIL import Image
 
+from covid_ddp.data.radiographs import radiograph_tags, read_grayscale, read_grayscale_and_size, read_radiograph
 from covid_ddp.errors import UserError
-from covid_ddp.radiographs import radiograph_tags, read_grayscale, read_grayscale_and_size, read_radiograph
-from dicom_files import needs_pydicom, write_dicom
 
 RAMP = np.tile(np.arange(0, 4096, 16, dtype=np.uint16), (256, 1))  # 256 x 256, stored values 0..4080
 
@@ -122,7 +122,7 @@ def test_dicom_window_after_the_rescale_maps_the_window_to_0_255(tmp_path):
 def test_windowing_through_a_table_of_stored_values_equals_windowing_every_pixel(tmp_path, signed):
     import pydicom
 
-    from covid_ddp.radiographs import _grayscale_to_8bit, _voi_output_range, _windowed_8bit
+    from covid_ddp.data.radiographs import _grayscale_to_8bit, _voi_output_range, _windowed_8bit
 
     stored = np.random.default_rng(0).integers(0, 4096, (300, 200))
     stored = (stored - 2048).astype(np.int16) if signed else stored.astype(np.uint16)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from conftest import clean_env, refused, write_mcfam
-from covid_ddp.report import main as report_main
-from covid_ddp.report import settings
-from covid_ddp.synthetic import make_synthetic
+
+from covid_ddp.commands.report import main as report_main
+from covid_ddp.data.synthetic import make_synthetic
+from covid_ddp.evaluation.report import settings
 
 
 def test_settings_hold_out_every_source_that_leaves_both_classes_to_train_on():
@@ -69,7 +69,7 @@ def test_only_runs_the_named_settings_and_names_the_known_ones(tmp_path, capsys)
 
 def test_only_adds_its_settings_to_the_earlier_report_of_the_same_runs(tmp_path, monkeypatch):
     """The trainer is replaced by a stub: which settings run and what lands in the report is the point."""
-    import covid_ddp.report as report
+    import covid_ddp.commands.report as report
 
     images, labels = make_synthetic(120, seed=4)
     write_mcfam(tmp_path / "a", images[:60], labels[:60])

@@ -13,10 +13,10 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
 from conftest import small_args
-from covid_ddp.checkpoint import LOOP_STATE, OPTIMIZER_STATE
-from covid_ddp.train import main as train_main
+
+from covid_ddp.commands.train import main as train_main
+from covid_ddp.training.checkpoint import LOOP_STATE, OPTIMIZER_STATE
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_a_run_on_a_folder_of_yours_records_it_and_never_mcfam(finished_run, sma
 
 
 def test_a_prepared_folder_records_what_prepare_wrote(tmp_path):
-    from covid_ddp.data import load_data_dir
+    from covid_ddp.data.folders import load_data_dir
 
     folder = tmp_path / "prepared"
     folder.mkdir()

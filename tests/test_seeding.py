@@ -7,8 +7,8 @@ import itertools
 import pytest
 import torch
 
-from covid_ddp.loader import epoch_permutation
 from covid_ddp.seeding import STREAMS, generator, stream_seed
+from covid_ddp.training.loader import epoch_permutation
 
 
 def test_no_two_seeds_epochs_ranks_or_streams_share_a_seed():

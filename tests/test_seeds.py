@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("seeds", ROOT / "scripts" / "seeds.py")

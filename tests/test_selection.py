@@ -13,14 +13,14 @@ import sys
 
 import pytest
 import torch
-
 from conftest import HELPERS, TRAIN_SCRIPT, run, write_mcfam
-from covid_ddp.checkpoint import BEST_MODEL_STATE, complete_checkpoints
-from covid_ddp.config import TrainConfig, batch_size_for, settle_batch_size, settle_batches
-from covid_ddp.evaluation import main as evaluate_main
+
+from covid_ddp.commands.evaluate import main as evaluate_main
+from covid_ddp.data.synthetic import make_synthetic
 from covid_ddp.errors import UserError
-from covid_ddp.selection import Selection
-from covid_ddp.synthetic import make_synthetic
+from covid_ddp.training.checkpoint import BEST_MODEL_STATE, complete_checkpoints
+from covid_ddp.training.config import TrainConfig, batch_size_for, settle_batch_size, settle_batches
+from covid_ddp.training.selection import Selection
 
 
 def history(*values, key="validation_loss"):

@@ -13,17 +13,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-
 from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, run, small_args, write_mcfam
-from covid_ddp import audit
-from covid_ddp.audit import main as audit_main
-from covid_ddp.confounding import confounding_warning, source_table, table_of
-from covid_ddp.data import load_data_dir, to_binary
-from covid_ddp.evaluation import main as evaluate_main
-from covid_ddp.metrics import binary_metrics, choose_threshold
-from covid_ddp.predict import inference_model, load_model, predict
-from covid_ddp.synthetic import make_synthetic
-from covid_ddp.train import announce_sources
+
+from covid_ddp.commands.audit import main as audit_main
+from covid_ddp.commands.evaluate import main as evaluate_main
+from covid_ddp.data.confounding import confounding_warning, source_table, table_of
+from covid_ddp.data.folders import load_data_dir
+from covid_ddp.data.format import to_binary
+from covid_ddp.data.synthetic import make_synthetic
+from covid_ddp.evaluation import audit
+from covid_ddp.evaluation.metrics import binary_metrics, choose_threshold
+from covid_ddp.models.inference import predict
+from covid_ddp.models.weights import inference_model, load_model
+from covid_ddp.training.preparation import announce_sources
 
 WEIGHTS = "COVID_binary_classifier.pth"
 
@@ -237,7 +239,7 @@ def test_the_source_probe_keeps_a_patients_films_in_one_fold():
 
 
 def test_the_gradcam_share_of_a_real_model_uses_a_sample_of_256_images():
-    from covid_ddp.model import Net
+    from covid_ddp.models.net import Net
 
     torch.manual_seed(0)
     result = audit.gradcam_mass(Net().eval(), np.random.default_rng(0).integers(0, 256, (300, 64, 64), np.uint8),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from covid_ddp.data.splits import SplitPlan, make_split, split_indices
 from covid_ddp.errors import UserError
-from covid_ddp.splits import SplitPlan, make_split, split_indices
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_impossible_plans_are_refused_with_the_fix(cohort, plan, meta_keys, mess
 
 
 def test_asking_for_a_patient_split_without_patient_ids_is_one_line(small_data, tmp_path, capsys):
-    from covid_ddp.train import main as train_main
+    from covid_ddp.commands.train import main as train_main
 
     code = train_main(["--cpu", "--data-dir", str(small_data), "--output-dir", str(tmp_path / "run"), "--group-split"])
     error = capsys.readouterr().err.strip()

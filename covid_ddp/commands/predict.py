@@ -25,151 +25,27 @@ import argparse
 import csv
 import io
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .bounds import IMAGE_SIZE, POSITIVE_INT, PROBABILITY
-from .checkpoint import sidecar_path, load_weights, read_sidecar
-from .cli import ArgumentParser, HelpFormatter, run_cli
-from .data import IMAGES_KEY, blank_rows, load_array, validate_images
-from .destinations import check_output_file, check_output_folder, is_own_figure, refuse_inputs, starts_with
-from .errors import UserError, first_few
-from .files import atomic_path
-from .gradcam import gradcam
-from .model import CLASS_NAMES, ModelSpec, build_network, for_inference, original_state_dict
-from .radiographs import is_radiograph_file, read_grayscale_and_size, to_model_size
+from ..bounds import POSITIVE_INT, PROBABILITY
+from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
+from ..data.inputs import collect_files, read_input, resized_summary
+from ..data.tensors import blank_rows
+from ..destinations import check_output_file, check_output_folder, is_own_figure, refuse_inputs, starts_with
+from ..errors import UserError, first_few
+from ..files import atomic_path
+from ..models.gradcam import gradcam
+from ..models.inference import resolve_device
+from ..models.net import CLASS_NAMES
+from ..models.weights import decision_threshold, sidecar_path
 
-NPZ_SUFFIX = ".npz"
 CSV_COLUMNS = ("source", "index", "p_covid", "prediction", "threshold")  # each call names its threshold
 
 
-@dataclass
-class InputImages:
-    """Images read from one input file, ready for the model."""
-
-    source: str
-    images: np.ndarray  # (N, S, S) uint8, S the model's image size
-    resized_from: tuple[int, int] | None = None  # the input's own (width, height), when not S x S
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
-    return torch.device(device)
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The model of the weights file ``path`` in eval mode (loaded with ``weights_only=True``, strict):
-    the network and size its sidecar names (``model.spec``); without a sidecar, the seed's Net at
-    64x64, as written by covid_ddp (any version) or by the original script. Raw 0-255 pixels in."""
-    path = Path(path)
-    state_dict = load_weights(path)
-    spec = model_spec(path)
-    if isinstance(state_dict, dict) and spec.name == "net":
-        try:
-            state_dict = original_state_dict(state_dict)
-        except ValueError as error:
-            raise UserError(f"{path}: {error}") from None
-    model = build_network(spec)
-    named = f"{spec.describe()}, as {sidecar_path(path).name} names" if read_sidecar(path) else \
-        f"the original script's Net (no {sidecar_path(path).name} beside it names another model)"
-    missing, unexpected = _key_mismatch(model, state_dict)
-    if missing or unexpected:
-        raise UserError(f"{path}: not weights of {named} (missing keys: {first_few(missing, 5)}; unexpected keys: "
-                        f"{first_few(unexpected, 5)})")
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        raise UserError(f"{path}: weights do not fit {named} ({str(error).splitlines()[-1].strip()})")
-    return model.to(device).eval()
-
-
-def model_spec(weights: Path) -> ModelSpec:
-    """The network and image size of a weights file, from its sidecar (Net at 64 without one)."""
-    return ModelSpec.of_sidecar(read_sidecar(weights))
-
-
-inference_model = for_inference  # the folded, channels_last copy that scores
-
-
-def _key_mismatch(model: torch.nn.Module, state_dict) -> tuple[list[str], list[str]]:
-    if not isinstance(state_dict, dict):
-        return ["(the file holds no state_dict)"], []
-    expected, found = set(model.state_dict()), set(state_dict)
-    return sorted(expected - found), sorted(found - expected)
-
-
-@torch.inference_mode()
-def predict(model: torch.nn.Module, images, batch_size: int = 512) -> np.ndarray:
-    """P(COVID) for each raw-pixel image of ``images`` ((N, S, S) or (N, 1, S, S)), in batches.
-
-    ``images`` is a NumPy array (or anything ``np.asarray`` takes) or a tensor on any device: a
-    tensor already on the model's device (a set held on the GPU) is scored without a round trip
-    through host memory. The result is a NumPy array on the host either way."""
-    device = next(model.parameters()).device
-    if not isinstance(images, torch.Tensor):  # np.asarray of a CUDA tensor raises: tensors stay as they are
-        images = torch.as_tensor(np.asarray(images))
-    if images.ndim == 3:
-        images = images.unsqueeze(1)
-    probabilities = [
-        model(batch.to(device, non_blocking=True).float())[:, 1].float().exp().cpu()
-        for batch in images.split(batch_size)
-    ]
-    return torch.cat(probabilities).numpy() if probabilities else np.empty(0, dtype=np.float32)
-
-
 # --- reading inputs ----------------------------------------------------------
-
-
-def collect_files(inputs: list[str]) -> list[Path]:
-    """Files named directly, and the supported files inside named folders (sorted, recursive)."""
-    files = []
-    for name in inputs:
-        path = Path(name)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if is_radiograph_file(p) or (p.is_file() and p.suffix.lower() == NPZ_SUFFIX))
-            if not found:
-                raise UserError(f"{path}: the folder holds no .npz, .png, .jpg or .dcm files")
-            files.extend(found)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise UserError(f"{path} does not exist")
-    return files
-
-
-def read_input(path: Path, size: int = IMAGE_SIZE) -> InputImages:
-    """The images of one input file at ``size`` x ``size`` (the weights' size)."""
-    if path.suffix.lower() == NPZ_SUFFIX:
-        images = load_array(path, IMAGES_KEY)
-        validate_images(images, path)
-        if images.shape[-1] == size:
-            return InputImages(str(path), images)
-        resized = np.stack([to_model_size(Image.fromarray(image), size) for image in images])
-        return InputImages(str(path), resized, images.shape[1:][::-1])
-    if is_radiograph_file(path):
-        gray, own_size = read_grayscale_and_size(path, size)
-        resized_from = own_size if gray.size != (size, size) else None
-        return InputImages(str(path), to_model_size(gray, size)[None], resized_from)
-    raise UserError(f"{path}: unsupported input type '{path.suffix}'; give .npz, .png, .jpg or .dcm files or folders")
-
-
-def resized_summary(sizes: list[tuple[int, int]], size: int = IMAGE_SIZE) -> str:
-    """One line for all resized images (a folder of 300 JPEGs is not worth 300 notes): how many,
-    and the smallest and largest of their own sizes."""
-    ordered = sorted(set(sizes), key=lambda size: (size[0] * size[1], size))
-    shown = [f"{width}x{height}" for width, height in (ordered[0], ordered[-1])]
-    span = shown[0] if len(ordered) == 1 else f"{shown[0]} to {shown[1]}"
-    cropped = "; non-square ones center-cropped to a square first" if any(w != h for w, h in sizes) else ""
-    images = "1 image was" if len(sizes) == 1 else f"{len(sizes)} images were"
-    return f"covid-ddp-predict: {images} resized to {size}x{size}, the weights' size (from {span}{cropped})"
 
 
 # --- command line ------------------------------------------------------------
@@ -201,26 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-WEIGHTS_HELP = ("a COVID_binary_classifier.pth written by covid-ddp-train, or by the original script (the same "
-                "format)")
-
-
-def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]:
-    """(threshold, where it came from): --threshold, else the sidecar beside the weights, else 0.5."""
-    if chosen is not None:
-        PROBABILITY.check(chosen, "--threshold")
-        return chosen, "--threshold"
-    stored = read_sidecar(weights)
-    if stored is None:
-        return 0.5, f"default 0.5 (no {sidecar_path(weights).name} beside the weights)"
-    method = stored.get("method", "stored")
-    chosen_on = " on the validation split" if stored.get("chosen_on") == "validation" else ""
-    return stored["threshold"], f"{method}{chosen_on}, from {sidecar_path(weights).name}"
-
-
 def run(arguments: argparse.Namespace) -> None:
     check_destinations(arguments)
-    from .ensemble import Ensemble, ensemble_threshold
+    from ..evaluation.ensemble import Ensemble, ensemble_threshold
 
     ensemble = Ensemble.load(arguments.weights, resolve_device(arguments.device))
     if len(ensemble) == 1 or arguments.threshold is not None:
@@ -292,7 +151,7 @@ class GradcamWriter:
         self.used_stems: set[str] = set()
 
     def write(self, item, p_covid: np.ndarray) -> None:
-        from .figures import overlay_figure, save_figure  # matplotlib only when asked for
+        from ..evaluation.figures import overlay_figure, save_figure  # matplotlib only when asked for
 
         stem = self._unique_stem(Path(item.source).stem)
         # An ensemble's heatmap: the mean of its members' (each scaled to [0, 1]).
@@ -315,3 +174,7 @@ class GradcamWriter:
 
 def main(argv: list[str] | None = None) -> int:
     return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-predict")
+
+
+if __name__ == "__main__":  # python -m covid_ddp.commands.predict
+    raise SystemExit(main())

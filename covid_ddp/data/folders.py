@@ -13,31 +13,20 @@ normalisation happen per batch, inside the model.
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import json
-import os
-import sys
-import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .bounds import IMAGE_SIZE, MIN_IMAGE_SIZE
-from .download import DEFAULT_TIMEOUT_S, DownloadError, download
-from .errors import UserError
-from .files import atomic_path
+from ..bounds import IMAGE_SIZE
+from ..errors import UserError
+from .format import (IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD, as_text, load_array,
+                     read_npz, to_binary, validate_images, validate_labels)
+from .mcfam import _hash_record, default_data_dir, fetch_mcfam, refuse_a_folder_of_other_files, sha256_of
 from .store import find_images_file, image_size_of, read_store
 from .synthetic import make_synthetic
-
-MCFAM_BASE_URL = "http://www-users.math.umn.edu/~jwcalder/MCFAM/"
-IMAGES_FILE, IMAGES_KEY = "train_images64.npz", "train_images"
-LABELS_FILE, LABELS_KEY = "train_labels.npz", "train_labels"
-PREPARE_RECORD = "prepare.json"  # what covid-ddp-prepare wrote of the folder
-META_FILE = "meta.npz"  # optional: per-image patient_id, dataset (source), ... (docs/data.md)
 
 
 @dataclass
@@ -55,77 +44,7 @@ class RawData:
         return int(self.images.shape[-1])
 
 
-def default_data_dir() -> Path:
-    """A per-user cache folder, as pip and torch hub use ($XDG_CACHE_HOME or ~/.cache)."""
-    cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache_home) / "covid_ddp" / "mcfam"
-
-
 # --- loading and validation -------------------------------------------------
-
-
-def read_npz(path: Path) -> dict[str, np.ndarray]:
-    """Every array of an ``.npz`` file, refusing pickled objects; errors name the file (and the array)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    if not zipfile.is_zipfile(path):  # else numpy would try to read it as a pickle
-        raise UserError(f"{path}: not a readable .npz file (not a zip archive: truncated, corrupted or another format)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {key: _read_array(archive, key, path) for key in archive.files}
-    except UserError:
-        raise
-    except Exception as error:  # zipfile.BadZipFile, EOFError, OSError, ...: a damaged file.
-        raise UserError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})")
-
-
-def _read_array(archive, key: str, path: Path) -> np.ndarray:
-    try:
-        return archive[key]
-    except ValueError as error:
-        if "pickle" in str(error).lower():
-            raise UserError(f"{path}: '{key}' is an object array; pickled data is refused, save it as a numeric array")
-        raise UserError(f"{path}: not a readable .npz file ({error})")
-
-
-def load_array(path: Path, key: str) -> np.ndarray:
-    """The array ``key`` of an ``.npz`` file (see ``read_npz``)."""
-    arrays = read_npz(path)
-    if key not in arrays:
-        raise UserError(f"{path}: no array named '{key}' (found: {', '.join(arrays) or 'none'})")
-    return arrays[key]
-
-
-def validate_images(images: np.ndarray, path: Path, image_size: int | None = None) -> None:
-    """uint8 (N, S, S) with S = ``image_size`` when given (an images file's name says its size)."""
-    if images.ndim != 3 or images.shape[1] != images.shape[2] or images.shape[1] < MIN_IMAGE_SIZE:
-        raise UserError(f"{path}: images must have shape (N, S, S), square and {MIN_IMAGE_SIZE} px or more, "
-                        f"got {images.shape}")
-    if image_size is not None and images.shape[1] != image_size:
-        raise UserError(f"{path}: its name says {image_size}x{image_size} but it holds {images.shape[1]}x"
-                        f"{images.shape[2]} images; rename it train_images{images.shape[1]}{Path(path).suffix}")
-    if images.dtype != np.uint8:
-        non_finite = np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all()
-        problem = f"{images.dtype} with NaN or inf values" if non_finite else str(images.dtype)
-        raise UserError(f"{path}: images must be uint8 (0-255), got {problem}")
-    if images.shape[0] == 0:
-        raise UserError(f"{path}: the file holds no images")
-
-
-def validate_labels(labels: np.ndarray, path: Path) -> None:
-    if labels.ndim != 2 or labels.shape[1] != 4:
-        raise UserError(f"{path}: labels must have shape (N, 4) (one-hot over 4 classes), got {labels.shape}")
-    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
-        raise UserError(f"{path}: labels must be numeric, got {labels.dtype}")
-    if labels.shape[0] == 0:
-        raise UserError(f"{path}: the file holds no labels")
-    binary_values = np.isin(labels, (0, 1)).all(axis=1)
-    bad_rows = np.flatnonzero(~binary_values | (labels.sum(axis=1) != 1))
-    if bad_rows.size:
-        raise UserError(
-            f"{path}: {bad_rows.size} label rows are not one-hot (exactly one 1, the rest 0); first bad row: {bad_rows[0]}"
-        )
 
 
 def load_data_dir(data_dir: Path, image_size: int | None = None) -> RawData:
@@ -218,84 +137,6 @@ def load_meta(path: Path, count: int) -> dict | None:
             raise UserError(f"{path}: '{key}' has shape {np.shape(values)} for {count} images; one entry per image "
                             "is needed")
     return meta
-
-
-def sha256_of(path: Path) -> str:
-    """The file's sha256, hashed once per version of the file (a run checks and records it several times)."""
-    stat = Path(path).stat()
-    return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | None = None,
-                timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
-    """Download whichever MCFAM file is missing from ``data_dir``, or changed since it was downloaded.
-
-    A download is kept only when it loads and validates (and matches its pinned sha256, if
-    any); its sha256 is recorded beside it (``<file>.sha256``) so a cached copy that later
-    changes on disk is noticed and fetched again.
-    """
-    pins = pins or {}
-    if not all((Path(data_dir) / name).exists() for name in (IMAGES_FILE, LABELS_FILE)):
-        refuse_a_folder_of_other_files(Path(data_dir))
-    mcfam_images = functools.partial(validate_images, image_size=image_size_of(IMAGES_FILE))  # 64: MCFAM's
-    for name, key, validate in ((IMAGES_FILE, IMAGES_KEY, mcfam_images), (LABELS_FILE, LABELS_KEY, validate_labels)):
-        destination = Path(data_dir) / name
-        problem = ""
-        if destination.exists():
-            if _matches_recorded_hash(destination):
-                continue
-            problem = f"cached {destination} no longer matches the sha256 recorded when it was downloaded; "
-            print(f"note: {problem}fetching it again", file=sys.stderr)
-            destination.unlink()
-        url = base_url.rstrip("/") + "/" + name
-
-        def check(tmp: Path, key=key, validate=validate, pinned=pins.get(name)) -> None:
-            if pinned and (actual := sha256_of(tmp)) != pinned.lower():
-                raise ValueError(f"its sha256 {actual} is not the pinned {pinned}")
-            validate(load_array(tmp, key), url)
-
-        try:
-            download(url, destination, validate=check, timeout_s=timeout_s)
-        except (DownloadError, UserError) as error:
-            raise UserError(
-                f"{problem}{error}. To go on offline, pass --data-dir DIR with a local copy of {IMAGES_FILE} and "
-                f"{LABELS_FILE}, or use --dataset synthetic"
-            ) from None
-        with atomic_path(_hash_record(destination)) as tmp:
-            tmp.write_text(sha256_of(destination) + "\n")
-
-
-def refuse_a_folder_of_other_files(folder: Path) -> None:
-    """A --data-dir without the two files but with others (a folder of PNGs, say) is a mistake to
-    name, not a cache to download MCFAM into: only a new, empty or MCFAM-only folder is one."""
-    if not folder.is_dir():
-        return
-    ours = {IMAGES_FILE, LABELS_FILE, *(_hash_record(Path(name)).name for name in (IMAGES_FILE, LABELS_FILE))}
-    others = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith("."))
-    if others:
-        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise UserError(f"{folder} holds no {IMAGES_FILE} and {LABELS_FILE} but {len(others)} other file(s) ({listed}); "
-                        "--data-dir takes a folder with those two files (covid-ddp-prepare --output-dir DIR SRC makes one "
-                        "from PNG/JPEG/DICOM images), and --download fills only a new or empty folder with MCFAM")
-
-
-def _hash_record(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
-
-
-def _matches_recorded_hash(path: Path) -> bool:
-    """True when no hash was recorded (a copy the user put there) or the recorded one matches."""
-    record = _hash_record(path)
-    return not record.exists() or record.read_text().strip() == sha256_of(path)
 
 
 def check_pins(data: RawData, pins: dict) -> None:
@@ -419,11 +260,6 @@ def _meta_column(part: RawData, folder_name: str, key: str) -> np.ndarray:
     return np.full(count, "")
 
 
-def as_text(values: np.ndarray) -> np.ndarray:
-    """A meta.npz array as text: ids and names may be stored as numbers or bytes."""
-    return np.char.decode(values) if values.dtype.kind == "S" else values.astype(str)
-
-
 def patient_ids(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
     """The patient id of each of ``rows`` (meta.npz 'patient_id', as text), or None without one.
     Ids are taken as given, as the patient-level split takes them: give each patient one id
@@ -450,105 +286,6 @@ def fingerprint(data: RawData) -> str:
 # --- labels and statistics --------------------------------------------------
 
 
-def to_binary(labels: np.ndarray) -> np.ndarray:
-    """One-hot 4-class rows -> 0 (non-COVID: classes 0, 1) or 1 (COVID: classes 2, 3), all at once."""
-    return (labels.argmax(axis=1) >= 2).astype(np.int64)
-
-
-STATISTICS_CHUNK_PIXELS = 2**22  # 32 MiB as int64, whatever the image size
-
-
-def pixel_statistics(images: np.ndarray, rows: np.ndarray, chunk: int | None = None) -> tuple[float, float]:
-    """Mean and std of the pixels of ``images[rows]`` (uint8), exact: integer sums of the values
-    and their squares over chunks of ``chunk`` rows (no float copy of the set, and a bounded
-    int64 one: 1024 rows at 224 px would be 400 MB)."""
-    chunk = chunk or max(1, STATISTICS_CHUNK_PIXELS // (images.shape[1] * images.shape[2]))
-    total = total_sq = 0
-    for start in range(0, len(rows), chunk):
-        block = images[rows[start : start + chunk]].reshape(-1).astype(np.int64)
-        total += int(block.sum())
-        total_sq += int(block @ block)
-    count = len(rows) * images.shape[1] * images.shape[2]
-    mean = total / count
-    std = max((total_sq - total * total / count) / count, 0.0) ** 0.5
-    return mean, max(std, 1e-6)
-
-
-def blank_rows(images: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """The rows of ``images`` (all, or ``rows``) whose image is a single gray level: nothing in
-    them to read. In chunks of STATISTICS_CHUNK_PIXELS (a mapped store is read, not copied)."""
-    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
-    chunk = max(1, STATISTICS_CHUNK_PIXELS // (images.shape[1] * images.shape[2]))
-    blank = []
-    for start in range(0, len(rows), chunk):
-        block = np.asarray(images[rows[start : start + chunk]]).reshape(-1, images.shape[1] * images.shape[2])
-        blank.append(rows[start : start + chunk][block.min(axis=1) == block.max(axis=1)])
-    return np.concatenate(blank) if blank else np.empty(0, dtype=np.int64)
-
-
 # --- the torch side ----------------------------------------------------------
 
 
-def wants_device(images: np.ndarray, targets: np.ndarray, device: torch.device, mode: str) -> bool:
-    """--data-on-device: 'yes', 'no', or 'auto' (on the device when it is the CPU, whose memory
-    the set is already in, or when the set takes under a quarter of the free GPU memory). On
-    the device, training batches are cut there (``loader.TrainingLoader``); left in host memory,
-    a DataLoader gathers them."""
-    return mode == "yes" or (mode == "auto" and _fits_on(device, images.nbytes + targets.nbytes))
-
-
-def dataset_tensors(images: np.ndarray, targets: np.ndarray, device: torch.device, on_device: bool):
-    """The uint8 set and its targets as tensors, moved to ``device`` once or left in host memory
-    (a mapped store stays mapped: the tensor shares its read-only pages, nothing is written to it)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        tensors = torch.from_numpy(images), torch.from_numpy(targets)
-    # On the CPU the set is where it should be already. (accelerate's device of a multi-process
-    # CPU job is cpu:0, and .to("cpu:0") copies: a second copy of the set in every process, and
-    # a mapped store copied out of the page cache.)
-    if not on_device or torch.device(device).type == "cpu":
-        return tensors
-    return tuple(t.to(device) for t in tensors)
-
-
-def _fits_on(device: torch.device, nbytes: int) -> bool:
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes < free / 4
-
-
-class XrayDataset(torch.utils.data.Dataset):
-    """Rows ``rows`` of a uint8 image tensor shared by all parts (no copy per split).
-
-    Yields ``(image uint8 (1, 64, 64), target int64, row index)``. ``__getitems__``
-    fetches a whole batch with one tensor index instead of one Python call a
-    sample, on whatever device the tensors live (see ``dataset_tensors``); the row
-    index lets tests check sharding and lets predictions be traced.
-    """
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor, rows: np.ndarray):
-        self.images, self.targets = images, targets
-        self.rows = torch.as_tensor(rows, dtype=torch.int64).to(images.device)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, position: int):
-        row = self.rows[position]
-        return self.images[row].unsqueeze(0), self.targets[row], row
-
-    def __getitems__(self, positions: list[int]):
-        return self.batch(torch.as_tensor(positions, dtype=torch.int64, device=self.rows.device))
-
-    def batch(self, positions: torch.Tensor):
-        """The images, targets and rows at ``positions`` (a tensor on the set's device), in one index each."""
-        rows = self.rows[positions]
-        return self.images.index_select(0, rows).unsqueeze(1), self.targets.index_select(0, rows), rows
-
-
-def collate_batch(batch):
-    """``__getitems__`` already returns a batch; accept single samples too (default path)."""
-    if isinstance(batch, tuple):
-        return batch
-    return torch.utils.data.default_collate(batch)

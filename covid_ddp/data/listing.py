@@ -21,7 +21,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 COLUMNS = ("path", "label", "patient_id", "view", "source")
 REQUIRED = ("path", "label")

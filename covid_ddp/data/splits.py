@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data import as_text
-from .errors import UserError
+from ..errors import UserError
+from .format import as_text
 
 SPLIT_SEED = 42  # the original's random_state
 

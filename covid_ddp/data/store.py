@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
-from .files import atomic_path
+from ..errors import UserError
+from ..files import atomic_path
+from .format import IMAGES_KEY
 
-IMAGES_KEY = "train_images"
 _IMAGES_NAME = re.compile(r"^train_images(\d+)\.(npz|npy)$")
 STORE_SUFFIX, ARCHIVE_SUFFIX = ".npy", ".npz"
 

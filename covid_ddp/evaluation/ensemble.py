@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint as ckpt
-from .errors import UserError
+from ..errors import UserError
+from ..models.inference import predict
+from ..models.weights import inference_model, load_model
+from ..training import checkpoint as ckpt
 from .metrics import choose_threshold
-from .predict import inference_model, load_model, predict
 
 
 @dataclass
@@ -97,8 +98,8 @@ def ensemble_threshold(ensemble: Ensemble, run_data=None, split: dict | None = N
     ensemble's scores, as each run chose its own (Youden's J, or its --target-sensitivity).
     ``run_data``: the set the runs trained on, and ``split``: their ``common_split``, when the
     caller has them already."""
-    from .data import to_binary
-    from .evaluation import load_evaluation_data  # (matplotlib: only for an ensemble)
+    from ..data.format import to_binary
+    from .run_data import load_evaluation_data  # (matplotlib: only for an ensemble)
 
     val_rows = (split or common_split(ensemble.paths))["val"]
     if not len(val_rows):

@@ -13,7 +13,6 @@ outside (in the weights' sidecar JSON), since a deployment may choose its own op
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import warnings
@@ -21,13 +20,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import sidecar_path
-from .cli import ArgumentParser, HelpFormatter, run_cli
-from .destinations import check_output_file, refuse_inputs
-from .errors import UserError
-from .files import atomic_path
-from .model import for_inference
-from .predict import WEIGHTS_HELP, load_model
+from ..errors import UserError
+from ..files import atomic_path
+from ..models.net import for_inference
 
 INPUT_NAME, OUTPUT_NAME = "pixels", "probabilities"
 OPSET = 18
@@ -77,27 +72,3 @@ def is_exported_model(path: Path) -> bool:
     return [i.name for i in graph.input] == [INPUT_NAME] and [o.name for o in graph.output] == [OUTPUT_NAME]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="covid-ddp-export", description=__doc__.split("\n\n")[0] +
-                            " Not for clinical use.", formatter_class=HelpFormatter)
-    parser.add_argument("--weights", required=True, metavar="PTH", help=WEIGHTS_HELP)
-    parser.add_argument("--onnx", required=True, metavar="PATH", help="where to write the ONNX model (e.g. covid.onnx)")
-    return parser
-
-
-def run(arguments: argparse.Namespace) -> None:
-    destination = Path(arguments.onnx)
-    if destination.suffix.lower() != ".onnx":
-        raise UserError(f"--onnx {destination}: give a file name ending in .onnx")
-    require_exporter()
-    refuse_inputs(destination, "--onnx", [arguments.weights, sidecar_path(Path(arguments.weights))])
-    check_output_file(destination, "--onnx", "an ONNX model covid-ddp-export wrote", is_exported_model)
-    model = load_model(arguments.weights)
-    export_onnx(model, destination)
-    size = model.spec.image_size
-    print(f"wrote {destination} ({model.spec.name}; input '{INPUT_NAME}': float32 raw pixels (batch, 1, {size}, {size}); "
-          f"output '{OUTPUT_NAME}': P(non-COVID), P(COVID))")
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_cli(lambda: run(build_parser().parse_args(argv)), prog="covid-ddp-export")

@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .bounds import IMAGE_SIZE
-from .confounding import confounding_warning, markdown_table, single_class_sources
-from .files import atomic_path
+from ..bounds import IMAGE_SIZE
+from ..data.confounding import confounding_warning, markdown_table, single_class_sources
+from ..files import atomic_path
 
 CARD_FILE = "model_card.md"
 REPORTED_FILE = "reported.json"  # written into each run folder by covid-ddp-report
@@ -99,8 +99,8 @@ def update_model_card(run_dir: Path) -> Path | None:
 def refresh_model_card(run_dir: Path, prog: str, quiet: bool = False) -> None:
     """``update_model_card`` for a command whose own outputs are written: a card that cannot be
     rebuilt (a damaged record, a full disk) is a warning, not a failure of the command."""
-    from .cli import say
-    from .errors import first_line
+    from ..cli import say
+    from ..errors import first_line
 
     try:
         path = update_model_card(run_dir)

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UserError, first_few
+from ..errors import UserError, first_few
 
 TIMM_PREFIX = "timm:"
 

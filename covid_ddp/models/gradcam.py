@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import Net
+from .net import Net
 
 
 def gradcam(model: torch.nn.Module, images, target_class: int = 1, batch_size: int = 256) -> np.ndarray:

@@ -26,8 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .bounds import IMAGE_SIZE
-from .errors import UserError
+from ..bounds import IMAGE_SIZE
+from ..errors import UserError
 
 NUM_CLASSES = 2
 CLASS_NAMES = ("Non-COVID", "COVID")

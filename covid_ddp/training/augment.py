@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .marks import add_marks
+from ..data.marks import add_marks
 
 
 def augment(images: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:

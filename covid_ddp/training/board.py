@@ -19,10 +19,10 @@ import contextlib
 import numpy as np
 import torch
 
-from .cli import say
-from .gradcam import gradcam
-from .predict import predict
-from .model import CLASS_NAMES
+from ..cli import say
+from ..models.gradcam import gradcam
+from ..models.inference import predict
+from ..models.net import CLASS_NAMES
 
 WATCHED_IMAGES = 8  # validation images shown every epoch
 
@@ -78,7 +78,7 @@ class Logger:
         self.writer.flush()
 
     def _test_figures(self, test, metrics: dict, epoch: int) -> None:
-        from . import figures
+        from ..evaluation import figures
 
         self.writer.add_figure("test/roc", figures.roc_figure(test.p_covid, test.targets, metrics["roc_auc"]),
                                global_step=epoch)

@@ -13,14 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .cli import ArgumentParser, HelpFormatter
+from ..bounds import BOOTSTRAP, COUNT, FRACTION, IMAGE_SIZES, POSITIVE, POSITIVE_INT, SEED, Bounds
+from ..cli import ArgumentParser, HelpFormatter
+from ..data.mcfam import MCFAM_BASE_URL
+from ..data.splits import SplitPlan
+from ..destinations import refuse_inputs
+from ..errors import UserError
+from ..models.backbones import check_model_name
 from .config_file import read_settings, settings_as_flags
-from .backbones import check_model_name
-from .bounds import (BOOTSTRAP, COUNT, FRACTION, IMAGE_SIZES, POSITIVE, POSITIVE_INT, SEED, Bounds)
-from .data import MCFAM_BASE_URL
-from .destinations import refuse_inputs
-from .errors import UserError
-from .splits import SplitPlan
 
 
 def _flag(default, help: str, **argparse_kwargs):

@@ -18,7 +18,7 @@ import difflib
 import json
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 SUFFIXES = (".json", ".yaml", ".yml")
 # What a run's config.json records about where that run was, not what it trained: not given back.

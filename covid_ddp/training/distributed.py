@@ -35,7 +35,8 @@ from typing import Any, Callable
 import torch
 from accelerate.utils import gather_object
 
-from .errors import Interrupted, LocalError, UserError
+from ..errors import Interrupted, LocalError, UserError
+
 
 class JobFailed(UserError):
     """A failure every rank raises together; the message names the rank when it was not the main one."""

@@ -25,12 +25,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import UserError
+from ..evaluation.metrics import roc_auc
+from ..seeding import generator
 from .augment import augment, wants_augmentation
 from .checkpoint import TrainingProgress
-from .errors import UserError
 from .interrupt import StopRequested
-from .metrics import roc_auc
-from .seeding import generator
 
 
 @dataclass

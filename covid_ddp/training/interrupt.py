@@ -18,8 +18,8 @@ import os
 import signal
 import threading
 
-from .cli import is_main_rank, say
-from .errors import Interrupted, UserError
+from ..cli import is_main_rank, say
+from ..errors import Interrupted, UserError
 
 # SIGHUP too: torchrun forwards it when its terminal closes. (Not where it is ignored, as under
 # nohup: a run started that way must survive its terminal.)

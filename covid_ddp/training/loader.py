@@ -26,8 +26,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from .data import XrayDataset, collate_batch
-from .seeding import generator
+from ..data.tensors import XrayDataset, collate_batch
+from ..seeding import generator
 
 
 @dataclasses.dataclass

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import platform
 import sys
-
-import psutil
 from importlib import metadata
 
+import psutil
 import torch
 
 _PACKAGES = ("covid_ddp", "torch", "accelerate", "numpy", "scikit-learn", "tensorboard")

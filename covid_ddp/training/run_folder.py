@@ -35,11 +35,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import checkpoint as ckpt
+from ..errors import UserError
+from ..files import atomic_path, cannot_write, save_torch, write_json
+from ..models.weights import sidecar_path, write_sidecar
+from ..training import checkpoint as ckpt
 from .config import TrainConfig, changed_flags, default_output_dir
 from .distributed import JobFailed, gather_values, on_every_process, on_main_process
-from .errors import UserError
-from .files import atomic_path, cannot_write, save_torch, write_json
 from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
 from .selection import Selection
 
@@ -215,7 +216,7 @@ class RunFolder:
         def write() -> None:
             if board is not None:
                 board()
-            ckpt.write_sidecar(weights_path, decision)  # before the weights it belongs to
+            write_sidecar(weights_path, decision)  # before the weights it belongs to
             save_torch(weights_path, weights)
             write_json(self.path / ckpt.METRICS_FILE, metrics)
 
@@ -324,7 +325,7 @@ def _forget_unsaved_run(path: Path) -> None:
         clear_run(path)
 
 
-RUN_FILES = {ckpt.WEIGHTS_FILE, ckpt.sidecar_path(ckpt.WEIGHTS_FILE).name, ckpt.METRICS_FILE, ckpt.CONFIG_FILE,
+RUN_FILES = {ckpt.WEIGHTS_FILE, sidecar_path(ckpt.WEIGHTS_FILE).name, ckpt.METRICS_FILE, ckpt.CONFIG_FILE,
              ckpt.SPLITS_FILE}
 RUN_FOLDERS = {ckpt.CHECKPOINTS_DIR, ckpt.TENSORBOARD_DIR}
 

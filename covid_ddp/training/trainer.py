@@ -16,11 +16,6 @@ folder (``run_folder.RunFolder``); any failure there ends every rank together.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import gc
-import os
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,45 +24,32 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
-from . import checkpoint as ckpt
-from . import hardware, launcher_watch
+from ..cli import say
+from ..data.confounding import table_of
+from ..data.folders import RawData, fetch_dataset, fingerprint, load_dataset
+from ..data.format import to_binary
+from ..data.splits import Split, make_split
+from ..data.tensors import blank_rows
+from ..errors import UserError, first_line
+from ..evaluation.audit import audit_after_training
+from ..evaluation.metrics import DEFAULT_THRESHOLD
+from ..evaluation.model_card import refresh_model_card
+from ..seeding import seed_global_generators
+from ..training import checkpoint as ckpt
 from .board import Logger
-from .cli import is_main_rank, run_cli, say
-from .config import TrainConfig, parse_config, settle_batches
-from .confounding import confounding_warning, format_table, table_of
-from .data import (RawData, XrayDataset, blank_rows, collate_batch, dataset_tensors, fetch_dataset, fingerprint,
-                   load_dataset, patient_ids, pixel_statistics, source_names, to_binary, wants_device)
-from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, exchange_before_group,
-                          join_restarted_group, lost_another_process, on_every_process, on_main_process,
-                          refuse_independent_launch, same_on_every_process)
+from .config import TrainConfig, settle_batches
+from .distributed import (JobFailed, describe, lost_another_process, on_every_process, on_main_process,
+                          same_on_every_process)
 from .engine import Evaluation, evaluate, train_one_epoch
-from .errors import UserError, first_line
-from .interrupt import stop_even_while_waiting
-from .loader import TrainingLoader, balanced_weights
-from .metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_source
-from .model import ModelSpec, build_network, for_inference, weights_state_dict
-from .audit import audit_after_training
-from .backbones import load_initial_weights
-from .model_card import refresh_model_card
-from .provenance import environment_summary, resident_memory_mb
+from .finish import finish
+from .preparation import (PreparedRun, _apply_recipe_changes, announce_sources, check_parts, new_model, prepare_run,
+                          start_logging)
+from .provenance import resident_memory_mb
+from .record import _run_config
 from .run_folder import RunFolder
-from .selection import BestWeights, Selection
-from .seeding import seed_global_generators
-from .splits import Split, make_split
-from .sync_batchnorm import convert_sync_batchnorm
-
-
-def main(argv: list[str] | None = None) -> int:
-    launcher_watch.arm("covid-ddp-train")  # (launch/train.py arms it earlier, before torch is imported)
-
-    def command():
-        # SIGTERM and Ctrl-C end start-up and the final stage in one line; the loop's own stop saves first.
-        with stop_even_while_waiting("covid-ddp-train"):
-            return train(parse_config(argv))
-
-    return run_cli(command, prog="covid-ddp-train")
+from .selection import Selection
+from .session import shut_down, start_job
 
 
 @dataclass(frozen=True)
@@ -193,56 +175,6 @@ def _train_in(folder: RunFolder, job: Job, accelerator: Accelerator, started: fl
 # --- start-up ---------------------------------------------------------------------------------
 
 
-def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
-    """The process group (GPUs, or CPU processes where no GPU is usable), and ``config`` with the
-    precision every process of it agreed on."""
-    check_launch()
-    cpu = cpu_only(config.cpu)
-    if not cpu and torch.cuda.is_available():
-        check_gpus_per_machine()
-    timeout = datetime.timedelta(seconds=config.dist_timeout)
-    views = exchange_before_group(hardware.local_view(cpu), timeout)
-    hardware.agree_device(views)
-    precision, why = hardware.agree_precision(views, config.mixed_precision)
-    if why and is_main_rank():
-        say(f"covid-ddp-train: note: {why}")
-    config = dataclasses.replace(config, mixed_precision=precision)  # config.json records what ran
-    join_restarted_group(cpu, timeout)
-    accelerator = build_accelerator(config, cpu)
-    refuse_independent_launch(accelerator.num_processes)
-    hardware.tune_backends(accelerator.device)
-    return accelerator, config
-
-
-def build_accelerator(config: TrainConfig, cpu: bool | None = None) -> Accelerator:
-    """``config`` with its mixed precision agreed (``hardware.agree_precision``)."""
-    accelerator = Accelerator(
-        cpu=cpu_only(config.cpu) if cpu is None else cpu,
-        mixed_precision=config.mixed_precision,
-        dynamo_backend=_dynamo_backend(config.compile),
-        gradient_accumulation_steps=config.grad_accum_steps,
-        log_with="tensorboard",
-        # A placeholder: the run folder is settled (and shared by all ranks) after start-up.
-        project_dir=config.output_dir or "runs",
-        # split_batches: --eval-batch-size is global and each process scores its slice of every
-        # evaluation batch. (Training batches are sharded by loader.EpochBatches, not here.)
-        dataloader_config=DataLoaderConfiguration(split_batches=True),
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=config.dist_timeout))],
-    )
-    # backward() divides by this; ACCELERATE_GRADIENT_ACCUMULATION_STEPS in the environment would
-    # override it, while the loop counts cycles with --grad-accum-steps: the flag wins.
-    accelerator.gradient_accumulation_steps = config.grad_accum_steps
-    return accelerator
-
-
-def _dynamo_backend(compile_flag: bool) -> str | None:
-    """--compile: the accelerate config's backend if it names one, else inductor. Without it,
-    None leaves the choice to the accelerate config. Either way the model is compiled after DDP
-    wrapping, as accelerate does it."""
-    configured = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "NO").upper()
-    return ("inductor" if configured == "NO" else configured.lower()) if compile_flag else None
-
-
 def load_training_data(accelerator: Accelerator, config: TrainConfig) -> RawData:
     """The main process downloads what is missing, then the first process of every other machine
     (whose cache may be a disk of its own); then every process reads its copy, and all check
@@ -262,22 +194,6 @@ def load_training_data(accelerator: Accelerator, config: TrainConfig) -> RawData
     return data
 
 
-@dataclass
-class PreparedRun:
-    """What the loop works with, after ``accelerator.prepare``."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
-    train_loader: TrainingLoader  # not prepared by accelerate: it owns its order (loader.EpochBatches)
-    monitor_loader: torch.utils.data.DataLoader  # validation, or test when --val-size 0
-    test_loader: torch.utils.data.DataLoader
-    monitor_name: str
-    data_device: str  # where the uint8 set lives (--data-on-device)
-    train_loader_kind: str  # 'device' (batches cut on the device) or 'DataLoader' (gathered in host memory)
-    spec: ModelSpec  # the network and its input size, recorded beside the weights
-
-
 def refuse_blank_training(accelerator: Accelerator, data: RawData, train_rows: np.ndarray) -> None:
     """A training part of blank images (each a single gray level) has nothing to learn: a run on it
     would end at ROC AUC 0.5 with no word. All blank: refused (on every rank: the same count);
@@ -289,143 +205,6 @@ def refuse_blank_training(accelerator: Accelerator, data: RawData, train_rows: n
     if blank and accelerator.is_main_process:
         say(f"covid-ddp-train: warning: {blank} of the {len(train_rows)} training images are blank (each a single "
             "gray level); covid-ddp-prepare names such files")
-
-
-def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, accelerator: Accelerator,
-                make_optimizer=hardware.make_optimizer, model: torch.nn.Module | None = None) -> PreparedRun:
-    """Loaders, model (normalised with training-split statistics; ``new_model`` unless given),
-    optimizer and LR schedule.
-
-    ``make_optimizer(model, lr, device)`` builds the optimizer (the recipe's Adam; the
-    gradient tests pass SGD, whose update shows the gradient's scale, which Adam hides).
-    """
-    # Decided once, on the main process: ranks with different free GPU memory still agree.
-    # --workers gather batches in host memory: the set stays there.
-    on_device = not config.workers and on_main_process(accelerator, lambda: wants_device(
-        data.images, targets, accelerator.device, config.data_on_device), "place the data")
-    images, targets_t = on_every_process(accelerator, lambda: dataset_tensors(  # a GPU may run out of memory
-        data.images, targets, accelerator.device, on_device), "put the data on the device")
-    train_loader, val_loader, test_loader = make_loaders(images, targets_t, split, config,
-                                                         num_processes=accelerator.num_processes,
-                                                         process_index=accelerator.process_index,
-                                                         on_device=on_device, device=accelerator.device,
-                                                         weights=training_weights(config, data, targets, split))
-    model = model if model is not None else new_model(config, data, split, accelerator.device)
-    spec = ModelSpec(config.model, data.image_size)
-    # On its device before the optimizer sees it: fused Adam checks where the parameters are.
-    optimizer = make_optimizer(model.to(accelerator.device), config.lr, accelerator.device)
-    # Not passed to prepare(): accelerate's wrapper would step it once per process.
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
-    # The training loader is not prepared: it shards and orders its batches itself. The evaluation
-    # loaders are, for gather_for_metrics to drop the padding of their last batch.
-    model, optimizer, test_loader = accelerator.prepare(model, optimizer, test_loader)
-    placement = (str(images.device), "device" if on_device else "DataLoader")
-    if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
-        return PreparedRun(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement, spec)
-    return PreparedRun(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
-                    "Validation", *placement, spec)
-
-
-def training_weights(config: TrainConfig, data: RawData, targets: np.ndarray, split) -> np.ndarray | None:
-    """--balance-sources: each training row's chance of being drawn (None: every epoch a permutation)."""
-    if not config.balance_sources:
-        return None
-    if data.meta is None or "dataset" not in data.meta:  # one source: the pairs are the two classes
-        sources = np.zeros(len(targets), dtype=int)
-    else:
-        sources = data.meta["dataset"]
-    return balanced_weights(sources[split.train], targets[split.train])
-
-
-def make_loaders(images, targets, split, config: TrainConfig, *, num_processes: int, process_index: int,
-                 on_device: bool, device: torch.device | None = None, weights: np.ndarray | None = None):
-    """Training loader (shuffled, sharded) and evaluation loaders over one shared uint8 tensor.
-
-    The training loader (``loader.TrainingLoader``) cuts batches on ``device`` when the set is
-    ``on_device``, else gathers them in host memory and moves them there; the same shards either
-    way. Evaluation always uses a DataLoader for accelerate to prepare: ``gather_for_metrics``
-    needs accelerate's view of its last batch to drop the padding, which keeps evaluation exact.
-    """
-    check_parts(config, split, num_processes)
-
-    def evaluation_loader(rows):
-        return torch.utils.data.DataLoader(XrayDataset(images, targets, rows), batch_size=config.eval_batch_size,
-                                           collate_fn=collate_batch)
-
-    # Training drops the last partial global batch (the permutation changes every epoch, so every
-    # image is still used): padding it, as DistributedSampler does, would make N processes train
-    # on other images than 1 process. Evaluation keeps every image.
-    train_loader = TrainingLoader(images, targets, split.train, config.batch_size, config.seed,
-                                  device=images.device if device is None else device, on_device=on_device,
-                                  process_index=process_index, num_processes=num_processes, weights=weights,
-                                  workers=config.workers)
-    val_loader = evaluation_loader(split.val) if len(split.val) else None
-    return train_loader, val_loader, evaluation_loader(split.test)
-
-
-def check_parts(config: TrainConfig, split, num_processes: int) -> None:
-    """Every part can be shared by the processes, and the training part holds a whole batch (the
-    batch sizes themselves are settled by ``config.settle_batches``)."""
-    for name, rows in (("training", split.train), ("validation", split.val), ("test", split.test)):
-        if 0 < len(rows) < num_processes or (name != "validation" and len(rows) < num_processes):
-            raise UserError(f"the {name} part has {len(rows)} images, fewer than the {num_processes} processes; "
-                            "use more data or fewer processes")
-
-    if len(split.train) < config.batch_size:
-        raise UserError(f"the training part has {len(split.train)} images, fewer than --batch-size {config.batch_size}")
-
-
-def new_model(config: TrainConfig, data: RawData, split, device: torch.device) -> torch.nn.Module:
-    """The run's network, seeded: identical initial weights on every rank."""
-    seed_global_generators(config.seed, "weights")
-    return build_model(config, ModelSpec(config.model, data.image_size), device,
-                       pixel_statistics(data.images, split.train))
-
-
-def build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
-                normalization: tuple[float, float]) -> torch.nn.Module:
-    """The network of ``spec`` (from --init-weights, if given) with the training split's intensity
-    statistics, laid out for speed."""
-    model = build_network(spec, dropout=config.dropout)
-    if config.init_weights:
-        initial = Path(config.init_weights)
-        loaded = load_initial_weights(model, ckpt.refuse_non_finite(ckpt.load_plain(initial, "--init-weights file"),
-                                                                    initial), config.init_weights)
-        if is_main_rank():
-            summed = (", its first convolution summed from 3 channels to 1"
-                      if loaded["first_conv_summed_from_3_channels"] else "")
-            say(f"--init-weights {config.init_weights}: {loaded['tensors']} tensors loaded{summed}; "
-                f"a new two-class head ({loaded['head_replaced']})")
-    model.set_normalization(*normalization)
-    if config.sync_bn:
-        model = convert_sync_batchnorm(model, device)
-    # NHWC convolutions: faster training and evaluation on a 2-core CPU
-    # (benchmarks/throughput.py), and the layout GPU tensor cores want.
-    return model.to(memory_format=torch.channels_last)
-
-
-def start_logging(accelerator: Accelerator, folder: RunFolder, images, targets, split,
-                  config: TrainConfig) -> Logger | None:
-    """TensorBoard in <run>/tensorboard, on the main process (its hyper-parameters go in at the
-    end, next to the final metrics: see ``board.Logger.final``)."""
-    # Both: set_directories keeps the placeholder logging_dir given at start-up (which put the
-    # events of a default runs/<timestamp> run in runs/tensorboard).
-    accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(folder.path)
-    on_main_process(accelerator, lambda: accelerator.init_trackers(ckpt.TENSORBOARD_DIR),
-                    f"start TensorBoard logging in {folder.path / ckpt.TENSORBOARD_DIR}")
-    return Logger.for_run(accelerator, images, targets, split.val if len(split.val) else split.test,
-                          config.log_images_every)
-
-
-def announce_sources(table: dict | None) -> None:
-    """The training images per source and class, and the confounding warning where a source holds
-    one class (nothing for data without sources)."""
-    if not table or len(table) < 2:
-        return
-    say(format_table(table, title="covid-ddp-train: training images (patients) per source and class"))
-    warning = confounding_warning(table)
-    if warning:
-        say(f"covid-ddp-train: warning: {warning}")
 
 
 # --- an epoch ---------------------------------------------------------------------------------
@@ -471,170 +250,3 @@ def _monitored_line(monitor_name: str, record: dict) -> str:
 
 
 # --- the end ----------------------------------------------------------------------------------
-
-
-def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
-           monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
-           selection: Selection, best: BestWeights, meta: dict | None = None) -> dict:
-    """Ship the selected epoch's weights, pick the threshold on validation, score the test split
-    once with it, write the run's outputs.
-
-    The threshold and metrics.json describe the weights file itself: a run trained in bf16/fp16
-    is scored again by the shipped fp32 weights (what covid-ddp-predict computes); an fp32 run
-    that ships its last epoch already has that epoch's scores, and they are reused.
-    """
-    shipped_epoch = best.epoch if selection.criterion and best.epoch is not None else progress.epoch
-    if shipped_epoch != progress.epoch:
-        best.restore_into(accelerator.unwrap_model(run.model, keep_torch_compile=False))
-        monitored = None  # the last epoch's scores: not those of the shipped weights
-    why = selection.describe(progress.history, config.epochs, shipped_epoch)
-    accelerator.print(f"Shipping {why}")
-    # Net: the original's keys for raw pixels (normalisation folded into conv1); get_state_dict
-    # is a collective under FSDP.
-    weights = weights_state_dict(ckpt.consolidated_state_dict(accelerator.get_state_dict(run.model)),
-                                 accelerator.unwrap_model(run.model, keep_torch_compile=False))
-    if monitored is None or accelerator.mixed_precision != "no":  # (None: resumed after the last epoch)
-        scorer = shipped_model(weights, run.spec, accelerator.device)
-        monitored = evaluate(scorer, run.monitor_loader, accelerator)
-    else:
-        scorer = run.model
-    # With --val-size 0 the monitored split is the test split.
-    final = monitored if run.monitor_name == "Test" else evaluate(scorer, run.test_loader, accelerator)
-
-    def score() -> tuple[dict, dict]:  # every rank holds the same gathered scores: the main process does it once
-        decision = {**decide_threshold(monitored if run.monitor_name == "Validation" else None, config),
-                    "epoch": shipped_epoch, "shipped": why, "model": run.spec.to_dict()}
-        metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
-                                 bootstrap=config.bootstrap, seed=config.seed, groups=patient_ids(meta, final.rows))
-        by_source = per_source(final.p_covid, final.targets, source_names(meta, final.rows), decision["threshold"])
-        return decision, {**metrics, **({"per_source": by_source} if by_source else {})}
-
-    decision, test_metrics = on_main_process(accelerator, score, "score the test split")
-    accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
-                      f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
-                      f"{decision['method']})")
-    shown = accelerator.unwrap_model(scorer, keep_torch_compile=False)
-    draw_final = board and (lambda: board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch,
-                                                shown, decision["threshold"]))
-    shipped = {"epoch": shipped_epoch, "why": why, "select_by": config.select_by if selection.criterion else "last",
-               "stopped_early": selection.stopped_early(progress.history, config.epochs)}
-    path = folder.write_outputs(decision, weights, {"test": test_metrics, "shipped": shipped,
-                                                    "history": progress.history}, draw_final)
-    accelerator.print(f"Model saved to {path}")
-    return test_metrics
-
-
-def shipped_model(weights: dict, spec: ModelSpec, device: torch.device) -> torch.nn.Module:
-    """The weights file's model as covid-ddp-predict runs it: fp32 (Net with BatchNorm folded)."""
-    model = build_network(spec)
-    model.load_state_dict(weights)
-    return for_inference(model.to(device).eval())
-
-
-def decide_threshold(validation: Evaluation | None, config: TrainConfig) -> dict:
-    """The decision threshold (sidecar JSON beside the weights): chosen on the final model's
-    validation scores; 0.5 when there is no validation split (--val-size 0), never the test's."""
-    if validation is None:
-        return {"threshold": 0.5, "method": "default 0.5 (--val-size 0: no validation split to choose on)"}
-    chosen = choose_threshold(validation.p_covid, validation.targets, config.target_sensitivity)
-    return {**chosen, "chosen_on": "validation", "validation_images": int(len(validation.targets))}
-
-
-def shut_down(accelerator: Accelerator, barrier: bool = True) -> None:
-    """Close the trackers and destroy the process group while Python is fully alive.
-
-    Left to interpreter exit, gloo's worker threads can be torn down after the interpreter
-    and abort the process ("terminate called without an active exception", SIGABRT) even
-    though the run finished. So every reference to the DDP wrapper is dropped and collected,
-    then the group is destroyed; the barrier first keeps any rank from leaving mid-collective.
-    """
-    if barrier:
-        accelerator.wait_for_everyone()
-    grouped = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if grouped:  # (0.4 s of collection, worth it only where there are gloo threads to outlive)
-        accelerator.free_memory()
-        gc.collect()
-    accelerator.end_training()
-    if grouped:
-        gc.collect()
-
-
-def _describe_rates(metrics: dict) -> str:
-    def rate(value):
-        return "n/a" if value is None else f"{value:.3f}"
-
-    return (f"n={metrics['n']}, sensitivity {rate(metrics['sensitivity'])}, "
-            f"specificity {rate(metrics['specificity'])}, ROC AUC {rate(metrics['roc_auc'])}")
-
-
-def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
-    """TensorBoard's hparams accept only scalars and strings."""
-    values = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
-    values.update(num_processes=accelerator.num_processes, mixed_precision=accelerator.mixed_precision)
-    return values
-
-
-def _apply_recipe_changes(run: PreparedRun, config: TrainConfig, changes: dict, accelerator: Accelerator) -> None:
-    """--resume-with-changes: the optimizer's and the schedule's saved states hold the old learning
-    rate, patience and factor; the new ones replace them."""
-    optimizer, scheduler = run.optimizer, run.scheduler
-    if "--lr" in changes:
-        was = optimizer.param_groups[0]["lr"]
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr
-        accelerator.print(f"--lr {config.lr:g} applied to the optimizer (it was at {was:g} in the checkpoint)")
-    if "--lr-patience" in changes:
-        scheduler.patience = config.lr_patience
-    if "--lr-factor" in changes:
-        scheduler.factor = config.lr_factor
-
-
-def _recorded_flags(config: TrainConfig, data: RawData) -> dict:
-    """The flags as they ran; --mcfam-url only for a run on MCFAM files (a folder of one's own was
-    never downloaded from it)."""
-    flags = config.to_dict()
-    if data.provenance.get("source") != "mcfam":
-        flags.pop("mcfam_url")
-    return flags
-
-
-def _command_line() -> str:
-    """This process's command, near enough as typed (a launcher's own flags are in "distributed")."""
-    program = Path(sys.argv[0])
-    if program.name.startswith("covid-ddp"):
-        return shlex.join([program.name, *sys.argv[1:]])
-    if program.parts[-2:] == ("covid_ddp", "train.py"):  # python -m covid_ddp.train (covid-ddp-report)
-        return shlex.join(["python", "-m", "covid_ddp.train", *sys.argv[1:]])
-    return shlex.join(["python", *sys.argv])
-
-
-def _by_source(data: RawData, split) -> dict:
-    """Images and patients per source and class of each part (for config.json and the model card)."""
-    targets = to_binary(data.labels)
-    parts = {"all": np.concatenate(list(split.as_arrays().values())), **split.as_arrays()}
-    tables = {part: table_of(data.meta, targets, rows) for part, rows in parts.items()}
-    return {"by_source": tables} if tables["train"] is not None else {}
-
-
-def _run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, split, folder: RunFolder,
-                run: PreparedRun) -> dict:
-    return {
-        "config": _recorded_flags(config, data),
-        "output_dir": str(folder.path),
-        "command": _command_line(),
-        "model": {**run.spec.to_dict(), "parameters": sum(p.numel() for p in run.model.parameters())},
-        "data": {"source": data.provenance.get("source", config.dataset), **data.provenance,
-                 "fingerprint": fingerprint(data),
-                 "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
-                 **_by_source(data, split)},
-        "distributed": {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
-                        "mixed_precision": accelerator.mixed_precision, "data_device": run.data_device,
-                        "train_loader": run.train_loader_kind,
-                        "distributed_type": str(accelerator.distributed_type),
-                        "dynamo_backend": str(accelerator.state.dynamo_plugin.backend.value)},
-        "environment": environment_summary(),
-    }
-
-
-if __name__ == "__main__":  # python -m covid_ddp.train, torchrun -m covid_ddp.train
-    raise SystemExit(main())

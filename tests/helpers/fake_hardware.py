@@ -8,7 +8,8 @@ machine with another CPU or GPU would: e.g. ``1:native=no`` (no native bf16), ``
 import os
 import sys
 
-from covid_ddp import hardware, train
+from covid_ddp.commands.train import main
+from covid_ddp.training import hardware
 
 changes = dict(spec.split(":") for spec in sys.argv[1].split(";"))
 real_view = hardware.local_view
@@ -23,4 +24,4 @@ def local_view(cpu):
 
 
 hardware.local_view = local_view
-sys.exit(train.main(sys.argv[2:]))
+sys.exit(main(sys.argv[2:]))

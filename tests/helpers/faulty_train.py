@@ -27,7 +27,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from covid_ddp import board, checkpoint, engine, train
+from covid_ddp.commands.train import main
+from covid_ddp.training import board, checkpoint, engine
+from covid_ddp.training import trainer as train
 
 
 def after_calls(count: str, action):
@@ -137,4 +139,4 @@ for fault in sys.argv[1].split(","):
         raise SystemExit(f"unknown fault {fault}")
     FAULTS[kind](*count)
 
-sys.exit(train.main(sys.argv[2:]))
+sys.exit(main(sys.argv[2:]))

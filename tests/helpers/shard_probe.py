@@ -13,13 +13,16 @@ from pathlib import Path
 
 import torch
 
-from covid_ddp.config import TrainConfig
-from covid_ddp.data import dataset_tensors, load_data_dir, to_binary
-from covid_ddp.splits import split_indices
-from covid_ddp.model import Net
-from covid_ddp.engine import evaluate
-from covid_ddp.loader import balanced_weights
-from covid_ddp.train import build_accelerator, make_loaders, shut_down
+from covid_ddp.data.folders import load_data_dir
+from covid_ddp.data.format import to_binary
+from covid_ddp.data.splits import split_indices
+from covid_ddp.data.tensors import dataset_tensors
+from covid_ddp.models.net import Net
+from covid_ddp.training.config import TrainConfig
+from covid_ddp.training.engine import evaluate
+from covid_ddp.training.loader import balanced_weights
+from covid_ddp.training.preparation import make_loaders
+from covid_ddp.training.session import build_accelerator, shut_down
 
 out_dir, data_dir, store_dir = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 

@@ -26,13 +26,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from covid_ddp.config import TrainConfig
-from covid_ddp.data import load_data_dir, to_binary
-from covid_ddp.engine import train_one_epoch
-from covid_ddp.loader import epoch_permutation
-from covid_ddp.model import Net
-from covid_ddp.splits import split_indices
-from covid_ddp.train import build_accelerator, prepare_run, shut_down
+from covid_ddp.data.folders import load_data_dir
+from covid_ddp.data.format import to_binary
+from covid_ddp.data.splits import split_indices
+from covid_ddp.models.net import Net
+from covid_ddp.training.config import TrainConfig
+from covid_ddp.training.engine import train_one_epoch
+from covid_ddp.training.loader import epoch_permutation
+from covid_ddp.training.preparation import prepare_run
+from covid_ddp.training.session import build_accelerator, shut_down
 
 TRAIN_IMAGES = 120
 LR = 0.1

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from covid_ddp import train
-from covid_ddp.run_folder import RunFolder
+from covid_ddp.commands.train import main
+from covid_ddp.training.run_folder import RunFolder
 
 dump_dir = Path(sys.argv[1])
 original_write = RunFolder.write_outputs
@@ -24,4 +24,4 @@ def write_and_dump(self, decision, weights, *args, **kwargs):
 
 
 RunFolder.write_outputs = write_and_dump
-sys.exit(train.main(sys.argv[2:]))
+sys.exit(main(sys.argv[2:]))

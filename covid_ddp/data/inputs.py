@@ -1,0 +1,72 @@
+"""What covid-ddp-predict is given: image files (PNG, JPEG, DICOM), folders of them, MCFAM-format
+``.npz`` files; each read into images of the model's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..bounds import IMAGE_SIZE
+from ..errors import UserError
+from .format import IMAGES_KEY, load_array, validate_images
+from .radiographs import is_radiograph_file, read_grayscale_and_size, to_model_size
+
+NPZ_SUFFIX = ".npz"
+
+
+@dataclass
+class InputImages:
+    """Images read from one input file, ready for the model."""
+
+    source: str
+    images: np.ndarray  # (N, S, S) uint8, S the model's image size
+    resized_from: tuple[int, int] | None = None  # the input's own (width, height), when not S x S
+
+
+def collect_files(inputs: list[str]) -> list[Path]:
+    """Files named directly, and the supported files inside named folders (sorted, recursive)."""
+    files = []
+    for name in inputs:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if is_radiograph_file(p) or (p.is_file() and p.suffix.lower() == NPZ_SUFFIX))
+            if not found:
+                raise UserError(f"{path}: the folder holds no .npz, .png, .jpg or .dcm files")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise UserError(f"{path} does not exist")
+    return files
+
+
+def read_input(path: Path, size: int = IMAGE_SIZE) -> InputImages:
+    """The images of one input file at ``size`` x ``size`` (the weights' size)."""
+    if path.suffix.lower() == NPZ_SUFFIX:
+        images = load_array(path, IMAGES_KEY)
+        validate_images(images, path)
+        if images.shape[-1] == size:
+            return InputImages(str(path), images)
+        resized = np.stack([to_model_size(Image.fromarray(image), size) for image in images])
+        return InputImages(str(path), resized, images.shape[1:][::-1])
+    if is_radiograph_file(path):
+        gray, own_size = read_grayscale_and_size(path, size)
+        resized_from = own_size if gray.size != (size, size) else None
+        return InputImages(str(path), to_model_size(gray, size)[None], resized_from)
+    raise UserError(f"{path}: unsupported input type '{path.suffix}'; give .npz, .png, .jpg or .dcm files or folders")
+
+
+def resized_summary(sizes: list[tuple[int, int]], size: int = IMAGE_SIZE) -> str:
+    """One line for all resized images (a folder of 300 JPEGs is not worth 300 notes): how many,
+    and the smallest and largest of their own sizes."""
+    ordered = sorted(set(sizes), key=lambda size: (size[0] * size[1], size))
+    shown = [f"{width}x{height}" for width, height in (ordered[0], ordered[-1])]
+    span = shown[0] if len(ordered) == 1 else f"{shown[0]} to {shown[1]}"
+    cropped = "; non-square ones center-cropped to a square first" if any(w != h for w, h in sizes) else ""
+    images = "1 image was" if len(sizes) == 1 else f"{len(sizes)} images were"
+    return f"covid-ddp-predict: {images} resized to {size}x{size}, the weights' size (from {span}{cropped})"

@@ -1,0 +1,35 @@
+"""Scoring images with a loaded model on one device: ``predict(model, images)`` -> P(COVID)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, images, batch_size: int = 512) -> np.ndarray:
+    """P(COVID) for each raw-pixel image of ``images`` ((N, S, S) or (N, 1, S, S)), in batches.
+
+    ``images`` is a NumPy array (or anything ``np.asarray`` takes) or a tensor on any device: a
+    tensor already on the model's device (a set held on the GPU) is scored without a round trip
+    through host memory. The result is a NumPy array on the host either way."""
+    device = next(model.parameters()).device
+    if not isinstance(images, torch.Tensor):  # np.asarray of a CUDA tensor raises: tensors stay as they are
+        images = torch.as_tensor(np.asarray(images))
+    if images.ndim == 3:
+        images = images.unsqueeze(1)
+    probabilities = [
+        model(batch.to(device, non_blocking=True).float())[:, 1].float().exp().cpu()
+        for batch in images.split(batch_size)
+    ]
+    return torch.cat(probabilities).numpy() if probabilities else np.empty(0, dtype=np.float32)

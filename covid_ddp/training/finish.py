@@ -1,0 +1,103 @@
+"""The end of a run: the selected epoch's weights shipped, the threshold chosen on validation, the
+test split scored once with it, the run's outputs written.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+
+from ..data.folders import patient_ids, source_names
+from ..evaluation.metrics import binary_metrics, choose_threshold, per_source
+from ..models.net import ModelSpec, build_network, for_inference, weights_state_dict
+from ..models.weights import consolidated_state_dict
+from ..training import checkpoint as ckpt
+from .board import Logger
+from .config import TrainConfig
+from .distributed import on_main_process
+from .engine import Evaluation, evaluate
+from .preparation import PreparedRun
+from .run_folder import RunFolder
+from .selection import BestWeights, Selection
+
+
+def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
+           monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
+           selection: Selection, best: BestWeights, meta: dict | None = None) -> dict:
+    """Ship the selected epoch's weights, pick the threshold on validation, score the test split
+    once with it, write the run's outputs.
+
+    The threshold and metrics.json describe the weights file itself: a run trained in bf16/fp16
+    is scored again by the shipped fp32 weights (what covid-ddp-predict computes); an fp32 run
+    that ships its last epoch already has that epoch's scores, and they are reused.
+    """
+    shipped_epoch = best.epoch if selection.criterion and best.epoch is not None else progress.epoch
+    if shipped_epoch != progress.epoch:
+        best.restore_into(accelerator.unwrap_model(run.model, keep_torch_compile=False))
+        monitored = None  # the last epoch's scores: not those of the shipped weights
+    why = selection.describe(progress.history, config.epochs, shipped_epoch)
+    accelerator.print(f"Shipping {why}")
+    # Net: the original's keys for raw pixels (normalisation folded into conv1); get_state_dict
+    # is a collective under FSDP.
+    weights = weights_state_dict(consolidated_state_dict(accelerator.get_state_dict(run.model)),
+                                 accelerator.unwrap_model(run.model, keep_torch_compile=False))
+    if monitored is None or accelerator.mixed_precision != "no":  # (None: resumed after the last epoch)
+        scorer = shipped_model(weights, run.spec, accelerator.device)
+        monitored = evaluate(scorer, run.monitor_loader, accelerator)
+    else:
+        scorer = run.model
+    # With --val-size 0 the monitored split is the test split.
+    final = monitored if run.monitor_name == "Test" else evaluate(scorer, run.test_loader, accelerator)
+
+    def score() -> tuple[dict, dict]:  # every rank holds the same gathered scores: the main process does it once
+        decision = {**decide_threshold(monitored if run.monitor_name == "Validation" else None, config),
+                    "epoch": shipped_epoch, "shipped": why, "model": run.spec.to_dict()}
+        metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
+                                 bootstrap=config.bootstrap, seed=config.seed, groups=patient_ids(meta, final.rows))
+        by_source = per_source(final.p_covid, final.targets, source_names(meta, final.rows), decision["threshold"])
+        return decision, {**metrics, **({"per_source": by_source} if by_source else {})}
+
+    decision, test_metrics = on_main_process(accelerator, score, "score the test split")
+    accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
+                      f"[COVID Detection] ({_describe_rates(test_metrics)}; threshold {decision['threshold']:.3f}, "
+                      f"{decision['method']})")
+    shown = accelerator.unwrap_model(scorer, keep_torch_compile=False)
+    draw_final = board and (lambda: board.final(final, test_metrics, _hparams(config, accelerator), progress.epoch,
+                                                shown, decision["threshold"]))
+    shipped = {"epoch": shipped_epoch, "why": why, "select_by": config.select_by if selection.criterion else "last",
+               "stopped_early": selection.stopped_early(progress.history, config.epochs)}
+    path = folder.write_outputs(decision, weights, {"test": test_metrics, "shipped": shipped,
+                                                    "history": progress.history}, draw_final)
+    accelerator.print(f"Model saved to {path}")
+    return test_metrics
+
+
+def shipped_model(weights: dict, spec: ModelSpec, device: torch.device) -> torch.nn.Module:
+    """The weights file's model as covid-ddp-predict runs it: fp32 (Net with BatchNorm folded)."""
+    model = build_network(spec)
+    model.load_state_dict(weights)
+    return for_inference(model.to(device).eval())
+
+
+def decide_threshold(validation: Evaluation | None, config: TrainConfig) -> dict:
+    """The decision threshold (sidecar JSON beside the weights): chosen on the final model's
+    validation scores; 0.5 when there is no validation split (--val-size 0), never the test's."""
+    if validation is None:
+        return {"threshold": 0.5, "method": "default 0.5 (--val-size 0: no validation split to choose on)"}
+    chosen = choose_threshold(validation.p_covid, validation.targets, config.target_sensitivity)
+    return {**chosen, "chosen_on": "validation", "validation_images": int(len(validation.targets))}
+
+
+def _describe_rates(metrics: dict) -> str:
+    def rate(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (f"n={metrics['n']}, sensitivity {rate(metrics['sensitivity'])}, "
+            f"specificity {rate(metrics['specificity'])}, ROC AUC {rate(metrics['roc_auc'])}")
+
+
+def _hparams(config: TrainConfig, accelerator: Accelerator) -> dict:
+    """TensorBoard's hparams accept only scalars and strings."""
+    values = {k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str, bool))}
+    values.update(num_processes=accelerator.num_processes, mixed_precision=accelerator.mixed_precision)
+    return values
