@@ -69,7 +69,7 @@ def test_only_runs_the_named_settings_and_names_the_known_ones(tmp_path, capsys)
 
 def test_only_adds_its_settings_to_the_earlier_report_of_the_same_runs(tmp_path, monkeypatch):
     """The trainer is replaced by a stub: which settings run and what lands in the report is the point."""
-    import covid_ddp.commands.report as report
+    import covid_ddp.evaluation.report as report
 
     images, labels = make_synthetic(120, seed=4)
     write_mcfam(tmp_path / "a", images[:60], labels[:60])

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..bounds import IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT
 from ..cli import ArgumentParser, HelpFormatter, run_cli
-from ..data.prepare import _check_output, collect_items, parse_label_map, prepare, write_folder
+from ..data.prepare import check_output_folder_free, collect_items, parse_label_map, prepare, write_folder
 from ..data.store import images_name
 from ..destinations import refuse_inputs
 
@@ -73,7 +73,7 @@ def _cores() -> int:
 def run(arguments: argparse.Namespace) -> None:
     output_dir = Path(arguments.output_dir).resolve()
     refuse_inputs(output_dir, "--output-dir", arguments.sources)
-    _check_output(output_dir, arguments.overwrite)
+    check_output_folder_free(output_dir, arguments.overwrite)
     names = parse_label_map(arguments.label_map)
     items = collect_items(arguments.sources, arguments.allow_outside)
     prepared = prepare(items, names, arguments.workers, arguments.skip_errors, arguments.drop_duplicates,

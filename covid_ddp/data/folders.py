@@ -24,7 +24,7 @@ from ..bounds import IMAGE_SIZE
 from ..errors import UserError
 from .format import (IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD, as_text, load_array,
                      read_npz, to_binary, validate_images, validate_labels)
-from .mcfam import _hash_record, default_data_dir, fetch_mcfam, refuse_a_folder_of_other_files, sha256_of
+from .mcfam import hash_record, default_data_dir, fetch_mcfam, refuse_a_folder_of_other_files, sha256_of
 from .store import find_images_file, image_size_of, read_store
 from .synthetic import make_synthetic
 
@@ -186,7 +186,7 @@ def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_ur
     check_pins(data, pins or {})
     # MCFAM only where a download brought the files (their sha256 recorded beside them): a folder
     # of the user's own is recorded as such, never with MCFAM's address.
-    if all(_hash_record(folder / name).is_file() for folder in folders for name in (IMAGES_FILE, LABELS_FILE)):
+    if all(hash_record(folder / name).is_file() for folder in folders for name in (IMAGES_FILE, LABELS_FILE)):
         data.provenance.update(source="mcfam", source_url=base_url)
     else:
         data.provenance["source"] = "folders"

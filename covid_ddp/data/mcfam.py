@@ -75,7 +75,7 @@ def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | Non
                 f"{problem}{error}. To go on offline, pass --data-dir DIR with a local copy of {IMAGES_FILE} and "
                 f"{LABELS_FILE}, or use --dataset synthetic"
             ) from None
-        with atomic_path(_hash_record(destination)) as tmp:
+        with atomic_path(hash_record(destination)) as tmp:
             tmp.write_text(sha256_of(destination) + "\n")
 
 
@@ -84,7 +84,7 @@ def refuse_a_folder_of_other_files(folder: Path) -> None:
     name, not a cache to download MCFAM into: only a new, empty or MCFAM-only folder is one."""
     if not folder.is_dir():
         return
-    ours = {IMAGES_FILE, LABELS_FILE, *(_hash_record(Path(name)).name for name in (IMAGES_FILE, LABELS_FILE))}
+    ours = {IMAGES_FILE, LABELS_FILE, *(hash_record(Path(name)).name for name in (IMAGES_FILE, LABELS_FILE))}
     others = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith("."))
     if others:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
@@ -93,11 +93,11 @@ def refuse_a_folder_of_other_files(folder: Path) -> None:
                         "from PNG/JPEG/DICOM images), and --download fills only a new or empty folder with MCFAM")
 
 
-def _hash_record(path: Path) -> Path:
+def hash_record(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
 def _matches_recorded_hash(path: Path) -> bool:
     """True when no hash was recorded (a copy the user put there) or the recorded one matches."""
-    record = _hash_record(path)
+    record = hash_record(path)
     return not record.exists() or record.read_text().strip() == sha256_of(path)

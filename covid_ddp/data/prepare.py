@@ -236,7 +236,7 @@ def write_folder(prepared: PreparedSet, output_dir: Path, overwrite: bool, store
     """All files into a temporary folder beside ``output_dir``, then one rename: a reader (or an
     interrupted run) never sees a half-prepared folder."""
     output_dir = Path(output_dir)
-    _check_output(output_dir, overwrite)
+    check_output_folder_free(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
@@ -268,7 +268,7 @@ def _swap_in(staging: Path, output_dir: Path) -> None:
 PREPARED_NAMES = re.compile(rf"{IMAGES_KEY}\d+\.(npz|npy)|{LABELS_FILE}|{META_FILE}|{PREPARE_RECORD}")
 
 
-def _check_output(output_dir: Path, overwrite: bool) -> None:
+def check_output_folder_free(output_dir: Path, overwrite: bool) -> None:
     """A new or empty folder, or with --overwrite one covid-ddp-prepare wrote: it holds its record
     and nothing else but its files. Any other folder is the user's, and is never replaced."""
     if output_dir.exists() and not output_dir.is_dir():

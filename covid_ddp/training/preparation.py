@@ -183,7 +183,7 @@ def announce_sources(table: dict | None) -> None:
         say(f"covid-ddp-train: warning: {warning}")
 
 
-def _apply_recipe_changes(run: PreparedRun, config: TrainConfig, changes: dict, accelerator: Accelerator) -> None:
+def apply_recipe_changes(run: PreparedRun, config: TrainConfig, changes: dict, accelerator: Accelerator) -> None:
     """--resume-with-changes: the optimizer's and the schedule's saved states hold the old learning
     rate, patience and factor; the new ones replace them."""
     optimizer, scheduler = run.optimizer, run.scheduler

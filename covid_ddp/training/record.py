@@ -47,7 +47,7 @@ def _by_source(data: RawData, split) -> dict:
     return {"by_source": tables} if tables["train"] is not None else {}
 
 
-def _run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, split, folder: RunFolder,
+def run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, split, folder: RunFolder,
                 run: PreparedRun) -> dict:
     return {
         "config": _recorded_flags(config, data),

@@ -1,5 +1,9 @@
-"""The job's processes, as the loop sees them: started on GPUs or the CPU with the device and
-precision every rank agreed on, and shut down while Python is fully alive.
+"""The job's processes behind one object the loop talks to (Lightning Fabric's idea): ``Session``.
+
+It starts the process group on GPUs or the CPU with the device and precision every rank agreed on,
+runs work the processes agree on (one failure ends every rank with its one line), claims the run
+folder, and shuts the group down while Python is fully alive, whatever happened. The loop itself
+holds no rank arithmetic, no launcher or signal handling and no process-group teardown.
 """
 
 from __future__ import annotations
@@ -8,16 +12,93 @@ import dataclasses
 import datetime
 import gc
 import os
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from ..cli import is_main_rank, say
-from ..training import hardware
+from ..errors import first_line
+from . import hardware
 from .config import TrainConfig
-from .distributed import (check_gpus_per_machine, check_launch, cpu_only, exchange_before_group, join_restarted_group,
-                          refuse_independent_launch)
+from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, exchange_before_group,
+                          join_restarted_group, lost_another_process, on_every_process, on_main_process,
+                          refuse_independent_launch, same_on_every_process)
+from .run_folder import RunFolder
+
+
+class Session:
+    """One training job's processes. Use as ``with Session.start(config) as session:``; every
+    process of the job does the same calls in the same order."""
+
+    def __init__(self, accelerator: Accelerator, config: TrainConfig):
+        self.accelerator = accelerator
+        self.config = config  # with the precision the processes agreed on
+        self.run_dir: Path | None = None  # once claimed: named by a failure's message
+
+    @classmethod
+    @contextmanager
+    def start(cls, config: TrainConfig):
+        """The started session; on the way out, a failure ends the group without a barrier (the
+        other ranks may never reach one), and a peer's loss is told as such."""
+        try:
+            session = cls(*start_job(config))
+            try:
+                yield session
+            except Exception as error:
+                shut_down(session.accelerator, barrier=False)
+                if lost_another_process(error):
+                    raise session._peer_lost(error) from None
+                raise
+        finally:
+            # The job's accelerate state goes with it: the same Python process (a notebook) can train
+            # again, or start several processes with notebook_launcher, which refuses while one is held.
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def describe(self) -> str:
+        return describe(self.accelerator)
+
+    def print(self, line: str) -> None:
+        """On the main process only."""
+        self.accelerator.print(line)
+
+    def on_main(self, work: Callable[[], Any], what: str, *, patient: bool = False) -> Any:
+        """``work()`` on the main process, its value (or its failure) on every process."""
+        return on_main_process(self.accelerator, work, what, patient=patient)
+
+    def on_every(self, work: Callable[[], Any], what: str, *, here: bool = True, patient: bool = False) -> Any:
+        """``work()`` on every process (where ``here``); one failure ends them all."""
+        return on_every_process(self.accelerator, work, what, here=here, patient=patient)
+
+    def same_everywhere(self, value, what: str) -> None:
+        same_on_every_process(self.accelerator, value, what)
+
+    @contextmanager
+    def run_folder(self, config: TrainConfig):
+        """The run folder, claimed for this job (``run_folder.RunFolder.open``)."""
+        with RunFolder.open(self.accelerator, config) as folder:
+            self.run_dir = folder.path
+            yield folder
+
+    def shut_down(self) -> None:
+        """The end of a job that went well: every process reaches it, then the group goes."""
+        shut_down(self.accelerator)
+
+    def _peer_lost(self, error: Exception) -> JobFailed:
+        resume = f" Complete checkpoints are kept: rerun with --resume auto --output-dir {self.run_dir}" \
+            if self.run_dir else ""
+        return JobFailed(f"another process of this job ended while this one waited for it ({first_line(error)}); "
+                         f"its own output says why.{resume}")
 
 
 def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:

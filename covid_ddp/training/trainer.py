@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 
 from ..cli import say
 from ..data.confounding import table_of
@@ -31,25 +31,21 @@ from ..data.folders import RawData, fetch_dataset, fingerprint, load_dataset
 from ..data.format import to_binary
 from ..data.splits import Split, make_split
 from ..data.tensors import blank_rows
-from ..errors import UserError, first_line
-from ..evaluation.audit import audit_after_training
+from ..errors import UserError
 from ..evaluation.metrics import DEFAULT_THRESHOLD
-from ..evaluation.model_card import refresh_model_card
 from ..seeding import seed_global_generators
-from ..training import checkpoint as ckpt
+from . import checkpoint as ckpt
 from .board import Logger
 from .config import TrainConfig, settle_batches
-from .distributed import (JobFailed, describe, lost_another_process, on_every_process, on_main_process,
-                          same_on_every_process)
 from .engine import Evaluation, evaluate, train_one_epoch
 from .finish import finish
-from .preparation import (PreparedRun, _apply_recipe_changes, announce_sources, check_parts, new_model, prepare_run,
+from .preparation import (PreparedRun, announce_sources, apply_recipe_changes, check_parts, new_model, prepare_run,
                           start_logging)
 from .provenance import resident_memory_mb
-from .record import _run_config
+from .record import run_config
 from .run_folder import RunFolder
 from .selection import Selection
-from .session import shut_down, start_job
+from .session import Session
 
 
 @dataclass(frozen=True)
@@ -66,44 +62,31 @@ class TrainedRun:
         return self.metrics["threshold"]
 
 
-def train(config: TrainConfig) -> TrainedRun:
+AfterTraining = Callable[[TrainedRun, RawData, Split], None]
+
+
+def train(config: TrainConfig, after: AfterTraining | None = None) -> TrainedRun:
     """Train, checkpoint every epoch, test once, write the run folder. Called on every process of
     a job (any launcher, or ``accelerate.notebook_launcher``); each returns the same run. A run
-    that ``--resume auto`` finds finished is returned as it is, untouched."""
-    try:
-        return _train(config)
-    finally:
-        # The job's accelerate state goes with it: the same Python process (a notebook) can train
-        # again, or start several processes with notebook_launcher, which refuses while one is held.
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+    that ``--resume auto`` finds finished is returned as it is, untouched.
 
-
-def _train(config: TrainConfig) -> TrainedRun:
-    started = time.monotonic()
-    accelerator, config = start_job(config)
-    run_dir = None  # for the message below, once known
-    try:
-        job = set_up_job(accelerator, config)
-        with RunFolder.open(accelerator, job.config) as folder:
-            run_dir = folder.path
-            accelerator.print(f"covid-ddp-train: {describe(accelerator)}; run folder {folder.path}")
+    ``after(run, data, split)`` runs on the main process once the job's processes have let go of
+    each other, for a run trained now (covid-ddp-train audits it and writes its model card there)."""
+    with Session.start(config) as session:
+        job = set_up_job(session)
+        with session.run_folder(job.config) as folder:
+            session.print(f"covid-ddp-train: {session.describe()}; run folder {folder.path}")
             if folder.finished:
-                accelerator.print(f"{folder.path} is finished ({folder.finished}): nothing to do")
-                metrics = on_main_process(accelerator, lambda: ckpt.recorded_test_metrics(folder.path),
+                session.print(f"{folder.path} is finished ({folder.finished}): nothing to do")
+                metrics = session.on_main(lambda: ckpt.recorded_test_metrics(folder.path),
                                           f"read {folder.path / ckpt.METRICS_FILE}")
-                shut_down(accelerator)
+                session.shut_down()
                 return TrainedRun(folder.path, folder.path / ckpt.WEIGHTS_FILE, metrics, job.config)
-            metrics = _train_in(folder, job, accelerator, started)
-            return TrainedRun(folder.path, folder.path / ckpt.WEIGHTS_FILE, metrics, job.config)
-    except Exception as error:
-        shut_down(accelerator, barrier=False)  # the other ranks may not reach a barrier
-        if lost_another_process(error):
-            resume = f" Complete checkpoints are kept: rerun with --resume auto --output-dir {run_dir}" \
-                if run_dir else ""
-            raise JobFailed(f"another process of this job ended while this one waited for it ({first_line(error)}); "
-                            f"its own output says why.{resume}") from None
-        raise
+            metrics = _train_in(folder, job, session)
+            run = TrainedRun(folder.path, folder.path / ckpt.WEIGHTS_FILE, metrics, job.config)
+            if after is not None and session.is_main_process:  # no other process waits on it
+                after(run, job.data, job.split)
+            return run
 
 
 @dataclass
@@ -119,20 +102,21 @@ class Job:
     batch_note: str  # why the batch size changed, if it did
 
 
-def set_up_job(accelerator: Accelerator, config: TrainConfig) -> Job:
-    data = load_training_data(accelerator, config)
+def set_up_job(session: Session) -> Job:
+    config, accelerator = session.config, session.accelerator
+    data = load_training_data(session, config)
     targets = to_binary(data.labels)
     # The main process splits for all (the same split everywhere, and scikit-learn imported once).
-    split = on_main_process(accelerator, lambda: make_split(targets, config.split_plan(), data.meta), "split the data")
-    refuse_blank_training(accelerator, data, split.train)
+    split = session.on_main(lambda: make_split(targets, config.split_plan(), data.meta), "split the data")
+    refuse_blank_training(session, data, split.train)
     config, batch_note = settle_batches(config, len(split.train), accelerator.num_processes, accelerator.device.type)
     config = dataclasses.replace(config, image_size=data.image_size)  # the data's: what a resume compares
     check_parts(config, split, accelerator.num_processes)
     return Job(config, data, targets, split, new_model(config, data, split, accelerator.device), batch_note)
 
 
-def _train_in(folder: RunFolder, job: Job, accelerator: Accelerator, started: float) -> dict:
-    config, data, split = job.config, job.data, job.split
+def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
+    config, data, split, accelerator = job.config, job.data, job.split, session.accelerator
     folder.check_resume(config, fingerprint(data))
     folder.keep_split(split)
     run = prepare_run(config, data, job.targets, split, accelerator, model=job.model)
@@ -142,11 +126,11 @@ def _train_in(folder: RunFolder, job: Job, accelerator: Accelerator, started: fl
     selection = Selection.for_run(config.select_by, config.early_stop, has_validation=len(split.val) > 0)
     if not folder.restore(state, config.epochs):  # another process count: its random states do not apply
         seed_global_generators(config.seed, "dropout", progress.epoch + 1, accelerator.process_index)
-    _apply_recipe_changes(run, config, folder.changes, accelerator)
-    folder.write_config(_run_config(config, accelerator, data, split, folder, run))  # once the resume holds
-    if job.batch_note and accelerator.is_main_process:
-        say(f"covid-ddp-train: {job.batch_note}")
-    if accelerator.is_main_process:
+    apply_recipe_changes(run, config, folder.changes, accelerator)
+    folder.write_config(run_config(config, accelerator, data, split, folder, run))  # once the resume holds
+    if session.is_main_process:
+        if job.batch_note:
+            say(f"covid-ddp-train: {job.batch_note}")
         announce_sources(table_of(data.meta, job.targets, split.train))
     board = start_logging(accelerator, folder, data.images, job.targets, split, config)
 
@@ -164,18 +148,14 @@ def _train_in(folder: RunFolder, job: Job, accelerator: Accelerator, started: fl
     test_metrics = finish(run, folder, accelerator, config, monitored, board, progress, selection, state.best,
                           data.meta)
     del run, state  # the DDP wrapper holds the process group: release it before shutting down
-    shut_down(accelerator)
-    if accelerator.is_main_process:  # after the group is gone: no other process waits on these
-        audit_after_training(config.audit, folder.path / ckpt.WEIGHTS_FILE, data, split.test, test_metrics["threshold"],
-                             config.seed, run_seconds=time.monotonic() - started)
-        refresh_model_card(folder.path, "covid-ddp-train")
+    session.shut_down()
     return test_metrics
 
 
 # --- start-up ---------------------------------------------------------------------------------
 
 
-def load_training_data(accelerator: Accelerator, config: TrainConfig) -> RawData:
+def load_training_data(session: Session, config: TrainConfig) -> RawData:
     """The main process downloads what is missing, then the first process of every other machine
     (whose cache may be a disk of its own); then every process reads its copy, and all check
     that they hold the same files."""
@@ -183,26 +163,27 @@ def load_training_data(accelerator: Accelerator, config: TrainConfig) -> RawData
         fetch_dataset(config.dataset, config.data_dir, config.mcfam_url, config.pins(), into_data_dir=config.download)
 
     # Patient: the others wait for a download however long it takes, not --dist-timeout.
-    on_main_process(accelerator, fetch, "download the data", patient=True)
-    on_every_process(accelerator, fetch, "download the data",
-                     here=accelerator.is_local_main_process and not accelerator.is_main_process, patient=True)
-    data = on_every_process(accelerator, lambda: load_dataset(
+    session.on_main(fetch, "download the data", patient=True)
+    accelerator = session.accelerator
+    session.on_every(fetch, "download the data", here=accelerator.is_local_main_process and not accelerator.is_main_process,
+                     patient=True)
+    data = session.on_every(lambda: load_dataset(
         config.dataset, config.data_dir, config.synthetic_size, config.seed, config.mcfam_url, config.pins(),
         config.image_size),
         "read the data")
-    same_on_every_process(accelerator, fingerprint(data), "data files")
+    session.same_everywhere(fingerprint(data), "data files")
     return data
 
 
-def refuse_blank_training(accelerator: Accelerator, data: RawData, train_rows: np.ndarray) -> None:
+def refuse_blank_training(session: Session, data: RawData, train_rows: np.ndarray) -> None:
     """A training part of blank images (each a single gray level) has nothing to learn: a run on it
     would end at ROC AUC 0.5 with no word. All blank: refused (on every rank: the same count);
     some: one warning line."""
-    blank = on_main_process(accelerator, lambda: len(blank_rows(data.images, train_rows)), "look for blank images")
+    blank = session.on_main(lambda: len(blank_rows(data.images, train_rows)), "look for blank images")
     if blank == len(train_rows):
         raise UserError(f"all {blank} training images are blank (each a single gray level): there is nothing to "
                         "learn from; check the data folder")
-    if blank and accelerator.is_main_process:
+    if blank and session.is_main_process:
         say(f"covid-ddp-train: warning: {blank} of the {len(train_rows)} training images are blank (each a single "
             "gray level); covid-ddp-prepare names such files")
 
