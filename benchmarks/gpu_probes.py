@@ -166,7 +166,7 @@ def scores(weights: Path, images: Path, predictions: Path, device: str) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from covid_ddp import load_model, predict
-    from covid_ddp.models.weights import inference_model
+    from covid_ddp.models.loading import inference_model
 
     with np.load(images, allow_pickle=False) as archive:
         pixels = archive["train_images"]

@@ -8,7 +8,7 @@ The names below are imported on first use, so that importing a light module of t
 
 import importlib
 
-_EXPORTS = {"Net": ".models.net", "gradcam": ".models.gradcam", "load_model": ".models.weights",
+_EXPORTS = {"Net": ".models.net", "gradcam": ".models.gradcam", "load_model": ".models.loading",
             "predict": ".models.inference", "Ensemble": ".evaluation.ensemble",
             "update_model_card": ".evaluation.model_card", "TrainConfig": ".training.config",
             "train": ".training.trainer", "TrainedRun": ".training.trainer", "evaluate": ".evaluation.evaluate",

@@ -12,6 +12,7 @@ import argparse
 import math
 from dataclasses import dataclass
 
+from .data.format import MIN_IMAGE_SIZE
 from .errors import UserError
 
 
@@ -70,8 +71,6 @@ def _shown(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
-IMAGE_SIZE = 64  # the default side: the seed's, MCFAM's, and that of weights without a sidecar naming another
-MIN_IMAGE_SIZE = 8  # a side below this is not an image a convolution can read
 MAX_IMAGE_SIZE = 1024  # a side beyond any chest X-ray model's input; 100,000 asked a worker for 13 GB
 MAX_BOOTSTRAP = 10_000  # resamples: their counts take resamples x images x 8 bytes (10,000 x 3,000: 240 MB)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -90,3 +92,32 @@ def save_torch(destination: Path, payload) -> None:
             torch.save(payload, tmp)
         except RuntimeError as error:  # its words for a full disk; the partial file is still there to tell
             raise cannot_write(destination, error) from error
+
+
+def load_plain(path: Path, kind: str, map_location="cpu"):
+    """``torch.load(weights_only=True)``: tensors and plain containers only. A file that holds
+    anything else (a pickled object could run code when read) is a one-line error, not read."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise _unloadable(path, kind, error) from None
+
+
+def _unloadable(path: Path, kind: str, error: Exception) -> UserError:
+    """Why ``torch.load(weights_only=True)`` could not read ``path``, in the user's terms."""
+    # A class weights_only refuses ("Unsupported global" / "class"; torch would advise weights_only=False),
+    # not a damaged file ("Unsupported operand").
+    if isinstance(error, pickle.UnpicklingError) and re.search(r"unsupported (global|class)", str(error), re.I):
+        return UserError(f"{path}: refused: this {kind} holds pickled Python objects besides tensors, which could "
+                         "run code when read; save plain tensors (a state_dict) instead")
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    # torch.save writes a zip archive; before PyTorch 1.6 (or with _use_new_zipfile_serialization=False)
+    # a pickle stream, which starts with the protocol opcode. Anything else is a text file, a picture...
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        return UserError(f"{path}: not a PyTorch {kind} (torch.save writes a zip archive and this file is not one)")
+    damaged = "damaged: " if isinstance(error, pickle.UnpicklingError) else ""
+    return UserError(f"{path}: not a loadable {kind} ({damaged}{first_line(error)})")

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from covid_ddp.commands.audit import build_parser, run
-from covid_ddp.training.checkpoint import WEIGHTS_FILE
+from covid_ddp.run_files import WEIGHTS_FILE
 
 ROWS = (  # (label, how to read the number out of audit.json)
     ("marks on non-COVID images: mean change of P(COVID)", lambda a: a["marks"]["mean_change"]),

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from covid_ddp.data.folders import as_folders, load_data_dirs, patient_ids
+from covid_ddp.data.folders import as_folders, load_data_dirs
 from covid_ddp.data.format import to_binary
-from covid_ddp.evaluation.metrics import binary_metrics
+from covid_ddp.data.splits import patient_ids
+from covid_ddp.metrics import binary_metrics
 from covid_ddp.models.inference import predict
-from covid_ddp.models.weights import WEIGHTS_FILE, inference_model, load_model, read_sidecar
+from covid_ddp.models.loading import inference_model, load_model
+from covid_ddp.models.weights import WEIGHTS_FILE, read_sidecar
 
 SHOWN = ("roc_auc", "sensitivity", "specificity")
 

@@ -23,8 +23,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from covid_ddp.evaluation.metrics import METRICS  # noqa: E402
 from covid_ddp.files import write_json  # noqa: E402  (after the path set-up: runs from a checkout)
+from covid_ddp.metrics import METRICS  # noqa: E402
 
 TRAIN_SCRIPT = ROOT / "launch" / "train.py"
 

@@ -28,8 +28,8 @@ from covid_ddp.evaluation.audit import predict_with_features
 from covid_ddp.models.backbones import TORCHVISION, load_initial_weights
 from covid_ddp.models.gradcam import gradcam
 from covid_ddp.models.inference import predict
+from covid_ddp.models.loading import load_model
 from covid_ddp.models.net import ModelSpec, build_network
-from covid_ddp.models.weights import load_model
 
 SIZE = 40
 

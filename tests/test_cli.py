@@ -22,7 +22,7 @@ from covid_ddp import load_model, predict
 from covid_ddp.data.folders import load_data_dir
 from covid_ddp.data.format import to_binary
 from covid_ddp.data.splits import split_indices
-from covid_ddp.evaluation.metrics import choose_threshold
+from covid_ddp.metrics import choose_threshold
 from covid_ddp.training.config import build_parser
 
 

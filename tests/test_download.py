@@ -12,8 +12,10 @@ import pytest
 from conftest import IMAGES, LABELS, SMALL_RUN, TRAIN_SCRIPT, FakeMirror, clean_env, npz_bytes, run, torchrun
 
 from covid_ddp.data.download import DownloadError, download
-from covid_ddp.data.folders import fetch_dataset, load_data_dir
-from covid_ddp.data.mcfam import fetch_mcfam, sha256_of
+from covid_ddp.data.folders import load_data_dir
+from covid_ddp.data.format import sha256_of
+from covid_ddp.data.mcfam import fetch_mcfam
+from covid_ddp.data.sets import fetch_dataset
 from covid_ddp.errors import UserError
 
 

@@ -26,7 +26,7 @@ from covid_ddp.data.format import to_binary
 from covid_ddp.data.splits import SplitPlan, make_split
 from covid_ddp.data.synthetic import make_synthetic
 from covid_ddp.models.inference import predict
-from covid_ddp.models.weights import inference_model, load_model
+from covid_ddp.models.loading import inference_model, load_model
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_tensorboard_grid_gradcam_title_and_predict_call_an_image_alike(patient_
     """One threshold everywhere: the grid TensorBoard draws at the end (the shipped weights, the
     run's threshold), a Grad-CAM overlay's title and covid-ddp-predict's CSV call each image the same."""
     from covid_ddp.commands.predict import main as predict_main
-    from covid_ddp.models.weights import load_model
+    from covid_ddp.models.loading import load_model
     from covid_ddp.training import board
 
     decision = json.loads((patient_run / "COVID_binary_classifier.json").read_text())
@@ -135,8 +135,8 @@ def test_tensorboard_grid_gradcam_title_and_predict_call_an_image_alike(patient_
     grid_calls = [caption.split("\n")[1].split(":")[0] for caption in captions[: len(logger.watched_images)]]
     assert all(f"{decision['threshold']:.2f}" in caption for caption in captions)
 
-    monkeypatch.setattr("covid_ddp.evaluation.figures.overlay_figure", lambda image, heatmap, title: titles.append(title))
-    monkeypatch.setattr("covid_ddp.evaluation.figures.save_figure", lambda figure, path: None)
+    monkeypatch.setattr("covid_ddp.figures.overlay_figure", lambda image, heatmap, title: titles.append(title))
+    monkeypatch.setattr("covid_ddp.figures.save_figure", lambda figure, path: None)
     np.savez(tmp_path / "watched.npz", train_images=logger.watched_images)
     output = tmp_path / "calls.csv"
     assert predict_main(["--weights", str(weights), "--gradcam", str(tmp_path / "cam"), "--output",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from covid_ddp.evaluation.metrics import METRICS, binary_metrics, choose_threshold
+from covid_ddp.metrics import METRICS, binary_metrics, choose_threshold
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_threshold_at_youden_and_at_a_target_sensitivity():
 
 def test_resampled_ranking_metrics_equal_scikit_learn_with_sample_weights(scores):
     """The bootstrap scores each resample as weights; with ties in the scores."""
-    from covid_ddp.evaluation.metrics import _ranking_metrics
+    from covid_ddp.metrics import _ranking_metrics
 
     p_covid, targets = scores
     p_covid = np.round(p_covid, 2)  # many ties

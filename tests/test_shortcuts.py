@@ -22,9 +22,9 @@ from covid_ddp.data.folders import load_data_dir
 from covid_ddp.data.format import to_binary
 from covid_ddp.data.synthetic import make_synthetic
 from covid_ddp.evaluation import audit
-from covid_ddp.evaluation.metrics import binary_metrics, choose_threshold
+from covid_ddp.metrics import binary_metrics, choose_threshold
 from covid_ddp.models.inference import predict
-from covid_ddp.models.weights import inference_model, load_model
+from covid_ddp.models.loading import inference_model, load_model
 from covid_ddp.training.preparation import announce_sources
 
 WEIGHTS = "COVID_binary_classifier.pth"

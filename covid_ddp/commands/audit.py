@@ -17,7 +17,8 @@ from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
 from ..destinations import check_output_folder, either, is_own_figure, record_of, refuse_inputs
 from ..evaluation.audit import AUDIT_FILES, audit_rows, markdown
 from ..models.inference import resolve_device
-from ..models.weights import decision_threshold, load_model
+from ..models.loading import load_model
+from ..models.weights import decision_threshold
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,12 +9,14 @@ the weights) and prints a compact table, one row per source too. Not for clinica
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .. import launcher_watch
 from ..bounds import BOOTSTRAP, PROBABILITY
 from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
 from ..evaluation.evaluate import FIGURES, RECORD, SPLITS, EvaluationResult, evaluate
-from ..evaluation.metrics import METRICS, SOURCE_METRICS
+from ..evaluation.model_card import refresh_model_card
+from ..metrics import METRICS, SOURCE_METRICS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run(arguments: argparse.Namespace) -> EvaluationResult:
     result = evaluate(arguments.weights, arguments.data_dir, arguments.split, arguments.output_dir,
                       arguments.threshold, arguments.bootstrap, arguments.device)
+    if len(arguments.weights) == 1:  # an ensemble's results belong to no one run's card
+        refresh_model_card(Path(arguments.weights[0]).parent, "covid-ddp-evaluate")
     members = "" if len(arguments.weights) == 1 else f"ensemble of {len(arguments.weights)} runs, "
     print(format_table(result.metrics, title=f"{result.split}: {len(result.rows)} images, {members}threshold "
                                              f"{result.threshold:.3f} ({result.threshold_source})"))

@@ -13,7 +13,8 @@ from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
 from ..destinations import check_output_file, refuse_inputs
 from ..errors import UserError
 from ..evaluation.export import INPUT_NAME, OUTPUT_NAME, export_onnx, is_exported_model, require_exporter
-from ..models.weights import load_model, sidecar_path
+from ..models.loading import load_model
+from ..models.weights import sidecar_path
 
 
 def build_parser() -> argparse.ArgumentParser:

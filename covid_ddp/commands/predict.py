@@ -32,14 +32,15 @@ import torch
 
 from ..bounds import POSITIVE_INT, PROBABILITY
 from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
+from ..data.format import CLASS_NAMES
 from ..data.inputs import collect_files, read_input, resized_summary
 from ..data.tensors import blank_rows
 from ..destinations import check_output_file, check_output_folder, is_own_figure, refuse_inputs, starts_with
 from ..errors import UserError, first_few
+from ..evaluation.run_data import load_evaluation_data
 from ..files import atomic_path
 from ..models.gradcam import gradcam
 from ..models.inference import resolve_device
-from ..models.net import CLASS_NAMES
 from ..models.weights import decision_threshold, sidecar_path
 
 CSV_COLUMNS = ("source", "index", "p_covid", "prediction", "threshold")  # each call names its threshold
@@ -85,7 +86,7 @@ def run(arguments: argparse.Namespace) -> None:
     if len(ensemble) == 1 or arguments.threshold is not None:
         threshold, threshold_source = decision_threshold(arguments.threshold, ensemble.paths[0])
     else:
-        threshold, threshold_source = ensemble_threshold(ensemble)
+        threshold, threshold_source = ensemble_threshold(ensemble, lambda: load_evaluation_data(None, ensemble.paths[0]))
     overlays = GradcamWriter(Path(arguments.gradcam), ensemble.models, threshold) if arguments.gradcam else None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -151,7 +152,7 @@ class GradcamWriter:
         self.used_stems: set[str] = set()
 
     def write(self, item, p_covid: np.ndarray) -> None:
-        from ..evaluation.figures import overlay_figure, save_figure  # matplotlib only when asked for
+        from ..figures import overlay_figure, save_figure  # matplotlib only when asked for
 
         stem = self._unique_stem(Path(item.source).stem)
         # An ensemble's heatmap: the mean of its members' (each scaled to [0, 1]).

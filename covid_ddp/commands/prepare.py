@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bounds import IMAGE_SIZE, IMAGE_SIZES, POSITIVE_INT
+from ..bounds import IMAGE_SIZES, POSITIVE_INT
 from ..cli import ArgumentParser, HelpFormatter, run_cli
+from ..data.format import IMAGE_SIZE
 from ..data.prepare import check_output_folder_free, collect_items, parse_label_map, prepare, write_folder
 from ..data.store import images_name
 from ..destinations import refuse_inputs

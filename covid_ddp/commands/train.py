@@ -13,7 +13,7 @@ import time
 
 from .. import launcher_watch
 from ..cli import run_cli
-from ..data.folders import RawData
+from ..data.format import RawData
 from ..data.splits import Split
 from ..evaluation.audit import audit_after_training
 from ..evaluation.model_card import refresh_model_card

@@ -35,7 +35,7 @@ def table_of(meta: dict | None, targets: np.ndarray, rows: np.ndarray) -> dict |
     """The table of ``rows`` from meta.npz's 'dataset' (and 'patient_id'); None without sources."""
     if meta is None or "dataset" not in meta:
         return None
-    from .folders import patient_ids  # (data imports torch: only those who have data need it)
+    from .splits import patient_ids
 
     return source_table(np.asarray(meta["dataset"]).astype(str)[rows], targets[rows], patient_ids(meta, rows))
 

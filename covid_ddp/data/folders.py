@@ -15,34 +15,16 @@ from __future__ import annotations
 
 import json
 import zipfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..bounds import IMAGE_SIZE
 from ..errors import UserError
-from .format import (IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD, as_text, load_array,
-                     read_npz, to_binary, validate_images, validate_labels)
-from .mcfam import hash_record, default_data_dir, fetch_mcfam, refuse_a_folder_of_other_files, sha256_of
-from .store import find_images_file, image_size_of, read_store
-from .synthetic import make_synthetic
-
-
-@dataclass
-class RawData:
-    """The whole set as loaded: images (N, S, S) uint8 (in memory, or mapped from a store), one-hot
-    labels (N, 4), where it came from."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    provenance: dict = field(default_factory=dict)
-    meta: dict | None = None  # per-image arrays of meta.npz (patient_id, dataset, ...), when present
-
-    @property
-    def image_size(self) -> int:
-        return int(self.images.shape[-1])
-
+from .format import (IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD, RawData, sha256_of,
+                     to_binary)
+from .splits import as_text
+from .store import (find_images_file, image_size_of, load_array, read_npz, read_store, refuse_a_folder_of_other_files,
+                    validate_images, validate_labels)
 
 # --- loading and validation -------------------------------------------------
 
@@ -139,60 +121,6 @@ def load_meta(path: Path, count: int) -> dict | None:
     return meta
 
 
-def check_pins(data: RawData, pins: dict) -> None:
-    """Refuse files whose sha256 is not the one pinned with --sha256-images / --sha256-labels."""
-    for name, pinned in pins.items():
-        if name not in data.provenance["files"]:
-            raise UserError(f"--sha256-images pins {name}, which {data.provenance['data_dir']} does not hold; "
-                            "pin only MCFAM's own files")
-        actual = data.provenance["files"][name]["sha256"]
-        if pinned and actual != pinned.lower():
-            raise UserError(f"{Path(data.provenance['data_dir']) / name}: sha256 is {actual}, not the pinned {pinned}; "
-                            "the file differs from the one you pinned")
-
-
-def fetch_dataset(dataset: str, data_dir, base_url: str, pins: dict | None = None, into_data_dir: bool = False) -> None:
-    """Download what ``load_dataset`` will read and is missing: MCFAM into the cache, or into the
-    one ``--data-dir`` only when asked (``into_data_dir``, ``--download``). A user's folders are
-    never a download target otherwise: ``load_data_dir`` says what they lack."""
-    folders = as_folders(data_dir)
-    if dataset != "mcfam":
-        return
-    if folders is None:
-        fetch_mcfam(default_data_dir(), base_url, pins)
-    elif into_data_dir:
-        if len(folders) > 1:
-            raise UserError("--download fills one --data-dir folder; several folders are read as they are")
-        fetch_mcfam(folders[0], base_url, pins)
-
-
-def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_url: str,
-                 pins: dict | None = None, image_size: int | None = None) -> RawData:
-    """The set a run trains on: synthetic, or MCFAM-format files in ``data_dir`` (one folder or a
-    list; default: the cache), as they are (``fetch_dataset`` downloads first). Files a download
-    brought (their sha256 recorded beside them) name ``base_url`` as their source in config.json."""
-    if dataset == "synthetic":
-        size = image_size or IMAGE_SIZE
-        images, labels = make_synthetic(synthetic_size, seed, image_size=size)
-        return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed,
-                                        "image_size": size})
-    if dataset != "mcfam":
-        raise UserError(f"unknown dataset '{dataset}': use 'mcfam' or 'synthetic'")
-    folders = as_folders(data_dir) or [default_data_dir()]
-    if pins and len(folders) > 1:
-        raise UserError("--sha256-images/--sha256-labels pin the files of one folder; with several --data-dir "
-                        "folders check config.json's sha256 of each instead")
-    data = load_data_dirs(folders, image_size)
-    check_pins(data, pins or {})
-    # MCFAM only where a download brought the files (their sha256 recorded beside them): a folder
-    # of the user's own is recorded as such, never with MCFAM's address.
-    if all(hash_record(folder / name).is_file() for folder in folders for name in (IMAGES_FILE, LABELS_FILE)):
-        data.provenance.update(source="mcfam", source_url=base_url)
-    else:
-        data.provenance["source"] = "folders"
-    return data
-
-
 def as_folders(data_dir) -> list[Path] | None:
     """--data-dir as a list of folders (a config.json of an earlier version holds one string)."""
     if data_dir is None:
@@ -258,29 +186,6 @@ def _meta_column(part: RawData, folder_name: str, key: str) -> np.ndarray:
     if key == "patient_id":
         return np.array([f"{folder_name}:{row}" for row in range(count)])
     return np.full(count, "")
-
-
-def patient_ids(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
-    """The patient id of each of ``rows`` (meta.npz 'patient_id', as text), or None without one.
-    Ids are taken as given, as the patient-level split takes them: give each patient one id
-    across folders (real-cxr's carry their source, 'hannover:e5c29e19')."""
-    if meta is None or "patient_id" not in meta:
-        return None
-    return as_text(np.asarray(meta["patient_id"]))[rows]
-
-
-def source_names(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
-    """The source of each of ``rows`` (meta.npz 'dataset'; load_data_dirs fills in folder names), or None."""
-    if meta is None or "dataset" not in meta:
-        return None
-    return as_text(np.asarray(meta["dataset"]))[rows]
-
-
-def fingerprint(data: RawData) -> str:
-    """What identifies the set's content (not where it lies): the files' sha256, or the generator's settings."""
-    files = data.provenance.get("files")
-    parts = {name: entry["sha256"] for name, entry in files.items()} if files else data.provenance
-    return ", ".join(f"{key} {value}" for key, value in sorted(parts.items()))
 
 
 # --- labels and statistics --------------------------------------------------

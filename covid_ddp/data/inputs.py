@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..bounds import IMAGE_SIZE
 from ..errors import UserError
-from .format import IMAGES_KEY, load_array, validate_images
+from .format import IMAGE_SIZE, IMAGES_KEY
 from .radiographs import is_radiograph_file, read_grayscale_and_size, to_model_size
+from .store import load_array, validate_images
 
 NPZ_SUFFIX = ".npz"
 

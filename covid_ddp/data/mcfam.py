@@ -5,7 +5,6 @@ checked, and its files' SHA-256 recorded beside them so a later run need not has
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import sys
 from pathlib import Path
@@ -13,31 +12,14 @@ from pathlib import Path
 from ..errors import UserError
 from ..files import atomic_path
 from .download import DEFAULT_TIMEOUT_S, DownloadError, download
-from .format import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, load_array, validate_images, validate_labels
-from .store import image_size_of
-
-MCFAM_BASE_URL = "http://www-users.math.umn.edu/~jwcalder/MCFAM/"
+from .format import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, MCFAM_BASE_URL, hash_record, sha256_of
+from .store import image_size_of, load_array, refuse_a_folder_of_other_files, validate_images, validate_labels
 
 
 def default_data_dir() -> Path:
     """A per-user cache folder, as pip and torch hub use ($XDG_CACHE_HOME or ~/.cache)."""
     cache_home = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache_home) / "covid_ddp" / "mcfam"
-
-
-def sha256_of(path: Path) -> str:
-    """The file's sha256, hashed once per version of the file (a run checks and records it several times)."""
-    stat = Path(path).stat()
-    return _sha256_cached(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | None = None,
@@ -77,24 +59,6 @@ def fetch_mcfam(data_dir: Path, base_url: str = MCFAM_BASE_URL, pins: dict | Non
             ) from None
         with atomic_path(hash_record(destination)) as tmp:
             tmp.write_text(sha256_of(destination) + "\n")
-
-
-def refuse_a_folder_of_other_files(folder: Path) -> None:
-    """A --data-dir without the two files but with others (a folder of PNGs, say) is a mistake to
-    name, not a cache to download MCFAM into: only a new, empty or MCFAM-only folder is one."""
-    if not folder.is_dir():
-        return
-    ours = {IMAGES_FILE, LABELS_FILE, *(hash_record(Path(name)).name for name in (IMAGES_FILE, LABELS_FILE))}
-    others = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith("."))
-    if others:
-        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise UserError(f"{folder} holds no {IMAGES_FILE} and {LABELS_FILE} but {len(others)} other file(s) ({listed}); "
-                        "--data-dir takes a folder with those two files (covid-ddp-prepare --output-dir DIR SRC makes one "
-                        "from PNG/JPEG/DICOM images), and --download fills only a new or empty folder with MCFAM")
-
-
-def hash_record(path: Path) -> Path:
-    return path.with_name(path.name + ".sha256")
 
 
 def _matches_recorded_hash(path: Path) -> bool:

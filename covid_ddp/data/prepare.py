@@ -34,16 +34,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..bounds import IMAGE_SIZE
 from ..cli import say
 from ..destinations import check_can_make
 from ..errors import UserError, first_few, type_and_first_line
-from ..files import current_umask, write_json
+from ..files import atomic_path, current_umask, write_json
 from .duplicates import find_duplicates, rows_to_drop
-from .format import IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
+from .format import IMAGE_SIZE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
 from .listing import read_listing
 from .radiographs import is_radiograph_file, read_with_tags
-from .store import images_name, write_store
+from .store import images_name
 
 CLASS_NAMES = {"0": 0, "1": 1, "2": 2, "3": 3, "normal": 0, "pneumonia": 1, "non-covid": 1, "other": 1,
                "covid": 2, "covid-19": 2}
@@ -305,3 +304,13 @@ def _write_files(prepared: PreparedSet, folder: Path, store: bool) -> None:
 # --- command line ----------------------------------------------------------------
 
 
+def write_store(path: Path, images: np.ndarray, chunk: int = 4096) -> Path:
+    """Write ``images`` (N, S, S) uint8 as a store, in chunks (an input that is itself mapped is
+    never read whole); atomically, so a stopped write leaves no store behind."""
+    with atomic_path(Path(path)) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=images.shape)
+        for start in range(0, len(images), chunk):
+            out[start : start + chunk] = images[start : start + chunk]
+        out.flush()
+        del out
+    return Path(path)

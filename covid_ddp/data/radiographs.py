@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..bounds import IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..errors import UserError, type_and_first_line
+from .format import IMAGE_SIZE, MIN_IMAGE_SIZE
 
 PICTURE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 DICOM_SUFFIXES = {".dcm", ".dicom"}

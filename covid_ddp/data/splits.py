@@ -23,7 +23,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UserError
-from .format import as_text
 
 SPLIT_SEED = 42  # the original's random_state
 
@@ -130,3 +129,24 @@ def _check_meta(plan: SplitPlan, meta: dict | None, count: int) -> None:
                                 f"{', '.join(known)}")
         if plan.holdout_source in plan.exclude_sources:
             raise UserError(f"--holdout-source {plan.holdout_source} is also excluded by --exclude-source")
+
+
+def as_text(values: np.ndarray) -> np.ndarray:
+    """A meta.npz array as text: ids and names may be stored as numbers or bytes."""
+    return np.char.decode(values) if values.dtype.kind == "S" else values.astype(str)
+
+
+def patient_ids(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
+    """The patient id of each of ``rows`` (meta.npz 'patient_id', as text), or None without one.
+    Ids are taken as given, as the patient-level split takes them: give each patient one id
+    across folders (real-cxr's carry their source, 'hannover:e5c29e19')."""
+    if meta is None or "patient_id" not in meta:
+        return None
+    return as_text(np.asarray(meta["patient_id"]))[rows]
+
+
+def source_names(meta: dict | None, rows: np.ndarray) -> np.ndarray | None:
+    """The source of each of ``rows`` (meta.npz 'dataset'; load_data_dirs fills in folder names), or None."""
+    if meta is None or "dataset" not in meta:
+        return None
+    return as_text(np.asarray(meta["dataset"]))[rows]

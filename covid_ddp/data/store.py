@@ -14,13 +14,13 @@ training process or by DataLoader workers (``--workers``).
 from __future__ import annotations
 
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
-from ..files import atomic_path
-from .format import IMAGES_KEY
+from .format import IMAGES_FILE, IMAGES_KEY, LABELS_FILE, MIN_IMAGE_SIZE, hash_record
 
 _IMAGES_NAME = re.compile(r"^train_images(\d+)\.(npz|npy)$")
 STORE_SUFFIX, ARCHIVE_SUFFIX = ".npy", ".npz"
@@ -76,13 +76,79 @@ def read_store(path: Path) -> np.ndarray:
     return images
 
 
-def write_store(path: Path, images: np.ndarray, chunk: int = 4096) -> Path:
-    """Write ``images`` (N, S, S) uint8 as a store, in chunks (an input that is itself mapped is
-    never read whole); atomically, so a stopped write leaves no store behind."""
-    with atomic_path(Path(path)) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=images.shape)
-        for start in range(0, len(images), chunk):
-            out[start : start + chunk] = images[start : start + chunk]
-        out.flush()
-        del out
-    return Path(path)
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file, refusing pickled objects; errors name the file (and the array)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    if not zipfile.is_zipfile(path):  # else numpy would try to read it as a pickle
+        raise UserError(f"{path}: not a readable .npz file (not a zip archive: truncated, corrupted or another format)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: _read_array(archive, key, path) for key in archive.files}
+    except UserError:
+        raise
+    except Exception as error:  # zipfile.BadZipFile, EOFError, OSError, ...: a damaged file.
+        raise UserError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})")
+
+
+def _read_array(archive, key: str, path: Path) -> np.ndarray:
+    try:
+        return archive[key]
+    except ValueError as error:
+        if "pickle" in str(error).lower():
+            raise UserError(f"{path}: '{key}' is an object array; pickled data is refused, save it as a numeric array")
+        raise UserError(f"{path}: not a readable .npz file ({error})")
+
+
+def load_array(path: Path, key: str) -> np.ndarray:
+    """The array ``key`` of an ``.npz`` file (see ``read_npz``)."""
+    arrays = read_npz(path)
+    if key not in arrays:
+        raise UserError(f"{path}: no array named '{key}' (found: {', '.join(arrays) or 'none'})")
+    return arrays[key]
+
+
+def validate_images(images: np.ndarray, path: Path, image_size: int | None = None) -> None:
+    """uint8 (N, S, S) with S = ``image_size`` when given (an images file's name says its size)."""
+    if images.ndim != 3 or images.shape[1] != images.shape[2] or images.shape[1] < MIN_IMAGE_SIZE:
+        raise UserError(f"{path}: images must have shape (N, S, S), square and {MIN_IMAGE_SIZE} px or more, "
+                        f"got {images.shape}")
+    if image_size is not None and images.shape[1] != image_size:
+        raise UserError(f"{path}: its name says {image_size}x{image_size} but it holds {images.shape[1]}x"
+                        f"{images.shape[2]} images; rename it train_images{images.shape[1]}{Path(path).suffix}")
+    if images.dtype != np.uint8:
+        non_finite = np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all()
+        problem = f"{images.dtype} with NaN or inf values" if non_finite else str(images.dtype)
+        raise UserError(f"{path}: images must be uint8 (0-255), got {problem}")
+    if images.shape[0] == 0:
+        raise UserError(f"{path}: the file holds no images")
+
+
+def validate_labels(labels: np.ndarray, path: Path) -> None:
+    if labels.ndim != 2 or labels.shape[1] != 4:
+        raise UserError(f"{path}: labels must have shape (N, 4) (one-hot over 4 classes), got {labels.shape}")
+    if not (np.issubdtype(labels.dtype, np.number) or labels.dtype == np.bool_):
+        raise UserError(f"{path}: labels must be numeric, got {labels.dtype}")
+    if labels.shape[0] == 0:
+        raise UserError(f"{path}: the file holds no labels")
+    binary_values = np.isin(labels, (0, 1)).all(axis=1)
+    bad_rows = np.flatnonzero(~binary_values | (labels.sum(axis=1) != 1))
+    if bad_rows.size:
+        raise UserError(
+            f"{path}: {bad_rows.size} label rows are not one-hot (exactly one 1, the rest 0); first bad row: {bad_rows[0]}"
+        )
+
+
+def refuse_a_folder_of_other_files(folder: Path) -> None:
+    """A --data-dir without the two files but with others (a folder of PNGs, say) is a mistake to
+    name, not a cache to download MCFAM into: only a new, empty or MCFAM-only folder is one."""
+    if not folder.is_dir():
+        return
+    ours = {IMAGES_FILE, LABELS_FILE, *(hash_record(Path(name)).name for name in (IMAGES_FILE, LABELS_FILE))}
+    others = sorted(p.name for p in folder.iterdir() if p.name not in ours and not p.name.startswith("."))
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise UserError(f"{folder} holds no {IMAGES_FILE} and {LABELS_FILE} but {len(others)} other file(s) ({listed}); "
+                        "--data-dir takes a folder with those two files (covid-ddp-prepare --output-dir DIR SRC makes one "
+                        "from PNG/JPEG/DICOM images), and --download fills only a new or empty folder with MCFAM")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..bounds import IMAGE_SIZE
+from .format import IMAGE_SIZE
 
 LABEL_NOISE = 0.02
 _CHUNK_PIXELS = 512 * 64 * 64  # pixels generated per vectorised step (512 images at 64 px): bounds peak memory.

@@ -36,17 +36,18 @@ import numpy as np
 import torch
 
 from ..cli import say
-from ..data.folders import patient_ids, source_names
 from ..data.format import to_binary
 from ..data.marks import add_marks
+from ..data.splits import patient_ids, source_names
 from ..errors import first_line
 from ..files import atomic_path, write_json
+from ..metrics import roc_auc
 from ..models.gradcam import gradcam
 from ..models.inference import predict
+from ..models.loading import inference_model, load_model
 from ..models.net import watch_penultimate
-from ..models.weights import decision_threshold, inference_model, load_model
+from ..models.weights import decision_threshold
 from ..seeding import stream_seed
-from .metrics import roc_auc
 
 EDGE_FRACTION = 1 / 8  # the outer band (border test) and what the lung box leaves out (Grad-CAM)
 PROBE_MIN_IMAGES = 20  # a source enters the probe of a class with at least this many images of it
@@ -292,7 +293,7 @@ def write_audit(output_dir: Path, result: dict, images: np.ndarray, targets: np.
         tmp.write_text(markdown(report))
     (output_dir / "audit.png").unlink(missing_ok=True)  # an earlier audit's figure must not sit beside these numbers
     try:
-        from .figures import audit_figure, save_figure
+        from ..figures import audit_figure, save_figure
 
         save_figure(audit_figure(images, targets, with_marks, without_border, mean_heatmap, lung_box, report, seed),
                     output_dir / "audit.png")

@@ -13,17 +13,20 @@ over seeds do. Other runs are refused in one line.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data.format import RawData, to_binary
 from ..errors import UserError
+from ..metrics import choose_threshold
 from ..models.inference import predict
-from ..models.weights import inference_model, load_model
+from ..models.loading import inference_model, load_model
+from ..run_files import CONFIG_FILE, SPLITS_FILE
 from ..training import checkpoint as ckpt
-from .metrics import choose_threshold
 
 
 @dataclass
@@ -67,9 +70,9 @@ def common_split(paths: list[Path]) -> dict:
     first, reference = None, None
     for path in paths:
         run_dir = path.parent
-        splits, config = run_dir / ckpt.SPLITS_FILE, run_dir / ckpt.CONFIG_FILE
+        splits, config = run_dir / SPLITS_FILE, run_dir / CONFIG_FILE
         if not splits.is_file() or not config.is_file():
-            raise UserError(f"{path}: its run folder ({ckpt.SPLITS_FILE}, {ckpt.CONFIG_FILE}) is not beside it, and an "
+            raise UserError(f"{path}: its run folder ({SPLITS_FILE}, {CONFIG_FILE}) is not beside it, and an "
                             "ensemble's split and threshold come from its runs' folders; for weights without them "
                             "pass --threshold (and --split all to covid-ddp-evaluate)")
         rows = ckpt.read_splits(splits)
@@ -93,18 +96,16 @@ def _data_files(config_path: Path) -> str | None:
         raise UserError(f"{config_path}: not a covid_ddp run configuration ({error})")
 
 
-def ensemble_threshold(ensemble: Ensemble, run_data=None, split: dict | None = None) -> tuple[float, str]:
+def ensemble_threshold(ensemble: Ensemble, run_data: Callable[[], RawData], split: dict | None = None
+                       ) -> tuple[float, str]:
     """(threshold, where it came from): chosen on the runs' common validation split with the
     ensemble's scores, as each run chose its own (Youden's J, or its --target-sensitivity).
-    ``run_data``: the set the runs trained on, and ``split``: their ``common_split``, when the
-    caller has them already."""
-    from ..data.format import to_binary
-    from .run_data import load_evaluation_data  # (matplotlib: only for an ensemble)
-
+    ``run_data()``: the set the runs trained on (read only if there is a validation split;
+    ``run_data.load_evaluation_data``), and ``split``: their ``common_split``, when the caller has it."""
     val_rows = (split or common_split(ensemble.paths))["val"]
     if not len(val_rows):
         return 0.5, "default 0.5 (the runs have no validation split)"
-    data = run_data if run_data is not None else load_evaluation_data(None, ensemble.paths[0])
+    data = run_data()
     target_sensitivity = _recorded(ensemble.paths[0], "target_sensitivity")
     chosen = choose_threshold(ensemble.predict(data.images[val_rows]), to_binary(data.labels)[val_rows],
                               target_sensitivity)
@@ -113,5 +114,5 @@ def ensemble_threshold(ensemble: Ensemble, run_data=None, split: dict | None = N
 
 
 def _recorded(weights: Path, flag: str):
-    config = json.loads((weights.parent / ckpt.CONFIG_FILE).read_text())
+    config = json.loads((weights.parent / CONFIG_FILE).read_text())
     return config.get("config", {}).get(flag)

@@ -14,18 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import figures
 from ..bounds import BOOTSTRAP
-from ..data.folders import patient_ids, source_names
 from ..data.format import to_binary
+from ..data.splits import patient_ids, source_names
 from ..destinations import check_output_folder, either, is_own_figure, record_of, refuse_inputs
 from ..errors import UserError
-from ..evaluation import figures
 from ..files import write_json
+from ..metrics import binary_metrics, per_source
 from ..models.inference import resolve_device
 from ..models.weights import decision_threshold
 from .ensemble import Ensemble, common_split, ensemble_threshold
-from .metrics import binary_metrics, per_source
-from .model_card import refresh_model_card
 from .run_data import load_evaluation_data, rows_to_score
 
 FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
@@ -70,7 +69,8 @@ def evaluate(weights: str | Path | list, data_dir: str | list | None = None, spl
     if len(weights) == 1 or threshold is not None:
         threshold, threshold_source = decision_threshold(threshold, weights[0])
     else:  # an ensemble's own threshold, on its runs' common validation split
-        threshold, threshold_source = ensemble_threshold(ensemble, data if data_dirs is None else None, common)
+        threshold, threshold_source = ensemble_threshold(
+            ensemble, lambda: data if data_dirs is None else load_evaluation_data(None, weights[0]), common)
     p_covid = ensemble.predict(data.images[rows])
     targets = to_binary(data.labels)[rows]
     metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, bootstrap,
@@ -81,8 +81,6 @@ def evaluate(weights: str | Path | list, data_dir: str | list | None = None, spl
         "data": data.provenance, "split": split, "threshold_source": threshold_source,
         "metrics": metrics, **({"per_source": by_source} if by_source else {}), "rows": rows.tolist()})
     write_figures(output, p_covid, targets, metrics)
-    if len(weights) == 1:  # an ensemble's results belong to no one run's card
-        refresh_model_card(weights[0].parent, "covid-ddp-evaluate")
     return EvaluationResult(output, split, threshold, threshold_source, metrics, by_source or None, rows)
 
 

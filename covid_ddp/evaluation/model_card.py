@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..bounds import IMAGE_SIZE
 from ..data.confounding import confounding_warning, markdown_table, single_class_sources
+from ..data.format import IMAGE_SIZE
 from ..files import atomic_path
 
 CARD_FILE = "model_card.md"

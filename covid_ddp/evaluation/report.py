@@ -35,18 +35,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli import say
-from ..data.confounding import confounding_warning, markdown_table, table_of
-from ..data.folders import as_folders, load_data_dirs, patient_ids
+from ..data.confounding import confounding_warning, markdown_table
 from ..data.format import to_binary
+from ..data.splits import patient_ids
 from ..destinations import check_can_make, refuse_inputs
 from ..errors import UserError
-from ..files import atomic_path, write_json
-from ..training.checkpoint import WEIGHTS_FILE
+from ..files import write_json
+from ..metrics import binary_metrics
+from ..run_files import WEIGHTS_FILE
 from ..training.config import TrainConfig, parse_config
 from .ensemble import Ensemble, common_split, ensemble_threshold
-from .metrics import binary_metrics
-from .model_card import REPORTED_FILE, refresh_model_card
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "threshold")  # the calls are made at each run's own threshold
 TRAIN_MODULE = ["-m", "covid_ddp.commands.train"]
@@ -132,7 +130,7 @@ def markdown(rows: list[dict], seeds: list[int], sources: dict | None = None) ->
               "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in rows:
         counts = row["summary"]["n_per_class"]
-        cells = [_cell(row["summary"][name]) for name in SHOWN]
+        cells = [format_cell(row["summary"][name]) for name in SHOWN]
         seconds = row["summary"].get("seconds")
         minutes = "" if row.get("ensemble") else ("?" if seconds is None else f"{seconds / 60:.1f}")
         lines.append(f"| {row['setting']} | {row['recipe']} | {row['summary']['n']} ({counts['covid']} / "
@@ -140,7 +138,7 @@ def markdown(rows: list[dict], seeds: list[int], sources: dict | None = None) ->
     return "\n".join(lines) + "\n"
 
 
-def _cell(stats: dict | None) -> str:
+def format_cell(stats: dict | None) -> str:
     if stats is None:
         return "n/a"
     interval = stats["interval"]
@@ -154,7 +152,7 @@ def ensemble_row(row: dict, run_dirs: list[Path], data, bootstrap: int) -> dict:
     weights = [run_dir / WEIGHTS_FILE for run_dir in run_dirs]
     ensemble = Ensemble.load(weights)
     split = common_split(weights)
-    threshold, _ = ensemble_threshold(ensemble, data, split)
+    threshold, _ = ensemble_threshold(ensemble, lambda: data, split)
     test_rows = split["test"]
     targets = to_binary(data.labels)[test_rows]
     scored = binary_metrics(ensemble.predict(data.images[test_rows]), targets, threshold=threshold,
@@ -165,62 +163,6 @@ def ensemble_row(row: dict, run_dirs: list[Path], data, bootstrap: int) -> dict:
             "mean": scored[name], "std": None, "interval": scored.get("ci95", {}).get(name)}
     return {"setting": row["setting"], "recipe": f"{row['recipe']} ensemble", "flags": row["flags"], "ensemble": True,
             "runs": {}, "metrics": scored, "summary": summary}
-
-
-def run_report(arguments: argparse.Namespace) -> list[dict]:
-    """covid-ddp-report with its parsed flags: every setting's runs, the table and the cards."""
-    seeds = _seeds(arguments.seeds)
-    folders = as_folders(arguments.data_dir)
-    launcher, output = check_before_reading(arguments, folders)
-    shared = arguments.train_flags[1:] if arguments.train_flags[:1] == ["--"] else arguments.train_flags
-    recipes = {"default": [], **dict(_variant(spec) for spec in arguments.variant)}
-    check_train_flags(folders, shared, recipes, output)
-    data = load_data_dirs(folders)
-    if data.meta is None or "dataset" not in data.meta:
-        raise UserError(f"{folders[0]}: no meta.npz with a 'dataset' array: one source cannot be held out; give "
-                        "several folders or a folder made by covid-ddp-prepare")
-    without = tuple(filter(None, (arguments.patient_split_without or "").split(",")))
-    unknown = set(without) - set(np.asarray(data.meta["dataset"]).astype(str))
-    if unknown:
-        raise UserError(f"--patient-split-without: no source named {', '.join(sorted(unknown))} in the data")
-    if arguments.ensemble and len(seeds) < 2:
-        raise UserError(f"--ensemble averages the seeds' models: give --seeds two or more, got '{arguments.seeds}'")
-    every = settings(data.meta, to_binary(data.labels), without)
-    header = {"seeds": seeds, "data_dir": [str(f) for f in folders], "train_flags": shared}
-    # --only adds to (or redoes rows of) an earlier report of the same data, seeds and flags.
-    rows = _earlier_rows(output, header) if arguments.only else []
-    # New recipes last; each recipe's ensemble row right after it.
-    recipe_order = list(dict.fromkeys(["default", *(row["recipe"].removesuffix(" ensemble") for row in rows), *recipes]))
-    recipe_order = [name for recipe in recipe_order for name in (recipe, f"{recipe} ensemble")]
-    for setting, split_flags in _chosen(every, arguments.only).items():
-        for recipe, recipe_flags in recipes.items():
-            runs, folders_of = {}, {}
-            for seed in seeds:
-                flags = ["--data-dir", *map(str, folders), *split_flags, *shared, *recipe_flags, "--seed", str(seed)]
-                folders_of[seed] = output / _slug(setting) / recipe / f"seed_{seed}"
-                runs[seed] = train_once(launcher, flags, folders_of[seed])
-            row = {"setting": setting, "recipe": recipe, "flags": split_flags + recipe_flags,
-                   "runs": runs, "summary": summarise(list(runs.values()))}
-            new_rows = [row]
-            if arguments.ensemble:
-                new_rows.append(ensemble_row(row, [folders_of[seed] for seed in seeds], data, _bootstrap(shared)))
-            replaced = {(r["setting"], r["recipe"]) for r in new_rows}
-            rows = _in_report_order([r for r in rows if (r["setting"], r["recipe"]) not in replaced] + new_rows,
-                                    list(every), recipe_order)
-            for shown in new_rows:
-                say(f"covid-ddp-report: {setting} / {shown['recipe']}: " + ", ".join(
-                    f"{name} {_cell(shown['summary'][name])}" for name in SHOWN))
-            write_json(output / "report.json", {**header, "rows": rows})
-            for seed, run_dir in folders_of.items():  # each run's card says where it was reported
-                write_json(run_dir / REPORTED_FILE, {"report": str(output / "report.md"), "setting": setting,
-                                                     "recipe": recipe, "seed": seed, "seeds": seeds,
-                                                     "ensemble": arguments.ensemble})
-                refresh_model_card(run_dir, "covid-ddp-report", quiet=True)
-    sources = table_of(data.meta, to_binary(data.labels), np.arange(len(data.labels)))
-    with atomic_path(output / "report.md") as tmp:
-        tmp.write_text(markdown(rows, seeds, sources))
-    print(markdown(rows, seeds, sources), end="")
-    return rows
 
 
 def check_before_reading(arguments: argparse.Namespace, folders: list) -> tuple[list[str], Path]:
@@ -249,7 +191,7 @@ def check_train_flags(folders: list, shared: list[str], recipes: dict[str, list[
             raise UserError(f"the training flags of recipe '{recipe}' ({shlex.join(flags)}): {error}") from None
 
 
-def _earlier_rows(output: Path, header: dict) -> list[dict]:
+def earlier_rows(output: Path, header: dict) -> list[dict]:
     """The rows of ``output``'s report.json if it was made from the same data, seeds and flags."""
     try:
         earlier = json.loads((output / "report.json").read_text())
@@ -259,7 +201,7 @@ def _earlier_rows(output: Path, header: dict) -> list[dict]:
     return list(earlier.get("rows", [])) if same else []
 
 
-def _in_report_order(rows: list[dict], setting_order: list[str], recipe_order: list[str]) -> list[dict]:
+def in_report_order(rows: list[dict], setting_order: list[str], recipe_order: list[str]) -> list[dict]:
     """Settings in the order ``settings`` makes them, and recipes in ``recipe_order`` within each."""
 
     def position(row):
@@ -270,26 +212,26 @@ def _in_report_order(rows: list[dict], setting_order: list[str], recipe_order: l
     return sorted(rows, key=position)
 
 
-def _chosen(every: dict[str, list[str]], only: str | None) -> dict[str, list[str]]:
+def chosen_settings(every: dict[str, list[str]], only: str | None) -> dict[str, list[str]]:
     """The settings --only names (by folder name), in the report's order."""
     if only is None:
         return every
     wanted = {name.strip() for name in only.split(",") if name.strip()}
-    unknown = wanted - {_slug(setting) for setting in every}
+    unknown = wanted - {slug(setting) for setting in every}
     if unknown or not wanted:
         raise UserError(f"--only: no setting named {', '.join(sorted(unknown)) or repr(only)}; this data has "
-                        + ", ".join(_slug(setting) for setting in every))
-    return {setting: flags for setting, flags in every.items() if _slug(setting) in wanted}
+                        + ", ".join(slug(setting) for setting in every))
+    return {setting: flags for setting, flags in every.items() if slug(setting) in wanted}
 
 
-def _bootstrap(train_flags: list[str]) -> int:
+def bootstrap_of(train_flags: list[str]) -> int:
     """The resamples the runs use (--bootstrap among the flags after --), for the ensemble rows."""
     values = [flag.split("=", 1)[1] for flag in train_flags if flag.startswith("--bootstrap=")]
     values += [train_flags[i + 1] for i, flag in enumerate(train_flags[:-1]) if flag == "--bootstrap"]
     return int(values[-1]) if values else TrainConfig.bootstrap
 
 
-def _seeds(text: str) -> list[int]:
+def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(seed) for seed in text.split(",") if seed.strip()]
     except ValueError:
@@ -299,14 +241,14 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def _variant(spec: str) -> tuple[str, list[str]]:
+def parse_variant(spec: str) -> tuple[str, list[str]]:
     name, equals, flags = spec.partition("=")
     name = name.strip()
-    if not equals or not name or name == "default" or _slug(name) != name:
+    if not equals or not name or name == "default" or slug(name) != name:
         raise UserError(f"--variant '{spec}' is not NAME=FLAGS with a new name of letters, digits and dashes")
     return name, shlex.split(flags)
 
 
-def _slug(setting: str) -> str:
+def slug(setting: str) -> str:
     """A setting's folder name: 'held out: ieee8023' -> 'held-out-ieee8023'."""
     return re.sub(r"[^0-9A-Za-z]+", "-", setting).strip("-")

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.folders import as_folders, load_data_dirs, load_dataset
-from ..data.format import to_binary
-from ..data.mcfam import MCFAM_BASE_URL
+from ..data.folders import as_folders, load_data_dirs
+from ..data.format import MCFAM_BASE_URL, to_binary
+from ..data.sets import load_dataset
 from ..data.splits import make_split
 from ..errors import UserError, first_line
-from ..models.weights import model_spec
+from ..models.loading import model_spec
+from ..run_files import CONFIG_FILE, SPLITS_FILE
 from ..training import checkpoint as ckpt
 from ..training.config import TrainConfig
 
@@ -26,21 +27,21 @@ def load_evaluation_data(data_dir: list[str] | None, weights: Path):
     if data_dir is not None:
         return load_data_dirs(as_folders(data_dir), image_size)
     recorded = _run_config(weights, "without --data-dir")
-    config, provenance = _train_config(recorded, weights.parent / ckpt.CONFIG_FILE), recorded.get("data", {})
+    config, provenance = _train_config(recorded, weights.parent / CONFIG_FILE), recorded.get("data", {})
     if config.dataset == "synthetic":
         return load_dataset("synthetic", None, config.synthetic_size, config.seed, MCFAM_BASE_URL,
                             image_size=image_size)
     folders = provenance.get("data_dirs") or ([provenance["data_dir"]] if provenance.get("data_dir") else None)
     if not isinstance(provenance, dict) or not folders or not all(isinstance(f, str) for f in folders):
-        raise UserError(f"{weights.parent / ckpt.CONFIG_FILE} records no data folder; pass --data-dir")
+        raise UserError(f"{weights.parent / CONFIG_FILE} records no data folder; pass --data-dir")
     return load_data_dirs(as_folders(folders), image_size)
 
 
 def _run_config(weights: Path, purpose: str) -> dict:
     """The config.json of the run folder ``weights`` sits in; a missing or damaged one is a user error."""
-    config_path = weights.parent / ckpt.CONFIG_FILE
+    config_path = weights.parent / CONFIG_FILE
     if not config_path.is_file():
-        raise UserError(f"{purpose} the run's {ckpt.CONFIG_FILE} must sit beside {weights.name}; for weights "
+        raise UserError(f"{purpose} the run's {CONFIG_FILE} must sit beside {weights.name}; for weights "
                         "without their run folder pass --data-dir and use --split all")
     try:
         recorded = json.loads(config_path.read_text())
@@ -70,12 +71,12 @@ def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
     """All rows, or the run's own test/validation rows, rebuilt from its config.json."""
     if split == "all":
         return np.arange(len(data.images))
-    run_dir, config_path = weights.parent, weights.parent / ckpt.CONFIG_FILE
+    run_dir, config_path = weights.parent, weights.parent / CONFIG_FILE
     recorded = _run_config(weights, f"to rebuild --split {split},")
     config = _train_config(recorded, config_path)
     _check_same_data(recorded.get("data", {}).get("files", {}), data, config_path)
     rebuilt = make_split(to_binary(data.labels), config.split_plan(), data.meta)
-    saved_path = run_dir / ckpt.SPLITS_FILE
+    saved_path = run_dir / SPLITS_FILE
     if saved_path.is_file():
         saved = ckpt.read_splits(saved_path)
         if not all(np.array_equal(saved.get(part), rows) for part, rows in rebuilt.as_arrays().items()):

@@ -26,11 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from ..bounds import IMAGE_SIZE
+from ..data.format import IMAGE_SIZE, NUM_CLASSES
 from ..errors import UserError
 
-NUM_CLASSES = 2
-CLASS_NAMES = ("Non-COVID", "COVID")
 NET_MIN_SIZE = 38  # four (conv 3x3, no padding; pool 2) blocks leave 1x1 of a 38x38 image
 
 

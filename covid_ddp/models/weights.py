@@ -8,19 +8,17 @@ threshold. ``load_model`` builds the model a file holds; a file without a sideca
 from __future__ import annotations
 
 import json
-import pickle
-import re
 from pathlib import Path
 
 import torch
 
-from ..bounds import IMAGE_SIZE, IMAGE_SIZES, PROBABILITY
-from ..errors import UserError, first_few, first_line
-from ..files import write_json
+from ..bounds import IMAGE_SIZES, PROBABILITY
+from ..data.format import IMAGE_SIZE
+from ..errors import UserError, first_line
+from ..files import load_plain, write_json
+from ..run_files import WEIGHTS_FILE
 from .backbones import MODEL_NAMES, check_model_name
-from .net import ModelSpec, build_network, for_inference, original_state_dict
 
-WEIGHTS_FILE = "COVID_binary_classifier.pth"  # the original script's name, in every run folder
 TRAINING_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # what DDP and torch.compile add to the keys
 
 
@@ -109,76 +107,6 @@ def _tensors(tree, prefix: str = ""):
     elif isinstance(tree, dict):
         for key, value in tree.items():
             yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
-
-
-def load_plain(path: Path, kind: str, map_location="cpu"):
-    """``torch.load(weights_only=True)``: tensors and plain containers only. A file that holds
-    anything else (a pickled object could run code when read) is a one-line error, not read."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise _unloadable(path, kind, error) from None
-
-
-def _unloadable(path: Path, kind: str, error: Exception) -> UserError:
-    """Why ``torch.load(weights_only=True)`` could not read ``path``, in the user's terms."""
-    # A class weights_only refuses ("Unsupported global" / "class"; torch would advise weights_only=False),
-    # not a damaged file ("Unsupported operand").
-    if isinstance(error, pickle.UnpicklingError) and re.search(r"unsupported (global|class)", str(error), re.I):
-        return UserError(f"{path}: refused: this {kind} holds pickled Python objects besides tensors, which could "
-                         "run code when read; save plain tensors (a state_dict) instead")
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    # torch.save writes a zip archive; before PyTorch 1.6 (or with _use_new_zipfile_serialization=False)
-    # a pickle stream, which starts with the protocol opcode. Anything else is a text file, a picture...
-    if head != b"PK\x03\x04" and head[:1] != b"\x80":
-        return UserError(f"{path}: not a PyTorch {kind} (torch.save writes a zip archive and this file is not one)")
-    damaged = "damaged: " if isinstance(error, pickle.UnpicklingError) else ""
-    return UserError(f"{path}: not a loadable {kind} ({damaged}{first_line(error)})")
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The model of the weights file ``path`` in eval mode (loaded with ``weights_only=True``, strict):
-    the network and size its sidecar names (``model.spec``); without a sidecar, the seed's Net at
-    64x64, as written by covid_ddp (any version) or by the original script. Raw 0-255 pixels in."""
-    path = Path(path)
-    state_dict = load_weights(path)
-    spec = model_spec(path)
-    if isinstance(state_dict, dict) and spec.name == "net":
-        try:
-            state_dict = original_state_dict(state_dict)
-        except ValueError as error:
-            raise UserError(f"{path}: {error}") from None
-    model = build_network(spec)
-    named = f"{spec.describe()}, as {sidecar_path(path).name} names" if read_sidecar(path) else \
-        f"the original script's Net (no {sidecar_path(path).name} beside it names another model)"
-    missing, unexpected = _key_mismatch(model, state_dict)
-    if missing or unexpected:
-        raise UserError(f"{path}: not weights of {named} (missing keys: {first_few(missing, 5)}; unexpected keys: "
-                        f"{first_few(unexpected, 5)})")
-    try:
-        model.load_state_dict(state_dict, strict=True)
-    except RuntimeError as error:
-        raise UserError(f"{path}: weights do not fit {named} ({str(error).splitlines()[-1].strip()})")
-    return model.to(device).eval()
-
-
-def model_spec(weights: Path) -> ModelSpec:
-    """The network and image size of a weights file, from its sidecar (Net at 64 without one)."""
-    return ModelSpec.of_sidecar(read_sidecar(weights))
-
-
-inference_model = for_inference  # the folded, channels_last copy that scores
-
-
-def _key_mismatch(model: torch.nn.Module, state_dict) -> tuple[list[str], list[str]]:
-    if not isinstance(state_dict, dict):
-        return ["(the file holds no state_dict)"], []
-    expected, found = set(model.state_dict()), set(state_dict)
-    return sorted(expected - found), sorted(found - expected)
 
 
 def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]:

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from ..cli import say
+from ..data.format import CLASS_NAMES
 from ..models.gradcam import gradcam
 from ..models.inference import predict
-from ..models.net import CLASS_NAMES
 
 WATCHED_IMAGES = 8  # validation images shown every epoch
 
@@ -78,7 +78,7 @@ class Logger:
         self.writer.flush()
 
     def _test_figures(self, test, metrics: dict, epoch: int) -> None:
-        from ..evaluation import figures
+        from .. import figures
 
         self.writer.add_figure("test/roc", figures.roc_figure(test.p_covid, test.targets, metrics["roc_auc"]),
                                global_step=epoch)

@@ -28,18 +28,12 @@ from pathlib import Path
 
 import torch
 
-from ..data.format import read_npz
+from ..data.store import read_npz
 from ..errors import UserError, first_line
-from ..files import save_torch, write_json
-from ..models.weights import WEIGHTS_FILE, load_plain
+from ..files import load_plain, save_torch, write_json
+from ..run_files import CHECKPOINTS_DIR, METRICS_FILE, WEIGHTS_FILE
 from .selection import BestWeights
 
-METRICS_FILE = "metrics.json"
-CONFIG_FILE = "config.json"
-SPLITS_FILE = "splits.npz"
-CHECKPOINTS_DIR = "checkpoints"
-TENSORBOARD_DIR = "tensorboard"
-LOCK_FILE = ".lock"
 # A checkpoint folder: the main process writes the first three, every rank its random state.
 MODEL_STATE, OPTIMIZER_STATE, LOOP_STATE = "model.pt", "optimizer.pt", "training_state.json"
 BEST_MODEL_STATE = "best_model.pt"  # the best epoch's weights (--select-by), when they are not model.pt's

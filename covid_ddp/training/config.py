@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..bounds import BOOTSTRAP, COUNT, FRACTION, IMAGE_SIZES, POSITIVE, POSITIVE_INT, SEED, Bounds
 from ..cli import ArgumentParser, HelpFormatter
-from ..data.mcfam import MCFAM_BASE_URL
+from ..data.format import MCFAM_BASE_URL
 from ..data.splits import SplitPlan
 from ..destinations import refuse_inputs
 from ..errors import UserError

@@ -26,11 +26,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..errors import UserError
-from ..evaluation.metrics import roc_auc
+from ..metrics import roc_auc
+from ..models.net import ModelSpec
 from ..seeding import generator
 from .augment import augment, wants_augmentation
 from .checkpoint import TrainingProgress
 from .interrupt import StopRequested
+from .loader import TrainingLoader
 
 
 @dataclass
@@ -218,3 +220,19 @@ def evaluate(model, loader, accelerator) -> Evaluation:
     log_probs, targets, rows = torch.cat(log_probs), torch.cat(targets), torch.cat(rows)
     loss = F.nll_loss(log_probs, targets, reduction="mean").item()
     return Evaluation(loss, log_probs[:, 1].exp().numpy(), targets.numpy(), rows.numpy())
+
+
+@dataclass
+class PreparedRun:
+    """What the loop works with, after ``accelerator.prepare``."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    train_loader: TrainingLoader  # not prepared by accelerate: it owns its order (loader.EpochBatches)
+    monitor_loader: torch.utils.data.DataLoader  # validation, or test when --val-size 0
+    test_loader: torch.utils.data.DataLoader
+    monitor_name: str
+    data_device: str  # where the uint8 set lives (--data-on-device)
+    train_loader_kind: str  # 'device' (batches cut on the device) or 'DataLoader' (gathered in host memory)
+    spec: ModelSpec  # the network and its input size, recorded beside the weights

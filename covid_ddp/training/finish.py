@@ -7,22 +7,20 @@ from __future__ import annotations
 import torch
 from accelerate import Accelerator
 
-from ..data.folders import patient_ids, source_names
-from ..evaluation.metrics import binary_metrics, choose_threshold, per_source
+from ..data.splits import patient_ids, source_names
+from ..metrics import binary_metrics, choose_threshold, per_source
 from ..models.net import ModelSpec, build_network, for_inference, weights_state_dict
 from ..models.weights import consolidated_state_dict
-from ..training import checkpoint as ckpt
-from .board import Logger
+from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import on_main_process
-from .engine import Evaluation, evaluate
-from .preparation import PreparedRun
+from .engine import Evaluation, PreparedRun, evaluate
 from .run_folder import RunFolder
 from .selection import BestWeights, Selection
 
 
 def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config: TrainConfig,
-           monitored: Evaluation | None, board: Logger | None, progress: ckpt.TrainingProgress,
+           monitored: Evaluation | None, board, progress: ckpt.TrainingProgress,
            selection: Selection, best: BestWeights, meta: dict | None = None) -> dict:
     """Ship the selected epoch's weights, pick the threshold on validation, score the test split
     once with it, write the run's outputs.

@@ -4,7 +4,6 @@ shared uint8 tensor, the optimizer and LR schedule, prepared by accelerate; Tens
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,37 +12,20 @@ from accelerate import Accelerator
 
 from ..cli import is_main_rank, say
 from ..data.confounding import confounding_warning, format_table
-from ..data.folders import RawData
+from ..data.format import RawData
 from ..data.tensors import XrayDataset, collate_batch, dataset_tensors, pixel_statistics, wants_device
 from ..errors import UserError
+from ..files import load_plain
 from ..models.backbones import load_initial_weights
 from ..models.net import ModelSpec, build_network
 from ..models.sync_batchnorm import convert_sync_batchnorm
-from ..models.weights import load_plain, refuse_non_finite
+from ..models.weights import refuse_non_finite
 from ..seeding import seed_global_generators
-from ..training import checkpoint as ckpt
-from ..training import hardware
-from .board import Logger
+from . import hardware
 from .config import TrainConfig
 from .distributed import on_every_process, on_main_process
+from .engine import PreparedRun
 from .loader import TrainingLoader, balanced_weights
-from .run_folder import RunFolder
-
-
-@dataclass
-class PreparedRun:
-    """What the loop works with, after ``accelerator.prepare``."""
-
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
-    train_loader: TrainingLoader  # not prepared by accelerate: it owns its order (loader.EpochBatches)
-    monitor_loader: torch.utils.data.DataLoader  # validation, or test when --val-size 0
-    test_loader: torch.utils.data.DataLoader
-    monitor_name: str
-    data_device: str  # where the uint8 set lives (--data-on-device)
-    train_loader_kind: str  # 'device' (batches cut on the device) or 'DataLoader' (gathered in host memory)
-    spec: ModelSpec  # the network and its input size, recorded beside the weights
 
 
 def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, accelerator: Accelerator,
@@ -157,19 +139,6 @@ def build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
     # NHWC convolutions: faster training and evaluation on a 2-core CPU
     # (benchmarks/throughput.py), and the layout GPU tensor cores want.
     return model.to(memory_format=torch.channels_last)
-
-
-def start_logging(accelerator: Accelerator, folder: RunFolder, images, targets, split,
-                  config: TrainConfig) -> Logger | None:
-    """TensorBoard in <run>/tensorboard, on the main process (its hyper-parameters go in at the
-    end, next to the final metrics: see ``board.Logger.final``)."""
-    # Both: set_directories keeps the placeholder logging_dir given at start-up (which put the
-    # events of a default runs/<timestamp> run in runs/tensorboard).
-    accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(folder.path)
-    on_main_process(accelerator, lambda: accelerator.init_trackers(ckpt.TENSORBOARD_DIR),
-                    f"start TensorBoard logging in {folder.path / ckpt.TENSORBOARD_DIR}")
-    return Logger.for_run(accelerator, images, targets, split.val if len(split.val) else split.test,
-                          config.log_images_every)
 
 
 def announce_sources(table: dict | None) -> None:

@@ -12,10 +12,9 @@ import numpy as np
 from accelerate import Accelerator
 
 from ..data.confounding import table_of
-from ..data.folders import RawData, fingerprint
-from ..data.format import to_binary
+from ..data.format import RawData, fingerprint, to_binary
 from .config import TrainConfig
-from .preparation import PreparedRun
+from .engine import PreparedRun
 from .provenance import environment_summary
 from .run_folder import RunFolder
 

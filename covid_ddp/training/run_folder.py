@@ -38,7 +38,9 @@ import numpy as np
 from ..errors import UserError
 from ..files import atomic_path, cannot_write, save_torch, write_json
 from ..models.weights import sidecar_path, write_sidecar
-from ..training import checkpoint as ckpt
+from ..run_files import (CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, SPLITS_FILE, TENSORBOARD_DIR,
+                         WEIGHTS_FILE)
+from . import checkpoint as ckpt
 from .config import TrainConfig, changed_flags, default_output_dir
 from .distributed import JobFailed, gather_values, on_every_process, on_main_process
 from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
@@ -60,7 +62,7 @@ class RunLock:
 
     def acquire(self, token: str = "") -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(self.output_dir / ckpt.LOCK_FILE, "a+")
+        handle = open(self.output_dir / LOCK_FILE, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,8 +88,8 @@ class RunLock:
         """
         if self._handle is None:
             return
-        lock_file = self.output_dir / ckpt.LOCK_FILE
-        left = {p.name for p in self.output_dir.iterdir()} - {ckpt.LOCK_FILE}
+        lock_file = self.output_dir / LOCK_FILE
+        left = {p.name for p in self.output_dir.iterdir()} - {LOCK_FILE}
         no_run = not left & (RUN_FILES | RUN_FOLDERS)  # only the user's files, if any: the lock goes too
         if no_run:
             lock_file.unlink(missing_ok=True)
@@ -119,7 +121,7 @@ class RunFolder:
         try:
             token, resume_from, finished = on_main_process(accelerator, lambda: _claim(path, lock, config),
                                                            f"lock the run folder {path}")
-            on_every_process(accelerator, lambda: _check_shared(path, token), f"read {path / ckpt.LOCK_FILE}",
+            on_every_process(accelerator, lambda: _check_shared(path, token), f"read {path / LOCK_FILE}",
                              here=not accelerator.is_main_process)
             try:
                 yield cls(accelerator, path, Path(resume_from) if resume_from else None, finished,
@@ -142,18 +144,18 @@ class RunFolder:
             return
         self.resumes, self.changes = on_main_process(
             self.accelerator, lambda: _check_resume(self.path, self.resume_from, config, data_fingerprint),
-            f"read {self.path / ckpt.CONFIG_FILE}")
+            f"read {self.path / CONFIG_FILE}")
 
     def write_config(self, run_config: dict) -> None:
         """config.json: the resolved configuration, written when training starts (a resume is checked against it)."""
-        on_main_process(self.accelerator, lambda: write_json(self.path / ckpt.CONFIG_FILE,
+        on_main_process(self.accelerator, lambda: write_json(self.path / CONFIG_FILE,
                                                              {**run_config, "resumes": self.resumes}),
-                        f"write {self.path / ckpt.CONFIG_FILE}")
+                        f"write {self.path / CONFIG_FILE}")
 
     def keep_split(self, split) -> None:
         """splits.npz: the rows of each part; a resume must use the split the run trained on."""
         on_main_process(self.accelerator, lambda: _keep_split(self.path, split, self.resume_from is not None),
-                        f"write {self.path / ckpt.SPLITS_FILE}")
+                        f"write {self.path / SPLITS_FILE}")
 
     def restore(self, state: ckpt.TrainingState, epochs: int) -> bool:
         """Load ``resume_from`` (weights, optimizer, schedule, progress, random states) on every rank.
@@ -211,14 +213,14 @@ class RunFolder:
 
     def write_outputs(self, decision: dict, weights: dict, metrics: dict, board=None) -> Path:
         """The finished run's files, by the main process, metrics.json last: its presence marks a finished run."""
-        weights_path = self.path / ckpt.WEIGHTS_FILE
+        weights_path = self.path / WEIGHTS_FILE
 
         def write() -> None:
             if board is not None:
                 board()
             write_sidecar(weights_path, decision)  # before the weights it belongs to
             save_torch(weights_path, weights)
-            write_json(self.path / ckpt.METRICS_FILE, metrics)
+            write_json(self.path / METRICS_FILE, metrics)
 
         on_main_process(self.accelerator, write, f"write the outputs in {self.path}")
         return weights_path
@@ -246,13 +248,13 @@ def _claim(path: Path, lock: RunLock, config: TrainConfig) -> tuple[str, str | N
         raise UserError(f"--output-dir {path} is a file, not a folder; choose another --output-dir")
     token = uuid.uuid4().hex
     lock.acquire(token)
-    for stale in path.glob(f"{ckpt.CHECKPOINTS_DIR}/*.tmp"):  # left by a run killed while saving
+    for stale in path.glob(f"{CHECKPOINTS_DIR}/*.tmp"):  # left by a run killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     resume_from = _resume_point(path, config)
     done = ckpt.is_finished_run(path)
     if resume_from is None and done:
         if not config.overwrite:
-            unfinished = "" if (path / ckpt.METRICS_FILE).exists() else \
+            unfinished = "" if (path / METRICS_FILE).exists() else \
                 " (its outputs are incomplete: --resume auto finishes them)"
             raise UserError(f"{path} holds a finished run{unfinished}; choose another --output-dir, pass "
                             "--overwrite, or --resume latest with a larger --epochs")
@@ -267,7 +269,7 @@ def _claim(path: Path, lock: RunLock, config: TrainConfig) -> tuple[str, str | N
 
 def _finished(path: Path, resume_from: Path | None, config: TrainConfig) -> str:
     """Why the run to resume has nothing left to do, or ""."""
-    if resume_from is None or not (path / ckpt.METRICS_FILE).exists():
+    if resume_from is None or not (path / METRICS_FILE).exists():
         return ""
     if ckpt.epochs_done(resume_from) >= config.epochs:
         return f"--epochs {config.epochs} reached"
@@ -278,7 +280,7 @@ def _stopped_early(path: Path, config: TrainConfig) -> bool:
     """The finished run's history meets --early-stop as this command gives it (a larger patience
     continues the run)."""
     try:
-        history = json.loads((path / ckpt.METRICS_FILE).read_text())["history"]
+        history = json.loads((path / METRICS_FILE).read_text())["history"]
     except (OSError, ValueError, KeyError):
         return False
     return Selection.for_run(config.select_by, config.early_stop, has_validation=True).stops_after(history)
@@ -292,7 +294,7 @@ def _resume_point(path: Path, config: TrainConfig) -> Path | None:
     if config.resume in ("latest", "auto"):
         found = ckpt.complete_checkpoints(path)
         if not found and config.resume == "latest":
-            raise UserError(f"--resume latest: no complete checkpoint in {path / ckpt.CHECKPOINTS_DIR}")
+            raise UserError(f"--resume latest: no complete checkpoint in {path / CHECKPOINTS_DIR}")
         return found[-1] if found else None
     return ckpt.checked_checkpoint(Path(config.resume))
 
@@ -301,9 +303,9 @@ def _check_shared(path: Path, token: str, patience_s: float = 5.0) -> None:
     """The main process's token in <run>/.lock, read from here (a few seconds allowed for a
     network filesystem's attribute cache to see the new file)."""
     deadline = time.monotonic() + patience_s
-    while token not in _read_or_empty(path / ckpt.LOCK_FILE) and time.monotonic() < deadline:
+    while token not in _read_or_empty(path / LOCK_FILE) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if token not in _read_or_empty(path / ckpt.LOCK_FILE):
+    if token not in _read_or_empty(path / LOCK_FILE):
         raise UserError(f"the run folder {path} is not shared with the main process: {socket.gethostname()} does "
                         "not see its files there. A job on several machines needs --output-dir on a filesystem "
                         "that every machine mounts at the same path (NFS, Lustre, ...)")
@@ -325,9 +327,9 @@ def _forget_unsaved_run(path: Path) -> None:
         clear_run(path)
 
 
-RUN_FILES = {ckpt.WEIGHTS_FILE, sidecar_path(ckpt.WEIGHTS_FILE).name, ckpt.METRICS_FILE, ckpt.CONFIG_FILE,
-             ckpt.SPLITS_FILE}
-RUN_FOLDERS = {ckpt.CHECKPOINTS_DIR, ckpt.TENSORBOARD_DIR}
+RUN_FILES = {WEIGHTS_FILE, sidecar_path(WEIGHTS_FILE).name, METRICS_FILE, CONFIG_FILE,
+             SPLITS_FILE}
+RUN_FOLDERS = {CHECKPOINTS_DIR, TENSORBOARD_DIR}
 
 
 def clear_run(output_dir: Path) -> None:
@@ -340,7 +342,7 @@ def clear_run(output_dir: Path) -> None:
 
 def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_fingerprint: str) -> tuple[list, dict]:
     """(config.json's resumes with this one added, this resume's changes) or a one-line refusal."""
-    config_path = path / ckpt.CONFIG_FILE
+    config_path = path / CONFIG_FILE
     if not config_path.is_file():  # a run folder of an earlier version, stopped before its end
         return [], {}
     try:
@@ -354,14 +356,14 @@ def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_finger
         changes["data"] = (data["fingerprint"], data_fingerprint)
     if changes and not config.resume_with_changes:
         listed = ", ".join(_describe_change(name, old, new, config) for name, (old, new) in changes.items())
-        raise UserError(f"--resume: {listed}: the run in {path} was trained otherwise (its {ckpt.CONFIG_FILE}), so "
+        raise UserError(f"--resume: {listed}: the run in {path} was trained otherwise (its {CONFIG_FILE}), so "
                         "the resumed run would be another experiment; resume with the run's flags, or pass "
                         "--resume-with-changes to change them on purpose")
     reshaped = sorted({"--batch-size", "--grad-accum-steps", "data"} & set(changes))
     if reshaped and ckpt.inside_an_epoch(checkpoint):
         raise UserError(f"--resume {checkpoint}: {', '.join(reshaped)} cannot change inside an epoch (its steps "
                         "are counted in batches of the old size); resume from an epoch's checkpoint "
-                        f"({ckpt.CHECKPOINTS_DIR}/epoch_NNN) instead")
+                        f"({CHECKPOINTS_DIR}/epoch_NNN) instead")
     record = {"from": checkpoint.name, "changed": {name: list(values) for name, values in changes.items()}}
     return [*recorded.get("resumes", []), record], changes
 
@@ -378,12 +380,12 @@ def _describe_change(name: str, old, new, config: TrainConfig) -> str:
 def _keep_split(output_dir: Path, split, resuming: bool) -> None:
     """Write splits.npz; when resuming, refuse a split other than the one the run trained on,
     or its test images would have been trained on in the epochs before."""
-    path = Path(output_dir) / ckpt.SPLITS_FILE
+    path = Path(output_dir) / SPLITS_FILE
     if resuming and path.is_file():
         saved = ckpt.read_splits(path)
         if any(not np.array_equal(saved.get(part), rows) for part, rows in split.as_arrays().items()):
             raise UserError(f"{path}: the run was trained on another train/val/test split; resume with the split "
-                            f"flags it started with (see {Path(output_dir) / ckpt.CONFIG_FILE} or its first command)")
+                            f"flags it started with (see {Path(output_dir) / CONFIG_FILE} or its first command)")
         return
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **split.as_arrays())

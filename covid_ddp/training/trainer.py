@@ -27,20 +27,21 @@ from accelerate import Accelerator
 
 from ..cli import say
 from ..data.confounding import table_of
-from ..data.folders import RawData, fetch_dataset, fingerprint, load_dataset
-from ..data.format import to_binary
+from ..data.format import RawData, fingerprint, to_binary
+from ..data.sets import fetch_dataset, load_dataset
 from ..data.splits import Split, make_split
 from ..data.tensors import blank_rows
 from ..errors import UserError
-from ..evaluation.metrics import DEFAULT_THRESHOLD
+from ..metrics import DEFAULT_THRESHOLD
+from ..run_files import METRICS_FILE, TENSORBOARD_DIR, WEIGHTS_FILE
 from ..seeding import seed_global_generators
 from . import checkpoint as ckpt
 from .board import Logger
 from .config import TrainConfig, settle_batches
-from .engine import Evaluation, evaluate, train_one_epoch
+from .distributed import on_main_process
+from .engine import Evaluation, PreparedRun, evaluate, train_one_epoch
 from .finish import finish
-from .preparation import (PreparedRun, announce_sources, apply_recipe_changes, check_parts, new_model, prepare_run,
-                          start_logging)
+from .preparation import announce_sources, apply_recipe_changes, check_parts, new_model, prepare_run
 from .provenance import resident_memory_mb
 from .record import run_config
 from .run_folder import RunFolder
@@ -79,11 +80,11 @@ def train(config: TrainConfig, after: AfterTraining | None = None) -> TrainedRun
             if folder.finished:
                 session.print(f"{folder.path} is finished ({folder.finished}): nothing to do")
                 metrics = session.on_main(lambda: ckpt.recorded_test_metrics(folder.path),
-                                          f"read {folder.path / ckpt.METRICS_FILE}")
+                                          f"read {folder.path / METRICS_FILE}")
                 session.shut_down()
-                return TrainedRun(folder.path, folder.path / ckpt.WEIGHTS_FILE, metrics, job.config)
+                return TrainedRun(folder.path, folder.path / WEIGHTS_FILE, metrics, job.config)
             metrics = _train_in(folder, job, session)
-            run = TrainedRun(folder.path, folder.path / ckpt.WEIGHTS_FILE, metrics, job.config)
+            run = TrainedRun(folder.path, folder.path / WEIGHTS_FILE, metrics, job.config)
             if after is not None and session.is_main_process:  # no other process waits on it
                 after(run, job.data, job.split)
             return run
@@ -231,3 +232,16 @@ def _monitored_line(monitor_name: str, record: dict) -> str:
 
 
 # --- the end ----------------------------------------------------------------------------------
+
+
+def start_logging(accelerator: Accelerator, folder: RunFolder, images, targets, split,
+                  config: TrainConfig) -> Logger | None:
+    """TensorBoard in <run>/tensorboard, on the main process (its hyper-parameters go in at the
+    end, next to the final metrics: see ``board.Logger.final``)."""
+    # Both: set_directories keeps the placeholder logging_dir given at start-up (which put the
+    # events of a default runs/<timestamp> run in runs/tensorboard).
+    accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(folder.path)
+    on_main_process(accelerator, lambda: accelerator.init_trackers(TENSORBOARD_DIR),
+                    f"start TensorBoard logging in {folder.path / TENSORBOARD_DIR}")
+    return Logger.for_run(accelerator, images, targets, split.val if len(split.val) else split.test,
+                          config.log_images_every)

@@ -19,9 +19,9 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
 
-from ..destinations import FIGURE_SOFTWARE  # noqa: E402
-from ..files import atomic_path  # noqa: E402
-from ..models.net import CLASS_NAMES  # noqa: E402
+from .data.format import CLASS_NAMES
+from .destinations import FIGURE_SOFTWARE  # noqa: E402
+from .files import atomic_path  # noqa: E402
 
 
 def roc_figure(p_covid: np.ndarray, targets: np.ndarray, auc: float | None) -> Figure:

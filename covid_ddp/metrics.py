@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..seeding import stream_seed
+from .seeding import stream_seed
 
 METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "roc_auc",
            "average_precision", "brier", "ece")
