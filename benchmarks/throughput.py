@@ -75,7 +75,7 @@ class Variant:
 
 
 def model_spec(args):
-    from covid_ddp.models.net import ModelSpec
+    from covid_ddp.models.spec import ModelSpec
 
     return ModelSpec(args.model, args.image_size)
 

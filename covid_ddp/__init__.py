@@ -15,7 +15,7 @@ _EXPORTS = {"Net": ".models.net", "gradcam": ".models.gradcam", "load_model": ".
             "EvaluationResult": ".evaluation.evaluate"}
 
 __all__ = sorted(_EXPORTS)
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):

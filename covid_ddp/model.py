@@ -2,4 +2,5 @@
 imports it from here: ``from covid_ddp.model import Net``."""
 
 from .data.format import CLASS_NAMES  # noqa: F401
-from .models.net import ModelSpec, Net, build_network  # noqa: F401
+from .models.net import Net, build_network  # noqa: F401
+from .models.spec import ModelSpec  # noqa: F401

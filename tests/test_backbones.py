@@ -29,7 +29,8 @@ from covid_ddp.models.backbones import TORCHVISION, load_initial_weights
 from covid_ddp.models.gradcam import gradcam
 from covid_ddp.models.inference import predict
 from covid_ddp.models.loading import load_model
-from covid_ddp.models.net import ModelSpec, build_network
+from covid_ddp.models.net import build_network
+from covid_ddp.models.spec import ModelSpec
 
 SIZE = 40
 

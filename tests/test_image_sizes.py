@@ -23,7 +23,8 @@ from covid_ddp.data.sets import load_dataset
 from covid_ddp.data.synthetic import make_synthetic
 from covid_ddp.data.tensors import dataset_tensors
 from covid_ddp.errors import UserError
-from covid_ddp.models.net import ModelSpec, Net, build_network
+from covid_ddp.models.net import Net, build_network
+from covid_ddp.models.spec import ModelSpec
 
 LABELS = np.eye(4, dtype=np.float32)[[0, 1, 2, 3] * 3]
 

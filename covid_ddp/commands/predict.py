@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import io
 import sys
 from pathlib import Path
@@ -86,7 +87,8 @@ def run(arguments: argparse.Namespace) -> None:
     if len(ensemble) == 1 or arguments.threshold is not None:
         threshold, threshold_source = decision_threshold(arguments.threshold, ensemble.paths[0])
     else:
-        threshold, threshold_source = ensemble_threshold(ensemble, lambda: load_evaluation_data(None, ensemble.paths[0]))
+        run_data = functools.partial(load_evaluation_data, None, ensemble.paths[0])  # read only if needed
+        threshold, threshold_source = ensemble_threshold(ensemble, run_data)
     overlays = GradcamWriter(Path(arguments.gradcam), ensemble.models, threshold) if arguments.gradcam else None
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

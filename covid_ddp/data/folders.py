@@ -1,11 +1,8 @@
-"""Data: the MCFAM files (downloaded, cached, validated), folders read as one set, the synthetic set, datasets.
+"""Data folders: one folder, or several read as one set, checked and described.
 
-The MCFAM set is two files, ``train_images64.npz`` (key ``train_images``,
-``(N, 64, 64) uint8``) and ``train_labels.npz`` (key ``train_labels``,
-``(N, 4)`` one-hot). Label indices 0 and 1 are non-COVID, 2 and 3 are COVID.
-Any folder holding two files of that format can be used with ``--data-dir``, its images at
-any square size ``S`` (``train_images{S}.npz``, or the memory-mapped store ``train_images{S}.npy``:
-``store.py``).
+Any folder holding the two files of the MCFAM format (``format.py``) can be used with
+``--data-dir``, its images at any square size ``S`` (``train_images{S}.npz``, or the memory-mapped
+store ``train_images{S}.npy``: ``store.py``), with an optional ``meta.npz`` (patient ids, sources).
 
 Images stay ``uint8`` in memory (one byte a pixel); conversion to float and
 normalisation happen per batch, inside the model.

@@ -44,7 +44,7 @@ from .listing import read_listing
 from .radiographs import is_radiograph_file, read_with_tags
 from .store import images_name
 
-CLASS_NAMES = {"0": 0, "1": 1, "2": 2, "3": 3, "normal": 0, "pneumonia": 1, "non-covid": 1, "other": 1,
+LABEL_NAMES = {"0": 0, "1": 1, "2": 2, "3": 3, "normal": 0, "pneumonia": 1, "non-covid": 1, "other": 1,
                "covid": 2, "covid-19": 2}
 COVID_AP = 3  # MCFAM's class for a COVID film taken in the AP view
 
@@ -104,7 +104,7 @@ def _items_of_csv(table: Path, allow_outside: bool) -> list[Item]:
 
 def parse_label_map(text: str | None) -> dict[str, int]:
     """``NAME=INDEX,...`` on top of the built-in names (case-insensitive)."""
-    names = dict(CLASS_NAMES)
+    names = dict(LABEL_NAMES)
     for entry in filter(None, (part.strip() for part in (text or "").split(","))):
         name, _, index = entry.partition("=")
         if not name.strip() or index.strip() not in ("0", "1", "2", "3"):

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..data.confounding import confounding_warning, markdown_table, single_class_sources
 from ..data.format import IMAGE_SIZE
 from ..files import atomic_path
+from ..run_files import CONFIG_FILE, METRICS_FILE
 
 CARD_FILE = "model_card.md"
 REPORTED_FILE = "reported.json"  # written into each run folder by covid-ddp-report
@@ -86,10 +87,10 @@ def update_model_card(run_dir: Path) -> Path | None:
     """Rewrite ``run_dir/model_card.md`` from its records; None (and nothing written) when
     ``run_dir`` holds no covid_ddp run (weights given without their run folder)."""
     run_dir = Path(run_dir)
-    config = _read(run_dir / "config.json")
+    config = _read(run_dir / CONFIG_FILE)
     if not config or "config" not in config:
         return None
-    card = build_card(run_dir, config, _read(run_dir / "metrics.json"))
+    card = build_card(run_dir, config, _read(run_dir / METRICS_FILE))
     path = run_dir / CARD_FILE
     with atomic_path(path) as tmp:
         tmp.write_text(card)

@@ -42,7 +42,7 @@ from ..destinations import check_can_make, refuse_inputs
 from ..errors import UserError
 from ..files import write_json
 from ..metrics import binary_metrics
-from ..run_files import WEIGHTS_FILE
+from ..run_files import METRICS_FILE, WEIGHTS_FILE
 from ..training.config import TrainConfig, parse_config
 from .ensemble import Ensemble, common_split, ensemble_threshold
 
@@ -70,7 +70,7 @@ def train_once(launcher: list[str], flags: list[str], run_dir: Path) -> dict:
     where it was. A run refused in one line, having written nothing, leaves no folder or log behind."""
     made = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]  # deepest first
     run_dir.mkdir(parents=True, exist_ok=True)
-    metrics, timing, log = run_dir / "metrics.json", run_dir / TIMING_FILE, run_dir.parent / f"{run_dir.name}.log"
+    metrics, timing, log = run_dir / METRICS_FILE, run_dir / TIMING_FILE, run_dir.parent / f"{run_dir.name}.log"
     finished_before = metrics.is_file()
     command = [*launcher, *flags, "--output-dir", str(run_dir), "--resume", "auto"]
     started = time.monotonic()

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError, first_few
-from .net import ModelSpec, build_network, for_inference, original_state_dict
+from .net import build_network, for_inference, original_state_dict
+from .spec import ModelSpec
 from .weights import load_weights, read_sidecar, sidecar_path
 
 

@@ -19,7 +19,6 @@ because ``conv1`` has no padding (every tap of every output sees an image pixel)
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -28,29 +27,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..data.format import IMAGE_SIZE, NUM_CLASSES
 from ..errors import UserError
+from .spec import ModelSpec
 
 NET_MIN_SIZE = 38  # four (conv 3x3, no padding; pool 2) blocks leave 1x1 of a 38x38 image
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which network, at which input size: what a weights file's sidecar records (``model``)."""
-
-    name: str = "net"
-    image_size: int = IMAGE_SIZE
-
-    @classmethod
-    def of_sidecar(cls, sidecar: dict | None) -> "ModelSpec":
-        """The spec a sidecar names; a weights file without one (the original script's, or one written
-        before sidecars named the model) is Net at 64."""
-        recorded = (sidecar or {}).get("model") or {}
-        return cls(str(recorded.get("name", "net")), int(recorded.get("image_size", IMAGE_SIZE)))
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "image_size": self.image_size}
-
-    def describe(self) -> str:
-        return f"{self.name} at {self.image_size}x{self.image_size}"
 
 
 class Net(nn.Module):

@@ -15,11 +15,12 @@ from typing import Optional
 
 from ..bounds import BOOTSTRAP, COUNT, FRACTION, IMAGE_SIZES, POSITIVE, POSITIVE_INT, SEED, Bounds
 from ..cli import ArgumentParser, HelpFormatter
-from ..data.format import MCFAM_BASE_URL
+from ..data.format import IMAGE_SIZE, MCFAM_BASE_URL
 from ..data.splits import SplitPlan
 from ..destinations import refuse_inputs
 from ..errors import UserError
 from ..models.backbones import check_model_name
+from ..models.spec import ModelSpec
 from .config_file import read_settings, settings_as_flags
 
 
@@ -170,6 +171,10 @@ class TrainConfig:
         """Pinned sha256 per MCFAM file name."""
         return {name: pin for name, pin in (("train_images64.npz", self.sha256_images),
                                             ("train_labels.npz", self.sha256_labels)) if pin}
+
+    def model_spec(self) -> ModelSpec:
+        """The network and its input size; ``image_size`` is the data's once training has read it."""
+        return ModelSpec(self.model, self.image_size or IMAGE_SIZE)
 
     def split_plan(self) -> SplitPlan:
         sources = tuple(name.strip() for name in (self.exclude_source or "").split(",") if name.strip())

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UserError
 from ..metrics import roc_auc
-from ..models.net import ModelSpec
+from ..models.spec import ModelSpec
 from ..seeding import generator
 from .augment import augment, wants_augmentation
 from .checkpoint import TrainingProgress

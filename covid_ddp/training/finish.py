@@ -9,7 +9,8 @@ from accelerate import Accelerator
 
 from ..data.splits import patient_ids, source_names
 from ..metrics import binary_metrics, choose_threshold, per_source
-from ..models.net import ModelSpec, build_network, for_inference, weights_state_dict
+from ..models.net import build_network, for_inference, weights_state_dict
+from ..models.spec import ModelSpec
 from ..models.weights import consolidated_state_dict
 from . import checkpoint as ckpt
 from .config import TrainConfig

@@ -30,7 +30,7 @@ def local_view(cpu: bool) -> dict:
         with torch.cuda.device(device):  # (the check may make a tensor: on this process's GPU, not GPU 0)
             runs = ["no", "fp16", *(["bf16"] if torch.cuda.is_bf16_supported() else [])]
         return {**view, "device": "cuda", "native": native, "runs": runs}
-    # On a CPU with AVX512-BF16 (a 2-core AMD EPYC, docs/performance.md) bf16 autocast trained 2.2x faster
+    # On a CPU with AVX512-BF16 (docs/performance.md) bf16 autocast trained 2.2x faster
     # than fp32; without native bf16 it is emulated, and slower. fp16 autocast needs a GPU.
     return {**view, "device": "cpu", "native": "bf16" if cpu_has_native_bf16() else "no", "runs": ["no", "bf16"]}
 

@@ -17,7 +17,8 @@ from ..data.tensors import XrayDataset, collate_batch, dataset_tensors, pixel_st
 from ..errors import UserError
 from ..files import load_plain
 from ..models.backbones import load_initial_weights
-from ..models.net import ModelSpec, build_network
+from ..models.net import build_network
+from ..models.spec import ModelSpec
 from ..models.sync_batchnorm import convert_sync_batchnorm
 from ..models.weights import refuse_non_finite
 from ..seeding import seed_global_generators
@@ -48,7 +49,7 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
                                                          on_device=on_device, device=accelerator.device,
                                                          weights=training_weights(config, data, targets, split))
     model = model if model is not None else new_model(config, data, split, accelerator.device)
-    spec = ModelSpec(config.model, data.image_size)
+    spec = config.model_spec()
     # On its device before the optimizer sees it: fused Adam checks where the parameters are.
     optimizer = make_optimizer(model.to(accelerator.device), config.lr, accelerator.device)
     # Not passed to prepare(): accelerate's wrapper would step it once per process.
@@ -115,7 +116,7 @@ def check_parts(config: TrainConfig, split, num_processes: int) -> None:
 def new_model(config: TrainConfig, data: RawData, split, device: torch.device) -> torch.nn.Module:
     """The run's network, seeded: identical initial weights on every rank."""
     seed_global_generators(config.seed, "weights")
-    return build_model(config, ModelSpec(config.model, data.image_size), device,
+    return build_model(config, config.model_spec(), device,
                        pixel_statistics(data.images, split.train))
 
 
