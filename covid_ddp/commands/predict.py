@@ -47,9 +47,6 @@ from ..models.weights import decision_threshold, sidecar_path
 CSV_COLUMNS = ("source", "index", "p_covid", "prediction", "threshold")  # each call names its threshold
 
 
-# --- reading inputs ----------------------------------------------------------
-
-
 # --- command line ------------------------------------------------------------
 
 

@@ -183,11 +183,3 @@ def _meta_column(part: RawData, folder_name: str, key: str) -> np.ndarray:
     if key == "patient_id":
         return np.array([f"{folder_name}:{row}" for row in range(count)])
     return np.full(count, "")
-
-
-# --- labels and statistics --------------------------------------------------
-
-
-# --- the torch side ----------------------------------------------------------
-
-

@@ -1,4 +1,5 @@
-"""TODO"""
+"""Which set a run reads (``--dataset``, ``--data-dir``): the MCFAM files (downloaded into the cache
+when missing), the synthetic set, or folders of one's own; checked against pinned hashes."""
 
 from __future__ import annotations
 

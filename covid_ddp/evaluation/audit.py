@@ -342,6 +342,3 @@ def markdown(report: dict) -> str:
     lines += [f"| {name} | {value} | {reading} |" for name, value, reading in summary_rows(report)]
     lines += ["", "How each is measured: `covid-ddp-audit --help` and docs/evaluation.md#shortcut-audit-covid-ddp-audit.", ""]
     return "\n".join(lines)
-
-
-# --- command line ------------------------------------------------------------------------------

@@ -109,5 +109,3 @@ def write_figures(output_dir: Path, p_covid, targets, metrics: dict) -> None:
     figures.save_figure(figures.confusion_figure(metrics["confusion_matrix"], metrics["threshold"]),
                         output_dir / "confusion.png")
     figures.save_figure(figures.calibration_figure(p_covid, targets), output_dir / "calibration.png")
-
-

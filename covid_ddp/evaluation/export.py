@@ -70,5 +70,3 @@ def is_exported_model(path: Path) -> bool:
 
     graph = onnx.load(str(path), load_external_data=False).graph
     return [i.name for i in graph.input] == [INPUT_NAME] and [o.name for o in graph.output] == [OUTPUT_NAME]
-
-

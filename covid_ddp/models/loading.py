@@ -1,4 +1,7 @@
-"""TODO"""
+"""The model a weights file holds: ``load_model(path)``, in eval mode, for raw 0-255 pixels.
+
+The network and its size come from the sidecar (``weights.read_sidecar``); a file without one is
+the seed's Net at 64x64, as the original script and every covid_ddp version wrote it."""
 
 from __future__ import annotations
 

@@ -229,5 +229,3 @@ def checked_checkpoint(path: Path) -> Path:
         raise UserError(f"--resume {path}: not a checkpoint folder (expected <run>/{CHECKPOINTS_DIR}/epoch_NNN"
                         "[_step_NNNNN], or latest, or auto)")
     return path
-
-

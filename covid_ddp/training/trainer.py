@@ -231,7 +231,7 @@ def _monitored_line(monitor_name: str, record: dict) -> str:
             f"at threshold {DEFAULT_THRESHOLD:.3f} [COVID Detection]")
 
 
-# --- the end ----------------------------------------------------------------------------------
+# --- TensorBoard -----------------------------------------------------------------------------
 
 
 def start_logging(accelerator: Accelerator, folder: RunFolder, images, targets, split,
