@@ -8,7 +8,7 @@
 process reads whole into its own memory (today's MCFAM format), and as the store
 ``covid-ddp-prepare --format store`` writes (``.npy``), which each process maps read-only.
 For each layout and process count a real CPU job is launched (``accelerate launch``) that
-starts as ``covid-ddp-train`` does (``start_job``, ``load_training_data``, the split,
+starts as ``covid-ddp-train`` does (``Session``, ``load_training_data``, the split,
 ``prepare_run``: loaders, pixel statistics, model, optimizer), trains ``--steps`` steps with
 ``engine.train_one_epoch``, then draws the rest of its epoch's batches without the model (an
 epoch's reads of the set, in seconds instead of an hour). Every 0.5 s this script reads each
@@ -201,13 +201,15 @@ def run_rank(arguments) -> None:
     from covid_ddp.training.engine import train_one_epoch
     from covid_ddp.training.interrupt import GracefulStop
     from covid_ddp.training.preparation import prepare_run
-    from covid_ddp.training.session import start_job
+    from covid_ddp.training.session import Session, start_job
     from covid_ddp.training.trainer import load_training_data
 
     config = TrainConfig(data_dir=[arguments.data_dir], image_size=arguments.image_size, model=arguments.model,
                          cpu=True, workers=arguments.rank_workers)
-    accelerator, config = start_job(config)
-    data = load_training_data(accelerator, config)
+    session = Session(*start_job(config))
+    accelerator, config = session.accelerator, session.config
+    data = load_training_data(session, config)
+    config = dataclasses.replace(config, image_size=data.image_size)
     targets = to_binary(data.labels)
     split = make_split(targets, config.split_plan(), data.meta)
     config, _ = settle_batches(config, len(split.train), accelerator.num_processes, accelerator.device.type)

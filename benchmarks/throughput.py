@@ -13,7 +13,7 @@ has started and handed over the first batch, and the share of the timed steps it
 waiting for that worker is printed (on a GPU the recipe is bound by it, so the ratios to (a)
 measure the host's CPU as much as the device). (b) ``covid_ddp`` runs the
 package's own pieces: the device-resident loader, ``train_one_epoch`` and ``evaluate`` of
-``covid_ddp.engine`` under accelerate (as training runs them, stop-request and NaN checks
+``covid_ddp.training.engine`` under accelerate (as training runs them, stop-request and NaN checks
 included), and the BatchNorm-folded inference model of ``covid-ddp-predict`` fed from the
 set on the device (evaluation and inference batch: 1,000 on a GPU, 100 on a CPU). Every
 variant runs in its own process (accelerate's state is process-wide), the variants take
@@ -193,7 +193,7 @@ class CovidDdpTrainer:
         return len(loader) * loader.batch_size, time.perf_counter() - started
 
     def evaluate(self) -> tuple[float, float]:
-        """(accuracy, images/s) of ``covid_ddp.engine.evaluate`` over the evaluation rows."""
+        """(accuracy, images/s) of ``covid_ddp.training.engine.evaluate`` over the evaluation rows."""
         from covid_ddp.training.engine import evaluate
 
         started = time.perf_counter()
@@ -224,7 +224,7 @@ class CovidDdpTrainer:
         return len(rows) / (time.perf_counter() - started)
 
     def close(self) -> None:
-        """Drop the DDP wrapper and end the process group while Python is alive (see train.shut_down)."""
+        """Drop the DDP wrapper and end the process group while Python is alive (see training.session.shut_down)."""
         from covid_ddp.training.session import shut_down
 
         accelerator = self.accelerator

@@ -6,7 +6,7 @@
 Each command runs as a fresh process on the same MCFAM-format folder (10,000 synthetic
 images, written once to a temporary folder, or ``--data-dir``), timed from start to exit:
 imports, loading, split, training, evaluation, writing the weights. The variants take
-turns in every repeat (this machine is shared and noisy: compare within one run); the
+turns in every repeat (a shared machine is noisy: compare within one run); the
 median and the ratio to the original are printed. Not a test.
 """
 

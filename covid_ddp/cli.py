@@ -3,7 +3,7 @@
 In a multi-process job only the main process (global rank 0) prints that line (a
 ``LocalError``, one machine's own problem, is printed once by every machine that has it). Every
 other rank raises the same error at the same point, because errors after the process
-group forms are agreed on by all ranks (``distributed.on_main_process`` and friends) and
+group forms are agreed on by all ranks (``training.distributed.on_main_process`` and friends) and
 the ones before it come from the same flags and files; N copies of the line would only
 bury it. Under torchrun the main process also writes the launcher's error file and leaves
 first (the others wait a second), so the launcher's failure summary names rank 0 and the
@@ -34,7 +34,7 @@ LAUNCHER_GRACE_S = 1.0  # how long the other ranks let the main process be first
 def run_cli(command: Callable[[], object], prog: str) -> int:
     """Run ``command``; a ``UserError`` prints ``prog: error: <message>`` (argparse's style), no traceback.
     Ctrl-C and SIGTERM are such errors (training's loop replaces both with its graceful stop,
-    ``interrupt.GracefulStop``)."""
+    ``training.interrupt.GracefulStop``)."""
     try:
         with _signals_as_errors():
             try:

@@ -5,8 +5,8 @@ own, so when the launcher dies (``kill -9``, a closed terminal, a crashed node a
 reaches the workers: they would sleep in the rendezvous or train on as orphans, holding the
 run's lock. ``arm`` asks the kernel to send this process SIGTERM the moment its parent dies
 (Linux's ``PR_SET_PDEATHSIG``): before training, SIGTERM ends the process in one line, within
-seconds even while it waits for the others (``interrupt.stop_even_while_waiting``); during
-training it is a graceful stop (``interrupt.GracefulStop``: an agreed checkpoint, then exit). A launcher that died before ``arm`` ran is noticed too: the process was
+seconds even while it waits for the others (``training.interrupt.stop_even_while_waiting``); during
+training it is a graceful stop (``training.interrupt.GracefulStop``: an agreed checkpoint, then exit). A launcher that died before ``arm`` ran is noticed too: the process was
 then left to init (or a reaper like it) and exits at once. Without ``prctl`` (not Linux), a
 thread polls the parent instead. The parent must be the launcher: a wrapper script between them
 (``torchrun --no-python wrapper.sh``) must ``exec`` Python, or the worker is tied to the shell.

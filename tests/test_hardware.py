@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 import torch
@@ -116,6 +117,7 @@ def test_mixed_precision_runs_the_training_convolutions_in_it(small_data, fresh_
     accelerator = build_accelerator(config)
     data = load_data_dir(small_data)
     targets = to_binary(data.labels)
+    config = dataclasses.replace(config, image_size=data.image_size)
     run = prepare_run(config, data, targets, split_indices(targets, 0.3, 0.1), accelerator)
     seen = set()
     model = accelerator.unwrap_model(run.model)

@@ -16,6 +16,8 @@ from ..bounds import PROBABILITY, SEED
 from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
 from ..destinations import check_output_folder, either, is_own_figure, record_of, refuse_inputs
 from ..evaluation.audit import AUDIT_FILES, audit_rows, markdown
+from ..evaluation.model_card import refresh_model_card
+from ..evaluation.run_data import load_evaluation_data, rows_to_score
 from ..models.inference import resolve_device
 from ..models.loading import load_model
 from ..models.weights import decision_threshold
@@ -43,11 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(arguments: argparse.Namespace) -> dict:
-    from ..evaluation.model_card import refresh_model_card
-    from ..evaluation.run_data import (  # (evaluation imports this module's neighbours)
-        load_evaluation_data,
-        rows_to_score,
-    )
 
     weights = Path(arguments.weights)
     model = load_model(weights, resolve_device(arguments.device))

@@ -1,23 +1,13 @@
-"""Single-device inference with a trained weights file.
-
-Command line::
+"""covid-ddp-predict: P(COVID) and the call for each input image, as CSV (``models.inference``).
 
     python launch/predict.py --weights runs/<run>/COVID_binary_classifier.pth xray.png scans/ more.npz
     python launch/predict.py --weights runs/s1/COVID_binary_classifier.pth --weights runs/s2/COVID_binary_classifier.pth x.png
 
-Python::
-
-    from covid_ddp import load_model, predict
-    model = load_model("COVID_binary_classifier.pth")
-    p_covid = predict(model, images)          # images: (N, S, S) uint8, raw pixel values, S = model.spec.image_size
-
-The weights' sidecar (``COVID_binary_classifier.json``) names the network and the image size it
-was trained at (a file without one is the seed's Net at 64x64, as the original script wrote).
-Inputs are MCFAM-format ``.npz`` files (key ``train_images``), PNG/JPEG/DICOM images
-(converted to 8-bit grayscale, center-cropped to a square and resized to that size,
-with one line on stderr saying how many were) or folders of them. Output is CSV:
-``source,index,p_covid,prediction,threshold``. Not for clinical use.
-"""
+The weights' sidecar names the network and its image size (a file without one is the seed's Net at
+64x64). Inputs are MCFAM-format ``.npz`` files, PNG/JPEG/DICOM images (converted to 8-bit grayscale,
+center-cropped and resized, one line on stderr saying how many were: ``data.inputs``) or folders of
+them. Output: ``source,index,p_covid,prediction,threshold``; ``--gradcam DIR`` adds an overlay per
+image. Not for clinical use."""
 
 from __future__ import annotations
 
@@ -41,7 +31,7 @@ from ..errors import UserError, first_few
 from ..evaluation.run_data import load_evaluation_data
 from ..files import atomic_path
 from ..models.gradcam import gradcam
-from ..models.inference import resolve_device
+from ..models.inference import BATCH_SIZE, resolve_device
 from ..models.weights import decision_threshold, sidecar_path
 
 CSV_COLUMNS = ("source", "index", "p_covid", "prediction", "threshold")  # each call names its threshold
@@ -68,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "else 0.5)")
     parser.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per image here "
                         "(the radiograph, the heatmap of what drove P(COVID), p_covid in the title)")
-    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=512, metavar="N",
+    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=BATCH_SIZE, metavar="N",
                         help="images per forward pass")
     parser.add_argument("--output", metavar="CSV", help="write the CSV to this file instead of standard output")
     parser.add_argument("--skip-errors", action="store_true",

@@ -7,16 +7,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-
-import numpy as np
 
 from ..bounds import IMAGE_SIZES, POSITIVE_INT
 from ..cli import ArgumentParser, HelpFormatter, run_cli
 from ..data.format import IMAGE_SIZE
-from ..data.prepare import check_output_folder_free, collect_items, parse_label_map, prepare, write_folder
+from ..data.prepare import (check_output_folder_free, collect_items, parse_label_map, prepare, usable_cores,
+                            wants_store, write_folder)
 from ..data.store import images_name
 from ..destinations import refuse_inputs
 
@@ -40,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "disagree); by default they are only reported")
     parser.add_argument("--skip-errors", action="store_true",
                         help="report each unreadable file and prepare the rest (default: stop, naming the first)")
-    parser.add_argument("--workers", type=POSITIVE_INT.parse, default=_cores(), metavar="N",
+    parser.add_argument("--workers", type=POSITIVE_INT.parse, default=usable_cores(), metavar="N",
                         help="decoding processes (default: this machine's cores)")
     parser.add_argument("--image-size", type=IMAGE_SIZES.parse, default=IMAGE_SIZE, metavar="S",
                         help="side of the square images written (train_images<S>...): 64 is the seed's and MCFAM's, "
@@ -55,20 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="let a CSV name files outside its own folder (absolute paths, '..'); by default such "
                              "a path is refused, so that a list from elsewhere reaches only the files beside it")
     return parser
-
-
-STORE_FROM_BYTES = 1 << 30  # --format auto: a set this large is mapped, not copied into every process
-
-
-def wants_store(choice: str, images: np.ndarray) -> bool:
-    return choice == "store" or (choice == "auto" and images.nbytes > STORE_FROM_BYTES)
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def run(arguments: argparse.Namespace) -> None:

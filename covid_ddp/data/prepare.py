@@ -314,3 +314,17 @@ def write_store(path: Path, images: np.ndarray, chunk: int = 4096) -> Path:
         out.flush()
         del out
     return Path(path)
+
+
+STORE_FROM_BYTES = 1 << 30  # --format auto: a set this large is mapped, not copied into every process
+
+
+def wants_store(choice: str, images: np.ndarray) -> bool:
+    return choice == "store" or (choice == "auto" and images.nbytes > STORE_FROM_BYTES)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1

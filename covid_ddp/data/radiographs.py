@@ -1,6 +1,6 @@
 """One radiograph file (PNG, JPEG or DICOM) -> the square uint8 image the model reads (64x64 by default).
 
-    from covid_ddp.radiographs import read_radiograph
+    from covid_ddp.data.radiographs import read_radiograph
     image = read_radiograph("scan.dcm")            # (64, 64) uint8
     image = read_radiograph("scan.dcm", 224)       # (224, 224) uint8
 

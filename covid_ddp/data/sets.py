@@ -47,6 +47,7 @@ def load_dataset(dataset: str, data_dir, synthetic_size: int, seed: int, base_ur
     if dataset == "synthetic":
         size = image_size or IMAGE_SIZE
         images, labels = make_synthetic(synthetic_size, seed, image_size=size)
+        # "covid_ddp.synthetic": the generator's name in every run's fingerprint (a resume compares it), kept as is.
         return RawData(images, labels, {"generator": "covid_ddp.synthetic", "size": synthetic_size, "seed": seed,
                                         "image_size": size})
     if dataset != "mcfam":

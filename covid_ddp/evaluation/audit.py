@@ -1,6 +1,5 @@
-"""covid-ddp-audit: how much a trained model's calls rest on shortcuts instead of the lungs.
-
-    covid-ddp-audit --weights runs/demo/COVID_binary_classifier.pth [--data-dir DIR ...] [--split test|val|all]
+"""The shortcut audit: how much a trained model's calls rest on shortcuts instead of the lungs
+(``audit``; covid-ddp-audit runs it on a run's split).
 
 Four measurements on the chosen images (default: the run's test split), each a number a
 reader can compare between models (the same images, the same seed):
@@ -23,7 +22,7 @@ reader can compare between models (the same images, the same seed):
 
 Writes ``audit.json``, ``audit.md`` and ``audit.png`` to ``--output-dir`` (default:
 ``audit-<split>`` beside the weights), and brings the run's ``model_card.md`` up to date.
-Training runs it on the test split at its end when that costs under 10% of the run. These are
+covid-ddp-train runs it on the test split at its end when that costs under 10% of the run. These are
 probes of known shortcuts, not a proof that none is used. Not for clinical use.
 """
 
@@ -43,11 +42,12 @@ from ..errors import first_line
 from ..files import atomic_path, write_json
 from ..metrics import roc_auc
 from ..models.gradcam import gradcam
-from ..models.inference import predict
+from ..models.inference import BATCH_SIZE, predict
 from ..models.loading import inference_model, load_model
 from ..models.net import watch_penultimate
 from ..models.weights import decision_threshold
 from ..seeding import stream_seed
+from .model_card import summary_rows
 
 EDGE_FRACTION = 1 / 8  # the outer band (border test) and what the lung box leaves out (Grad-CAM)
 PROBE_MIN_IMAGES = 20  # a source enters the probe of a class with at least this many images of it
@@ -139,8 +139,8 @@ def border_test(model, images, targets, p_covid, threshold: float) -> dict:
 
 @torch.inference_mode()
 def predict_with_features(model: torch.nn.Module, images: np.ndarray,
-                          batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """P(COVID) and the penultimate features (``model.watch_penultimate``: what the last layer
+                          batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """P(COVID) and the penultimate features (``models.net.watch_penultimate``: what the last layer
     decides from) of every image, in one pass."""
     captured = []
     hook = watch_penultimate(model, captured)
@@ -299,38 +299,6 @@ def write_audit(output_dir: Path, result: dict, images: np.ndarray, targets: np.
                     output_dir / "audit.png")
     except Exception as error:  # the numbers are written; a figure is worth a warning, not the audit
         say(f"covid-ddp-audit: warning: audit.png not drawn ({type(error).__name__}: {error})")
-
-
-def _number(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def summary_rows(report: dict) -> list[tuple[str, str, str]]:
-    """(measurement, value, how to read it): the table of audit.md and of the model card."""
-    marks, border, probe, heat = report["marks"], report["border"], report["source_probe"], report["gradcam"]
-    rows = []
-    if "skipped" not in marks:
-        rows.append(("marks on non-COVID images: mean change of P(COVID)", f"{marks['mean_change']:+.3f}",
-                     "0: marks mean nothing to the model"))
-        rows.append(("marks: non-COVID calls turned COVID",
-                     f"{marks['flipped_to_covid']} of {marks['called_non_covid']} ({_number(marks['flip_share'])})",
-                     "0 of them: the calls do not rest on marks"))
-    rows.append(("border hidden: change of ROC AUC",
-                 "n/a" if border["roc_auc_change"] is None else f"{border['roc_auc_change']:+.3f}",
-                 "0: the border holds nothing the model needs"))
-    rows.append(("border hidden: mean abs change of P(COVID)", f"{border['mean_abs_change']:.3f}", "0: no effect"))
-    for name, entry in (probe.items() if "skipped" not in probe else []):
-        if "skipped" in entry:
-            rows.append((f"source probe, {name}", "n/a", entry["skipped"]))
-            continue
-        listed = ", ".join(entry["sources"])
-        rows.append((f"source probe, {name} ({listed}): ROC AUC", f"{entry['roc_auc']:.3f}",
-                     f"0.5: no hospital in the features; pixels alone: {entry['pixels_roc_auc']:.3f}"))
-    if "skipped" in probe:
-        rows.append(("source probe", "n/a", probe["skipped"]))
-    rows.append(("Grad-CAM heat inside the lung box", _number(heat["inside_share"]),
-                 f"{heat['uniform_share']:.2f} if spread evenly; higher: on the lungs"))
-    return rows
 
 
 def markdown(report: dict) -> str:

@@ -22,8 +22,8 @@ import torch
 
 from ..data.format import RawData, to_binary
 from ..errors import UserError
-from ..metrics import choose_threshold
-from ..models.inference import predict
+from ..metrics import DEFAULT_THRESHOLD, choose_threshold
+from ..models.inference import BATCH_SIZE, predict
 from ..models.loading import inference_model, load_model
 from ..run_files import CONFIG_FILE, SPLITS_FILE
 from ..training import checkpoint as ckpt
@@ -59,7 +59,7 @@ class Ensemble:
     def __len__(self) -> int:
         return len(self.models)
 
-    def predict(self, images, batch_size: int = 512) -> np.ndarray:
+    def predict(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
         """The mean P(COVID) of the members."""
         scores = [predict(scorer, images, batch_size) for scorer in self.scorers]
         return np.mean(scores, axis=0)
@@ -104,7 +104,7 @@ def ensemble_threshold(ensemble: Ensemble, run_data: Callable[[], RawData], spli
     ``run_data.load_evaluation_data``), and ``split``: their ``common_split``, when the caller has it."""
     val_rows = (split or common_split(ensemble.paths))["val"]
     if not len(val_rows):
-        return 0.5, "default 0.5 (the runs have no validation split)"
+        return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (the runs have no validation split)"
     data = run_data()
     target_sensitivity = _recorded(ensemble.paths[0], "target_sensitivity")
     chosen = choose_threshold(ensemble.predict(data.images[val_rows]), to_binary(data.labels)[val_rows],

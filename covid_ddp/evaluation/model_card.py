@@ -2,7 +2,7 @@
 
     update_model_card(Path("runs/demo"))   # (re)writes runs/demo/model_card.md from the run's files
 
-Training writes it at its end; ``covid-ddp-evaluate``, ``covid-ddp-audit`` and ``covid-ddp-report``
+covid-ddp-train writes it at its end; ``covid-ddp-evaluate``, ``covid-ddp-audit`` and ``covid-ddp-report``
 bring it up to date. It is rebuilt every time from the run folder's own records (config.json,
 metrics.json, the weights' sidecar, evaluation-*/evaluation.json, audit-*/audit.json,
 reported.json), so it never disagrees with them and a missing piece is said to be missing.
@@ -16,9 +16,10 @@ import json
 from pathlib import Path
 
 from ..data.confounding import confounding_warning, markdown_table, single_class_sources
-from ..data.format import IMAGE_SIZE
 from ..files import atomic_path
-from ..run_files import CONFIG_FILE, METRICS_FILE
+from ..models.spec import ModelSpec
+from ..models.weights import sidecar_path
+from ..run_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 
 CARD_FILE = "model_card.md"
 REPORTED_FILE = "reported.json"  # written into each run folder by covid-ddp-report
@@ -142,7 +143,7 @@ def build_card(run_dir: Path, config: dict, metrics: dict | None) -> str:
 
 def _model_of(config: dict) -> dict:
     """The run's network and image size (a run from before config.json named them: the seed's Net at 64)."""
-    return {"name": "net", "image_size": IMAGE_SIZE, **(config.get("model") or {})}
+    return {**ModelSpec().to_dict(), **(config.get("model") or {})}
 
 
 def _intended_use(model: dict) -> list[str]:
@@ -258,7 +259,7 @@ def _results_section(metrics: dict | None, run_dir: Path) -> list[str]:
     if not metrics or "test" not in metrics:
         return ["## Test results", "", "Not written yet: the run has not finished.", ""]
     test = metrics["test"]
-    sidecar = _read(run_dir / "COVID_binary_classifier.json") or {}
+    sidecar = _read(sidecar_path(run_dir / WEIGHTS_FILE)) or {}
     resampled = test.get("bootstrap")
     unit = _resampling(resampled) if resampled else "no bootstrap intervals (--bootstrap 0)"
     counts = test["n_per_class"]
@@ -304,7 +305,6 @@ def _per_source_section(metrics: dict | None) -> list[str]:
 
 
 def _audit_section(run_dir: Path) -> list[str]:
-    from .audit import summary_rows  # (imports torch: only a card with an audit needs it)
 
     lines = []
     for path in sorted(run_dir.glob("audit-*/audit.json")):
@@ -379,3 +379,35 @@ def _checklist() -> list[str]:
              "author of a paper.", "", "| item | topic | status | where / what |", "| --- | --- | --- | --- |"]
     lines += [f"| {number} | {topic} | {marks[status]} | {note} |" for number, topic, status, note in CLAIM_ITEMS]
     return lines
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def summary_rows(report: dict) -> list[tuple[str, str, str]]:
+    """(measurement, value, how to read it): the table of audit.md and of the model card."""
+    marks, border, probe, heat = report["marks"], report["border"], report["source_probe"], report["gradcam"]
+    rows = []
+    if "skipped" not in marks:
+        rows.append(("marks on non-COVID images: mean change of P(COVID)", f"{marks['mean_change']:+.3f}",
+                     "0: marks mean nothing to the model"))
+        rows.append(("marks: non-COVID calls turned COVID",
+                     f"{marks['flipped_to_covid']} of {marks['called_non_covid']} ({_number(marks['flip_share'])})",
+                     "0 of them: the calls do not rest on marks"))
+    rows.append(("border hidden: change of ROC AUC",
+                 "n/a" if border["roc_auc_change"] is None else f"{border['roc_auc_change']:+.3f}",
+                 "0: the border holds nothing the model needs"))
+    rows.append(("border hidden: mean abs change of P(COVID)", f"{border['mean_abs_change']:.3f}", "0: no effect"))
+    for name, entry in (probe.items() if "skipped" not in probe else []):
+        if "skipped" in entry:
+            rows.append((f"source probe, {name}", "n/a", entry["skipped"]))
+            continue
+        listed = ", ".join(entry["sources"])
+        rows.append((f"source probe, {name} ({listed}): ROC AUC", f"{entry['roc_auc']:.3f}",
+                     f"0.5: no hospital in the features; pixels alone: {entry['pixels_roc_auc']:.3f}"))
+    if "skipped" in probe:
+        rows.append(("source probe", "n/a", probe["skipped"]))
+    rows.append(("Grad-CAM heat inside the lung box", _number(heat["inside_share"]),
+                 f"{heat['uniform_share']:.2f} if spread evenly; higher: on the lungs"))
+    return rows

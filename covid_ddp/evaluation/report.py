@@ -1,8 +1,5 @@
-"""How a recipe generalizes across sources: leave-one-source-out over several seeds, in one table.
-
-    covid-ddp-report --data-dir data/real-cxr data/adult-cxr \\
-        --patient-split-without kermany --output-dir runs/report
-    covid-ddp-report --data-dir DIR --variant "marks=--augment-marks" --output-dir runs/report
+"""How a recipe generalizes across sources: leave-one-source-out over several seeds, in one table
+(``run_report``, what covid-ddp-report runs).
 
 A random split of images from several hospitals mostly measures how well a model tells the
 hospitals apart, when each holds mostly one class. This trains the recipe (``covid-ddp-train``
@@ -35,16 +32,19 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.confounding import confounding_warning, markdown_table
+from ..cli import say
+from ..data.confounding import confounding_warning, markdown_table, table_of
+from ..data.folders import as_folders, load_data_dirs
 from ..data.format import to_binary
 from ..data.splits import patient_ids
 from ..destinations import check_can_make, refuse_inputs
 from ..errors import UserError
-from ..files import write_json
+from ..files import atomic_path, write_json
 from ..metrics import binary_metrics
 from ..run_files import METRICS_FILE, WEIGHTS_FILE
 from ..training.config import TrainConfig, parse_config
 from .ensemble import Ensemble, common_split, ensemble_threshold
+from .model_card import REPORTED_FILE, refresh_model_card
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "threshold")  # the calls are made at each run's own threshold
 TRAIN_MODULE = ["-m", "covid_ddp.commands.train"]
@@ -252,3 +252,60 @@ def parse_variant(spec: str) -> tuple[str, list[str]]:
 def slug(setting: str) -> str:
     """A setting's folder name: 'held out: ieee8023' -> 'held-out-ieee8023'."""
     return re.sub(r"[^0-9A-Za-z]+", "-", setting).strip("-")
+
+
+def run_report(arguments: argparse.Namespace) -> list[dict]:
+    """covid-ddp-report with its parsed flags: every setting's runs, the table and the cards."""
+    seeds = parse_seeds(arguments.seeds)
+    folders = as_folders(arguments.data_dir)
+    launcher, output = check_before_reading(arguments, folders)
+    shared = arguments.train_flags[1:] if arguments.train_flags[:1] == ["--"] else arguments.train_flags
+    recipes = {"default": [], **dict(parse_variant(spec) for spec in arguments.variant)}
+    check_train_flags(folders, shared, recipes, output)
+    data = load_data_dirs(folders)
+    if data.meta is None or "dataset" not in data.meta:
+        raise UserError(f"{folders[0]}: no meta.npz with a 'dataset' array: one source cannot be held out; give "
+                        "several folders or a folder made by covid-ddp-prepare")
+    without = tuple(filter(None, (arguments.patient_split_without or "").split(",")))
+    unknown = set(without) - set(np.asarray(data.meta["dataset"]).astype(str))
+    if unknown:
+        raise UserError(f"--patient-split-without: no source named {', '.join(sorted(unknown))} in the data")
+    if arguments.ensemble and len(seeds) < 2:
+        raise UserError(f"--ensemble averages the seeds' models: give --seeds two or more, got '{arguments.seeds}'")
+    every = settings(data.meta, to_binary(data.labels), without)
+    header = {"seeds": seeds, "data_dir": [str(f) for f in folders], "train_flags": shared}
+    # --only adds to (or redoes rows of) an earlier report of the same data, seeds and flags.
+    rows = earlier_rows(output, header) if arguments.only else []
+    # New recipes last; each recipe's ensemble row right after it.
+    recipe_order = list(dict.fromkeys(["default", *(row["recipe"].removesuffix(" ensemble") for row in rows), *recipes]))
+    recipe_order = [name for recipe in recipe_order for name in (recipe, f"{recipe} ensemble")]
+    for setting, split_flags in chosen_settings(every, arguments.only).items():
+        for recipe, recipe_flags in recipes.items():
+            runs, folders_of = {}, {}
+            for seed in seeds:
+                flags = ["--data-dir", *map(str, folders), *split_flags, *shared, *recipe_flags, "--seed", str(seed)]
+                folders_of[seed] = output / slug(setting) / recipe / f"seed_{seed}"
+                runs[seed] = train_once(launcher, flags, folders_of[seed])
+            row = {"setting": setting, "recipe": recipe, "flags": split_flags + recipe_flags,
+                   "runs": runs, "summary": summarise(list(runs.values()))}
+            new_rows = [row]
+            if arguments.ensemble:
+                members = [folders_of[seed] for seed in seeds]
+                new_rows.append(ensemble_row(row, members, data, bootstrap_of(shared)))
+            replaced = {(r["setting"], r["recipe"]) for r in new_rows}
+            rows = in_report_order([r for r in rows if (r["setting"], r["recipe"]) not in replaced] + new_rows,
+                                    list(every), recipe_order)
+            for shown in new_rows:
+                say(f"covid-ddp-report: {setting} / {shown['recipe']}: " + ", ".join(
+                    f"{name} {format_cell(shown['summary'][name])}" for name in SHOWN))
+            write_json(output / "report.json", {**header, "rows": rows})
+            for seed, run_dir in folders_of.items():  # each run's card says where it was reported
+                write_json(run_dir / REPORTED_FILE, {"report": str(output / "report.md"), "setting": setting,
+                                                     "recipe": recipe, "seed": seed, "seeds": seeds,
+                                                     "ensemble": arguments.ensemble})
+                refresh_model_card(run_dir, "covid-ddp-report", quiet=True)
+    sources = table_of(data.meta, to_binary(data.labels), np.arange(len(data.labels)))
+    with atomic_path(output / "report.md") as tmp:
+        tmp.write_text(markdown(rows, seeds, sources))
+    print(markdown(rows, seeds, sources), end="")
+    return rows

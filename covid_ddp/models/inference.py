@@ -1,4 +1,9 @@
-"""Scoring images with a loaded model on one device: ``predict(model, images)`` -> P(COVID)."""
+"""Scoring images with a loaded model on one device: ``predict(model, images)`` -> P(COVID).
+
+    from covid_ddp import load_model, predict
+    model = load_model("COVID_binary_classifier.pth")
+    p_covid = predict(model, images)   # images: (N, S, S) uint8, raw pixels, S = model.spec.image_size
+"""
 
 from __future__ import annotations
 
@@ -16,8 +21,11 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+BATCH_SIZE = 512  # images scored at once: fits any GPU and a laptop's memory at 224 px
+
+
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images, batch_size: int = 512) -> np.ndarray:
+def predict(model: torch.nn.Module, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """P(COVID) for each raw-pixel image of ``images`` ((N, S, S) or (N, 1, S, S)), in batches.
 
     ``images`` is a NumPy array (or anything ``np.asarray`` takes) or a tensor on any device: a

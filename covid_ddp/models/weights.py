@@ -16,6 +16,7 @@ from ..bounds import IMAGE_SIZES, PROBABILITY
 from ..data.format import IMAGE_SIZE
 from ..errors import UserError, first_line
 from ..files import load_plain, write_json
+from ..metrics import DEFAULT_THRESHOLD
 from ..run_files import WEIGHTS_FILE
 from .backbones import MODEL_NAMES, check_model_name
 
@@ -116,7 +117,7 @@ def decision_threshold(chosen: float | None, weights: Path) -> tuple[float, str]
         return chosen, "--threshold"
     stored = read_sidecar(weights)
     if stored is None:
-        return 0.5, f"default 0.5 (no {sidecar_path(weights).name} beside the weights)"
+        return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (no {sidecar_path(weights).name} beside the weights)"
     method = stored.get("method", "stored")
     chosen_on = " on the validation split" if stored.get("chosen_on") == "validation" else ""
     return stored["threshold"], f"{method}{chosen_on}, from {sidecar_path(weights).name}"

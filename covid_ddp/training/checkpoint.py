@@ -1,6 +1,6 @@
-"""What a run folder holds, and how each file is read: checkpoints, weights, threshold, splits.
-
-(``run_folder.RunFolder`` writes them during a run.) A run folder holds::
+"""Checkpoints: the training state of a run (``TrainingState``, ``TrainingProgress``), where each
+checkpoint lies, and how the run folder's records are read back (the names: ``run_files``; the
+weights and their sidecar: ``models.weights``; ``run_folder.RunFolder`` writes them). A run folder holds::
 
     COVID_binary_classifier.pth   the consolidated state_dict (plain keys, fp32, CPU)
     COVID_binary_classifier.json  its decision threshold, chosen on the validation split

@@ -15,7 +15,7 @@ from typing import Optional
 
 from ..bounds import BOOTSTRAP, COUNT, FRACTION, IMAGE_SIZES, POSITIVE, POSITIVE_INT, SEED, Bounds
 from ..cli import ArgumentParser, HelpFormatter
-from ..data.format import IMAGE_SIZE, MCFAM_BASE_URL
+from ..data.format import IMAGES_FILE, LABELS_FILE, MCFAM_BASE_URL
 from ..data.splits import SplitPlan
 from ..destinations import refuse_inputs
 from ..errors import UserError
@@ -47,8 +47,8 @@ class TrainConfig:
     image_size: Optional[int] = _flag(None, "which images of the --data-dir folders to train on, by size "
                                       "(train_images<S>.npz or the mapped store train_images<S>.npy; default: the only "
                                       "size there), or the size of --dataset synthetic (default 64)", metavar="S")
-    test_size: float = _flag(0.3, "fraction of the data held out for the final test (stratified, random_state 42)", metavar="FRACTION")
-    val_size: float = _flag(0.1, "fraction of the training part held out for validation, which drives the LR "
+    test_size: float = _flag(SplitPlan.test_size, "fraction of the data held out for the final test (stratified, random_state 42)", metavar="FRACTION")
+    val_size: float = _flag(SplitPlan.val_size, "fraction of the training part held out for validation, which drives the LR "
                             "schedule; 0 trains on the whole training part and steps the schedule on the test "
                             "loss, as the original did", metavar="FRACTION")
     group_split: bool = _flag(False, "split by patient (meta.npz 'patient_id' in --data-dir): no patient in two "
@@ -169,12 +169,13 @@ class TrainConfig:
 
     def pins(self) -> dict:
         """Pinned sha256 per MCFAM file name."""
-        return {name: pin for name, pin in (("train_images64.npz", self.sha256_images),
-                                            ("train_labels.npz", self.sha256_labels)) if pin}
+        return {name: pin for name, pin in ((IMAGES_FILE, self.sha256_images), (LABELS_FILE, self.sha256_labels)) if pin}
 
     def model_spec(self) -> ModelSpec:
-        """The network and its input size; ``image_size`` is the data's once training has read it."""
-        return ModelSpec(self.model, self.image_size or IMAGE_SIZE)
+        """The network and its input size: the data's, which training settles before it builds a model."""
+        if self.image_size is None:
+            raise ValueError("image_size is not settled: set it to the data's (training.trainer.set_up_job does)")
+        return ModelSpec(self.model, self.image_size)
 
     def split_plan(self) -> SplitPlan:
         sources = tuple(name.strip() for name in (self.exclude_source or "").split(",") if name.strip())

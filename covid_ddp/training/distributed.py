@@ -134,7 +134,7 @@ def join_restarted_group(cpu: bool, timeout: datetime.timedelta) -> None:
     torchelastic hands every attempt the same store (seen with torch 2.13, also
     pytorch/pytorch#167288), still holding the dead attempt's addresses: a restarted rank
     that reads its peer's key before the new peer wrote it connects to a dead port and the
-    restart fails (most of the time, on a 2-core test machine). accelerate uses a process group
+    restart fails (most of the time, in our 2-process tests). accelerate uses a process group
     that already exists, so the group is formed here, with this attempt's keys apart.
 
     On one machine only: there every process has the same restart count, from the one

@@ -1,4 +1,5 @@
-"""One epoch of training and one evaluation pass, on every rank.
+"""One epoch of training and one evaluation pass, on every rank, over a ``PreparedRun`` (what the
+loop works with: the prepared model, optimizer, schedule and loaders).
 
 ``train_one_epoch`` is the recipe's loop: forward, NLL loss, backward, optimizer step.
 Three things around it have a helper each, so the loop still reads as the recipe:

@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 
 from ..data.splits import patient_ids, source_names
-from ..metrics import binary_metrics, choose_threshold, per_source
+from ..metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_source
 from ..models.net import build_network, for_inference, weights_state_dict
 from ..models.spec import ModelSpec
 from ..models.weights import consolidated_state_dict
@@ -82,7 +82,8 @@ def decide_threshold(validation: Evaluation | None, config: TrainConfig) -> dict
     """The decision threshold (sidecar JSON beside the weights): chosen on the final model's
     validation scores; 0.5 when there is no validation split (--val-size 0), never the test's."""
     if validation is None:
-        return {"threshold": 0.5, "method": "default 0.5 (--val-size 0: no validation split to choose on)"}
+        return {"threshold": DEFAULT_THRESHOLD,
+                "method": f"default {DEFAULT_THRESHOLD} (--val-size 0: no validation split to choose on)"}
     chosen = choose_threshold(validation.p_covid, validation.targets, config.target_sensitivity)
     return {**chosen, "chosen_on": "validation", "validation_images": int(len(validation.targets))}
 

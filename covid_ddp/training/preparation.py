@@ -1,5 +1,6 @@
 """What the loop works with: the model (seeded, normalised, from --init-weights), the loaders over one
-shared uint8 tensor, the optimizer and LR schedule, prepared by accelerate; TensorBoard.
+shared uint8 tensor, the optimizer and LR schedule, prepared by accelerate; the recipe changes of
+--resume-with-changes; the sources announced.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 It starts the process group on GPUs or the CPU with the device and precision every rank agreed on,
 runs work the processes agree on (one failure ends every rank with its one line), claims the run
-folder, and shuts the group down while Python is fully alive, whatever happened. The loop itself
+folder, and shuts the group down while Python is fully alive: at once on a failure, and where the
+loop says it is done (``Session.shut_down``) on success. The loop itself
 holds no rank arithmetic, no launcher or signal handling and no process-group teardown.
 """
 

@@ -1,10 +1,5 @@
-"""Distributed training of the chest X-ray CNN, driven by accelerate.
-
-Any launcher works, and without a usable GPU the processes train on the CPU by themselves::
-
-    python launch/train.py --dataset synthetic                     # one process (GPU if present, else CPU)
-    accelerate launch --config_file accelerate_config.yaml launch/train.py
-    torchrun --nproc_per_node 2 launch/train.py                    # two processes, on GPUs or CPU (gloo)
+"""Distributed training of the chest X-ray CNN, driven by accelerate: ``train(config)``, the run top
+to bottom (any launcher: ``commands/train.py``; without a usable GPU, CPU processes).
 
 Every rank trains on its shard of each global batch (``engine.train_one_epoch``),
 evaluates its shard of the validation/test parts (combined exactly with
@@ -38,7 +33,6 @@ from ..seeding import seed_global_generators
 from . import checkpoint as ckpt
 from .board import Logger
 from .config import TrainConfig, settle_batches
-from .distributed import on_main_process
 from .engine import Evaluation, PreparedRun, evaluate, train_one_epoch
 from .finish import finish
 from .preparation import announce_sources, apply_recipe_changes, check_parts, new_model, prepare_run
@@ -84,10 +78,12 @@ def train(config: TrainConfig, after: AfterTraining | None = None) -> TrainedRun
                 session.shut_down()
                 return TrainedRun(folder.path, folder.path / WEIGHTS_FILE, metrics, job.config)
             metrics = _train_in(folder, job, session)
-            run = TrainedRun(folder.path, folder.path / WEIGHTS_FILE, metrics, job.config)
-            if after is not None and session.is_main_process:  # no other process waits on it
-                after(run, job.data, job.split)
-            return run
+            run, main_process = TrainedRun(folder.path, folder.path / WEIGHTS_FILE, metrics, job.config), \
+                session.is_main_process
+    # Once the job is over and its folder let go: what ``after`` does (or fails at) is not the job's.
+    if after is not None and main_process:
+        after(run, job.data, job.split)
+    return run
 
 
 @dataclass
@@ -133,7 +129,7 @@ def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
         if job.batch_note:
             say(f"covid-ddp-train: {job.batch_note}")
         announce_sources(table_of(data.meta, job.targets, split.train))
-    board = start_logging(accelerator, folder, data.images, job.targets, split, config)
+    board = start_logging(session, folder, data.images, job.targets, split, config)
 
     monitored = None
     with folder.stop_on_signal(state) as stopper:
@@ -234,14 +230,15 @@ def _monitored_line(monitor_name: str, record: dict) -> str:
 # --- TensorBoard -----------------------------------------------------------------------------
 
 
-def start_logging(accelerator: Accelerator, folder: RunFolder, images, targets, split,
+def start_logging(session: Session, folder: RunFolder, images, targets, split,
                   config: TrainConfig) -> Logger | None:
     """TensorBoard in <run>/tensorboard, on the main process (its hyper-parameters go in at the
     end, next to the final metrics: see ``board.Logger.final``)."""
+    accelerator = session.accelerator
     # Both: set_directories keeps the placeholder logging_dir given at start-up (which put the
     # events of a default runs/<timestamp> run in runs/tensorboard).
     accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(folder.path)
-    on_main_process(accelerator, lambda: accelerator.init_trackers(TENSORBOARD_DIR),
+    session.on_main(lambda: accelerator.init_trackers(TENSORBOARD_DIR),
                     f"start TensorBoard logging in {folder.path / TENSORBOARD_DIR}")
     return Logger.for_run(accelerator, images, targets, split.val if len(split.val) else split.test,
                           config.log_images_every)

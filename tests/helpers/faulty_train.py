@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from covid_ddp.commands.train import main
-from covid_ddp.training import board, checkpoint, engine
-from covid_ddp.training import trainer as train
+from covid_ddp.training import board, checkpoint, engine, trainer
 
 
 def after_calls(count: str, action):
@@ -104,15 +103,15 @@ def blowup(count):
     def run_epoch(real, args, kwargs, now):
         result = real(*args, **kwargs)
         if now:
-            for group in args[0].optimizer.param_groups:  # args[0]: train.PreparedRun
+            for group in args[0].optimizer.param_groups:  # args[0]: engine.PreparedRun
                 group["lr"] = 0.05
         return result
 
-    train.run_epoch = after_calls(count, run_epoch)(train.run_epoch)
+    trainer.run_epoch = after_calls(count, run_epoch)(trainer.run_epoch)
 
 
 def stall(rank):
-    real = train.load_dataset
+    real = trainer.load_dataset
 
     def load_dataset(*args, **kwargs):  # called inside distributed.on_every_process
         mine = os.environ.get("RANK", "0")
@@ -123,7 +122,7 @@ def stall(rank):
             time.sleep(60)
         return real(*args, **kwargs)
 
-    train.load_dataset = load_dataset
+    trainer.load_dataset = load_dataset
 
 
 def float64():

@@ -2,7 +2,7 @@
 
 Usage (python or torchrun): step_probe.py OUT.json DATA_DIR CASE [CASE ...]
 
-Each case trains one epoch on 120 images with ``train.prepare_run`` and
+Each case trains one epoch on 120 images with ``training.preparation.prepare_run`` and
 ``engine.train_one_epoch``, exactly as ``covid-ddp-train`` does (device loader, DDP,
 accumulation cycles, clipping), but with SGD: Adam divides each gradient by its own
 running scale, which would hide a gradient off by a constant factor (a wrong accumulation
@@ -59,7 +59,8 @@ def covid_ddp_epoch(case: str, data, targets, split):
     """(accelerator, initial weights, weights after one epoch, largest gradient norm seen before clipping)."""
     batch, accumulation, max_norm, sync_bn, frozen = CASES[case]
     config = TrainConfig(batch_size=batch, grad_accum_steps=accumulation, max_grad_norm=max_norm, sync_bn=sync_bn,
-                         dropout=0.0, lr=LR, eval_batch_size=60, log_every=1000, mixed_precision="no")
+                         dropout=0.0, lr=LR, eval_batch_size=60, log_every=1000, mixed_precision="no",
+                         image_size=data.image_size)
     accelerator = build_accelerator(config)
     run = prepare_run(config, data, targets, split, accelerator,
                       make_optimizer=lambda model, lr, device: torch.optim.SGD(model.parameters(), lr=lr))
