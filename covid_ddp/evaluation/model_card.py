@@ -326,10 +326,12 @@ def _evaluations_section(run_dir: Path) -> list[str]:
         report = _read(path)
         if not report or "metrics" not in report:
             continue
-        scored, folders = report["metrics"], report.get("data", {}).get("data_dirs") or [report.get("data", {}).get("data_dir")]
+        scored, data = report["metrics"], report.get("data", {})
+        folders = ", ".join(map(str, filter(None, data.get("data_dirs") or [data.get("data_dir")])))
+        named = folders or ("the synthetic set" if data.get("generator") else "the run's data")
         interval = scored.get("ci95", {}).get("roc_auc")
         auc = "n/a" if scored.get("roc_auc") is None else f"{scored['roc_auc']:.3f}"
-        lines.append(f"- `{path.parent.name}` ({report.get('split')} of {', '.join(map(str, filter(None, folders)))}; "
+        lines.append(f"- `{path.parent.name}` ({report.get('split')} of {named}; "
                      f"{scored['n']} images): ROC AUC {auc}" + (f" ({interval[0]:.3f} - {interval[1]:.3f})" if interval else "")
                      + f", sensitivity {_rate(scored.get('sensitivity'))}, specificity {_rate(scored.get('specificity'))}")
     return ["## Other evaluations", "", *lines, ""] if lines else []
