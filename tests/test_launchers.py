@@ -16,8 +16,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import (HELPERS, ROOT, TRAIN_SCRIPT, assert_failed_together, clean_env, launch_job, run, small_args,
-                      torchrun_launcher, write_mcfam)
+from conftest import (
+    HELPERS,
+    ROOT,
+    TRAIN_SCRIPT,
+    assert_failed_together,
+    clean_env,
+    launch_job,
+    run,
+    small_args,
+    torchrun_launcher,
+    write_mcfam,
+)
 
 from covid_ddp.errors import UserError
 from covid_ddp.training import distributed

@@ -80,6 +80,20 @@ def test_the_default_batch_gives_an_epoch_ten_steps(train_images, expected):
     assert batch_size_for(train_images) == expected
 
 
+@pytest.mark.parametrize("processes, recipe, small", [(1, 100, 16), (2, 100, 16), (3, 99, 15), (4, 100, 16), (5, 100, 15),
+                                                      (6, 96, 12), (7, 98, 14), (8, 96, 16), (12, 96, 12), (16, 96, 16)])
+def test_the_default_batch_is_shared_evenly_by_any_process_count(processes, recipe, small):
+    """The nodes users run hold 3 to 8 GPUs, jobs span nodes: the default global batch (the
+    recipe's 100, or a small set's) is the largest multiple of the process count up to it."""
+    assert batch_size_for(6300, processes) == recipe and batch_size_for(189, processes) == small
+    settled, note = settle_batches(TrainConfig(), 6300, processes, "cpu")
+    assert (settled.batch_size, settled.eval_batch_size) == (recipe, 100 * processes)
+    assert (note is None) == (recipe == 100)
+    if note:
+        assert note == (f"note: batch size {recipe} instead of the recipe's 100, a global batch the {processes} "
+                        f"processes share evenly ({recipe // processes} each); --batch-size sets it")
+
+
 def test_a_small_set_is_told_its_batch_size_and_a_short_epoch_is_warned_of():
     settled, note = settle_batch_size(TrainConfig(), 189)
     assert settled.batch_size == 16 and note.startswith("note: 189 training images: batch size 16 instead of the "
@@ -91,17 +105,18 @@ def test_a_small_set_is_told_its_batch_size_and_a_short_epoch_is_warned_of():
     assert settle_batch_size(TrainConfig(), 6300) == (TrainConfig(batch_size=100), None), "MCFAM: silent, as before"
 
 
-def test_both_batch_sizes_are_settled_in_one_place_and_shared_evenly():
+def test_both_batch_sizes_are_settled_in_one_place_and_a_given_one_that_cannot_be_shared_is_refused():
     """The evaluation batch: --eval-batch-size, else 100 per CPU process and 1000 per GPU; both
-    batches global, refused in one line when the processes cannot share them evenly."""
+    batches global; one the user gives that the processes cannot share is refused in one line
+    naming the multiples that would do."""
     settled, _ = settle_batches(TrainConfig(), 6300, 2, "cpu")
     assert (settled.batch_size, settled.eval_batch_size) == (100, 200)
     assert settle_batches(TrainConfig(), 6300, 4, "cuda")[0].eval_batch_size == 4000
     assert settle_batches(TrainConfig(batch_size=30, eval_batch_size=30), 6300, 3, "cuda")[0].eval_batch_size == 30
-    with pytest.raises(UserError, match=r"--batch-size 100 and --eval-batch-size 300 are global and must divide "
-                                        r"evenly over 3 processes"):
-        settle_batches(TrainConfig(), 6300, 3, "cpu")
-    with pytest.raises(UserError, match="--eval-batch-size 31"):
+    with pytest.raises(UserError, match=r"^--batch-size 100 is global and does not divide evenly over 3 processes; "
+                                        r"give a multiple of 3 \(99 or 102\), or leave it out$"):
+        settle_batches(TrainConfig(batch_size=100), 6300, 3, "cpu")
+    with pytest.raises(UserError, match=r"^--eval-batch-size 31 .* over 3 processes; give a multiple of 3 \(30 or 33\)"):
         settle_batches(TrainConfig(batch_size=30, eval_batch_size=31), 6300, 3, "cpu")
 
 

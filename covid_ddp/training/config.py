@@ -197,17 +197,25 @@ RECIPE_BATCH_SIZE = 100
 # The evaluation batch per process: on a CPU a batch of 100 stays in cache and scored ~2x faster
 # than 500; a GPU wants large batches to amortise kernel launches.
 EVAL_BATCH_PER_PROCESS = {"cpu": 100, "cuda": 1000}
-SMALL_SET_BATCH_SIZES = (64, 32, 16, 8)  # powers of two: they divide over 1, 2, 4 or 8 processes
+SMALL_SET_BATCH_SIZES = (64, 32, 16, 8)  # for a set too small for 10 steps of 100
 MIN_STEPS_PER_EPOCH = 10  # an epoch of fewer optimizer steps hardly moves the weights (1 step of 100 images)
 
 
-def batch_size_for(train_images: int) -> int:
+def shared_evenly(size: int, num_processes: int) -> int:
+    """The largest multiple of ``num_processes`` up to ``size`` (at least one image a process): a
+    global batch every process takes an equal share of, never larger than asked."""
+    return max(num_processes, size // num_processes * num_processes)
+
+
+def batch_size_for(train_images: int, num_processes: int = 1) -> int:
     """The default global batch: the recipe's 100, unless that gives an epoch fewer than 10 steps;
-    then the largest of 64, 32, 16, 8 that gives 10 (8 on the smallest sets)."""
+    then the largest of 64, 32, 16, 8 that gives 10 (8 on the smallest sets); each made a multiple
+    of the process count (``shared_evenly``: 99 on 3 processes, 96 on 8 or 16)."""
     for size in (RECIPE_BATCH_SIZE, *SMALL_SET_BATCH_SIZES):
+        size = shared_evenly(size, num_processes)
         if train_images // size >= MIN_STEPS_PER_EPOCH:
             return size
-    return SMALL_SET_BATCH_SIZES[-1]
+    return shared_evenly(SMALL_SET_BATCH_SIZES[-1], num_processes)
 
 
 def settle_batches(config: TrainConfig, train_images: int, num_processes: int,
@@ -215,30 +223,37 @@ def settle_batches(config: TrainConfig, train_images: int, num_processes: int,
     """The run's two batch sizes, settled here alone: the training batch (``settle_batch_size``)
     and the evaluation batch (--eval-batch-size, or ``EVAL_BATCH_PER_PROCESS`` of the device for
     every process), both global and shared evenly by the processes. config.json records them."""
-    config, note = settle_batch_size(config, train_images)
+    for flag, given in (("--batch-size", config.batch_size), ("--eval-batch-size", config.eval_batch_size)):
+        if given and given % num_processes:
+            fits = sorted({shared_evenly(given, num_processes), shared_evenly(given, num_processes) + num_processes})
+            raise UserError(f"{flag} {given} is global and does not divide evenly over {num_processes} processes; "
+                            f"give a multiple of {num_processes} ({' or '.join(map(str, fits))}), or leave it out")
+    config, note = settle_batch_size(config, train_images, num_processes)
     eval_batch = config.eval_batch_size or EVAL_BATCH_PER_PROCESS.get(device_type, 100) * num_processes
-    if config.batch_size % num_processes or eval_batch % num_processes:
-        raise UserError(f"--batch-size {config.batch_size} and --eval-batch-size {eval_batch} are global and must "
-                        f"divide evenly over {num_processes} processes")
     return dataclasses.replace(config, eval_batch_size=eval_batch), note
 
 
-def settle_batch_size(config: TrainConfig, train_images: int) -> tuple[TrainConfig, str | None]:
-    """``config`` with its batch size settled (--batch-size, or ``batch_size_for`` the training part),
-    and a note to print when it is not the recipe's 100, or a warning when an epoch would be a handful
-    of optimizer steps (one step of 100 images an epoch hardly trains, and still prints a test accuracy)."""
-    chosen = config.batch_size or batch_size_for(train_images)
+def settle_batch_size(config: TrainConfig, train_images: int,
+                      num_processes: int = 1) -> tuple[TrainConfig, str | None]:
+    """``config`` with its batch size settled (--batch-size, or ``batch_size_for`` the training part
+    and the process count), and a note to print when it is not the recipe's 100, or a warning when
+    an epoch would be a handful of optimizer steps (one step of 100 images an epoch hardly trains,
+    and still prints a test accuracy)."""
+    chosen = config.batch_size or batch_size_for(train_images, num_processes)
     steps = train_images // chosen
     optimizer_steps = -(-steps // config.grad_accum_steps)
     note = None
     if steps == 0:  # no step at all: make_loaders says so
         pass
+    elif config.batch_size is None and chosen == shared_evenly(RECIPE_BATCH_SIZE, num_processes) != RECIPE_BATCH_SIZE:
+        note = (f"note: batch size {chosen} instead of the recipe's {RECIPE_BATCH_SIZE}, a global batch the "
+                f"{num_processes} processes share evenly ({chosen // num_processes} each); --batch-size sets it")
     elif config.batch_size is None and chosen != RECIPE_BATCH_SIZE:
         note = (f"note: {train_images} training images: batch size {chosen} instead of the recipe's "
                 f"{RECIPE_BATCH_SIZE}, for {steps} steps an epoch ({RECIPE_BATCH_SIZE} would give "
                 f"{train_images // RECIPE_BATCH_SIZE}); --batch-size sets it")
     elif optimizer_steps < MIN_STEPS_PER_EPOCH:
-        suggested = batch_size_for(train_images)
+        suggested = batch_size_for(train_images, num_processes)
         accumulation = f" x --grad-accum-steps {config.grad_accum_steps}" if config.grad_accum_steps > 1 else ""
         note = (f"warning: {train_images} training images at --batch-size {chosen}{accumulation}: {optimizer_steps} "
                 f"optimizer step{'s' if optimizer_steps > 1 else ''} an epoch, and {train_images - steps * chosen} "

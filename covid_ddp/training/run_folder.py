@@ -241,6 +241,23 @@ def choose_path(config: TrainConfig) -> Path:
     return default_output_dir(datetime.datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
 
 
+def recorded_batch_size(config: TrainConfig) -> int | None:
+    """The global batch the run that ``config`` resumes trained with (None: no run to resume, or
+    none recorded). A resume keeps it on any process count: the default batch depends on the
+    count (``config.batch_size_for``), the data order of the run does not. Read-only: the folder
+    is claimed later."""
+    if not config.resume:
+        return None
+    path = choose_path(config)
+    if not path.is_dir() or _resume_point(path, config) is None:
+        return None
+    try:
+        recorded = json.loads((path / CONFIG_FILE).read_text())["config"]["batch_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # the resume check names what is wrong with the record
+    return recorded if isinstance(recorded, int) and recorded > 0 else None
+
+
 def _claim(path: Path, lock: RunLock, config: TrainConfig) -> tuple[str, str | None, str]:
     """Lock the folder and decide what this run does there: (token, checkpoint to resume, why the
     run is already finished or "")."""

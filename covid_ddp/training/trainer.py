@@ -38,7 +38,7 @@ from .finish import finish
 from .preparation import announce_sources, apply_recipe_changes, check_parts, new_model, prepare_run
 from .provenance import resident_memory_mb
 from .record import run_config
-from .run_folder import RunFolder
+from .run_folder import RunFolder, recorded_batch_size
 from .selection import Selection
 from .session import Session
 
@@ -106,10 +106,28 @@ def set_up_job(session: Session) -> Job:
     # The main process splits for all (the same split everywhere, and scikit-learn imported once).
     split = session.on_main(lambda: make_split(targets, config.split_plan(), data.meta), "split the data")
     refuse_blank_training(session, data, split.train)
+    config = keep_the_resumed_batch(session, config)
     config, batch_note = settle_batches(config, len(split.train), accelerator.num_processes, accelerator.device.type)
     config = dataclasses.replace(config, image_size=data.image_size)  # the data's: what a resume compares
     check_parts(config, split, accelerator.num_processes)
     return Job(config, data, targets, split, new_model(config, data, split, accelerator.device), batch_note)
+
+
+def keep_the_resumed_batch(session: Session, config: TrainConfig) -> TrainConfig:
+    """A resume without --batch-size goes on with the global batch its run trained with, which the
+    processes it resumes on must share evenly (a default batch is settled for the process count)."""
+    if config.batch_size is not None:
+        return config
+    recorded = session.on_main(lambda: recorded_batch_size(config), "read the run to resume")
+    if recorded is None:
+        return config
+    processes = session.accelerator.num_processes
+    if recorded % processes:
+        counts = [count for count in range(1, min(recorded, 64) + 1) if recorded % count == 0]
+        raise UserError(f"the run to resume trained with a global batch of {recorded}, which {processes} processes "
+                        f"cannot share evenly; resume it on {', '.join(map(str, counts))} processes, or pass "
+                        f"--resume-with-changes --batch-size with a multiple of {processes}")
+    return dataclasses.replace(config, batch_size=recorded)
 
 
 def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
