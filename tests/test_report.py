@@ -53,6 +53,17 @@ def test_a_report_over_two_folders_writes_the_table(tmp_path, monkeypatch, capsy
     assert (run_dir / "COVID_binary_classifier.pth").is_file()
     assert json.loads((run_dir / "reported.json").read_text())["setting"] == "held out: covidonly"
     assert "Seed 2 of setting 'held out: covidonly'" in (run_dir / "model_card.md").read_text()
+    trained_with = report["rows"][2]["runs"]["2"]["trained_with"]
+    assert "--seed 2" in trained_with and "--batch-size 40" in trained_with, "each run's own command, recorded"
+    # The same folder asked for another recipe: its finished runs are not credited with it.
+    recorded = (tmp_path / "report" / "report.json").read_text()
+    capsys.readouterr()
+    code = report_main(["--data-dir", str(mixed), str(tmp_path / "covidonly"), "--seeds", "1,2", "--output-dir",
+                        str(tmp_path / "report"), "--", "--epochs", "1", "--batch-size", "40", "--lr", "0.0001",
+                        "--bootstrap", "50", "--log-images-every", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--lr 0.0001 (the run's: 0.001): the run in" in err, err[-2000:]
+    assert (tmp_path / "report" / "report.json").read_text() == recorded
 
 
 def test_only_runs_the_named_settings_and_names_the_known_ones(tmp_path, capsys):

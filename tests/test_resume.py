@@ -95,6 +95,19 @@ def test_a_resume_with_flags_that_change_the_result_is_refused_in_one_line(capsy
     assert not (stopped_run / "metrics.json").exists()
 
 
+def test_a_finished_run_is_checked_like_an_unfinished_one(capsys, small_data, finished_run):
+    """--resume auto on a finished run (what a restart or a requeue does): the same flags find
+    nothing to do; other flags are refused in one line, as on an unfinished run, not passed off as it."""
+    recorded = (finished_run / "config.json").read_text()
+    for extra in (["--lr", "0.5"], ["--resume-with-changes", "--lr", "0.5"]):
+        code = train_main([str(a) for a in small_args(small_data, finished_run, "--resume", "auto", *extra)])
+        out, err = capsys.readouterr()
+        assert code == 2 and err.count("\n") == 1 and "--lr 0.5" in err and "nothing to do" not in out, err
+    assert (finished_run / "config.json").read_text() == recorded, "nothing rewritten"
+    assert train_main([str(a) for a in small_args(small_data, finished_run, "--resume", "auto")]) == 0
+    assert "is finished (--epochs 2 reached): nothing to do" in capsys.readouterr().out
+
+
 def test_other_data_files_are_refused_at_a_resume(capsys, small_data, stopped_run, tmp_path):
     other = shutil.copytree(small_data, tmp_path / "data")
     images = np.load(other / "train_images64.npz")["train_images"]

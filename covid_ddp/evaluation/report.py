@@ -45,6 +45,7 @@ from ..run_files import METRICS_FILE, WEIGHTS_FILE
 from ..training.config import TrainConfig, parse_config
 from .ensemble import Ensemble, common_split, ensemble_threshold
 from .model_card import REPORTED_FILE, refresh_model_card
+from ..run_files import CONFIG_FILE
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "threshold")  # the calls are made at each run's own threshold
 TRAIN_MODULE = ["-m", "covid_ddp.commands.train"]
@@ -90,7 +91,9 @@ def train_once(launcher: list[str], flags: list[str], run_dir: Path) -> dict:
     if not finished_before:  # (a run resumed half-way counts only its second part)
         write_json(timing, {"seconds": round(time.monotonic() - started, 1)})
     seconds = json.loads(timing.read_text())["seconds"] if timing.is_file() else None
-    return {**json.loads(metrics.read_text())["test"], "seconds": seconds}
+    # The command the run was really trained with (config.json's), which a reused run was checked against.
+    trained_with = json.loads((run_dir / CONFIG_FILE).read_text()).get("command")
+    return {**json.loads(metrics.read_text())["test"], "seconds": seconds, "trained_with": trained_with}
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -372,7 +372,7 @@ def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_finger
     if data.get("fingerprint") not in (None, data_fingerprint):
         changes["data"] = (data["fingerprint"], data_fingerprint)
     if changes and not config.resume_with_changes:
-        listed = ", ".join(_describe_change(name, old, new, config) for name, (old, new) in changes.items())
+        listed = describe_changes(changes)
         raise UserError(f"--resume: {listed}: the run in {path} was trained otherwise (its {CONFIG_FILE}), so "
                         "the resumed run would be another experiment; resume with the run's flags, or pass "
                         "--resume-with-changes to change them on purpose")
@@ -385,7 +385,12 @@ def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_finger
     return [*recorded.get("resumes", []), record], changes
 
 
-def _describe_change(name: str, old, new, config: TrainConfig) -> str:
+def describe_changes(changes: dict[str, tuple]) -> str:
+    """The flags (and data) a resume would change, each with the run's own value."""
+    return ", ".join(_describe_change(name, old, new) for name, (old, new) in changes.items())
+
+
+def _describe_change(name: str, old, new) -> str:
     if name == "data":
         return "other data files (their sha256 differ)"
     if name == "--mixed-precision":  # recorded as it ran: chosen by auto or the accelerate config, maybe

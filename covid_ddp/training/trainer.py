@@ -38,7 +38,7 @@ from .finish import finish
 from .preparation import announce_sources, apply_recipe_changes, check_parts, new_model, prepare_run
 from .provenance import resident_memory_mb
 from .record import run_config
-from .run_folder import RunFolder, recorded_batch_size
+from .run_folder import RunFolder, describe_changes, recorded_batch_size
 from .selection import Selection
 from .session import Session
 
@@ -72,6 +72,13 @@ def train(config: TrainConfig, after: AfterTraining | None = None) -> TrainedRun
         with session.run_folder(job.config) as folder:
             session.print(f"covid-ddp-train: {session.describe()}; run folder {folder.path}")
             if folder.finished:
+                # A finished run is what was asked for, or refused, exactly as an unfinished one is.
+                folder.check_resume(job.config, fingerprint(job.data))
+                if folder.changes:
+                    raise UserError(f"{folder.path} is finished ({folder.finished}): "
+                                    f"{describe_changes(folder.changes)} "
+                                    "would change no step of it; pass a larger --epochs to train on with them, or "
+                                    "another --output-dir for a new run")
                 session.print(f"{folder.path} is finished ({folder.finished}): nothing to do")
                 metrics = session.on_main(lambda: ckpt.recorded_test_metrics(folder.path),
                                           f"read {folder.path / METRICS_FILE}")
