@@ -192,12 +192,12 @@ def torchrun_launcher(nproc: int = 2) -> list:
             "--master_port", free_port()]
 
 
-def assert_failed_together(job: Job, *fragments, within: float = 40.0) -> str:
+def assert_failed_together(job: Job, *fragments, within: float = 40.0, ranks: int = 2) -> str:
     """The job failed as one: quickly, one error line written by the main process alone, no
     traceback from any rank. Returns that line."""
     assert job.returncode != 0, job.console[-3000:]
     assert job.seconds < within, f"the job took {job.seconds:.0f} s to end"
-    assert sorted(job.ranks) == [0, 1], job.ranks.keys()
+    assert sorted(job.ranks) == list(range(ranks)), job.ranks.keys()
     main_errors = [line for line in job.ranks[0].splitlines() if line.startswith("covid-ddp-train: error:")]
     assert len(main_errors) == 1, job.ranks[0][-3000:]
     for rank, text in job.ranks.items():
