@@ -83,12 +83,12 @@ def train(config: TrainConfig, after: AfterTraining | None = None) -> TrainedRun
                 metrics = session.on_main(lambda: ckpt.recorded_test_metrics(folder.path),
                                           f"read {folder.path / METRICS_FILE}")
                 session.shut_down()
-                return TrainedRun(folder.path, folder.path / WEIGHTS_FILE, metrics, job.config)
-            metrics = _train_in(folder, job, session)
-            run, main_process = TrainedRun(folder.path, folder.path / WEIGHTS_FILE, metrics, job.config), \
-                session.is_main_process
+            else:
+                metrics = _train_in(folder, job, session)
+            run = TrainedRun(folder.path, folder.path / WEIGHTS_FILE, metrics, job.config)
+            trained_now, main_process = not folder.finished, session.is_main_process
     # Once the job is over and its folder let go: what ``after`` does (or fails at) is not the job's.
-    if after is not None and main_process:
+    if after is not None and trained_now and main_process:
         after(run, job.data, job.split)
     return run
 
