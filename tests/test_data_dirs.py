@@ -11,16 +11,18 @@ from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, run, small_args, torchrun, w
 
 from covid_ddp.data.folders import load_data_dirs
 from covid_ddp.data.format import to_binary
-from covid_ddp.data.splits import SplitPlan, make_split
+from covid_ddp.data.splits import SplitPlan, make_split, split_groups
 from covid_ddp.data.synthetic import make_synthetic
 from covid_ddp.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def two_folders(tmp_path_factory):
-    """'hospital' (with meta.npz: two sources, patients, ages) and 'archive' (no meta.npz)."""
+    """'hospital' (with meta.npz: two sources, patients, ages) and 'archive' (no meta.npz), which holds
+    copies of hospital's first 4 images (as public collections copy each other)."""
     root = tmp_path_factory.mktemp("sets")
     images, labels = make_synthetic(240, seed=5)
+    images[160:164], labels[160:164] = images[:4], labels[:4]
     hospital = write_mcfam(root / "hospital", images[:160], labels[:160])
     np.savez(hospital / "meta.npz", dataset=np.array(["north", "south"] * 80),
              patient_id=np.array([f"p{row // 2}" for row in range(160)]), age=np.arange(160) % 90)
@@ -57,6 +59,11 @@ def test_splits_work_across_folders(two_folders):
     targets = to_binary(data.labels)
     held_out = make_split(targets, SplitPlan(holdout_source="archive"), data.meta)
     assert list(held_out.test) == list(range(160, 240)) and held_out.train.max() < 160
+    groups = split_groups(data)
+    assert list(np.flatnonzero(groups[:160] != np.arange(160))) == [] and list(groups[160:164]) == [0, 1, 2, 3]
+    copies_apart = make_split(targets, SplitPlan(holdout_source="archive"), data.meta, groups)
+    assert list(copies_apart.test) == list(range(160, 240)) and copies_apart.train.min() == 4, \
+        "the copies of archive's images are in no other part"
     adult_only = make_split(targets, SplitPlan(group_split=True, exclude_sources=("north",)), data.meta)
     used = np.concatenate([adult_only.train, adult_only.val, adult_only.test])
     assert not set(data.meta["dataset"][used]) & {"north"}
@@ -75,10 +82,15 @@ def test_a_two_process_run_on_two_folders_records_them_and_evaluate_rebuilds_its
     hospital, archive = two_folders
     flags = small_args(hospital, tmp_path / "run", "--epochs", "1", "--holdout-source", "archive")
     flags[flags.index("--data-dir") + 1: flags.index("--data-dir") + 2] = [hospital, archive]
-    torchrun(2, TRAIN_SCRIPT, flags)
+    trained = torchrun(2, TRAIN_SCRIPT, flags)
+    assert "4 group(s) of copies of one image (8 images) kept together" in trained.stderr
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
     assert recorded["config"]["data_dir"] == [str(hospital), str(archive)]
     assert len(recorded["data"]["files"]) == 5 and recorded["data"]["split_sizes"]["test"] == 80
+    assert recorded["data"]["copies_kept_together"] == {"groups": 4, "images": 8}
+    with np.load(tmp_path / "run" / "splits.npz") as parts:
+        assert not set(parts["train"]) & {0, 1, 2, 3} and not set(parts["val"]) & {0, 1, 2, 3}
+    assert "4 group(s), 8 images, each group in one part" in (tmp_path / "run" / "model_card.md").read_text()
     run([sys.executable, EVALUATE_SCRIPT, "--weights", tmp_path / "run" / "COVID_binary_classifier.pth",
          "--bootstrap", "0"])
     evaluation = json.loads((tmp_path / "run" / "evaluation-test" / "evaluation.json").read_text())

@@ -15,7 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, free_port, run, small_args, write_mcfam
+from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, free_port, refused, run, small_args, write_mcfam
 from original_net import Net as OriginalNet
 from original_net import trained_like
 from sklearn.metrics import roc_auc_score
@@ -228,6 +228,40 @@ def test_evaluate_without_a_data_dir_uses_the_runs_own_data(patient_run, tmp_pat
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     test = json.loads((patient_run / "metrics.json").read_text())["test"]
     assert report["metrics"]["confusion_matrix"] == test["confusion_matrix"]
+
+
+def test_evaluate_scores_the_rows_of_the_runs_splits_npz_not_a_rebuilt_split(patient_run, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A scikit-learn upgrade may split otherwise: the run's splits.npz is what evaluate and audit read."""
+    import shutil
+
+    from covid_ddp.evaluation import run_data
+
+    monkeypatch.setattr(run_data, "make_split", lambda *args, **kwargs: pytest.fail("the split was rebuilt"))
+    run_dir = shutil.copytree(patient_run, tmp_path / "run")
+    weights = str(run_dir / "COVID_binary_classifier.pth")
+    with np.load(run_dir / "splits.npz", allow_pickle=False) as saved:
+        parts = dict(saved)
+    assert evaluate_main(["--weights", weights, "--split", "val", "--bootstrap", "0", "--output-dir",
+                          str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["rows"] == parts["val"].tolist()
+    np.savez(run_dir / "splits.npz", **{**parts, "test": np.array([0, 10**6])})  # damaged: a row beyond the set
+    code = evaluate_main(["--weights", weights, "--bootstrap", "0", "--output-dir", str(tmp_path / "eval2")])
+    refused(capsys, code, "splits.npz: no 'test' rows among the 400 images", "--split all")
+    assert not (tmp_path / "eval2").exists()
+
+
+def test_a_synthetic_runs_split_is_not_applied_to_other_data(tmp_path):
+    from covid_ddp.data.format import RawData
+    from covid_ddp.errors import UserError
+    from covid_ddp.evaluation.run_data import rows_to_score
+
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"dataset": "synthetic"},
+                                                      "data": {"fingerprint": "generator covid_ddp.synthetic"}}))
+    other = RawData(np.zeros((10, 64, 64), np.uint8), np.zeros((10, 4), np.float32),
+                    {"files": {}, "source": "a folder"})
+    with pytest.raises(UserError, match="not the set the run trained on.*use --split all"):
+        rows_to_score("test", tmp_path / "COVID_binary_classifier.pth", other)
 
 
 @pytest.fixture(scope="module")

@@ -108,10 +108,15 @@ def test_duplicates_are_reported_and_dropped_on_request(tmp_path, capsys):
     assert {(d["first"], d["second"], d["exact"]) for d in report["duplicates"]} == {
         ("normal/0.png", "normal/copy.png", True), ("covid/relabelled.png", "normal/0.png", False),
         ("covid/relabelled.png", "normal/copy.png", False)}
+    meta = load_data_dir(tmp_path / "kept").meta  # the copies are one group, which every split keeps in one part
+    group_of = dict(zip(meta["path"], meta["duplicate_group"]))
+    assert group_of["normal/0.png"] == group_of["normal/copy.png"] == group_of["covid/relabelled.png"]
+    assert len(set(group_of.values())) == 4
     code, _, _ = prepare(capsys, "--output-dir", tmp_path / "dropped", "--workers", "1", "--drop-duplicates", root)
-    kept = list(load_data_dir(tmp_path / "dropped").meta["path"])
-    assert code == 0 and sorted(kept) == ["covid/0.png", "covid/1.png", "normal/1.png"], \
+    meta = load_data_dir(tmp_path / "dropped").meta
+    assert code == 0 and sorted(meta["path"]) == ["covid/0.png", "covid/1.png", "normal/1.png"], \
         "the copy goes; a pair whose labels disagree goes whole"
+    assert sorted(meta["duplicate_group"]) == [0, 1, 2], "no copies left: each image its own group, by its row"
 
 
 def test_label_map_names_other_classes_and_an_unknown_one_is_named(tmp_path, capsys):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from covid_ddp.data.splits import SplitPlan, make_split, split_indices
+from covid_ddp.data.folders import _merged_copy_groups
+from covid_ddp.data.format import RawData
+from covid_ddp.data.splits import SplitPlan, copy_group_count, make_split, split_groups, split_indices
 from covid_ddp.errors import UserError
 
 
@@ -73,3 +75,43 @@ def test_asking_for_a_patient_split_without_patient_ids_is_one_line(small_data, 
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.count("\n") == 0 and "put a meta.npz with a 'patient_id' array" in error
     assert not (tmp_path / "run" / "splits.npz").exists()
+
+
+def _parts_of_each_group(split, groups: np.ndarray) -> list[set]:
+    part_of = {int(row): name for name, rows in split.as_arrays().items() for row in rows}
+    return [{part_of[row] for row in np.flatnonzero(groups == group) if row in part_of} for group in np.unique(groups)]
+
+
+def test_copies_under_other_names_never_straddle_a_split(cohort):
+    """40 images copied under other names (and other patients' ids): each copy lands beside its original."""
+    targets, meta = cohort
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (len(targets), 8, 8), dtype=np.uint8)
+    originals, copies = rng.choice(300, 40, replace=False), np.arange(560, 600)
+    images[copies], targets = images[originals], targets.copy()
+    targets[copies] = targets[originals]
+    data = RawData(images, np.eye(4, dtype=np.float32)[targets * 2], meta=meta)
+    groups = split_groups(data)
+    assert copy_group_count(groups) == (40, 80)
+    for plan in (SplitPlan(), SplitPlan(group_split=True), SplitPlan(group_split=True, val_size=0.2)):
+        split = make_split(targets, plan, meta, groups)
+        assert split.copy_groups == (40, 80)
+        assert all(len(parts) == 1 for parts in _parts_of_each_group(split, groups)), plan
+        if plan.group_split:  # a copy under another patient's id pulls that patient along
+            patients = np.unique(meta["patient_id"], return_inverse=True)[1]
+            assert all(len(parts) == 1 for parts in _parts_of_each_group(split, patients))
+    # Without copies nothing changes: the original's image-level split, row for row.
+    unique = RawData(images[:560], data.labels[:560])
+    assert split_groups(unique) is None
+    plain = make_split(targets[:560], SplitPlan(), None, split_groups(unique))
+    assert np.array_equal(plain.test, split_indices(targets[:560], 0.3, 0.1).test)
+
+
+def test_copy_groups_of_a_prepared_folder_are_read_and_joined_across_folders():
+    """meta.npz's duplicate_group (near copies prepare found) counts; rows of a second folder are offset."""
+    images = np.arange(6 * 4, dtype=np.uint8).reshape(6, 2, 2)  # no exact copies at all
+    data = RawData(images, np.zeros((6, 4), np.float32), meta={"duplicate_group": np.array([0, 0, 2, 3, 2, 5])})
+    assert list(split_groups(data)) == [0, 0, 2, 3, 2, 5]
+    halves = [RawData(images[:3], data.labels[:3], meta={"duplicate_group": np.array([0, 0, 2])}),
+              RawData(np.stack([images[3], images[3], images[5]]), data.labels[:3])]  # exact copies, no meta
+    assert list(_merged_copy_groups(halves)) == [0, 0, 2, 3, 3, 5]

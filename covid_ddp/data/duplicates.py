@@ -31,7 +31,7 @@ class DuplicatePair:
 
 def find_duplicates(images: np.ndarray, threshold: float = NEAR_SIMILARITY) -> list[DuplicatePair]:
     """Every pair (i < j) of identical images, and of images more similar than ``threshold``."""
-    copy_of = _first_copy(images)  # row -> the first row holding the same pixels
+    copy_of = first_copies(images)  # row -> the first row holding the same pixels
     pairs = [DuplicatePair(int(first), row, 1.0, True) for row, first in enumerate(copy_of) if first != row]
     unit = _standardised(images)
     for start in range(0, len(unit), _BLOCK):
@@ -58,7 +58,25 @@ def rows_to_drop(pairs: list[DuplicatePair], binary_labels: np.ndarray) -> np.nd
     return np.array(sorted(dropped), dtype=np.int64)
 
 
-def _first_copy(images: np.ndarray) -> np.ndarray:
+def copy_groups(pairs: list[DuplicatePair], count: int) -> np.ndarray:
+    """Each of ``count`` rows' group: the first row of the images it is a copy of, through any chain
+    of pairs (a~b and b~c put a, b and c in one group); a row without copies is its own group."""
+    group = np.arange(count)
+    for pair in sorted(pairs, key=lambda p: p.first):  # (a path halving union-find: pairs are few)
+        first, second = _root(group, pair.first), _root(group, pair.second)
+        group[max(first, second)] = min(first, second)
+    return np.array([_root(group, row) for row in range(count)], dtype=np.int64)
+
+
+def _root(group: np.ndarray, row: int) -> int:
+    while group[row] != row:
+        group[row] = group[group[row]]
+        row = int(group[row])
+    return row
+
+
+def first_copies(images: np.ndarray) -> np.ndarray:
+    """Row -> the first row holding the same pixels (exact copies only: one pass, no comparison)."""
     seen: dict[bytes, int] = {}
     return np.array([seen.setdefault(image.tobytes(), row) for row, image in enumerate(images)], dtype=np.int64)
 

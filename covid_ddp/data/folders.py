@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .format import (IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD, RawData, sha256_of,
+from .duplicates import first_copies
+from .format import (COPY_GROUP_KEY, IMAGES_FILE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD, RawData, sha256_of,
                      to_binary)
 from .splits import as_text
 from .store import (find_images_file, image_size_of, load_array, read_npz, read_store, refuse_a_folder_of_other_files,
@@ -155,10 +156,18 @@ def load_data_dirs(folders: list[Path], image_size: int | None = None) -> RawDat
                    provenance, _merged_meta(parts, names))
 
 
+def _merged_copy_groups(parts: list[RawData]) -> np.ndarray:
+    """Each folder's copy groups (meta.npz's, or its exact copies) as rows of the joined set.
+    (Copies across folders are found only when the folders are prepared together.)"""
+    offsets = np.cumsum([0] + [len(part.images) for part in parts[:-1]])
+    return np.concatenate([offset + (part.meta[COPY_GROUP_KEY] if COPY_GROUP_KEY in (part.meta or {})
+                                     else first_copies(part.images)) for offset, part in zip(offsets, parts)])
+
+
 def _merged_meta(parts: list[RawData], names: list[str]) -> dict:
     keys = {"dataset", "patient_id"}.union(*(part.meta or {} for part in parts))
-    merged = {}
-    for key in sorted(keys):
+    merged = {COPY_GROUP_KEY: _merged_copy_groups(parts)} if COPY_GROUP_KEY in keys else {}
+    for key in sorted(keys - {COPY_GROUP_KEY}):
         columns = [_meta_column(part, name, key) for part, name in zip(parts, names)]
         kinds = {column.dtype.kind for column in columns}
         if kinds <= set("iu") and all(_fits_int64(column) for column in columns):

@@ -17,6 +17,7 @@ IMAGES_FILE = f"{IMAGES_KEY}64.npz"  # MCFAM's images file
 LABELS_FILE, LABELS_KEY = "train_labels.npz", "train_labels"
 PREPARE_RECORD = "prepare.json"  # what covid-ddp-prepare wrote of the folder
 META_FILE = "meta.npz"  # optional: per-image patient_id, dataset (source), ... (docs/data.md)
+COPY_GROUP_KEY = "duplicate_group"  # meta.npz: per image, the first row of its copies (covid-ddp-prepare)
 
 
 def to_binary(labels: np.ndarray) -> np.ndarray:

@@ -38,8 +38,8 @@ from ..cli import say
 from ..destinations import check_can_make
 from ..errors import UserError, first_few, type_and_first_line
 from ..files import atomic_path, current_umask, write_json
-from .duplicates import find_duplicates, rows_to_drop
-from .format import IMAGE_SIZE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
+from .duplicates import copy_groups, find_duplicates, rows_to_drop
+from .format import COPY_GROUP_KEY, IMAGE_SIZE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
 from .listing import read_listing
 from .radiographs import is_radiograph_file, read_with_tags
 from .store import images_name
@@ -170,6 +170,7 @@ class PreparedSet:
     classes: np.ndarray  # (N,) 0-3
     items: list[Item]
     report: dict
+    copy_groups: np.ndarray  # (N,) the first row of each image's copies (itself without any): one part of a split
 
 
 def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors: bool, drop_duplicates: bool,
@@ -196,11 +197,11 @@ def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors:
     report = {"images_found": len(decoded), "skipped": [{"path": str(i.file), "error": e} for i, e in skipped],
               "decode_seconds": round(seconds, 2), "images_per_s": round(len(decoded) / max(seconds, 1e-9), 1),
               "workers": workers, "image_size": size}
-    images, classes, items = _handle_duplicates(images, classes, items, drop_duplicates, report)
+    images, classes, items, copy_groups = _handle_duplicates(images, classes, items, drop_duplicates, report)
     report["images"] = len(items)
     report["per_class"] = {str(c): int((classes == c).sum()) for c in range(4)}
     report["per_dataset"] = {name: int(sum(i.dataset == name for i in items)) for name in sorted({i.dataset for i in items})}
-    return PreparedSet(images, classes, items, report)
+    return PreparedSet(images, classes, items, report, copy_groups)
 
 
 def _fill_from_tags(item: Item, tags: dict) -> None:
@@ -221,14 +222,22 @@ def _handle_duplicates(images, classes, items, drop: bool, report: dict):
             f"{PREPARE_RECORD}; {action}")
     if not drop or not pairs:
         report["dropped_duplicates"] = 0
-        return images, classes, items
+        return images, classes, items, copy_groups(pairs, len(items))
     dropped = rows_to_drop(pairs, classes >= 2)
     keep = np.setdiff1d(np.arange(len(items)), dropped)
     report["dropped_duplicates"] = int(len(dropped))
     if not len(keep):
         raise UserError(f"--drop-duplicates would drop all {len(items)} images (every one is in a pair whose labels "
                         "disagree); see the pairs without it")
-    return images[keep], classes[keep], [items[row] for row in keep]
+    # A copy of a dropped image may remain (a, b, c near copies of one another, c kept): still grouped.
+    groups = copy_groups(pairs, len(items))[keep]
+    return images[keep], classes[keep], [items[row] for row in keep], _first_rows(groups)
+
+
+def _first_rows(groups: np.ndarray) -> np.ndarray:
+    """Each row's group named by its first row here (``groups`` may name rows dropped since)."""
+    _, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    return first[inverse]
 
 
 def write_folder(prepared: PreparedSet, output_dir: Path, overwrite: bool, store: bool = False) -> None:
@@ -297,7 +306,7 @@ def _write_files(prepared: PreparedSet, folder: Path, store: bool) -> None:
     np.savez_compressed(folder / META_FILE,
                         patient_id=np.array([i.patient_id for i in items]), dataset=np.array([i.dataset for i in items]),
                         path=np.array([i.shown_path for i in items]), view=np.array([i.view for i in items]),
-                        label_name=np.array([i.label_name for i in items]))
+                        label_name=np.array([i.label_name for i in items]), **{COPY_GROUP_KEY: prepared.copy_groups})
     write_json(folder / PREPARE_RECORD, {**prepared.report, "images_file": images_file.name})
 
 

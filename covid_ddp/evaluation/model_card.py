@@ -211,6 +211,11 @@ def _split_section(flags: dict, data: dict) -> list[str]:
              f"validation {flags.get('val_size')}, random_state 42; rows in `splits.npz`)."]
     if flags.get("exclude_source"):
         lines.append(f"Sources left out before splitting: {flags['exclude_source']}.")
+    copies = data.get("copies_kept_together")
+    if copies:
+        lines.append(f"Copies of one image (exact, or near ones covid-ddp-prepare found): {copies['groups']} group(s), "
+                     f"{copies['images']} images, each group in one part." if copies["groups"] else
+                     "Copies of one image: none found (exact copies checked; near ones where covid-ddp-prepare ran).")
     tables = data.get("by_source") or {}
     if tables.get("test"):
         lines += ["", "Test part, images (patients):", "", markdown_table(tables["test"])]

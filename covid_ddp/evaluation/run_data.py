@@ -1,5 +1,5 @@
-"""The data a run trained on and its parts, rebuilt from its ``config.json`` (and checked against its
-``splits.npz``): a held-out image stays held out for every command that scores the run.
+"""The data a run trained on and its parts, read from its ``splits.npz`` (the data checked against
+its ``config.json``): a held-out image stays held out for every command that scores the run.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..data.folders import as_folders, load_data_dirs
-from ..data.format import MCFAM_BASE_URL, to_binary
+from ..data.format import MCFAM_BASE_URL, fingerprint, to_binary
 from ..data.sets import load_dataset
-from ..data.splits import make_split
+from ..data.splits import make_split, split_groups
 from ..errors import UserError, first_line
 from ..models.loading import model_spec
 from ..run_files import CONFIG_FILE, SPLITS_FILE
@@ -68,39 +68,52 @@ def _train_config(recorded: dict, config_path: Path) -> TrainConfig:
 
 
 def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
-    """All rows, or the run's own test/validation rows, rebuilt from its config.json."""
+    """All rows, or the run's own test/validation rows: those its ``splits.npz`` records (once the
+    data is checked to be the run's), so that no library upgrade can move an image between parts.
+    A run folder without one (weights copied with their config.json only) has its split rebuilt."""
     if split == "all":
         return np.arange(len(data.images))
     run_dir, config_path = weights.parent, weights.parent / CONFIG_FILE
-    recorded = _run_config(weights, f"to rebuild --split {split},")
+    recorded = _run_config(weights, f"to find --split {split},")
     config = _train_config(recorded, config_path)
-    _check_same_data(recorded.get("data", {}).get("files", {}), data, config_path)
-    rebuilt = make_split(to_binary(data.labels), config.split_plan(), data.meta)
+    _check_same_data(recorded.get("data", {}), data, config_path)
     saved_path = run_dir / SPLITS_FILE
     if saved_path.is_file():
-        saved = ckpt.read_splits(saved_path)
-        if not all(np.array_equal(saved.get(part), rows) for part, rows in rebuilt.as_arrays().items()):
-            raise UserError(f"{saved_path} does not match the split rebuilt from {config_path}; the data "
-                            "or covid_ddp's split code changed since the run")
-    rows = rebuilt.test if split == "test" else rebuilt.val
+        rows = _saved_rows(saved_path, split, len(data.images))
+    else:
+        rebuilt = make_split(to_binary(data.labels), config.split_plan(), data.meta, split_groups(data))
+        rows = rebuilt.test if split == "test" else rebuilt.val
     if not len(rows):
         raise UserError(f"the run has no {split} part (--val-size 0?); choose another --split")
     return rows
 
 
-def _check_same_data(recorded_files: dict, data, config_path: Path) -> None:
+def _saved_rows(path: Path, split: str, count: int) -> np.ndarray:
+    """The rows of ``split`` in a run's splits.npz: whole numbers naming images of the set."""
+    rows = ckpt.read_splits(path).get(split)
+    if rows is None or rows.dtype.kind not in "iu" or rows.ndim != 1 or (len(rows) and not 0 <= rows.min() <= rows.max() < count):
+        raise UserError(f"{path}: no '{split}' rows among the {count} images; restore the run's file, or use --split all")
+    return rows.astype(np.int64)
+
+
+def _check_same_data(recorded: dict, data, config_path: Path) -> None:
+    """The data is the run's: the same files in the same order, or the same synthetic set."""
+    recorded_files = recorded.get("files", {})
     found_files = data.provenance.get("files", {})  # (none: the synthetic set, regenerated from the config)
     # Other folders, more or fewer, or the same in another order (rows follow the folder order).
     if recorded_files and list(recorded_files) != list(found_files):
         raise UserError(f"the run trained on {_folders(recorded_files)} ({config_path}), not {_folders(found_files)}: "
                         "its split would pick other images; pass the run's --data-dir folders in its order, or "
                         "use --split all")
-    for name, recorded in recorded_files.items():
+    for name, entry in recorded_files.items():
         found = found_files.get(name, {}).get("sha256")
-        if found is not None and recorded.get("sha256") not in (None, found):
+        if found is not None and entry.get("sha256") not in (None, found):
             raise UserError(f"{name} is not the file the run trained on ({config_path} records sha256 "
-                            f"{recorded['sha256'][:12]}..., this one is {found[:12]}...): its split would "
+                            f"{entry['sha256'][:12]}..., this one is {found[:12]}...): its split would "
                             "pick other images; use --split all")
+    if not recorded_files and recorded.get("fingerprint") not in (None, fingerprint(data)):
+        raise UserError(f"the data is not the set the run trained on ({config_path} records {recorded['fingerprint']}): "
+                        "its split would pick other images; use --split all")
 
 
 def _folders(files: dict) -> str:

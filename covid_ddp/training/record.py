@@ -56,6 +56,7 @@ def run_config(config: TrainConfig, accelerator: Accelerator, data: RawData, spl
         "data": {"source": data.provenance.get("source", config.dataset), **data.provenance,
                  "fingerprint": fingerprint(data),
                  "split_sizes": {"train": len(split.train), "val": len(split.val), "test": len(split.test)},
+                 "copies_kept_together": {"groups": split.copy_groups[0], "images": split.copy_groups[1]},
                  **_by_source(data, split)},
         "distributed": {"num_processes": accelerator.num_processes, "device": str(accelerator.device),
                         "mixed_precision": accelerator.mixed_precision, "data_device": run.data_device,

@@ -24,7 +24,7 @@ from ..cli import say
 from ..data.confounding import table_of
 from ..data.format import RawData, fingerprint, to_binary
 from ..data.sets import fetch_dataset, load_dataset
-from ..data.splits import Split, make_split
+from ..data.splits import Split, make_split, split_groups
 from ..data.tensors import blank_rows
 from ..errors import UserError
 from ..metrics import DEFAULT_THRESHOLD
@@ -111,7 +111,8 @@ def set_up_job(session: Session) -> Job:
     data = load_training_data(session, config)
     targets = to_binary(data.labels)
     # The main process splits for all (the same split everywhere, and scikit-learn imported once).
-    split = session.on_main(lambda: make_split(targets, config.split_plan(), data.meta), "split the data")
+    split = session.on_main(lambda: make_split(targets, config.split_plan(), data.meta, split_groups(data)),
+                            "split the data")
     refuse_blank_training(session, data, split.train)
     config = keep_the_resumed_batch(session, config)
     config, batch_note = settle_batches(config, len(split.train), accelerator.num_processes, accelerator.device.type)
@@ -153,6 +154,9 @@ def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
     if session.is_main_process:
         if job.batch_note:
             say(f"covid-ddp-train: {job.batch_note}")
+        if split.copy_groups[0]:
+            say(f"covid-ddp-train: {split.copy_groups[0]} group(s) of copies of one image ({split.copy_groups[1]} "
+                "images) kept together, each in one part of the split")
         announce_sources(table_of(data.meta, job.targets, split.train))
     board = start_logging(session, folder, data.images, job.targets, split, config)
 
