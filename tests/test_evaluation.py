@@ -221,13 +221,19 @@ def test_resuming_with_other_split_flags_is_refused(patient_run, cohort_data, tm
         assert all(np.array_equal(kept[part], original[part]) for part in ("train", "val", "test"))
 
 
-def test_evaluate_without_a_data_dir_uses_the_runs_own_data(patient_run, tmp_path):
-    code = evaluate_main(["--weights", str(patient_run / "COVID_binary_classifier.pth"), "--bootstrap", "0",
+def test_evaluate_without_a_data_dir_uses_the_runs_own_data_and_draws_trainings_intervals(patient_run, tmp_path):
+    """One bootstrap rule: the same weights on the same images get training's intervals (the run's seed)."""
+    code = evaluate_main(["--weights", str(patient_run / "COVID_binary_classifier.pth"), "--bootstrap", "200",
                           "--output-dir", str(tmp_path / "eval")])
     assert code == 0
     report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
     test = json.loads((patient_run / "metrics.json").read_text())["test"]
     assert report["metrics"]["confusion_matrix"] == test["confusion_matrix"]
+    assert report["metrics"]["ci95"] == test["ci95"] and report["metrics"]["bootstrap"]["seed"] == 1
+    code = evaluate_main(["--weights", str(patient_run / "COVID_binary_classifier.pth"), "--bootstrap", "200",
+                          "--seed", "7", "--output-dir", str(tmp_path / "eval"), "--split", "test"])
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    assert code == 0 and report["metrics"]["bootstrap"]["seed"] == 7 and report["metrics"]["ci95"] != test["ci95"]
 
 
 def test_evaluate_scores_the_rows_of_the_runs_splits_npz_not_a_rebuilt_split(patient_run, tmp_path, monkeypatch,

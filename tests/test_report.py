@@ -41,6 +41,7 @@ def test_a_report_over_two_folders_writes_the_table(tmp_path, monkeypatch, capsy
         ("held out: covidonly", "default"), ("held out: covidonly", "default ensemble")]
     ensemble = report["rows"][1]
     assert ensemble["summary"]["roc_auc"]["std"] is None and ensemble["metrics"]["bootstrap"]["resamples"] == 50
+    assert ensemble["metrics"]["bootstrap"]["seed"] == 1, "an ensemble's intervals: its first run's seed, as evaluate's"
     held = by_setting["held out: covidonly"]
     assert held["n"] == len(covid_rows) and held["roc_auc"] is None and held["specificity"] is None
     assert 0 <= held["sensitivity"]["mean"] <= 1 and len(held["sensitivity"]["interval"]) == 2

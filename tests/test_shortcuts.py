@@ -131,6 +131,8 @@ def test_covid_ddp_audit_of_a_run_brings_its_card_up_to_date(seed_runs, tmp_path
     assert evaluate_main(["--weights", str(run_dir / WEIGHTS), "--bootstrap", "50"]) == 0
     card = (run_dir / "model_card.md").read_text()
     assert "## Other evaluations" in card and "`evaluation-test` (test of" in card, "evaluate brings the card up to date"
+    assert "(95% interval, 50 resamples, seed 2: " in card and "resamples of" in card and ", seed 2" in card, \
+        "training's intervals and the evaluation's, each labelled with how it was drawn"
     # A mistake is one line, and nothing is written.
     assert audit_main(["--weights", str(tmp_path / "missing.pth")]) != 0
     err = capsys.readouterr().err

@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from .. import launcher_watch
-from ..bounds import BOOTSTRAP, PROBABILITY
+from ..bounds import BOOTSTRAP, PROBABILITY, SEED
 from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
 from ..evaluation.evaluate import FIGURES, RECORD, SPLITS, EvaluationResult, evaluate
 from ..evaluation.model_card import refresh_model_card
@@ -39,13 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "the validation split, from the weights' sidecar JSON; else 0.5)")
     parser.add_argument("--bootstrap", type=BOOTSTRAP.parse, default=1000, metavar="N",
                         help=f"bootstrap resamples for the 95%% intervals ({BOOTSTRAP.describe()})")
+    parser.add_argument("--seed", type=SEED.parse, metavar="N",
+                        help="seed of the bootstrap resamples (default: the run's --seed, so that the intervals are "
+                        "training's own on the same images; an ensemble's first run's; 0 without a run folder)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     return parser
 
 
 def run(arguments: argparse.Namespace) -> EvaluationResult:
     result = evaluate(arguments.weights, arguments.data_dir, arguments.split, arguments.output_dir,
-                      arguments.threshold, arguments.bootstrap, arguments.device)
+                      arguments.threshold, arguments.bootstrap, arguments.device, arguments.seed)
     if len(arguments.weights) == 1:  # an ensemble's results belong to no one run's card
         refresh_model_card(Path(arguments.weights[0]).parent, "covid-ddp-evaluate")
     members = "" if len(arguments.weights) == 1 else f"ensemble of {len(arguments.weights)} runs, "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import figures
-from ..bounds import BOOTSTRAP
+from ..bounds import BOOTSTRAP, SEED
 from ..data.format import to_binary
 from ..data.splits import patient_ids, source_names
 from ..destinations import check_output_folder, either, is_own_figure, record_of, refuse_inputs
@@ -25,7 +25,7 @@ from ..metrics import binary_metrics, per_source
 from ..models.inference import resolve_device
 from ..models.weights import decision_threshold
 from .ensemble import Ensemble, common_split, ensemble_threshold
-from .run_data import load_evaluation_data, rows_to_score
+from .run_data import bootstrap_seed, load_evaluation_data, rows_to_score
 
 FIGURES = ("roc.png", "pr.png", "confusion.png", "calibration.png")
 RECORD = "evaluation.json"
@@ -47,17 +47,20 @@ class EvaluationResult:
 
 def evaluate(weights: str | Path | list, data_dir: str | list | None = None, split: str = "test",
              output_dir: str | Path | None = None, threshold: float | None = None, bootstrap: int = 1000,
-             device: str = "auto") -> EvaluationResult:
+             device: str = "auto", seed: int | None = None) -> EvaluationResult:
     """Score ``weights`` (several: their ensemble) on ``split`` of ``data_dir`` (default: the data
     their run trained on) and write ``evaluation.json`` and the figures into ``output_dir``
     (default: ``evaluation-<split>`` beside the weights). ``test`` and ``val`` are the run's own
-    parts, rebuilt from its config.json; ``all`` is every image."""
+    parts, the rows of its splits.npz; ``all`` is every image. The intervals are drawn with
+    ``seed``, by default the (first) run's --seed, as training drew its own."""
     weights = [Path(path) for path in (weights if isinstance(weights, (list, tuple)) else [weights])]
     data_dirs = [str(folder) for folder in ([data_dir] if isinstance(data_dir, (str, Path)) else data_dir)] \
         if data_dir is not None else None
     if split not in SPLITS:
         raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    BOOTSTRAP.check(bootstrap, "bootstrap")  # (a threshold is checked where it is used: decision_threshold)
+    BOOTSTRAP.check(bootstrap, "bootstrap")
+    if seed is not None:
+        SEED.check(seed, "seed")  # (a threshold is checked where it is used: decision_threshold)
     ensemble = Ensemble.load(weights, resolve_device(device))  # one run, or the mean of several
     output = Path(output_dir) if output_dir else evaluation_folder(split, weights)
     check_destination(output, data_dirs, weights)
@@ -74,7 +77,7 @@ def evaluate(weights: str | Path | list, data_dir: str | list | None = None, spl
     p_covid = ensemble.predict(data.images[rows])
     targets = to_binary(data.labels)[rows]
     metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, bootstrap,
-                             groups=patient_ids(data.meta, rows))
+                             bootstrap_seed(weights[0]) if seed is None else seed, groups=patient_ids(data.meta, rows))
     by_source = per_source(p_covid, targets, source_names(data.meta, rows), threshold)
     write_json(output / RECORD, {
         "weights": str(weights[0]) if len(weights) == 1 else [str(path) for path in weights],

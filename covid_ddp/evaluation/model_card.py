@@ -292,7 +292,8 @@ def _resampling(resampled: dict) -> str:
     unit, units = resampled.get("unit", "image"), resampled.get("units")
     drawn = f"{units} {unit}s" if units else f"the {unit}s"
     together = " (all films of a drawn patient together)" if unit == "patient" else ""
-    return f"95% percentile bootstrap intervals, {resampled.get('resamples', '?')} resamples of {drawn}{together}"
+    seed = f", seed {resampled['seed']}" if "seed" in resampled else ""
+    return f"95% percentile bootstrap intervals, {resampled.get('resamples', '?')} resamples of {drawn}{together}{seed}"
 
 
 def _per_source_section(metrics: dict | None) -> list[str]:
@@ -334,10 +335,11 @@ def _evaluations_section(run_dir: Path) -> list[str]:
         scored, data = report["metrics"], report.get("data", {})
         folders = ", ".join(map(str, filter(None, data.get("data_dirs") or [data.get("data_dir")])))
         named = folders or ("the synthetic set" if data.get("generator") else "the run's data")
-        interval = scored.get("ci95", {}).get("roc_auc")
+        interval, resampled = scored.get("ci95", {}).get("roc_auc"), scored.get("bootstrap") or {}
+        drawn = f"95% interval, {resampled.get('resamples', '?')} resamples, seed {resampled.get('seed', '?')}: "
         auc = "n/a" if scored.get("roc_auc") is None else f"{scored['roc_auc']:.3f}"
         lines.append(f"- `{path.parent.name}` ({report.get('split')} of {named}; "
-                     f"{scored['n']} images): ROC AUC {auc}" + (f" ({interval[0]:.3f} - {interval[1]:.3f})" if interval else "")
+                     f"{scored['n']} images): ROC AUC {auc}" + (f" ({drawn}{interval[0]:.3f} - {interval[1]:.3f})" if interval else "")
                      + f", sensitivity {_rate(scored.get('sensitivity'))}, specificity {_rate(scored.get('specificity'))}")
     return ["## Other evaluations", "", *lines, ""] if lines else []
 

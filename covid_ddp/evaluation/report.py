@@ -41,11 +41,11 @@ from ..destinations import check_can_make, refuse_inputs
 from ..errors import UserError
 from ..files import atomic_path, write_json
 from ..metrics import binary_metrics
-from ..run_files import METRICS_FILE, WEIGHTS_FILE
+from ..run_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from ..training.config import TrainConfig, parse_config
 from .ensemble import Ensemble, common_split, ensemble_threshold
 from .model_card import REPORTED_FILE, refresh_model_card
-from ..run_files import CONFIG_FILE
+from .run_data import bootstrap_seed
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "threshold")  # the calls are made at each run's own threshold
 TRAIN_MODULE = ["-m", "covid_ddp.commands.train"]
@@ -159,7 +159,7 @@ def ensemble_row(row: dict, run_dirs: list[Path], data, bootstrap: int) -> dict:
     test_rows = split["test"]
     targets = to_binary(data.labels)[test_rows]
     scored = binary_metrics(ensemble.predict(data.images[test_rows]), targets, threshold=threshold,
-                            bootstrap=bootstrap, groups=patient_ids(data.meta, test_rows))
+                            bootstrap=bootstrap, seed=bootstrap_seed(weights[0]), groups=patient_ids(data.meta, test_rows))
     summary = {"n": scored["n"], "n_per_class": scored["n_per_class"]}
     for name in SHOWN:
         summary[name] = None if scored[name] is None else {

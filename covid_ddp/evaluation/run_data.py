@@ -67,6 +67,17 @@ def _train_config(recorded: dict, config_path: Path) -> TrainConfig:
     return config
 
 
+def bootstrap_seed(weights: Path) -> int:
+    """The seed a run's own intervals were drawn with (its --seed, as training drew them), so that
+    the same weights on the same images get the same intervals from every command; 0 for weights
+    without a run folder."""
+    try:
+        seed = json.loads((weights.parent / CONFIG_FILE).read_text())["config"]["seed"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) and seed >= 0 else 0
+
+
 def rows_to_score(split: str, weights: Path, data) -> np.ndarray:
     """All rows, or the run's own test/validation rows: those its ``splits.npz`` records (once the
     data is checked to be the run's), so that no library upgrade can move an image between parts.
