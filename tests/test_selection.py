@@ -62,6 +62,28 @@ def test_the_run_never_claims_an_epoch_it_did_not_ship():
     assert rule.describe(record, 3, 3) == "the last epoch's weights (epoch 3): those of epoch 1, the best, were not kept"
 
 
+def test_a_resume_that_changes_select_by_ships_the_epoch_it_names_or_is_refused():
+    """Stopped in epoch 3 with --select-by loss (best loss: epoch 2, best AUC: epoch 1), resumed with auc."""
+    from covid_ddp.errors import UserError
+
+    record = [{"epoch": 1, "validation_loss": 0.6, "validation_auc": 0.9},
+              {"epoch": 2, "validation_loss": 0.5, "validation_auc": 0.8}]
+    with pytest.raises(UserError, match=r"--select-by auc at a resume: the best epoch so far by it is epoch 1, whose "
+                                        r"weights the run did not keep \(it kept epoch 2's, the best by --select-by "
+                                        r"loss\); resume with --select-by loss"):
+        Selection("auc").check_kept(record, kept=2, old_select_by="loss")
+    with pytest.raises(UserError, match="--select-by last keeps none"):
+        Selection("loss").check_kept(record, kept=None, old_select_by="last")
+    Selection("loss").check_kept(record, kept=2, old_select_by="auc")  # the kept weights are the new rule's best
+    Selection(None).check_kept(record, kept=2, old_select_by="loss")  # --select-by last needs nothing kept
+    # Whatever was kept, the epoch shipped is the one described: never one rule's weights under another's name.
+    record.append({"epoch": 3, "validation_loss": 0.7, "validation_auc": 0.7})
+    for rule, kept in ((Selection("auc"), 2), (Selection("loss"), 2), (Selection("loss"), None), (Selection(None), 1)):
+        shipped = rule.shipped_epoch(record, kept, last=3)
+        assert f"epoch {shipped}" in rule.describe(record, 3, shipped), (rule, kept)
+    assert Selection("auc").shipped_epoch(record, 2, last=3) == 3 and Selection("loss").shipped_epoch(record, 2, 3) == 2
+
+
 def test_early_stop_needs_a_validation_split():
     from covid_ddp.errors import UserError
 

@@ -30,7 +30,7 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
     is scored again by the shipped fp32 weights (what covid-ddp-predict computes); an fp32 run
     that ships its last epoch already has that epoch's scores, and they are reused.
     """
-    shipped_epoch = best.epoch if selection.criterion and best.epoch is not None else progress.epoch
+    shipped_epoch = selection.shipped_epoch(progress.history, best.epoch, progress.epoch)
     if shipped_epoch != progress.epoch:
         best.restore_into(accelerator.unwrap_model(run.model, keep_torch_compile=False))
         monitored = None  # the last epoch's scores: not those of the shipped weights

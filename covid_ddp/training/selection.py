@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
+
 # --select-by -> (history key, whether a higher value is better, words for the run's messages)
 CRITERIA = {"loss": ("validation_loss", False, "lowest validation loss"),
             "auc": ("validation_auc", True, "highest validation ROC AUC")}
@@ -51,6 +53,24 @@ class Selection:
             if best is None or (value > best[1] if higher_is_better else value < best[1]):
                 best = (record["epoch"], value)
         return best[0] if best else None
+
+    def shipped_epoch(self, history: list[dict], kept: int | None, last: int) -> int:
+        """The epoch whose weights ship: the best one when its weights were kept, else the last
+        (what ``describe`` names: the two are decided by the same rule)."""
+        best = self.best_epoch(history)
+        return kept if best is not None and kept == best else last
+
+    def check_kept(self, history: list[dict], kept: int | None, old_select_by: str) -> None:
+        """A resume that changes --select-by: the best epoch by the new rule so far must be the one
+        whose weights the checkpoint kept, or the run could not ship what it would name."""
+        best = self.best_epoch(history)
+        if best is None or best == kept:
+            return
+        held = f"it kept epoch {kept}'s, the best by --select-by {old_select_by}" if kept else \
+            f"--select-by {old_select_by} keeps none"
+        raise UserError(f"--select-by {self.criterion} at a resume: the best epoch so far by it is epoch {best}, whose "
+                        f"weights the run did not keep ({held}); resume with --select-by {old_select_by}, or train "
+                        "a new run")
 
     def stops_after(self, history: list[dict]) -> bool:
         """--early-stop: the last ``patience`` epochs did not improve on the best one."""

@@ -149,6 +149,8 @@ def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
     selection = Selection.for_run(config.select_by, config.early_stop, has_validation=len(split.val) > 0)
     if not folder.restore(state, config.epochs):  # another process count: its random states do not apply
         seed_global_generators(config.seed, "dropout", progress.epoch + 1, accelerator.process_index)
+    if "--select-by" in folder.changes:
+        selection.check_kept(progress.history, state.best.epoch, folder.changes["--select-by"][0])
     apply_recipe_changes(run, config, folder.changes, accelerator)
     folder.write_config(run_config(config, accelerator, data, split, folder, run))  # once the resume holds
     if session.is_main_process:
