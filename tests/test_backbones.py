@@ -185,3 +185,30 @@ def test_timm_models_are_built_the_same_way():
     images = torch.randint(0, 256, (2, 1, 32, 32)).float()
     assert model(images).shape == (2, 2)
     assert gradcam(model, images).shape == (2, 32, 32)
+
+
+def test_sync_bn_keeps_a_timm_models_activations_so_the_network_trained_is_the_one_shipped():
+    """timm's BatchNormAct2d applies its activation itself: torch's converter would drop it."""
+    pytest.importorskip("timm")
+    import copy
+
+    from timm.layers import BatchNormAct2d
+
+    from covid_ddp.models.sync_batchnorm import convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    shipped = build_network(ModelSpec("timm:mobilenetv3_small_050", 32))
+    assert any(type(module) is BatchNormAct2d for module in shipped.modules())
+    images = torch.rand(4, 1, 32, 32) * 255
+    for device, modes in (("cpu", ("train", "eval")), ("cuda", ("eval",))):  # (CUDA: timm's converter, run on CPU)
+        trained = convert_sync_batchnorm(copy.deepcopy(shipped), torch.device(device))
+        assert not any(type(module) is BatchNormAct2d for module in trained.modules()), device
+        for mode in modes:
+            outputs = []
+            for network in (shipped, trained):
+                getattr(network, mode)()
+                torch.manual_seed(1)  # the same dropout draws
+                outputs.append(network(images))
+            torch.testing.assert_close(outputs[1], outputs[0], msg=f"{device}, {mode}")
+        fresh = build_network(ModelSpec("timm:mobilenetv3_small_050", 32))
+        fresh.load_state_dict(trained.state_dict())  # strict: the trained network's weights ship as they are

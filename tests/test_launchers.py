@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -120,6 +121,37 @@ def test_processes_on_gpus_and_on_cpus_are_refused_before_the_group_forms(small_
                      ["1:device=cuda", *small_args(small_data, tmp_path / "run")], tmp_path / "logs")
     assert_failed_together(job, "process 1 (on ", "would train on CUDA GPUs but process 0", "pass --cpu", within=20)
     assert not (tmp_path / "run").exists()
+
+
+def test_an_fsdp_accelerate_config_is_refused_in_one_line_naming_what_runs(small_data, tmp_path):
+    """FSDP would be run as plain DDP on CPUs and hang at the first checkpoint on GPUs: named instead."""
+    config = tmp_path / "fsdp.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nnum_machines: 1\nmachine_rank: 0\n"
+                      "num_processes: 2\nuse_cpu: true\nmixed_precision: 'no'\nfsdp_config:\n"
+                      "  fsdp_sharding_strategy: FULL_SHARD\n  fsdp_sync_module_states: true\n")
+    job = launch_job([*ACCELERATE, "--config_file", config], TRAIN_SCRIPT, small_args(small_data, tmp_path / "run"),
+                     tmp_path / "logs")
+    line = assert_failed_together(job, "the accelerate config asks for FSDP, which covid_ddp does not run",
+                                  "MULTI_CPU or MULTI_GPU", "docs/training.md#supported-accelerate-configurations",
+                                  within=20)
+    assert line.startswith("covid-ddp-train: error:")
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_sharding_engine_and_backend_covid_ddp_does_not_drive_is_named(monkeypatch):
+    for variable, name in distributed.SHARDING_ENGINES.items():
+        monkeypatch.setenv(variable, "true")
+        with pytest.raises(UserError, match=f"asks for {re.escape(name)}, which covid_ddp does not run"):
+            distributed.refuse_unsupported_engine()
+        monkeypatch.delenv(variable)
+    distributed.refuse_unsupported_engine()
+    from accelerate.utils import DistributedType
+
+    for chosen in ("XLA", "MULTI_NPU", "MULTI_XPU"):
+        with pytest.raises(UserError, match=f"accelerate chose distributed_type {chosen}, which covid_ddp does not run"):
+            distributed.refuse_unsupported_type(DistributedType(chosen))
+    for supported in ("NO", "MULTI_CPU", "MULTI_GPU"):
+        distributed.refuse_unsupported_type(DistributedType(supported))
 
 
 def test_bad_data_ends_the_job_in_one_line(tmp_path):

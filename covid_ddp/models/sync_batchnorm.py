@@ -15,6 +15,8 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn as nn
 
+from ..errors import UserError
+
 
 class DistributedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d whose training-mode statistics cover the whole global batch.
@@ -54,16 +56,47 @@ class DistributedBatchNorm2d(nn.BatchNorm2d):
         self.running_var.mul_(1 - momentum).add_(unbiased.to(self.running_var.dtype), alpha=momentum)
 
 
+class DistributedBatchNormAct2d(DistributedBatchNorm2d):
+    """timm's ``BatchNormAct2d`` (BatchNorm, then its dropout and activation) with the global
+    statistics of ``DistributedBatchNorm2d``; the same state_dict keys as timm's layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
 def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Replace every BatchNorm2d: torch's SyncBatchNorm on CUDA, ``DistributedBatchNorm2d`` elsewhere."""
+    """Replace every BatchNorm2d: on CUDA torch's SyncBatchNorm (timm's converter for a timm model,
+    which keeps its norm-act layers' activations), elsewhere ``DistributedBatchNorm2d``."""
     if device.type == "cuda":
+        if any(_is_timm_norm_act(module) for module in model.modules()):
+            from timm.layers import convert_sync_batchnorm as timm_converter  # torch's drops the activations
+
+            return timm_converter(model)
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
     for name, child in model.named_children():
-        if type(child) is nn.BatchNorm2d:
-            replacement = DistributedBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                                 child.track_running_stats)
-            replacement.load_state_dict(child.state_dict())
-            setattr(model, name, replacement)
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(model, name, _distributed(child))
         else:
             convert_sync_batchnorm(child, device)
     return model
+
+
+def _distributed(layer: nn.BatchNorm2d) -> DistributedBatchNorm2d:
+    if type(layer) is nn.BatchNorm2d:
+        replacement = DistributedBatchNorm2d(layer.num_features, layer.eps, layer.momentum, layer.affine,
+                                             layer.track_running_stats)
+    elif _is_timm_norm_act(layer):
+        replacement = DistributedBatchNormAct2d(layer.num_features, layer.eps, layer.momentum, layer.affine,
+                                                layer.track_running_stats)
+        replacement.drop, replacement.act = layer.drop, layer.act
+    else:  # a layer whose forward is its own: replacing it would train another network than the one shipped
+        raise UserError(f"--sync-bn: the model's {type(layer).__name__} layers cannot be synchronised across CPU "
+                        "processes; train without --sync-bn")
+    replacement.load_state_dict(layer.state_dict())
+    return replacement
+
+
+def _is_timm_norm_act(module: nn.Module) -> bool:
+    """timm's BatchNormAct2d (a BatchNorm2d subclass that applies ``drop`` and ``act`` after it)."""
+    return (isinstance(module, nn.BatchNorm2d) and type(module).__module__.startswith("timm.")
+            and type(module).__name__ == "BatchNormAct2d")

@@ -93,6 +93,36 @@ def check_launch() -> None:
                         "(see the README's launchers), or unset WORLD_SIZE to train in one process")
 
 
+# What covid_ddp runs: data parallelism in which every process holds the whole model (accelerate's
+# DDP), which the step's gradient sync, the checkpoints and the consolidated weights are written for.
+SUPPORTED_TYPES = ("NO", "MULTI_CPU", "MULTI_GPU")
+SUPPORTED = ("distributed_type NO (one process), MULTI_CPU or MULTI_GPU (DDP over CPU processes or CUDA GPUs, "
+             "one machine or several), with any mixed_precision and dynamo_backend")
+# accelerate launch sets these from the accelerate config for engines that shard or place the model
+# themselves: FSDP's checkpoint gathers on rank 0 alone, DeepSpeed's engine owns the gradient sync.
+SHARDING_ENGINES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed",
+                    "ACCELERATE_USE_MEGATRON_LM": "Megatron-LM",
+                    "ACCELERATE_USE_PARALLELISM_CONFIG": "a parallelism config (tensor or context parallelism)"}
+
+
+def refuse_unsupported_engine() -> None:
+    """Before the group forms: an accelerate config that asks for a sharding engine would be run
+    as something else (or hang at the first checkpoint), so it is named instead."""
+    asked = [name for variable, name in SHARDING_ENGINES.items()
+             if os.environ.get(variable, "false").lower() == "true"]
+    if asked:
+        raise UserError(f"the accelerate config asks for {asked[0]}, which covid_ddp does not run; it runs "
+                        f"{SUPPORTED} (docs/training.md#supported-accelerate-configurations)")
+
+
+def refuse_unsupported_type(distributed_type) -> None:
+    """After it: accelerate chose a backend covid_ddp does not drive (XLA/TPU, NPU, XPU, ...)."""
+    chosen = getattr(distributed_type, "value", str(distributed_type))
+    if chosen not in SUPPORTED_TYPES:
+        raise UserError(f"accelerate chose distributed_type {chosen}, which covid_ddp does not run; it runs "
+                        f"{SUPPORTED} (docs/training.md#supported-accelerate-configurations)")
+
+
 def refuse_independent_launch(num_processes: int) -> None:
     """After it: the launcher said N processes but accelerate formed no group (an accelerator
     type this project does not drive), so N runs would overwrite each other's files."""

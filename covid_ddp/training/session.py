@@ -29,7 +29,8 @@ from . import hardware
 from .config import TrainConfig
 from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, exchange_before_group,
                           join_restarted_group, lost_another_process, on_every_process, on_main_process,
-                          refuse_independent_launch, same_on_every_process)
+                          refuse_independent_launch, refuse_unsupported_engine, refuse_unsupported_type,
+                          same_on_every_process)
 from .run_folder import RunFolder
 
 
@@ -106,6 +107,7 @@ def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
     """The process group (GPUs, or CPU processes where no GPU is usable), and ``config`` with the
     precision every process of it agreed on."""
     check_launch()
+    refuse_unsupported_engine()
     cpu = cpu_only(config.cpu)
     if not cpu and torch.cuda.is_available():
         check_gpus_per_machine()
@@ -119,6 +121,7 @@ def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
     join_restarted_group(cpu, timeout)
     accelerator = build_accelerator(config, cpu)
     refuse_independent_launch(accelerator.num_processes)
+    refuse_unsupported_type(accelerator.distributed_type)
     hardware.tune_backends(accelerator.device)
     return accelerator, config
 
