@@ -77,6 +77,17 @@ def test_a_precision_some_process_cannot_run_is_replaced_in_one_line(monkeypatch
                 "in fp16 (auto's choice) instead")
 
 
+def test_auto_on_a_resume_keeps_the_runs_precision_where_the_new_hardware_runs_it():
+    """A Slurm requeue from A100s onto V100s, or onto another CPU: auto is decided per machine."""
+    a100s, v100s = [gpu(), gpu()], [gpu("fp16", runs=("no", "fp16")), gpu("fp16", "node2", runs=("no", "fp16"))]
+    assert hardware.agree_precision(v100s, None, recorded="no") == ("no", None), "an fp32 run stays fp32"
+    assert hardware.agree_precision(a100s, "auto", recorded="fp16") == ("fp16", None), "not auto's bf16"
+    assert hardware.agree_precision(v100s, None, recorded="bf16") == (
+        "fp16", "--mixed-precision auto: the resumed run trained in bf16, which processes 0, 1 (on node1, node2) (GPU) "
+                "cannot run; it goes on in fp16 (recorded in config.json as a change)")
+    assert hardware.agree_precision(v100s, "no", recorded="bf16") == ("no", None), "a flag given is what is asked"
+
+
 def test_processes_on_gpus_and_on_cpus_are_refused_naming_them():
     hardware.agree_device([gpu(), gpu()])
     hardware.agree_device([cpu(), cpu()])

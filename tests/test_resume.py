@@ -194,3 +194,32 @@ def test_a_damaged_state_file_is_called_damaged_not_dangerous(capsys, small_data
     code, _, err = resume(capsys, small_data, stopped_run)
     assert code == 2 and err.count("\n") == 1, err
     assert f"{optimizer_state}: not a loadable checkpoint file (damaged:" in err and "pickled" not in err
+
+
+def test_a_requeue_onto_other_hardware_keeps_the_runs_precision_or_says_what_changed(capsys, small_data, stopped_run,
+                                                                                      tmp_path):
+    """Precision auto is decided per machine, yet it is a result flag: a resume adopts the run's own
+    where this hardware runs it, else goes on in auto's choice, says so and records the change."""
+    config_path = stopped_run / "config.json"
+    recorded = json.loads(config_path.read_text())
+    gpu_run = shutil.copytree(stopped_run, tmp_path / "gpu_run")
+    other = "bf16" if recorded["config"]["mixed_precision"] == "no" else "no"  # both run on any CPU
+    for run_dir, precision in ((stopped_run, other), (gpu_run, "fp16")):  # fp16: trained on GPUs, requeued on a CPU
+        (run_dir / "config.json").write_text(json.dumps({**recorded, "config": {**recorded["config"],
+                                                                                "mixed_precision": precision}}))
+    explicit = "no" if other == "bf16" else "bf16"
+    code, _, err = resume(capsys, small_data, stopped_run, "--mixed-precision", explicit)
+    assert code == 2 and f"the precision {explicit} (the run's: {other}" in err, "a flag given is still checked"
+    code, out, err = resume(capsys, small_data, stopped_run)
+    assert code == 0 and "note: --mixed-precision auto" not in err, err
+    written = json.loads(config_path.read_text())
+    assert written["config"]["mixed_precision"] == written["distributed"]["mixed_precision"] == other
+    assert written["resumes"] == [{"from": "epoch_001", "changed": {}}]
+    code, out, err = resume(capsys, small_data, gpu_run)
+    assert code == 0, err
+    written = json.loads((gpu_run / "config.json").read_text())
+    best = written["config"]["mixed_precision"]
+    assert best in ("no", "bf16") and written["resumes"] == [{"from": "epoch_001",
+                                                              "changed": {"--mixed-precision": ["fp16", best]}}]
+    (note,) = [line for line in err.splitlines() if "note: --mixed-precision auto" in line]
+    assert "the resumed run trained in fp16, which process 0 (on " in note and "(CPU) cannot run" in note

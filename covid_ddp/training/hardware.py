@@ -45,7 +45,7 @@ def agree_device(views: list[dict]) -> None:
                         "those machines GPUs, or pass --cpu to train on CPU processes everywhere")
 
 
-def agree_precision(views: list[dict], flag: str | None) -> tuple[str, str | None]:
+def agree_precision(views: list[dict], flag: str | None, recorded: str | None = None) -> tuple[str, str | None]:
     """(the one precision every process trains in, a line saying why when it is not what was asked).
 
     ``--mixed-precision`` decides, else the accelerate config's (``accelerate launch`` passes it in
@@ -55,11 +55,15 @@ def agree_precision(views: list[dict], flag: str | None) -> tuple[str, str | Non
     no``. A precision asked for is kept wherever every process can run it; where some cannot
     (fp16 on a CPU), auto's choice replaces it, and the line says so. (On real chest X-rays,
     patient-level, bf16 scored as fp32 did over 5 seeds: docs/performance.md.)
+
+    ``recorded``: the precision of the run being resumed. auto keeps it wherever every process can
+    run it (a requeue onto other GPUs goes on as it trained), else chooses anew and says so.
     """
-    from_config = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    requested = flag or (from_config if from_config != "no" else "auto")
+    requested = requested_precision(flag)
     natives = [view["native"] for view in views]
     best = "bf16" if set(natives) == {"bf16"} else "fp16" if all(v["device"] == "cuda" for v in views) else "no"
+    if requested == "auto" and recorded is not None:
+        return _resumed_precision(views, recorded, best)
     if requested == "auto":
         others = [rank for rank, native in enumerate(natives) if native != best]
         if not others:
@@ -73,6 +77,23 @@ def agree_precision(views: list[dict], flag: str | None) -> tuple[str, str | Non
     kind = "GPU" if views[unable[0]]["device"] == "cuda" else "CPU"
     where = f"{_processes(unable, views)} ({kind})" if len(views) > 1 else f"this {kind}"
     return best, f"{asked} cannot run on {where}; training in {_named(best)} (auto's choice) instead"
+
+
+def requested_precision(flag: str | None) -> str:
+    """What was asked: --mixed-precision, else the accelerate config's (its 'no' is also what
+    ``accelerate launch`` sets when nobody asked, so it means auto), else auto."""
+    from_config = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    return flag or (from_config if from_config != "no" else "auto")
+
+
+def _resumed_precision(views: list[dict], recorded: str, best: str) -> tuple[str, str | None]:
+    unable = [rank for rank, view in enumerate(views) if recorded not in view["runs"]]
+    if not unable:
+        return recorded, None
+    kind = "GPU" if views[unable[0]]["device"] == "cuda" else "CPU"
+    return best, (f"--mixed-precision auto: the resumed run trained in {_named(recorded)}, which "
+                  f"{_processes(unable, views)} ({kind}) cannot run; it goes on in {_named(best)} (recorded in config.json "
+                  "as a change)")
 
 
 def _named(precision: str) -> str:

@@ -136,14 +136,15 @@ class RunFolder:
 
     # --- the run's life ----------------------------------------------------------------------
 
-    def check_resume(self, config: TrainConfig, data_fingerprint: str) -> None:
+    def check_resume(self, config: TrainConfig, data_fingerprint: str, forced: frozenset = frozenset()) -> None:
         """A resume continues the same experiment: the flags that change the result
         (``config.RESULT_FLAGS``) and the data's content must be those of the run's config.json,
-        unless ``--resume-with-changes`` asks otherwise (config.json then records the changes)."""
+        unless ``--resume-with-changes`` asks otherwise (config.json then records the changes).
+        ``forced``: flags the hardware changed unasked (auto's precision): recorded, not refused."""
         if self.resume_from is None:
             return
         self.resumes, self.changes = on_main_process(
-            self.accelerator, lambda: _check_resume(self.path, self.resume_from, config, data_fingerprint),
+            self.accelerator, lambda: _check_resume(self.path, self.resume_from, config, data_fingerprint, forced),
             f"read {self.path / CONFIG_FILE}")
 
     def write_config(self, run_config: dict) -> None:
@@ -244,18 +245,29 @@ def choose_path(config: TrainConfig) -> Path:
 def recorded_batch_size(config: TrainConfig) -> int | None:
     """The global batch the run that ``config`` resumes trained with (None: no run to resume, or
     none recorded). A resume keeps it on any process count: the default batch depends on the
-    count (``config.batch_size_for``), the data order of the run does not. Read-only: the folder
-    is claimed later."""
+    count (``config.batch_size_for``), the data order of the run does not."""
+    recorded = _recorded_flag(config, "batch_size")
+    return recorded if isinstance(recorded, int) and recorded > 0 else None
+
+
+def recorded_precision(config: TrainConfig) -> str | None:
+    """The precision the run that ``config`` resumes trained in ('no', 'fp16', 'bf16'), or None."""
+    recorded = _recorded_flag(config, "mixed_precision")
+    return recorded if recorded in ("no", "fp16", "bf16") else None
+
+
+def _recorded_flag(config: TrainConfig, name: str):
+    """A flag's value in the config.json of the run ``config`` resumes (None: no run to resume, or
+    no such record). Read-only: the folder is claimed later."""
     if not config.resume:
         return None
     path = choose_path(config)
     if not path.is_dir() or _resume_point(path, config) is None:
         return None
     try:
-        recorded = json.loads((path / CONFIG_FILE).read_text())["config"]["batch_size"]
+        return json.loads((path / CONFIG_FILE).read_text())["config"][name]
     except (OSError, ValueError, KeyError, TypeError):
         return None  # the resume check names what is wrong with the record
-    return recorded if isinstance(recorded, int) and recorded > 0 else None
 
 
 def _claim(path: Path, lock: RunLock, config: TrainConfig) -> tuple[str, str | None, str]:
@@ -357,8 +369,9 @@ def clear_run(output_dir: Path) -> None:
         shutil.rmtree(Path(output_dir) / name, ignore_errors=True)
 
 
-def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_fingerprint: str) -> tuple[list, dict]:
-    """(config.json's resumes with this one added, this resume's changes) or a one-line refusal."""
+def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_fingerprint: str,
+                  forced: frozenset = frozenset()) -> tuple[list, dict]:
+    """(config.json's resumes with this one added, this resume's changes asked for) or a one-line refusal."""
     config_path = path / CONFIG_FILE
     if not config_path.is_file():  # a run folder of an earlier version, stopped before its end
         return [], {}
@@ -371,8 +384,9 @@ def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_finger
     changes = changed_flags(flags, config)
     if data.get("fingerprint") not in (None, data_fingerprint):
         changes["data"] = (data["fingerprint"], data_fingerprint)
-    if changes and not config.resume_with_changes:
-        listed = describe_changes(changes)
+    asked = {name: values for name, values in changes.items() if name not in forced}
+    if asked and not config.resume_with_changes:
+        listed = describe_changes(asked)
         raise UserError(f"--resume: {listed}: the run in {path} was trained otherwise (its {CONFIG_FILE}), so "
                         "the resumed run would be another experiment; resume with the run's flags, or pass "
                         "--resume-with-changes to change them on purpose")
@@ -382,7 +396,7 @@ def _check_resume(path: Path, checkpoint: Path, config: TrainConfig, data_finger
                         "are counted in batches of the old size); resume from an epoch's checkpoint "
                         f"({CHECKPOINTS_DIR}/epoch_NNN) instead")
     record = {"from": checkpoint.name, "changed": {name: list(values) for name, values in changes.items()}}
-    return [*recorded.get("resumes", []), record], changes
+    return [*recorded.get("resumes", []), record], asked
 
 
 def describe_changes(changes: dict[str, tuple]) -> str:

@@ -31,16 +31,17 @@ from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_o
                           join_restarted_group, lost_another_process, on_every_process, on_main_process,
                           refuse_independent_launch, refuse_unsupported_engine, refuse_unsupported_type,
                           same_on_every_process)
-from .run_folder import RunFolder
+from .run_folder import RunFolder, recorded_precision
 
 
 class Session:
     """One training job's processes. Use as ``with Session.start(config) as session:``; every
     process of the job does the same calls in the same order."""
 
-    def __init__(self, accelerator: Accelerator, config: TrainConfig):
+    def __init__(self, accelerator: Accelerator, config: TrainConfig, forced: frozenset = frozenset()):
         self.accelerator = accelerator
         self.config = config  # with the precision the processes agreed on
+        self.forced = forced  # result flags the hardware changed unasked: a resume records, not refuses, them
         self.run_dir: Path | None = None  # once claimed: named by a failure's message
 
     @classmethod
@@ -103,27 +104,32 @@ class Session:
                          f"its own output says why.{resume}")
 
 
-def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig]:
-    """The process group (GPUs, or CPU processes where no GPU is usable), and ``config`` with the
-    precision every process of it agreed on."""
+def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig, frozenset]:
+    """The process group (GPUs, or CPU processes where no GPU is usable), ``config`` with the
+    precision every process of it agreed on, and the result flags that hardware changed unasked."""
     check_launch()
     refuse_unsupported_engine()
     cpu = cpu_only(config.cpu)
     if not cpu and torch.cuda.is_available():
         check_gpus_per_machine()
     timeout = datetime.timedelta(seconds=config.dist_timeout)
-    views = exchange_before_group(hardware.local_view(cpu), timeout)
+    # The main process reads the precision of a run to resume (other machines may not see its folder).
+    resumed = {"recorded_precision": recorded_precision(config)} if is_main_rank() else {}
+    views = exchange_before_group({**hardware.local_view(cpu), **resumed}, timeout)
     hardware.agree_device(views)
-    precision, why = hardware.agree_precision(views, config.mixed_precision)
+    recorded = views[0].get("recorded_precision")
+    precision, why = hardware.agree_precision(views, config.mixed_precision, recorded)
     if why and is_main_rank():
         say(f"covid-ddp-train: note: {why}")
+    asked_auto = hardware.requested_precision(config.mixed_precision) == "auto"
+    forced = frozenset({"--mixed-precision"}) if asked_auto and recorded not in (None, precision) else frozenset()
     config = dataclasses.replace(config, mixed_precision=precision)  # config.json records what ran
     join_restarted_group(cpu, timeout)
     accelerator = build_accelerator(config, cpu)
     refuse_independent_launch(accelerator.num_processes)
     refuse_unsupported_type(accelerator.distributed_type)
     hardware.tune_backends(accelerator.device)
-    return accelerator, config
+    return accelerator, config, forced
 
 
 def build_accelerator(config: TrainConfig, cpu: bool | None = None) -> Accelerator:

@@ -73,7 +73,7 @@ def train(config: TrainConfig, after: AfterTraining | None = None) -> TrainedRun
             session.print(f"covid-ddp-train: {session.describe()}; run folder {folder.path}")
             if folder.finished:
                 # A finished run is what was asked for, or refused, exactly as an unfinished one is.
-                folder.check_resume(job.config, fingerprint(job.data))
+                folder.check_resume(job.config, fingerprint(job.data), session.forced)
                 if folder.changes:
                     raise UserError(f"{folder.path} is finished ({folder.finished}): "
                                     f"{describe_changes(folder.changes)} "
@@ -140,7 +140,7 @@ def keep_the_resumed_batch(session: Session, config: TrainConfig) -> TrainConfig
 
 def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
     config, data, split, accelerator = job.config, job.data, job.split, session.accelerator
-    folder.check_resume(config, fingerprint(data))
+    folder.check_resume(config, fingerprint(data), session.forced)
     folder.keep_split(split)
     run = prepare_run(config, data, job.targets, split, accelerator, model=job.model)
     job.model = None  # the run holds it, wrapped: released with the run before shutting down
