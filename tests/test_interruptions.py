@@ -116,6 +116,36 @@ def test_a_stop_inside_an_epoch_resumes_exactly(small_data, tmp_path, uninterrup
         assert json.loads((folder / "config.json").read_text())["distributed"]["train_loader"] == loader
 
 
+def test_a_stop_during_a_long_validation_pass_saves_at_once_and_resumes_exactly(small_data, tmp_path,
+                                                                                 uninterrupted):
+    """SIGTERM inside epoch 1's validation (7 batches of a second): the ranks agree before the next
+    batch and save the epoch's last step, instead of validating on, checkpointing and training into
+    epoch 2 while torchrun's 30 s kill grace runs out. The resumed run validates epoch 1 again and
+    ends with the uninterrupted run's weights; the finished folder keeps no mid-epoch checkpoint."""
+    run_dir, flags = tmp_path / "run", (*TRIAL_FLAGS, "--eval-batch-size", "4")
+    stopped = _launch(2, [HELPERS / "faulty_train.py", "slowval:1"], small_args(small_data, run_dir, *flags),
+                      check=False)
+    assert stopped.stderr.count("stopped by SIGTERM at epoch 1, step 12") == 1, stopped.stderr[-3000:]
+    assert [path.name for path in complete_checkpoints(run_dir)] == ["epoch_001_step_00012"]
+    assert "Validation set" not in stopped.stdout, "stopped inside the pass, not after it"
+    resumed = _launch(2, [TRAIN_SCRIPT], small_args(small_data, run_dir, *flags, "--resume", "auto"))
+    assert "(epoch 0 done, 12 steps of epoch 1)" in resumed.stdout
+    _assert_same_run(run_dir, uninterrupted)
+    assert [path.name for path in complete_checkpoints(run_dir)] == ["epoch_001", "epoch_002"]
+
+
+def test_a_stop_during_a_checkpoint_write_stops_with_that_checkpoint(small_data, tmp_path):
+    """SIGTERM while epoch 1's checkpoint is written: the write ends, and the run stops with it at
+    once instead of training into epoch 2 (one process: the agreement is the same code)."""
+    run_dir = tmp_path / "run"
+    stopped = _launch(1, [HELPERS / "faulty_train.py", "termsave:1"], small_args(small_data, run_dir, *TRIAL_FLAGS),
+                      check=False)
+    assert stopped.returncode == 128 + signal.SIGTERM, stopped.stderr[-3000:]
+    assert f"stopped by SIGTERM after epoch 1; saved {run_dir / 'checkpoints' / 'epoch_001'}" in stopped.stderr
+    assert [path.name for path in complete_checkpoints(run_dir)] == ["epoch_001"]
+    assert "Train Epoch: 2" not in stopped.stdout
+
+
 # Another process count splits each global batch otherwise, so only float64 keeps the runs within
 # 1e-6 (see faulty_train's float64); without dropout and augmentation, whose streams are per rank,
 # and with --sync-bn, 1 and 2 processes compute the same steps.

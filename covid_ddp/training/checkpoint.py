@@ -67,6 +67,7 @@ class TrainingProgress:
     def end_epoch(self, record: dict) -> None:
         self.epoch = record["epoch"]
         self.history.append(record)
+        self.step, self.partial_sums = 0, []
 
     def sums_for(self, process_index: int, num_processes: int) -> list[float]:
         """This rank's share of the interrupted epoch's loss sums (all of it on rank 0 if the count changed)."""

@@ -32,7 +32,7 @@ from ..models.spec import ModelSpec
 from ..seeding import generator
 from .augment import augment, wants_augmentation
 from .checkpoint import TrainingProgress
-from .interrupt import StopRequested
+from .interrupt import StopRequested, agreed_signal
 from .loader import TrainingLoader
 
 
@@ -89,7 +89,9 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int,
                 raise StopRequested(totals.signum, epoch, step)
     if totals is None:  # resumed from a stop at the epoch's last step: nothing left to train
         totals = tally.agree(0)
-    progress.step, progress.partial_sums = 0, []
+    # Where the epoch stands until it ends (progress.end_epoch): a stop during its validation saves
+    # a checkpoint at its last step, which a resume takes up at the validation.
+    progress.step, progress.partial_sums = len(loader), totals.per_rank
     # Images really trained, of the training part: the last partial batch waits for another epoch's order.
     trained, offered = totals.images, len(loader.rows)
     accelerator.print(f"Train Epoch: {epoch} [{trained}/{offered} ({100 * trained / offered:.0f}%)]\tLoss: "
@@ -204,15 +206,20 @@ def _log_step(accelerator, optimizer, totals: AgreedTotals, epoch: int, step: in
                      "train/images_per_s": totals.images_per_s}, step=(epoch - 1) * steps_per_epoch + step)
 
 
-def evaluate(model, loader, accelerator) -> Evaluation:
+def evaluate(model, loader, accelerator, stopper=None, where: tuple[int, int] = (0, 0)) -> Evaluation:
     """Every rank scores its shard; ``gather_for_metrics`` drops the padding of the last batch.
 
     The forward pass runs in inference mode, the gather outside it: gloo's all-gather fills
     its output tensors in place, which torch 2.4 refuses for tensors made in inference mode.
+    With a ``stopper`` (validation inside the loop) the ranks agree on a stop signal before each
+    batch, so a long pass never outlasts the launcher's kill grace: ``StopRequested`` at ``where``
+    (epoch, step).
     """
     model.eval()
     log_probs, targets, rows = [], [], []
     for images, batch_targets, batch_rows in loader:
+        if stopper is not None and (signum := agreed_signal(accelerator, stopper.signum)):
+            raise StopRequested(signum, *where)
         with torch.inference_mode():
             scores = model(images).float()
         gathered = accelerator.gather_for_metrics((scores, batch_targets, batch_rows))

@@ -18,6 +18,8 @@ import os
 import signal
 import threading
 
+import torch
+
 from ..cli import is_main_rank, say
 from ..errors import Interrupted, UserError
 
@@ -74,6 +76,16 @@ class GracefulStop:
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         self.signum = self.signum or signum
+
+
+def agreed_signal(accelerator, signum: int) -> int:
+    """Collective: the stop signal any process received (the largest number; 0: none), in one
+    all-reduce of one number, cheap enough to run before every validation batch."""
+    if accelerator.num_processes == 1:
+        return signum
+    flag = torch.tensor([signum], device=accelerator.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item())
 
 
 @contextlib.contextmanager

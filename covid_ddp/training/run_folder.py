@@ -43,7 +43,7 @@ from ..run_files import (CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, 
 from . import checkpoint as ckpt
 from .config import TrainConfig, changed_flags, default_output_dir
 from .distributed import JobFailed, gather_values, on_every_process, on_main_process
-from .interrupt import GracefulStop, StopRequested, TrainingInterrupted
+from .interrupt import GracefulStop, StopRequested, TrainingInterrupted, agreed_signal
 from .selection import Selection
 
 
@@ -207,6 +207,14 @@ class RunFolder:
             late = max(gather_values(self.accelerator, stopper.signum))
             if late:
                 self._interrupted(late, "after the last epoch, whose checkpoint is saved")
+
+    def stop_if_signalled(self, stopper: GracefulStop, where: str) -> None:
+        """Collective, at an epoch's end: a signal that came during its validation's last batch, its
+        TensorBoard figures or its checkpoint write stops the run now, with that checkpoint, not
+        some steps into the next epoch (torchrun kills its workers 30 s after its SIGTERM)."""
+        signum = agreed_signal(self.accelerator, stopper.signum)
+        if signum:
+            self._interrupted(signum, where)
 
     def _interrupted(self, signum: int, where: str):
         raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} {where}. To continue, run the same "
@@ -456,5 +464,10 @@ def _save_state(state: ckpt.TrainingState, partial: Path, final: Path) -> None:
 def _publish(partial: Path, final: Path, output_dir: Path, keep: int) -> None:
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
-    for old in ckpt.complete_checkpoints(output_dir)[:-keep]:
+    kept = ckpt.complete_checkpoints(output_dir)
+    for old in kept[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    if not ckpt.inside_an_epoch(final):  # a stop's checkpoint inside an epoch now finished: nothing resumes from it
+        for stale in kept[-keep:]:
+            if ckpt.inside_an_epoch(stale) and ckpt.epochs_done(stale) < ckpt.epochs_done(final):
+                shutil.rmtree(stale, ignore_errors=True)

@@ -171,7 +171,8 @@ def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
             progress.end_epoch(record)
             if selection.best_epoch(progress.history) == epoch:
                 state.best.keep(accelerator.unwrap_model(run.model, keep_torch_compile=False), epoch)
-            folder.save_checkpoint(state, epoch)
+            saved = folder.save_checkpoint(state, epoch)
+            folder.stop_if_signalled(stopper, f"after epoch {epoch}; saved {saved}")
 
     test_metrics = finish(run, folder, accelerator, config, monitored, board, progress, selection, state.best,
                           data.meta)
@@ -229,7 +230,7 @@ def run_epoch(run: PreparedRun, accelerator: Accelerator, config: TrainConfig, e
         seed_global_generators(config.seed, "dropout", epoch, accelerator.process_index)
     train_loss, images_per_s = train_one_epoch(run.model, run.optimizer, run.train_loader, accelerator, config,
                                                epoch, progress, stopper)
-    monitored = evaluate(run.model, run.monitor_loader, accelerator)
+    monitored = evaluate(run.model, run.monitor_loader, accelerator, stopper, (epoch, progress.step))
     run.scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
     record = {"epoch": epoch, "train_loss": train_loss, **_monitored_figures(run.monitor_name, monitored),
               "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s, "rss_mb": resident_memory_mb(),

@@ -3,10 +3,13 @@
 Usage: faulty_train.py FAULT[,FAULT...] [covid-ddp-train flags...]
   nan:N      the N-th training loss (counting from 1 over the whole run) is NaN
   slowsave:N the N-th file a checkpoint writes takes 3 s longer (a window to kill the run in)
+  termsave:N the main process signals SIGTERM (as sigterm does) as it writes the N-th checkpoint file
   figure:N   the N-th TensorBoard image grid fails to draw (as a broken Pillow install would)
   sigterm:N  after the N-th training step of this run, the main process sends SIGTERM to its
              launcher (which forwards it to every worker), or to itself without one, and waits
              a second for it to arrive: a stop at a known step, whatever the machine's load
+  slowval:N  the N-th validation pass takes a second a batch (a long one, whatever the machine's
+             speed), and the main process signals SIGTERM (as sigterm does) inside it, after its first batch
   slowsteps:N every training step after the N-th takes 0.25 s longer (an epoch wide enough to be
              inside of, whatever the machine's speed)
   blowup:N   after the N-th epoch the learning rate jumps to 0.05 (a run that diverges later
@@ -67,6 +70,15 @@ def slowsave(count):
     checkpoint.save_torch = after_calls(count, save)(checkpoint.save_torch)
 
 
+def termsave(count):
+    def save(real, args, kwargs, now):
+        if now:
+            _send_sigterm()
+        return real(*args, **kwargs)
+
+    checkpoint.save_torch = after_calls(count, save)(checkpoint.save_torch)
+
+
 def figure(count):
     def tile_grid(real, args, kwargs, now):
         if now:
@@ -79,12 +91,34 @@ def figure(count):
 def sigterm(count):
     def add(real, args, kwargs, now):
         real(*args, **kwargs)
-        if now and os.environ.get("RANK", "0") == "0":
-            launched = "TORCHELASTIC_RUN_ID" in os.environ
-            os.kill(os.getppid() if launched else os.getpid(), signal.SIGTERM)
-            time.sleep(1)  # the launcher forwards it to every worker meanwhile
+        if now:
+            _send_sigterm()
 
     engine.StepTally.add = after_calls(count, add)(engine.StepTally.add)
+
+
+def _send_sigterm() -> None:
+    """From the main process: to the launcher (which forwards it to every worker), or to itself."""
+    if os.environ.get("RANK", "0") == "0":
+        launched = "TORCHELASTIC_RUN_ID" in os.environ
+        os.kill(os.getppid() if launched else os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the launcher forwards it to every worker meanwhile
+
+
+def slowval(count):
+    def slowly(loader):
+        for index, batch in enumerate(loader):
+            if index == 1:
+                _send_sigterm()
+            time.sleep(1)
+            yield batch
+
+    def evaluate(real, args, kwargs, now):
+        if now:
+            args = (args[0], slowly(args[1]), *args[2:])
+        return real(*args, **kwargs)
+
+    trainer.evaluate = after_calls(count, evaluate)(trainer.evaluate)
 
 
 def slowsteps(count):
@@ -129,7 +163,7 @@ def float64():
     torch.set_default_dtype(torch.float64)
 
 
-FAULTS = {"nan": nan, "slowsave": slowsave, "figure": figure, "sigterm": sigterm, "slowsteps": slowsteps,
+FAULTS = {"nan": nan, "slowsave": slowsave, "slowval": slowval, "termsave": termsave, "figure": figure, "sigterm": sigterm, "slowsteps": slowsteps,
           "blowup": blowup, "stall": stall, "float64": float64}
 
 for fault in sys.argv[1].split(","):
