@@ -91,11 +91,11 @@ CASES = [
          "fewer than --batch-size 100000", "debris"),
     case("train", "--val-size 0.99", f"{TRAIN} --val-size 0.99", "--val-size 0.99", "held"),
     case("train", "--image-size the data does not have", f"{TRAIN} --image-size 32", "--image-size", "held"),
-    case("train", "a folder of blank images", f"--cpu --data-dir {{ws}}/blank-data --epochs 1 --batch-size 20 "
+    case("train", "a folder of blank images", "--cpu --data-dir {ws}/blank-data --epochs 1 --batch-size 20 "
          "--output-dir {ws}/run", "blank", "silent"),
     case("train", "the same folder twice", f"{TRAIN} --data-dir {{ws}}/data {{ws}}/data", "twice", "unclear"),
     case("train", "a misspelt flag", f"{TRAIN} --epoch 3", "did you mean --epochs?", "held"),
-    case("train", "weights in place of data", f"--cpu --data-dir {{ws}}/weights.pth --output-dir {{ws}}/run",
+    case("train", "weights in place of data", "--cpu --data-dir {ws}/weights.pth --output-dir {ws}/run",
          "weights.pth", "held"),
     case("train", "--output-dir is a file", f"{TRAIN.replace('{ws}/run', '{ws}/notes/thesis.docx')}",
          "is a file", "held"),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
-from conftest import EVALUATE_SCRIPT, TRAIN_SCRIPT, run, small_args, torchrun, write_mcfam
+from conftest import TRAIN_SCRIPT, refused, small_args, torchrun, write_mcfam
 
+from covid_ddp.commands.evaluate import main as evaluate_main
 from covid_ddp.data.folders import load_data_dirs
 from covid_ddp.data.format import to_binary
 from covid_ddp.data.splits import SplitPlan, make_split, split_groups
@@ -78,7 +78,7 @@ def test_two_folders_with_one_name_are_refused(tmp_path, two_folders):
         load_data_dirs([two_folders[0], other])
 
 
-def test_a_two_process_run_on_two_folders_records_them_and_evaluate_rebuilds_its_split(two_folders, tmp_path):
+def test_a_two_process_run_on_two_folders_records_them_and_evaluate_reads_its_split(two_folders, tmp_path, capsys):
     hospital, archive = two_folders
     flags = small_args(hospital, tmp_path / "run", "--epochs", "1", "--holdout-source", "archive")
     flags[flags.index("--data-dir") + 1: flags.index("--data-dir") + 2] = [hospital, archive]
@@ -91,16 +91,12 @@ def test_a_two_process_run_on_two_folders_records_them_and_evaluate_rebuilds_its
     with np.load(tmp_path / "run" / "splits.npz") as parts:
         assert not set(parts["train"]) & {0, 1, 2, 3} and not set(parts["val"]) & {0, 1, 2, 3}
     assert "4 group(s), 8 images, each group in one part" in (tmp_path / "run" / "model_card.md").read_text()
-    run([sys.executable, EVALUATE_SCRIPT, "--weights", tmp_path / "run" / "COVID_binary_classifier.pth",
-         "--bootstrap", "0"])
+    weights = str(tmp_path / "run" / "COVID_binary_classifier.pth")
+    assert evaluate_main(["--weights", weights, "--bootstrap", "0"]) == 0  # (in this process: the command itself)
     evaluation = json.loads((tmp_path / "run" / "evaluation-test" / "evaluation.json").read_text())
     assert evaluation["rows"] == list(range(160, 240))
     # Fewer folders than the run trained on: its split would pick other images, so it is refused.
-    fewer = run([sys.executable, EVALUATE_SCRIPT, "--weights", tmp_path / "run" / "COVID_binary_classifier.pth",
-                 "--data-dir", hospital, "--bootstrap", "0"], check=False)
-    assert fewer.returncode != 0 and "Traceback" not in fewer.stderr
-    assert "the run trained on the folders hospital, archive" in fewer.stderr and "not one folder" in fewer.stderr
-    swapped = run([sys.executable, EVALUATE_SCRIPT, "--weights", tmp_path / "run" / "COVID_binary_classifier.pth",
-                   "--data-dir", archive, hospital, "--bootstrap", "0"], check=False)
-    assert swapped.returncode != 0 and "not the folders archive, hospital" in swapped.stderr
-    assert "in its order" in swapped.stderr
+    code = evaluate_main(["--weights", weights, "--data-dir", str(hospital), "--bootstrap", "0"])
+    refused(capsys, code, "the run trained on the folders hospital, archive", "not one folder")
+    code = evaluate_main(["--weights", weights, "--data-dir", str(archive), str(hospital), "--bootstrap", "0"])
+    refused(capsys, code, "not the folders archive, hospital", "in its order")

@@ -15,6 +15,12 @@ DEFAULT_COMMAND = ["--cpu", "--dataset", "synthetic", "--synthetic-size", "400",
                    "--bootstrap", "0", "--audit", "no"]  # 252 training images: a small set's batch
 
 
+def _snapshot(folder) -> dict:
+    """Every file under ``folder`` with its size and modification time."""
+    return {str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
 @pytest.fixture(scope="module")
 def eight_processes(tmp_path_factory):
     """One epoch of the default command on 8 CPU processes (one thread each)."""
@@ -40,9 +46,11 @@ def test_a_resume_on_three_processes_keeps_the_runs_batch_or_names_the_counts_th
     """The run trained on 8 processes with a global batch of 16: resumed on 3 processes it is
     refused in one line naming the counts that share 16; on 1, 2, 4 or 8 it would go on with 16."""
     run_dir, _ = eight_processes
+    before = _snapshot(run_dir)
     resume = [*DEFAULT_COMMAND, "--epochs", "2", "--output-dir", run_dir, "--resume", "auto"]
     refused = launch_job(torchrun_launcher(3), TRAIN_SCRIPT, resume, tmp_path / "logs")
     assert_failed_together(refused, "the run to resume trained with a global batch of 16, which 3 processes cannot "
                                     "share evenly; resume it on 1, 2, 4, 8, 16 processes", ranks=3)
+    assert _snapshot(run_dir) == before, "the failed start left the folder as it found it"
     assert recorded_batch_size(TrainConfig(output_dir=str(run_dir), resume="auto")) == 16, "what 1, 2, 4 or 8 go on with"
     assert recorded_batch_size(TrainConfig(output_dir=str(run_dir))) is None, "a new run settles its own"

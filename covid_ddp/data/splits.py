@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import UserError
 from .duplicates import first_copies
 from .format import COPY_GROUP_KEY
+from .tensors import blank_rows
 
 SPLIT_SEED = 42  # the original's random_state
 
@@ -98,6 +99,12 @@ def split_groups(data) -> np.ndarray | None:
         groups = np.asarray(meta[COPY_GROUP_KEY]).astype(np.int64)
     else:
         groups = first_copies(data.images)
+    # Blank images (one gray level) are all alike without being copies of a radiograph: each stays
+    # its own, and training names them as blank.
+    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    copied = np.flatnonzero(sizes[inverse] > 1)
+    blank = blank_rows(data.images, copied)
+    groups[blank] = blank
     return groups if len(np.unique(groups)) < len(groups) else None
 
 
