@@ -60,6 +60,39 @@ def test_the_run_keeps_a_patient_level_split_it_can_be_audited_with(patient_run,
     assert not (patients[0] & patients[2] or patients[1] & patients[2] or patients[0] & patients[1])
 
 
+def _read_predictions(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_predictions_csv_holds_every_test_image_and_its_metrics_recompute_with_scikit_learn(patient_run, tmp_path):
+    """The table a reviewer asks for: one row an image; the metrics of metrics.json follow from it."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
+
+    table = _read_predictions(patient_run / "predictions.csv")
+    test = json.loads((patient_run / "metrics.json").read_text())["test"]
+    with np.load(patient_run / "splits.npz", allow_pickle=False) as saved:
+        assert [int(row["row"]) for row in table] == saved["test"].tolist()
+    assert list(table[0]) == ["row", "path", "patient", "source", "label", "p_covid", "call", "threshold"]
+    assert all(row["patient"].startswith("p") and row["source"] in ("alpha", "beta") for row in table)
+    labels = np.array([row["label"] == "COVID" for row in table], dtype=int)
+    calls = np.array([row["call"] == "COVID" for row in table], dtype=int)
+    scores = np.array([float(row["p_covid"]) for row in table])
+    assert all(float(row["threshold"]) == pytest.approx(test["threshold"], abs=1e-9) for row in table)
+    assert np.array_equal(calls, (scores >= test["threshold"]).astype(int))
+    assert confusion_matrix(labels, calls).tolist() == test["confusion_matrix"]
+    assert accuracy_score(labels, calls) == pytest.approx(test["accuracy"], abs=1e-6)
+    assert roc_auc_score(labels, scores) == pytest.approx(test["roc_auc"], abs=1e-6)
+    # covid-ddp-evaluate writes the same table for the same weights and split.
+    assert evaluate_main(["--weights", str(patient_run / "COVID_binary_classifier.pth"), "--bootstrap", "0",
+                          "--output-dir", str(tmp_path / "eval")]) == 0
+    again = _read_predictions(tmp_path / "eval" / "predictions.csv")
+    assert [(r["row"], r["call"]) for r in again] == [(r["row"], r["call"]) for r in table]
+    assert max(abs(float(a["p_covid"]) - float(b["p_covid"])) for a, b in zip(again, table)) < 1e-6
+
+
 def test_the_threshold_is_chosen_on_validation_and_used_for_the_test_metrics(patient_run):
     decision = json.loads((patient_run / "COVID_binary_classifier.json").read_text())
     assert decision["method"] == "youden" and 0 <= decision["threshold"] <= 1

@@ -80,6 +80,10 @@ def test_folders_and_a_csv_become_one_training_folder_that_trains(tmp_path, caps
     run([sys.executable, TRAIN_SCRIPT, "--data-dir", out, "--epochs", "1", "--batch-size", "4", "--val-size", "0",
          "--test-size", "0.5", "--bootstrap", "0", "--log-images-every", "0", "--output-dir", tmp_path / "run"])
     assert to_binary(data.labels).sum() == 5
+    with open(tmp_path / "run" / "predictions.csv", newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert list(table[0])[:6] == ["row", "path", "patient", "source", "label_name", "view"], "meta.npz's columns"
+    assert all(row["path"] == meta["path"][int(row["row"])] and row["label"] in ("COVID", "Non-COVID") for row in table)
 
 
 @needs_pydicom

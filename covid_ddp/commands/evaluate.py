@@ -17,6 +17,7 @@ from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
 from ..evaluation.evaluate import FIGURES, RECORD, SPLITS, EvaluationResult, evaluate
 from ..evaluation.model_card import refresh_model_card
 from ..metrics import METRICS, SOURCE_METRICS
+from ..predictions import PREDICTIONS_FILE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +57,7 @@ def run(arguments: argparse.Namespace) -> EvaluationResult:
                                              f"{result.threshold:.3f} ({result.threshold_source})"))
     if result.per_source:
         print(format_sources(result.per_source, result.threshold))
-    print(f"wrote {result.folder / RECORD} and {', '.join(FIGURES)}")
+    print(f"wrote {result.folder / RECORD}, {PREDICTIONS_FILE} (one row an image) and {', '.join(FIGURES)}")
     return result
 
 

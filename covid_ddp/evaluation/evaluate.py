@@ -24,6 +24,7 @@ from ..files import write_json
 from ..metrics import binary_metrics, per_source
 from ..models.inference import resolve_device
 from ..models.weights import decision_threshold
+from ..predictions import PREDICTIONS_FILE, predictions_table, write_predictions
 from .ensemble import Ensemble, common_split, ensemble_threshold
 from .run_data import bootstrap_seed, load_evaluation_data, rows_to_score
 
@@ -83,6 +84,7 @@ def evaluate(weights: str | Path | list, data_dir: str | list | None = None, spl
         "weights": str(weights[0]) if len(weights) == 1 else [str(path) for path in weights],
         "data": data.provenance, "split": split, "threshold_source": threshold_source,
         "metrics": metrics, **({"per_source": by_source} if by_source else {}), "rows": rows.tolist()})
+    write_predictions(output, predictions_table(rows, p_covid, targets, threshold, data.meta))
     write_figures(output, p_covid, targets, metrics)
     return EvaluationResult(output, split, threshold, threshold_source, metrics, by_source or None, rows)
 
@@ -97,7 +99,7 @@ def evaluation_folder(split: str, weights: list[Path]) -> Path:
 def check_destination(output_dir: Path, data_dirs: list[str] | None, weights: list[Path]) -> None:
     """Before anything is read: not inside the data, and no file of another program's is replaced."""
     refuse_inputs(output_dir, "--output-dir", [*(data_dirs or []), *weights], nested=False)
-    check_output_folder(output_dir, "--output-dir", [RECORD, *FIGURES], "covid-ddp-evaluate",
+    check_output_folder(output_dir, "--output-dir", [RECORD, PREDICTIONS_FILE, *FIGURES], "covid-ddp-evaluate",
                         either(record_of(RECORD, "weights", "split", "metrics"), is_own_figure))
 
 

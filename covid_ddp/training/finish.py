@@ -12,6 +12,7 @@ from ..metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_s
 from ..models.net import build_network, for_inference, weights_state_dict
 from ..models.spec import ModelSpec
 from ..models.weights import consolidated_state_dict
+from ..predictions import predictions_table
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import on_main_process
@@ -65,8 +66,9 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
                                                 shown, decision["threshold"]))
     shipped = {"epoch": shipped_epoch, "why": why, "select_by": config.select_by if selection.criterion else "last",
                "stopped_early": selection.stopped_early(progress.history, config.epochs)}
+    table = lambda: predictions_table(final.rows, final.p_covid, final.targets, decision["threshold"], meta)  # noqa: E731
     path = folder.write_outputs(decision, weights, {"test": test_metrics, "shipped": shipped,
-                                                    "history": progress.history}, draw_final)
+                                                    "history": progress.history}, draw_final, table)
     accelerator.print(f"Model saved to {path}")
     return test_metrics
 

@@ -31,6 +31,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ import numpy as np
 from ..errors import UserError
 from ..files import atomic_path, cannot_write, save_torch, write_json
 from ..models.weights import sidecar_path, write_sidecar
+from ..predictions import PREDICTIONS_FILE, write_predictions
 from ..run_files import (CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, SPLITS_FILE, TENSORBOARD_DIR,
                          WEIGHTS_FILE)
 from . import checkpoint as ckpt
@@ -220,8 +222,10 @@ class RunFolder:
         raise TrainingInterrupted(f"stopped by {signal.Signals(signum).name} {where}. To continue, run the same "
                                   f"command with --resume auto --output-dir {self.path}", signum) from None
 
-    def write_outputs(self, decision: dict, weights: dict, metrics: dict, board=None) -> Path:
-        """The finished run's files, by the main process, metrics.json last: its presence marks a finished run."""
+    def write_outputs(self, decision: dict, weights: dict, metrics: dict, board=None,
+                      predictions: Callable[[], str] | None = None) -> Path:
+        """The finished run's files, by the main process, metrics.json last: its presence marks a
+        finished run. ``predictions()``: the test split's predictions.csv text."""
         weights_path = self.path / WEIGHTS_FILE
 
         def write() -> None:
@@ -229,6 +233,8 @@ class RunFolder:
                 board()
             write_sidecar(weights_path, decision)  # before the weights it belongs to
             save_torch(weights_path, weights)
+            if predictions is not None:
+                write_predictions(self.path, predictions())
             write_json(self.path / METRICS_FILE, metrics)
 
         on_main_process(self.accelerator, write, f"write the outputs in {self.path}")
@@ -365,7 +371,7 @@ def _forget_unsaved_run(path: Path) -> None:
 
 
 RUN_FILES = {WEIGHTS_FILE, sidecar_path(WEIGHTS_FILE).name, METRICS_FILE, CONFIG_FILE,
-             SPLITS_FILE}
+             SPLITS_FILE, PREDICTIONS_FILE}
 RUN_FOLDERS = {CHECKPOINTS_DIR, TENSORBOARD_DIR}
 
 
