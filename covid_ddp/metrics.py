@@ -9,6 +9,12 @@ drawn) at once. With patient ids (``groups``) the bootstrap draws patients, each
 patient bringing all of their films: films of one person are not independent samples, and
 resampling them one by one makes the intervals too narrow. A rate that is undefined for the data (specificity with no non-COVID
 image, AUC with one class) is ``None``, and so is its interval.
+
+The bootstrap cannot move a rate of 0 or 1 (65 of 65 non-COVID images called so: every resample
+says 1.000), and an interval of zero width claims a certainty no finite sample holds. Where the
+bootstrap's interval has no width, the Wilson score interval of the metric's own count replaces it
+(its images' patients, when patients repeat: the count of independent units), and ``ci95_method``
+says so metric by metric.
 """
 
 from __future__ import annotations
@@ -50,10 +56,48 @@ def binary_metrics(p_covid: np.ndarray, targets: np.ndarray, loss: float | None 
     if bootstrap > 0 and len(targets):
         unit_of_image = _units(groups, len(targets))
         result["ci95"] = bootstrap_intervals(p_covid, targets, threshold, bootstrap, seed, point, unit_of_image)
+        result["ci95_method"] = _widen_degenerate(result, p_covid >= threshold, targets, unit_of_image, groups)
         result["bootstrap"] = {"resamples": int(bootstrap), "seed": int(seed), "method": "percentile",
                                "unit": "image" if groups is None else "patient",
                                "units": int(unit_of_image.max()) + 1}
     return result
+
+
+Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
+
+
+def wilson_interval(rate: float, count: int) -> list[float]:
+    """The Wilson score 95% interval of a proportion ``rate`` observed over ``count`` units: never
+    of zero width for a finite count (65 of 65: [0.944, 1])."""
+    z2 = Z95 * Z95
+    centre = (rate + z2 / (2 * count)) / (1 + z2 / count)
+    half = Z95 / (1 + z2 / count) * np.sqrt(rate * (1 - rate) / count + z2 / (4 * count * count))
+    low, high = max(0.0, centre - half), min(1.0, centre + half)
+    return [0.0 if rate <= 0 else float(low), 1.0 if rate >= 1 else float(high)]  # (the observed end is exact)
+
+
+def _widen_degenerate(result: dict, called: np.ndarray, targets: np.ndarray, unit_of_image: np.ndarray,
+                      groups) -> dict:
+    """Metric -> how its interval was drawn; a bootstrap interval of zero width (a value of 0 or 1
+    every resample repeats) is replaced in ``result["ci95"]`` by the Wilson interval of the units
+    the metric counts: its denominator's images (a rate), the smaller class (the class-balanced
+    metrics and the ranking ones), or every image."""
+    positive = targets == 1
+    counted = {"accuracy": slice(None), "brier": slice(None), "ece": slice(None), "sensitivity": positive,
+               "specificity": ~positive, "ppv": called, "npv": ~called}
+    smaller = positive if positive.sum() <= (~positive).sum() else ~positive
+    unit = "patients" if groups is not None else "images"
+    methods = {}
+    for name, interval in result["ci95"].items():
+        value = result.get(name)
+        if interval is None or value is None or interval[1] - interval[0] > 1e-12 or not 0 <= value <= 1:
+            methods[name] = "percentile bootstrap" if interval is not None else "undefined"
+            continue
+        count = len(np.unique(unit_of_image[counted.get(name, smaller)]))
+        result["ci95"][name] = wilson_interval(value, count)
+        methods[name] = (f"Wilson score over {count} {unit}: every bootstrap resample gave {value:.3f}, an "
+                         "interval of zero width")
+    return methods
 
 
 def _units(groups: np.ndarray | None, count: int) -> np.ndarray:

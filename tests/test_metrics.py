@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn import metrics as sk
@@ -144,3 +146,29 @@ def test_youden_reached_by_adjacent_scores_takes_the_middle_of_them_all():
 def test_a_model_no_better_than_chance_keeps_the_default_threshold():
     chosen = choose_threshold(np.array([0.9, 0.1, 0.8, 0.2]), np.array([0, 1, 0, 1]))
     assert chosen["threshold"] == 0.5 and "better than chance" in chosen["method"]
+
+
+def test_a_rate_of_one_gets_a_wilson_interval_not_one_of_zero_width(capsys):
+    """65 of 65 non-COVID images called non-COVID: every bootstrap resample says 1.000. The interval
+    is the Wilson score interval of 65 (the exact binomial one is [0.945, 1]), named as such."""
+    rng = np.random.default_rng(0)
+    targets = np.r_[np.zeros(65), np.ones(35)].astype(int)
+    p_covid = np.where(targets == 1, rng.uniform(0.3, 1, 100), rng.uniform(0, 0.4, 100))
+    scored = binary_metrics(p_covid, targets, threshold=0.45, bootstrap=200)
+    assert scored["specificity"] == 1.0 and scored["ci95"]["specificity"] == pytest.approx([0.9442, 1.0], abs=1e-4)
+    assert scored["ci95_method"]["specificity"].startswith("Wilson score over 65 images")
+    assert scored["ci95_method"]["sensitivity"] == "percentile bootstrap", "a rate the bootstrap moves keeps its interval"
+    assert all(high - low > 0 for low, high in filter(None, scored["ci95"].values())), "no interval of zero width"
+    # Films of one patient are not independent: 65 images of 13 patients count 13.
+    patients = np.r_[np.arange(65) // 5, 100 + np.arange(35)]
+    clustered = binary_metrics(p_covid, targets, threshold=0.45, bootstrap=200, groups=patients)
+    assert clustered["ci95"]["specificity"][0] == pytest.approx(13 / (13 + 1.959963984540054 ** 2), abs=1e-9)
+    assert "over 13 patients" in clustered["ci95_method"]["specificity"]
+    # Where it is read: covid-ddp-evaluate's table and the model card mark and name it.
+    from covid_ddp.commands.evaluate import format_table
+    from covid_ddp.evaluation.model_card import _results_section
+
+    table = format_table(scored, "test")
+    assert "specificity            1.000   [0.944, 1.000] *" in table and "* Wilson score interval" in table
+    card = "\n".join(_results_section({"test": scored}, Path("/nonexistent")))
+    assert "| specificity | 1.000 | 0.944 - 1.000 * |" in card and "specificity: Wilson score over 65 images" in card

@@ -78,11 +78,14 @@ def format_table(metrics: dict, title: str) -> str:
     intervals, resampled = metrics.get("ci95", {}), metrics.get("bootstrap")
     over = f" (bootstrap over {resampled['units']} {resampled['unit']}s)" if resampled else ""
     lines = [title, f"{'metric':<20}{'value':>8}   95% CI{over}"]
+    wilson = [name for name, method in metrics.get("ci95_method", {}).items() if method.startswith("Wilson")]
     for name in METRICS:
         value, interval = metrics[name], intervals.get(name)
         shown = "n/a" if value is None else f"{value:.3f}"
-        span = f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""
+        span = f"[{interval[0]:.3f}, {interval[1]:.3f}]" + (" *" if name in wilson else "") if interval else ""
         lines.append(f"{name:<20}{shown:>8}   {span}")
+    if wilson:
+        lines.append("* Wilson score interval: the bootstrap cannot move a value of 0 or 1 (ci95_method in the JSON)")
     counts = metrics["n_per_class"]
     lines.append(f"n = {metrics['n']} ({counts['covid']} COVID, {counts['non_covid']} non-COVID); "
                  f"confusion [[TN, FP], [FN, TP]] = {metrics['confusion_matrix']}")

@@ -274,10 +274,13 @@ def _results_section(metrics: dict | None, run_dir: Path) -> list[str]:
              "Calibration: Brier score and ECE (10 bins) below.", "",
              "| metric | value | 95% interval |", "| --- | --- | --- |"]
     intervals = test.get("ci95", {})
+    wilson = {name: method for name, method in test.get("ci95_method", {}).items() if method.startswith("Wilson")}
     for name in SHOWN_METRICS:
         value, interval = test.get(name), intervals.get(name)
         lines.append(f"| {name} | {'n/a' if value is None else f'{value:.3f}'} | "
-                     f"{f'{interval[0]:.3f} - {interval[1]:.3f}' if interval else ''} |")
+                     f"{f'{interval[0]:.3f} - {interval[1]:.3f}' if interval else ''}{' *' if name in wilson else ''} |")
+    if wilson:
+        lines.append("\n\\* " + "; ".join(f"{name}: {method}" for name, method in wilson.items()) + ".")
     lines.append(f"\nConfusion matrix [[TN, FP], [FN, TP]]: {test['confusion_matrix']}.")
     return lines + [""]
 
