@@ -44,7 +44,7 @@ def three_sources(tmp_path_factory):
 @pytest.fixture(scope="module")
 def seed_runs(three_sources, tmp_path_factory):
     """Two seeds of one patient-level recipe: seed 1 audited at its end (--audit yes), seed 2 not
-    (--audit no; what auto decides is tested without a run's timing below)."""
+    (--audit no; what auto decides, from the counts alone, is tested below)."""
     root = tmp_path_factory.mktemp("seeds")
     results = {}
     for seed, audit_flag in ((1, "yes"), (2, "no")):
@@ -110,12 +110,16 @@ def test_auto_skips_an_audit_costing_over_a_tenth_of_the_run_with_a_line_saying_
     root, results = seed_runs
     run_dir = shutil.copytree(root / "seed_2", tmp_path / "run")
     data, rows = load_data_dir(three_sources), np.load(run_dir / "splits.npz")["test"]
-    # 20 s: the fixed part (2 s) alone is not over 10%, so the estimate is timed, and it adds to it.
-    for run_seconds in (1.0, 10 * audit.FIXED_SECONDS):
-        audit.audit_after_training("auto", run_dir / WEIGHTS, data, rows, 0.5, seed=0, run_seconds=run_seconds)
+    # Counted, not timed: the audit's passes against the run's, the same decision on any machine.
+    needed = audit.audit_passes(len(rows))
+    for trained in (needed, 10 * needed - 1):
+        audit.audit_after_training("auto", run_dir / WEIGHTS, data, rows, 0.5, seed=0, trained_passes=trained)
         err = capsys.readouterr().err
-        assert f"of this run: run it with covid-ddp-audit --weights {run_dir / WEIGHTS}" in err, run_seconds
+        assert f"to this run's work ({len(rows)} test images against {trained:,} image passes of training): run it " \
+               f"with covid-ddp-audit --weights {run_dir / WEIGHTS}" in err, trained
     assert not (run_dir / "audit-test").exists()
+    sizes = json.loads((run_dir / "config.json").read_text())["data"]["split_sizes"]
+    assert audit.training_passes(sizes["train"], sizes["val"], 2) < 10 * needed, "so the run skipped it, as said"
     assert "## Shortcut audit\n\nNot run" in (run_dir / "model_card.md").read_text()
     assert "Not run" in results[2].stdout + (root / "seed_2" / "model_card.md").read_text()
     assert "shortcut audit" not in results[2].stderr, "--audit no: not a word"
@@ -144,9 +148,10 @@ def test_the_end_of_training_audit_runs_when_cheap_and_a_failure_is_only_a_warni
     root, _ = seed_runs
     run_dir = shutil.copytree(root / "seed_2", tmp_path / "run")
     data, rows = load_data_dir(three_sources), np.load(run_dir / "splits.npz")["test"]
-    audit.audit_after_training("auto", run_dir / WEIGHTS, data, rows, 0.5, seed=0, run_seconds=10_000)
-    assert json.loads((run_dir / "audit-test" / "audit.json").read_text())["images"] == len(rows), "1% of a long run"
-    audit.audit_after_training("yes", tmp_path / "gone" / WEIGHTS, data, rows, 0.5, seed=0, run_seconds=1)
+    audit.audit_after_training("auto", run_dir / WEIGHTS, data, rows, 0.5, seed=0,
+                               trained_passes=10 * audit.audit_passes(len(rows)))
+    assert json.loads((run_dir / "audit-test" / "audit.json").read_text())["images"] == len(rows), "10% of the run"
+    audit.audit_after_training("yes", tmp_path / "gone" / WEIGHTS, data, rows, 0.5, seed=0, trained_passes=1)
     err = capsys.readouterr().err
     assert "warning: the shortcut audit failed" in err and err.count("\n") == 1 and "Traceback" not in err
 

@@ -9,13 +9,12 @@ the run's model card.
 
 from __future__ import annotations
 
-import time
 
 from .. import launcher_watch
 from ..cli import run_cli
 from ..data.format import RawData
 from ..data.splits import Split
-from ..evaluation.audit import audit_after_training
+from ..evaluation.audit import audit_after_training, training_passes
 from ..evaluation.model_card import refresh_model_card
 from ..training.config import parse_config
 from ..training.interrupt import stop_even_while_waiting
@@ -28,18 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     def command():
         # SIGTERM and Ctrl-C end start-up and the final stage in one line; the loop's own stop saves first.
         with stop_even_while_waiting("covid-ddp-train"):
-            started = time.monotonic()
-            return train(parse_config(argv), after=lambda run, data, split: audit_and_describe(
-                run, data, split, run_seconds=time.monotonic() - started))
+            return train(parse_config(argv), after=audit_and_describe)
 
     return run_cli(command, prog="covid-ddp-train")
 
 
-def audit_and_describe(run: TrainedRun, data: RawData, split: Split, run_seconds: float) -> None:
+def audit_and_describe(run: TrainedRun, data: RawData, split: Split) -> None:
     """What the command adds to a run it trained: the shortcut audit of the shipped weights on the
-    test split (--audit: under 'auto', when it costs under a tenth of the run) and model_card.md."""
-    audit_after_training(run.config.audit, run.weights, data, split.test, run.threshold, run.config.seed,
-                         run_seconds=run_seconds)
+    test split (--audit: under 'auto', when it adds under a tenth of the run's work) and model_card.md."""
+    trained = training_passes(len(split.train), len(split.val), run.config.epochs)
+    audit_after_training(run.config.audit, run.weights, data, split.test, run.threshold, run.config.seed, trained)
     refresh_model_card(run.folder, "covid-ddp-train")
 
 

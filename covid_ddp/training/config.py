@@ -106,7 +106,8 @@ class TrainConfig:
     bootstrap: int = _flag(1000, "bootstrap resamples for the 95%% confidence intervals of the test metrics "
                            "(0: none); of patients when meta.npz has 'patient_id', else of images", metavar="N")
     audit: str = _flag("auto", "the shortcut audit of the shipped weights on the test split (covid-ddp-audit) at "
-                       "the end of the run: 'auto' runs it when it costs under 10%% of the run, else says how to",
+                       "the end of the run: 'auto' runs it when it adds under 10%% to the run's work (counted in image "
+                       "passes, not timed: the same on any machine), else says how to",
                        choices=["auto", "yes", "no"])
     # Hardware and distribution
     dist_timeout: float = _flag(300.0, "seconds a process waits in a collective for the others before the job fails "
