@@ -153,3 +153,12 @@ def test_compile_wraps_the_prepared_model_and_the_export_stays_plain(tmp_path, f
     assert isinstance(model, OptimizedModule)
     exported = consolidated_state_dict(accelerator.get_state_dict(model))
     assert exported.keys() == Net().state_dict().keys()
+
+
+def test_the_launchers_no_is_explained_where_another_precision_runs(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    assert "training in bf16; --mixed-precision no trains in fp32" in hardware.launcher_precision_note(None, "bf16")
+    assert hardware.launcher_precision_note(None, "no") is None, "the same: nothing to explain"
+    assert hardware.launcher_precision_note("bf16", "bf16") is None, "a flag given is what runs"
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    assert hardware.launcher_precision_note(None, "bf16") is None, "no launcher said anything"

@@ -54,6 +54,8 @@ def test_the_shipped_accelerate_config_trains_on_cpu_processes_without_flags(sma
     assert recorded["num_processes"] == 2 and recorded["distributed_type"].endswith("MULTI_CPU")
     assert recorded["mixed_precision"] == ("bf16" if cpu_has_native_bf16() else "no"), "the best precision here"
     assert "covid-ddp-train: 2 CPU processes (gloo)" in result.stdout
+    said = "note: accelerate launch passed mixed_precision 'no', which covid_ddp reads as 'choose'"
+    assert result.stderr.count(said) == (recorded["mixed_precision"] != "no"), "the launcher's 'no' and ours, explained"
     assert result.stdout.count("Test set: Average loss") == 1
 
 

@@ -71,7 +71,7 @@ class TrainConfig:
                                       "processes (each process gets batch-size / num-processes), so the recipe does "
                                       "not change with the process count; an optimizer step sees batch-size x "
                                       "grad-accum-steps images (default: the recipe's 100; for a training part of "
-                                      "under 1,000 images the largest of 64, 32, 16, 8 that gives an epoch 10 steps, "
+                                      "under 1,000 images the largest of 64, 32, 16, 8 that gives an epoch at least 10 steps, "
                                       "8 at the least; said before training)", metavar="N")
     lr: float = _flag(1e-3, "Adam learning rate", metavar="LR")
     lr_patience: int = _flag(2, "ReduceLROnPlateau patience (epochs)", metavar="EPOCHS")

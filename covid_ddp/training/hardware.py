@@ -86,6 +86,17 @@ def requested_precision(flag: str | None) -> str:
     return flag or (from_config if from_config != "no" else "auto")
 
 
+def launcher_precision_note(flag: str | None, precision: str) -> str | None:
+    """A line of ours where ``accelerate launch`` said one precision and another runs: it passes
+    its config's mixed_precision, and 'no' (also what it sets when nobody asked) is read as auto."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if flag or launcher != "no" or precision == "no":
+        return None
+    return (f"accelerate launch passed mixed_precision 'no', which covid_ddp reads as 'choose' (it is also what "
+            f"accelerate launch sets when nobody asked): training in {_named(precision)}; --mixed-precision no "
+            "trains in fp32")
+
+
 def _resumed_precision(views: list[dict], recorded: str, best: str) -> tuple[str, str | None]:
     unable = [rank for rank, view in enumerate(views) if recorded not in view["runs"]]
     if not unable:

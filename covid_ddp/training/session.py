@@ -119,6 +119,7 @@ def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig, frozenset]
     hardware.agree_device(views)
     recorded = views[0].get("recorded_precision")
     precision, why = hardware.agree_precision(views, config.mixed_precision, recorded)
+    why = why or hardware.launcher_precision_note(config.mixed_precision, precision)
     if why and is_main_rank():
         say(f"covid-ddp-train: note: {why}")
     asked_auto = hardware.requested_precision(config.mixed_precision) == "auto"
