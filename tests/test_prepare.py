@@ -63,8 +63,8 @@ def prepare(capsys, *argv):
 def test_folders_and_a_csv_become_one_training_folder_that_trains(tmp_path, capsys):
     folders, table = class_folders(tmp_path / "clinic"), cases_csv(tmp_path / "export")
     out = tmp_path / "prepared"
-    code, stdout, _ = prepare(capsys, "--output-dir", out, "--workers", "2", folders, table)
-    assert code == 0 and "12 images" in stdout
+    code, stdout, err = prepare(capsys, "--output-dir", out, "--workers", "2", folders, table)
+    assert code == 0 and "12 images" in stdout and "one source" not in err, "two sources: no such warning"
     data = load_data_dir(out)
     assert data.images.shape == (12, 64, 64) and data.images.dtype == np.uint8
     meta = {key: list(values) for key, values in data.meta.items()}
@@ -107,6 +107,7 @@ def test_duplicates_are_reported_and_dropped_on_request(tmp_path, capsys):
     Image.fromarray(brighter).save(root / "covid" / "relabelled.png")  # near copy with the other label
     code, _, err = prepare(capsys, "--output-dir", tmp_path / "kept", "--workers", "1", root)
     assert code == 0 and "1 exact and 2 near-duplicate pair(s)" in err
+    assert "covid-ddp-prepare: warning: every image comes from one source (set)" in err, "one folder: one source"
     assert len(load_data_dir(tmp_path / "kept").images) == 6
     report = json.loads((tmp_path / "kept" / "prepare.json").read_text())
     assert {(d["first"], d["second"], d["exact"]) for d in report["duplicates"]} == {

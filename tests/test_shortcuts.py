@@ -69,9 +69,12 @@ def test_training_shows_the_sources_and_warns_of_a_source_holding_one_class(seed
 
 def test_the_warning_is_silent_without_sources_or_when_every_source_holds_both_classes(capsys):
     targets = np.array([0, 1, 0, 1])
-    announce_sources(table_of(None, targets, np.arange(4)))  # no meta.npz
-    announce_sources(table_of({"dataset": np.array(["a", "a", "a", "a"])}, targets, np.arange(4)))  # one source
+    announce_sources(table_of(None, targets, np.arange(4)))  # no meta.npz: the sources are not known
     assert capsys.readouterr().err == ""
+    announce_sources(table_of({"dataset": np.array(["a", "a", "a", "a"])}, targets, np.arange(4)))  # one source
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("covid-ddp-train: warning: every image comes from one source (a): the test figures")
+    assert "covid-ddp-evaluate --data-dir OTHER --split all" in line and "'source' column" in line
     both = source_table(np.array(["a", "a", "b", "b"]), targets)
     announce_sources(both)
     err = capsys.readouterr().err
@@ -320,3 +323,14 @@ def test_an_ensemble_of_runs_of_other_splits_is_refused_in_one_line(seed_runs, t
     (other / "config.json").write_text(json.dumps(config))
     assert evaluate_main(["--weights", str(root / "seed_1" / WEIGHTS), "--weights", str(other / WEIGHTS)]) != 0
     assert "was trained on other data files than" in capsys.readouterr().err
+
+
+def test_the_model_card_names_a_single_source():
+    from covid_ddp.evaluation.model_card import _data_section
+
+    one = {"covid": {"images": 30, "patients": 20}, "non_covid": {"images": 40, "patients": 40}}
+    card = "\n".join(_data_section({"source": "folders", "data_dirs": ["mine"], "by_source": {"all": {"clinic": one}}},
+                                   {"dataset": "mcfam"}))
+    assert "**One source:** Every image comes from one source (clinic): the test figures measure" in card
+    assert "One source" not in "\n".join(_data_section(
+        {"source": "folders", "by_source": {"all": {"clinic": one, "archive": one}}}, {}))

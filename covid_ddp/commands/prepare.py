@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from ..bounds import IMAGE_SIZES, POSITIVE_INT
-from ..cli import ArgumentParser, HelpFormatter, run_cli
+from ..cli import ArgumentParser, HelpFormatter, run_cli, say
+from ..data.confounding import single_source_warning
 from ..data.format import IMAGE_SIZE
 from ..data.prepare import (check_output_folder_free, collect_items, parse_label_map, prepare, usable_cores,
                             wants_store, write_folder)
@@ -70,6 +71,9 @@ def run(arguments: argparse.Namespace) -> None:
     print(f"covid-ddp-prepare: {report['images']} images ({per_class}) from {len(report['per_dataset'])} source(s) "
           f"-> {Path(arguments.output_dir) / images_name(arguments.image_size, store)} at {arguments.image_size}x"
           f"{arguments.image_size} ({report['images_per_s']:.0f} images/s over {arguments.workers} worker(s))")
+    one_source = single_source_warning(report["per_dataset"])
+    if one_source:
+        say(f"covid-ddp-prepare: warning: {one_source}")
 
 
 def main(argv: list[str] | None = None) -> int:

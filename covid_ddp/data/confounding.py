@@ -1,5 +1,5 @@
 """Is the disease confounded with the source? Images and patients per source x class, and one
-warning line when a source holds a single class.
+warning line when a source holds a single class, or when every image comes from one source.
 
     table = source_table(sources, targets, patients)     # {"hannover": {"covid": {...}, ...}, ...}
     print(format_table(table)); warning = confounding_warning(table)
@@ -60,6 +60,18 @@ def confounding_warning(table: dict | None) -> str | None:
     listed = ", ".join(f"{source}: {label} only" for source, label in lonely.items())
     return (f"{listed}: a model can score well by recognising the source; see covid-ddp-report and "
             "covid-ddp-audit")
+
+
+def single_source_warning(sources) -> str | None:
+    """The one line when every image comes from one source (the names of the sources present;
+    None for several, or for data whose sources are not known)."""
+    names = sorted(set(sources))
+    if len(names) != 1:
+        return None
+    return (f"every image comes from one source ({names[0]}): the test figures measure the model on that source "
+            "alone, and say nothing of other hospitals or scanners, nor whether it reads the source's own marks; give "
+            "each image its source (a 'source' column for covid-ddp-prepare) or score an outside folder with "
+            "covid-ddp-evaluate --data-dir OTHER --split all")
 
 
 def format_table(table: dict, title: str = "images (patients) per source and class") -> str:

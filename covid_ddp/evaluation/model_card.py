@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..data.confounding import confounding_warning, markdown_table, single_class_sources
+from ..data.confounding import confounding_warning, markdown_table, single_class_sources, single_source_warning
 from ..files import atomic_path
 from ..models.spec import ModelSpec
 from ..models.weights import sidecar_path
@@ -177,6 +177,9 @@ def _data_section(data: dict, flags: dict) -> list[str]:
         warning = confounding_warning(whole)
         if warning:
             lines += ["", f"**Confounded:** {warning}."]
+        one_source = single_source_warning(whole)
+        if one_source:
+            lines += ["", f"**One source:** {one_source[0].upper()}{one_source[1:]}."]
     else:
         lines += ["", "No source column (meta.npz 'dataset'): the sources of the images are not known to this run."]
     return lines + [""]

@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 
 from ..cli import is_main_rank, say
-from ..data.confounding import confounding_warning, format_table
+from ..data.confounding import confounding_warning, format_table, single_source_warning
 from ..data.format import RawData
 from ..data.tensors import XrayDataset, collate_batch, dataset_tensors, pixel_statistics, wants_device
 from ..errors import UserError
@@ -145,7 +145,10 @@ def build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
 
 def announce_sources(table: dict | None) -> None:
     """The training images per source and class, and the confounding warning where a source holds
-    one class (nothing for data without sources)."""
+    one class, or the single-source one (nothing for data without sources)."""
+    one_source = single_source_warning(table or {})
+    if one_source:
+        say(f"covid-ddp-train: warning: {one_source}")
     if not table or len(table) < 2:
         return
     say(format_table(table, title="covid-ddp-train: training images (patients) per source and class"))
