@@ -295,7 +295,7 @@ def test_a_synthetic_runs_split_is_not_applied_to_other_data(tmp_path):
     from covid_ddp.errors import UserError
     from covid_ddp.evaluation.run_data import rows_to_score
 
-    (tmp_path / "config.json").write_text(json.dumps({"config": {"dataset": "synthetic"},
+    (tmp_path / "config.json").write_text(json.dumps({"config": {"dataset": "synthetic", "seed": 1},
                                                       "data": {"fingerprint": "generator covid_ddp.synthetic"}}))
     other = RawData(np.zeros((10, 64, 64), np.uint8), np.zeros((10, 4), np.float32),
                     {"files": {}, "source": "a folder"})

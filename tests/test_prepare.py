@@ -61,9 +61,9 @@ def prepare(capsys, *argv):
 
 @needs_pydicom
 def test_folders_and_a_csv_become_one_training_folder_that_trains(tmp_path, capsys):
-    folders, table = class_folders(tmp_path / "clinic"), cases_csv(tmp_path / "export")
+    folders, table_csv = class_folders(tmp_path / "clinic"), cases_csv(tmp_path / "export")
     out = tmp_path / "prepared"
-    code, stdout, err = prepare(capsys, "--output-dir", out, "--workers", "2", folders, table)
+    code, stdout, err = prepare(capsys, "--output-dir", out, "--workers", "2", folders, table_csv)
     assert code == 0 and "12 images" in stdout and "one source" not in err, "two sources: no such warning"
     data = load_data_dir(out)
     assert data.images.shape == (12, 64, 64) and data.images.dtype == np.uint8
@@ -84,6 +84,17 @@ def test_folders_and_a_csv_become_one_training_folder_that_trains(tmp_path, caps
         table = list(csv.DictReader(handle))
     assert list(table[0])[:6] == ["row", "path", "patient", "source", "label_name", "view"], "meta.npz's columns"
     assert all(row["path"] == meta["path"][int(row["row"])] and row["label"] in ("COVID", "Non-COVID") for row in table)
+    # The way back to the original files, and a card that speaks of them, not of public sets.
+    inputs = [{"given": str(folders), "path": str(folders.resolve()), "kind": "folder"},
+              {"given": str(table_csv), "path": str(table_csv.resolve()), "kind": "csv"}]
+    assert report["inputs"] == inputs
+    recorded = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert recorded["data"]["prepare"]["inputs"] == inputs and "dataset" not in recorded["config"], "no MCFAM flag"
+    card = (tmp_path / "run" / "model_card.md").read_text()
+    assert "trained and tested on the images given to covid-ddp-prepare" in card and "public data" not in card
+    assert f"from `{folders}` (class folders, `{folders.resolve()}`); `{table_csv}` (CSV, " in card
+    assert "12 files found, 0 skipped as unreadable, 0 duplicate pair(s) found and 0 image(s) dropped" in card
+    assert "Labels are those of the class folders or CSV given to covid-ddp-prepare" in card
 
 
 @needs_pydicom

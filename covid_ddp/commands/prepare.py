@@ -14,8 +14,8 @@ from ..bounds import IMAGE_SIZES, POSITIVE_INT
 from ..cli import ArgumentParser, HelpFormatter, run_cli, say
 from ..data.confounding import single_source_warning
 from ..data.format import IMAGE_SIZE
-from ..data.prepare import (check_output_folder_free, collect_items, parse_label_map, prepare, usable_cores,
-                            wants_store, write_folder)
+from ..data.prepare import (check_output_folder_free, collect_items, describe_inputs, parse_label_map, prepare,
+                            usable_cores, wants_store, write_folder)
 from ..data.store import images_name
 from ..destinations import refuse_inputs
 
@@ -64,6 +64,7 @@ def run(arguments: argparse.Namespace) -> None:
     items = collect_items(arguments.sources, arguments.allow_outside)
     prepared = prepare(items, names, arguments.workers, arguments.skip_errors, arguments.drop_duplicates,
                        progress=sys.stderr.isatty(), size=arguments.image_size)
+    prepared.report["inputs"] = describe_inputs(arguments.sources)
     store = wants_store(arguments.format, prepared.images)
     write_folder(prepared, Path(arguments.output_dir), arguments.overwrite, store)
     report = prepared.report

@@ -52,14 +52,16 @@ def load_data_dir(data_dir: Path, image_size: int | None = None) -> RawData:
 
 
 def prepared_by(folder: Path) -> dict:
-    """{"prepare": ...}: what covid-ddp-prepare recorded of the folder (its prepare.json, lists
-    reduced to their length, and the file's sha256), or {} for a folder it did not make."""
+    """{"prepare": ...}: what covid-ddp-prepare recorded of the folder (its prepare.json, the lists
+    of skipped files and duplicate pairs reduced to their length, and the file's sha256), or {}
+    for a folder it did not make."""
     path = folder / PREPARE_RECORD
     if not path.is_file():
         return {}
     try:
         record = json.loads(path.read_text())
-        summary = {key: (len(value) if isinstance(value, list) else value) for key, value in dict(record).items()}
+        summary = {key: (len(value) if isinstance(value, list) and key != "inputs" else value)
+                   for key, value in dict(record).items()}
     except (OSError, ValueError, TypeError) as error:
         summary = {"unreadable": f"{type(error).__name__}: {error}"}
     return {"prepare": {**summary, "sha256": sha256_of(path)}}

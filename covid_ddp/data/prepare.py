@@ -83,6 +83,13 @@ def collect_items(sources: list[str], allow_outside: bool = False) -> list[Item]
     return items
 
 
+def describe_inputs(sources: list[str]) -> list[dict]:
+    """prepare.json's ``inputs``: each SRC as given and as an absolute path, and its kind, so that a
+    run keeps its way back to the original files (meta.npz's paths are relative to them)."""
+    return [{"given": str(source), "path": str(Path(source).resolve()),
+             "kind": "folder" if Path(source).is_dir() else "csv"} for source in sources]
+
+
 def _items_of_class_folders(folder: Path) -> list[Item]:
     classes = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:

@@ -25,8 +25,8 @@ CARD_FILE = "model_card.md"
 REPORTED_FILE = "reported.json"  # written into each run folder by covid-ddp-report
 SHOWN_METRICS = ("roc_auc", "sensitivity", "specificity", "accuracy", "balanced_accuracy", "ppv", "npv",
                  "average_precision", "brier", "ece")
-NOT_FOR_CLINICAL_USE = ("**Not for clinical use.** A research model, trained and tested on public data sets; it has "
-                        "not been validated for diagnosis, screening or triage of any patient.")
+NOT_FOR_CLINICAL_USE = ("**Not for clinical use.** A research model, trained and tested on {data}; it has not been "
+                        "validated for diagnosis, screening or triage of any patient.")
 
 # CLAIM 2024: item -> what this card says of it ("card": answered here; "partly"; "author": left to the user).
 CLAIM_ITEMS = (
@@ -125,7 +125,7 @@ def build_card(run_dir: Path, config: dict, metrics: dict | None) -> str:
     flags, data = config["config"], config.get("data", {})
     sections = [
         f"# Model card: {run_dir.name}", "",
-        f"> {NOT_FOR_CLINICAL_USE}", "",
+        f"> {NOT_FOR_CLINICAL_USE.format(data=_data_named(data))}", "",
         *_intended_use(_model_of(config)),
         *_data_section(data, flags),
         *_split_section(flags, data),
@@ -139,6 +139,45 @@ def build_card(run_dir: Path, config: dict, metrics: dict | None) -> str:
         *_checklist(),
     ]
     return "\n".join(sections).rstrip() + "\n"
+
+
+def _kind_of_data(data: dict) -> str:
+    """'synthetic', 'mcfam' (the public set), 'prepared' (images of one's own, through
+    covid-ddp-prepare) or 'folders' (MCFAM-format folders of unknown origin)."""
+    source = data.get("source")
+    if source in ("synthetic", "mcfam"):
+        return source
+    return "prepared" if _prepare_records(data) else "folders"
+
+
+def _data_named(data: dict) -> str:
+    return {"synthetic": "synthetic images", "mcfam": "a public data set (MCFAM)",
+            "prepared": "the images given to covid-ddp-prepare (listed under Data)",
+            "folders": "the data folders listed under Data"}[_kind_of_data(data)]
+
+
+def _prepare_records(data: dict) -> list[tuple[str, dict]]:
+    """(folder, what covid-ddp-prepare recorded of it) for each folder it made."""
+    if data.get("prepare"):
+        return [(data.get("data_dir", "?"), data["prepare"])]
+    return [(folder.get("data_dir", "?"), folder["prepare"]) for folder in data.get("folders") or [] if folder.get("prepare")]
+
+
+def _prepare_lines(data: dict) -> list[str]:
+    """covid-ddp-prepare's record of each folder it made: where the images came from, what it kept."""
+    lines = []
+    for folder, record in _prepare_records(data):
+        inputs = record.get("inputs") or []
+        given = "; ".join(f"`{entry['given']}` ({'class folders' if entry.get('kind') == 'folder' else 'CSV'}, "
+                          f"`{entry['path']}`)" for entry in inputs) or "inputs not recorded (an earlier version)"
+        sources = ", ".join(f"{name} {count}" for name, count in (record.get("per_dataset") or {}).items())
+        lines += ["", f"`{folder}` was prepared by covid-ddp-prepare (its `prepare.json`, sha256 "
+                      f"`{record.get('sha256', 'not recorded')}`) from {given}: {record.get('images_found', '?')} files "
+                      f"found, {record.get('skipped', 0)} skipped as unreadable, {record.get('duplicates', 0)} duplicate "
+                      f"pair(s) found and {record.get('dropped_duplicates', 0)} image(s) dropped for them, "
+                      f"{record.get('images', '?')} images kept at {record.get('image_size', '?')} px"
+                      + (f" (per source: {sources})" if sources else "") + "."]
+    return lines
 
 
 def _model_of(config: dict) -> dict:
@@ -166,6 +205,7 @@ def _data_section(data: dict, flags: dict) -> list[str]:
         lines.append(f"The MCFAM set ({', '.join(f'`{f}`' for f in folders) or 'the download cache'}).")
     else:
         lines.append(f"Images from the folders {', '.join(f'`{f}`' for f in folders)}.")
+    lines += _prepare_lines(data)
     files = data.get("files") or {}
     if files:
         lines += ["", "| file | sha256 |", "| --- | --- |"]
@@ -381,9 +421,19 @@ def _limitations(flags: dict, data: dict, metrics: dict | None, model: dict) -> 
                      "non-COVID images: its intervals are wide.")
     if data.get("source") == "synthetic":
         items.append("Trained on synthetic images: says nothing about radiographs.")
-    items.append("Labels are those the source sets give; no radiologist re-read them for this run.")
+    items.append(_labels_limitation(data))
     items.append("No prospective, clinical or subgroup (age, sex, device) evaluation: the data holds no such fields.")
     return ["## Limitations", "", *(f"- {item}" for item in items), ""]
+
+
+def _labels_limitation(data: dict) -> str:
+    return {"synthetic": "Labels are the generator's: the images hold no disease.",
+            "mcfam": "Labels are those the source sets give; no radiologist re-read them for this run.",
+            "prepared": "Labels are those of the class folders or CSV given to covid-ddp-prepare; how they were "
+                        "obtained (report, PCR, radiologist) is the author's to state, and no one re-read them for "
+                        "this run.",
+            "folders": "Labels are those of the data folders' label files; how they were obtained is the author's to "
+                       "state."}[_kind_of_data(data)]
 
 
 def _checklist() -> list[str]:

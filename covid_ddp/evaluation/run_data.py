@@ -45,7 +45,8 @@ def _run_config(weights: Path, purpose: str) -> dict:
                         "without their run folder pass --data-dir and use --split all")
     try:
         recorded = json.loads(config_path.read_text())
-        recorded["config"]["dataset"]
+        if not isinstance(recorded["config"], dict) or "seed" not in recorded["config"]:
+            raise KeyError("config.seed")
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"{config_path}: not a covid_ddp run configuration ({error}); pass --data-dir and use "
                         "--split all")

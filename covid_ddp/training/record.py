@@ -21,10 +21,12 @@ from .run_folder import RunFolder
 
 def _recorded_flags(config: TrainConfig, data: RawData) -> dict:
     """The flags as they ran; --mcfam-url only for a run on MCFAM files (a folder of one's own was
-    never downloaded from it)."""
+    never downloaded from it), and --dataset only without --data-dir (which replaces it)."""
     flags = config.to_dict()
     if data.provenance.get("source") != "mcfam":
         flags.pop("mcfam_url")
+    if config.data_dir:
+        flags.pop("dataset")
     return flags
 
 
