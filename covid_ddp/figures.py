@@ -72,12 +72,15 @@ def calibration_figure(p_covid: np.ndarray, targets: np.ndarray, bins: int = 10)
 
 
 def overlay_figure(image: np.ndarray, heatmap: np.ndarray, title: str) -> Figure:
-    """The radiograph, and the Grad-CAM heatmap over it."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(5, 2.8))
+    """The radiograph at its own size, and the Grad-CAM heatmap (any size: stretched over it)
+    with a colour bar of its 0-1 scale."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(6, 2.9))
+    extent = (0, image.shape[1], image.shape[0], 0)
     for axes in (left, right):
-        axes.imshow(image, cmap="gray", vmin=0, vmax=255)
+        axes.imshow(image, cmap="gray", vmin=0, vmax=255, extent=extent)
         axes.axis("off")
-    right.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1)
+    shown = right.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0, vmax=1, extent=extent, interpolation="bilinear")
+    figure.colorbar(shown, ax=right, fraction=0.046, pad=0.04).set_label("Grad-CAM (0-1)", fontsize=8)
     figure.suptitle(title, fontsize=9)
     return figure
 
@@ -95,7 +98,8 @@ def audit_figure(images, targets, with_marks, without_border, mean_heatmap, lung
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     if mean_heatmap is not None:
-        axes[3].imshow(mean_heatmap, cmap="jet", vmin=0, vmax=max(float(mean_heatmap.max()), 1e-6))
+        shown = axes[3].imshow(mean_heatmap, cmap="jet", vmin=0, vmax=max(float(mean_heatmap.max()), 1e-6))
+        figure.colorbar(shown, ax=axes[3], fraction=0.046, pad=0.04).set_label("mean Grad-CAM", fontsize=8)
         rows, columns = lung_box(mean_heatmap.shape[-1])
         axes[3].add_patch(matplotlib.patches.Rectangle((columns.start - 0.5, rows.start - 0.5), columns.stop - columns.start,
                                                        rows.stop - rows.start, fill=False, color="white", linewidth=1.2))

@@ -136,6 +136,31 @@ def test_predict_uses_the_stored_threshold_and_writes_gradcam_overlays(patient_r
     assert sorted(p.name for p in (tmp_path / "cam").iterdir()) == ["three_0.png", "three_1.png", "three_2.png"]
 
 
+def test_a_gradcam_overlay_shows_the_input_at_its_own_size_with_a_colour_bar(patient_run, tmp_path, monkeypatch,
+                                                                              capsys):
+    """A 900x700 JPEG scored by 64 px weights: the overlay shows the 700 px square the model read
+    (at most 512 a side) under the heatmap and its 0-1 scale; the scores do not depend on it."""
+    from PIL import Image
+
+    from covid_ddp import figures
+    from covid_ddp.commands.predict import main as predict_main
+
+    picture = np.random.default_rng(0).integers(0, 256, (700, 900), dtype=np.uint8)
+    Image.fromarray(picture).save(tmp_path / "film.jpg", quality=90)
+    weights = str(patient_run / "COVID_binary_classifier.pth")
+    drawn, real = [], figures.overlay_figure
+    monkeypatch.setattr(figures, "overlay_figure", lambda image, heatmap, title: drawn.append(
+        (image.shape, heatmap.shape, real(image, heatmap, title))) or drawn[-1][2])
+    assert predict_main(["--weights", weights, "--gradcam", str(tmp_path / "cam"), str(tmp_path / "film.jpg")]) == 0
+    with_overlay = capsys.readouterr().out
+    assert predict_main(["--weights", weights, str(tmp_path / "film.jpg")]) == 0
+    assert capsys.readouterr().out == with_overlay, "the same P(COVID) with or without --gradcam"
+    ((image_shape, heatmap_shape, figure),) = drawn
+    assert image_shape == (512, 512) and heatmap_shape == (64, 64)
+    assert len(figure.axes) == 3 and figure.axes[2].get_ylabel() == "Grad-CAM (0-1)", "a colour bar"
+    assert (tmp_path / "cam" / "film_0.png").is_file()
+
+
 def test_tensorboard_grid_gradcam_title_and_predict_call_an_image_alike(patient_run, cohort_data, tmp_path,
                                                                        monkeypatch):
     """One threshold everywhere: the grid TensorBoard draws at the end (the shipped weights, the

@@ -22,6 +22,7 @@ from covid_ddp.data.folders import load_data_dir
 from covid_ddp.data.format import to_binary
 from covid_ddp.data.synthetic import make_synthetic
 from covid_ddp.evaluation import audit
+from covid_ddp.evaluation import audit_reading as reading
 from covid_ddp.metrics import binary_metrics, choose_threshold
 from covid_ddp.models.inference import predict
 from covid_ddp.models.loading import inference_model, load_model
@@ -133,7 +134,10 @@ def test_covid_ddp_audit_of_a_run_brings_its_card_up_to_date(seed_runs, tmp_path
     run_dir = shutil.copytree(root / "seed_2", tmp_path / "run")
     assert audit_main(["--weights", str(run_dir / WEIGHTS), "--split", "val"]) == 0
     out = capsys.readouterr().out
-    assert "| border hidden: change of ROC AUC |" in out and (run_dir / "audit-val" / "audit.md").is_file()
+    assert "| border hidden: change of ROC AUC (mean abs change of P(COVID)) |" in out and "**Verdict:** " in out
+    assert (run_dir / "audit-val" / "audit.md").is_file()
+    recorded = json.loads((run_dir / "audit-val" / "audit.json").read_text())
+    assert recorded["verdict"] in out and recorded["readings"]["border"]["level"] in ("none", "weak", "strong")
     assert "## Shortcut audit (val split)" in (run_dir / "model_card.md").read_text()
     assert evaluate_main(["--weights", str(run_dir / WEIGHTS), "--bootstrap", "50"]) == 0
     card = (run_dir / "model_card.md").read_text()
@@ -196,6 +200,7 @@ def test_the_border_test_moves_a_border_reader_and_leaves_a_centre_reader_alone(
             assert result["roc_auc_before"] == 1.0 and result["roc_auc_change"] < -0.3 and result["mean_abs_change"] > 0.2
         else:
             assert result["roc_auc_change"] == 0 and result["mean_abs_change"] == 0
+        assert reading.read_border(result).level == ("strong" if moved else "none"), "the scale, set on these two"
 
 
 def test_the_marks_test_flips_a_model_that_reads_extreme_pixels_and_not_one_that_does_not():
@@ -211,6 +216,7 @@ def test_the_marks_test_flips_a_model_that_reads_extreme_pixels_and_not_one_that
             assert result["flip_share"] > 0.5 and result["mean_change"] > 0.1
         else:
             assert result["called_non_covid"] == 30 and result["flipped_to_covid"] == 0 and result["mean_change"] == 0
+        assert reading.read_marks(result).level == ("strong" if flips else "none")
     assert np.array_equal(audit.with_marks(GREY[:4], 0), audit.with_marks(GREY[:4], 0)), "the same marks for a seed"
 
 
@@ -227,6 +233,7 @@ def test_the_source_probe_finds_a_source_the_features_encode_and_only_then():
     assert 0.3 < found["COVID"]["pixels_roc_auc"] < 0.7, "the pixels carry no source here"
     blind = audit.source_probe(noise, images, targets, sources, patients, seed=0)
     assert 0.3 < blind["COVID"]["roc_auc"] < 0.7
+    assert reading.read_probe(found["COVID"]).level == "strong" and reading.read_probe(blind["COVID"]).level == "none"
     three = np.array(["a", "b", "c"] * 40)  # three sources: one against the rest, averaged
     encoded_three = noise + 3 * np.eye(3)[np.arange(120) % 3] @ rng.normal(size=(3, 40))
     assert audit.source_probe(encoded_three, images, targets, three, patients, seed=0)["COVID"]["roc_auc"] > 0.95
@@ -265,6 +272,25 @@ def test_the_gradcam_share_counts_heat_inside_the_lung_box(monkeypatch):
     result = audit.gradcam_mass(None, np.zeros((3, 64, 64), np.uint8), np.array([0, 1, 1]), seed=0)
     assert result["inside_share_non_covid"] == 0 and result["inside_share_covid"] == 1
     assert result["images_without_heat"] == 1 and result["uniform_share"] == pytest.approx((48 / 64) ** 2)
+    uniform = result["uniform_share"]
+    for share, level in ((0.0, "strong"), (uniform - 0.05, "weak"), (1.0, "none")):
+        assert reading.read_gradcam({"inside_share": share, "uniform_share": uniform}).level == level, share
+
+
+def test_the_audit_reads_as_one_verdict_and_names_two_readings_that_disagree():
+    """The issue's own audit: the border holds nothing (-0.006), yet the heat inside the lung box
+    (0.511) is under an even spread's 0.56: one summary line says both, and where to look."""
+    report = {"marks": {"flip_share": 0.0, "mean_change": 0.004, "flipped_to_covid": 0, "called_non_covid": 40},
+              "border": {"roc_auc_change": -0.006, "mean_abs_change": 0.02},
+              "source_probe": {"skipped": "one source"},
+              "gradcam": {"inside_share": 0.511, "uniform_share": 0.5625}}
+    line = reading.verdict(report)
+    assert line.startswith("Weak signs only: Grad-CAM.") and "The border test and Grad-CAM disagree" in line
+    assert "audit.png's mean heatmap" in line and "The source probe could not run" in line
+    clean = {**report, "gradcam": {"inside_share": 0.75, "uniform_share": 0.5625}}
+    assert reading.verdict(clean).startswith("No sign of the shortcuts probed (marks, border, Grad-CAM)")
+    marked = {**clean, "marks": {**report["marks"], "flip_share": 0.4, "mean_change": 0.3}}
+    assert reading.verdict(marked).startswith("Signs of a shortcut: marks.")
 
 
 # --- ensembles ---------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def run(arguments: argparse.Namespace) -> None:
     skipped, resized_from, blank = 0, [], []
     for path in files:
         try:
-            item = read_input(path, ensemble.image_size)
+            item = read_input(path, ensemble.image_size, keep_squares=overlays is not None)
         except UserError as error:
             if not arguments.skip_errors:
                 raise
@@ -146,7 +146,8 @@ class GradcamWriter:
         stem = self._unique_stem(Path(item.source).stem)
         # An ensemble's heatmap: the mean of its members' (each scaled to [0, 1]).
         heatmaps = np.mean([gradcam(model, item.images) for model in self.models], axis=0)
-        for index, (image, heatmap, p) in enumerate(zip(item.images, heatmaps, p_covid)):
+        shown = item.squares or list(item.images)  # the input at its own size, where it was kept
+        for index, (image, heatmap, p) in enumerate(zip(shown, heatmaps, p_covid)):
             call = CLASS_NAMES[int(p >= self.threshold)]
             title = f"{Path(item.source).name} [{index}]: P(COVID) = {p:.3f} -> {call} (threshold {self.threshold:.3f})"
             save_figure(overlay_figure(image, heatmap, title),

@@ -12,10 +12,11 @@ from PIL import Image
 
 from ..errors import UserError
 from .format import IMAGE_SIZE, IMAGES_KEY
-from .radiographs import is_radiograph_file, read_grayscale_and_size, to_model_size
+from .radiographs import centre_square, is_radiograph_file, read_grayscale_and_size, to_model_size
 from .store import load_array, validate_images
 
 NPZ_SUFFIX = ".npz"
+SHOWN_SIZE = 512  # the largest side an overlay shows an input at (a 3000 px film would make a 30 MB PNG)
 
 
 @dataclass
@@ -25,6 +26,7 @@ class InputImages:
     source: str
     images: np.ndarray  # (N, S, S) uint8, S the model's image size
     resized_from: tuple[int, int] | None = None  # the input's own (width, height), when not S x S
+    squares: list[np.ndarray] | None = None  # with keep_squares: each image's centre square at its own size
 
 
 def collect_files(inputs: list[str]) -> list[Path]:
@@ -45,19 +47,24 @@ def collect_files(inputs: list[str]) -> list[Path]:
     return files
 
 
-def read_input(path: Path, size: int = IMAGE_SIZE) -> InputImages:
-    """The images of one input file at ``size`` x ``size`` (the weights' size)."""
+def read_input(path: Path, size: int = IMAGE_SIZE, keep_squares: bool = False) -> InputImages:
+    """The images of one input file at ``size`` x ``size`` (the weights' size); with
+    ``keep_squares`` also each one's centre square at its own size (up to SHOWN_SIZE), to draw on."""
     if path.suffix.lower() == NPZ_SUFFIX:
         images = load_array(path, IMAGES_KEY)
         validate_images(images, path)
+        squares = [centre_square(Image.fromarray(image), SHOWN_SIZE) for image in images] if keep_squares else None
         if images.shape[-1] == size:
-            return InputImages(str(path), images)
+            return InputImages(str(path), images, squares=squares)
         resized = np.stack([to_model_size(Image.fromarray(image), size) for image in images])
-        return InputImages(str(path), resized, images.shape[1:][::-1])
+        return InputImages(str(path), resized, images.shape[1:][::-1], squares)
     if is_radiograph_file(path):
         gray, own_size = read_grayscale_and_size(path, size)
         resized_from = own_size if gray.size != (size, size) else None
-        return InputImages(str(path), to_model_size(gray, size)[None], resized_from)
+        # Read again for the overlay: a large JPEG is decoded smaller for the model (its draft), and
+        # the model's pixels must not depend on whether an overlay is drawn.
+        squares = [centre_square(read_grayscale_and_size(path, SHOWN_SIZE)[0], SHOWN_SIZE)] if keep_squares else None
+        return InputImages(str(path), to_model_size(gray, size)[None], resized_from, squares)
     raise UserError(f"{path}: unsupported input type '{path.suffix}'; give .npz, .png, .jpg or .dcm files or folders")
 
 

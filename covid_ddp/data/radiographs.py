@@ -121,6 +121,17 @@ def upright(image: Image.Image) -> Image.Image:
     return image.transpose(method) if method is not None else image
 
 
+def centre_square(gray: Image.Image, largest: int) -> np.ndarray:
+    """The square the model reads (the centre crop) at the input's own resolution, at most
+    ``largest`` pixels a side: what an overlay is drawn on."""
+    side = min(gray.size)
+    left, top = (gray.size[0] - side) // 2, (gray.size[1] - side) // 2
+    square = gray.crop((left, top, left + side, top + side))
+    if side > largest:
+        square = square.resize((largest, largest), Image.LANCZOS)
+    return np.array(square, dtype=np.uint8)
+
+
 def to_model_size(gray: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     """Centre square crop on the shorter side, then LANCZOS to (size, size); a writable uint8 array."""
     if gray.size != (size, size):

@@ -47,6 +47,7 @@ from ..models.loading import inference_model, load_model
 from ..models.net import watch_penultimate
 from ..models.weights import decision_threshold
 from ..seeding import stream_seed
+from .audit_reading import readings, verdict
 from .model_card import summary_rows
 
 EDGE_FRACTION = 1 / 8  # the outer band (border test) and what the lung box leaves out (Grad-CAM)
@@ -288,6 +289,8 @@ def write_audit(output_dir: Path, result: dict, images: np.ndarray, targets: np.
     """audit.json, audit.md and audit.png; the figure may fail (a warning), the numbers may not."""
     mean_heatmap = result["gradcam"].pop("mean_heatmap")
     report = {**about, **result}
+    report["readings"] = {name: {"level": r.level, "reading": r.text} for name, r in readings(report).items()}
+    report["verdict"] = verdict(report)
     write_json(output_dir / "audit.json", report)
     with atomic_path(output_dir / "audit.md") as tmp:
         tmp.write_text(markdown(report))
@@ -305,8 +308,8 @@ def markdown(report: dict) -> str:
     lines = [f"# Shortcut audit of `{report.get('weights', 'the model')}`", "",
              f"{report['images']} images ({report['covid']} COVID) of {report.get('what', 'the data')}, "
              f"threshold {report['threshold']:.3f}, seed {report.get('seed', 0)}. Probes of known shortcuts, not a "
-             "proof that none is used. Not for clinical use.", "",
-             "| measurement | value | how to read it |", "| --- | --- | --- |"]
+             "proof that none is used. Not for clinical use.", "", f"**Verdict:** {verdict(report)}", "",
+             "| measurement | value | reading (none / weak / strong sign of a shortcut) |", "| --- | --- | --- |"]
     lines += [f"| {name} | {value} | {reading} |" for name, value, reading in summary_rows(report)]
     lines += ["", "How each is measured: `covid-ddp-audit --help` and docs/evaluation.md#shortcut-audit-covid-ddp-audit.", ""]
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from ..files import atomic_path
 from ..models.spec import ModelSpec
 from ..models.weights import sidecar_path
 from ..run_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
+from .audit_reading import readings, verdict
 
 CARD_FILE = "model_card.md"
 REPORTED_FILE = "reported.json"  # written into each run folder by covid-ddp-report
@@ -365,7 +366,8 @@ def _audit_section(run_dir: Path) -> list[str]:
             continue
         lines += [f"## Shortcut audit ({report.get('split', '?')} split)", "",
                   f"{report['images']} images; `{path.relative_to(run_dir)}` and its figure. Probes of known shortcuts, "
-                  "not a proof that none is used.", "", "| measurement | value | how to read it |", "| --- | --- | --- |"]
+                  "not a proof that none is used.", "", f"**Verdict:** {verdict(report)}", "",
+                  "| measurement | value | reading (none / weak / strong sign of a shortcut) |", "| --- | --- | --- |"]
         lines += [f"| {name} | {value} | {reading} |" for name, value, reading in summary_rows(report)]
         lines.append("")
     return lines or ["## Shortcut audit", "", "Not run: `covid-ddp-audit --weights "
@@ -451,28 +453,26 @@ def _number(value) -> str:
 
 
 def summary_rows(report: dict) -> list[tuple[str, str, str]]:
-    """(measurement, value, how to read it): the table of audit.md and of the model card."""
+    """(measurement, value, its reading on a stated scale): the table of audit.md and of the model card."""
     marks, border, probe, heat = report["marks"], report["border"], report["source_probe"], report["gradcam"]
+    found = readings(report)
     rows = []
-    if "skipped" not in marks:
-        rows.append(("marks on non-COVID images: mean change of P(COVID)", f"{marks['mean_change']:+.3f}",
-                     "0: marks mean nothing to the model"))
-        rows.append(("marks: non-COVID calls turned COVID",
-                     f"{marks['flipped_to_covid']} of {marks['called_non_covid']} ({_number(marks['flip_share'])})",
-                     "0 of them: the calls do not rest on marks"))
-    rows.append(("border hidden: change of ROC AUC",
-                 "n/a" if border["roc_auc_change"] is None else f"{border['roc_auc_change']:+.3f}",
-                 "0: the border holds nothing the model needs"))
-    rows.append(("border hidden: mean abs change of P(COVID)", f"{border['mean_abs_change']:.3f}", "0: no effect"))
+    if "marks" in found:
+        rows.append(("marks on non-COVID images: calls turned COVID (mean change of P(COVID))",
+                     f"{marks['flipped_to_covid']} of {marks['called_non_covid']} ({_number(marks['flip_share'])}); "
+                     f"{marks['mean_change']:+.3f}", found["marks"].text))
+    auc_change = "n/a" if border["roc_auc_change"] is None else f"{border['roc_auc_change']:+.3f}"
+    rows.append(("border hidden: change of ROC AUC (mean abs change of P(COVID))",
+                 f"{auc_change} ({border['mean_abs_change']:.3f})", found["border"].text))
     for name, entry in (probe.items() if "skipped" not in probe else []):
         if "skipped" in entry:
             rows.append((f"source probe, {name}", "n/a", entry["skipped"]))
             continue
         listed = ", ".join(entry["sources"])
         rows.append((f"source probe, {name} ({listed}): ROC AUC", f"{entry['roc_auc']:.3f}",
-                     f"0.5: no hospital in the features; pixels alone: {entry['pixels_roc_auc']:.3f}"))
+                     found[f"source probe, {name}"].text))
     if "skipped" in probe:
         rows.append(("source probe", "n/a", probe["skipped"]))
     rows.append(("Grad-CAM heat inside the lung box", _number(heat["inside_share"]),
-                 f"{heat['uniform_share']:.2f} if spread evenly; higher: on the lungs"))
+                 found["Grad-CAM"].text if "Grad-CAM" in found else "no heatmap"))
     return rows
