@@ -94,12 +94,42 @@ def save_torch(destination: Path, payload) -> None:
             raise cannot_write(destination, error) from error
 
 
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+def save_safetensors(destination: Path, tensors: dict, metadata: dict[str, str]) -> None:
+    """``tensors`` as a .safetensors file (no pickle: any framework reads it), ``metadata`` in its header."""
+    from safetensors.torch import save_file  # (accelerate's own dependency)
+
+    with atomic_path(destination) as tmp:
+        try:
+            save_file({key: value.contiguous() for key, value in tensors.items()}, str(tmp), metadata=metadata)
+        except (OSError, RuntimeError) as error:
+            raise cannot_write(destination, error) from error
+
+
+def safetensors_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a .safetensors file's header ({} without any)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
+
+
 def load_plain(path: Path, kind: str, map_location="cpu"):
-    """``torch.load(weights_only=True)``: tensors and plain containers only. A file that holds
-    anything else (a pickled object could run code when read) is a one-line error, not read."""
+    """``torch.load(weights_only=True)``, or a .safetensors file: tensors and plain containers only.
+    A file that holds anything else (a pickled object could run code when read) is a one-line
+    error, not read."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist")
+    if path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location))
+        except Exception as error:  # its errors name a damaged header or a short file
+            raise UserError(f"{path}: not a loadable {kind} (safetensors: {first_line(error)})") from None
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:

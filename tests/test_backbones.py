@@ -67,6 +67,20 @@ def test_initial_weights_sum_the_rgb_stem_and_leave_the_head_out(tmp_path):
     assert torch.equal(model.network.fc.weight, head_before), "our two-class head is not overwritten"
 
 
+def test_initial_weights_read_a_safetensors_file_as_a_pth(tmp_path):
+    """A timm or Hub checkpoint ships as .safetensors: --init-weights reads it like a .pth (no pickle)."""
+    from safetensors.torch import save_file
+
+    from covid_ddp.files import load_plain
+
+    imagenet_like = torchvision.models.resnet18(weights=None)
+    save_file(imagenet_like.state_dict(), str(tmp_path / "resnet18.safetensors"))
+    model = build_network(ModelSpec("resnet18", SIZE))
+    done = load_initial_weights(model, load_plain(tmp_path / "resnet18.safetensors", "--init-weights file"), "x")
+    assert done["first_conv_summed_from_3_channels"]
+    assert torch.equal(model.network.layer4[1].bn2.running_var, imagenet_like.layer4[1].bn2.running_var)
+
+
 def test_initial_weights_read_torchvision_densenet_files_and_checkpoints_wrapping_them(tmp_path):
     reference = torchvision.models.densenet121(weights=None)
     # torchvision's published DenseNet files name layers "norm.1" (its own loader renames them), and

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, run, small_args, torchrun
+from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, refused, run, small_args, torchrun
 from original_net import Net as OriginalNet
 from original_net import trained_like
 from PIL import Image
@@ -326,3 +326,35 @@ def test_accelerate_config_is_a_valid_multi_gpu_config_that_leaves_the_precision
     config = load_config_from_file(str(ROOT / "accelerate_config.yaml"))
     assert config.distributed_type == "MULTI_GPU" and config.mixed_precision == "no", "no: auto's choice"
     assert config.num_machines == 1 and config.num_processes >= 2
+
+
+def test_the_run_ships_its_weights_as_safetensors_too_and_every_command_reads_either(trained_run, small_data,
+                                                                                      tmp_path, capsys):
+    """The .pth stays (the original script's users load it); beside it the same tensors as
+    .safetensors, the network in its header, read by predict, evaluate, audit and --init-weights."""
+    from safetensors.torch import load_file
+
+    from covid_ddp.commands.audit import main as audit_main
+    from covid_ddp.commands.evaluate import main as evaluate_main
+    from covid_ddp.files import safetensors_metadata
+
+    output_dir, _ = trained_run
+    pth, safe = output_dir / "COVID_binary_classifier.pth", output_dir / "COVID_binary_classifier.safetensors"
+    original, copy = torch.load(pth, weights_only=True), load_file(str(safe))
+    assert original.keys() == copy.keys() and all(torch.equal(original[key], copy[key]) for key in original)
+    assert json.loads(safetensors_metadata(safe)["covid_ddp_model"]) == {"name": "net", "image_size": 64}
+    images = load_data_dir(small_data).images[:8]
+    alone = tmp_path / "alone" / "weights.safetensors"  # without its sidecar: the header names the network
+    alone.parent.mkdir()
+    shutil.copy(safe, alone)
+    for weights in (safe, alone):
+        np.testing.assert_array_equal(predict(load_model(weights), images), predict(load_model(pth), images))
+    assert evaluate_main(["--weights", str(safe), "--bootstrap", "0", "--output-dir", str(tmp_path / "eval")]) == 0
+    scored = json.loads((tmp_path / "eval" / "evaluation.json").read_text())["metrics"]
+    assert scored["confusion_matrix"] == json.loads((output_dir / "metrics.json").read_text())["test"]["confusion_matrix"]
+    assert audit_main(["--weights", str(safe), "--split", "val", "--output-dir", str(tmp_path / "audit")]) == 0
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    code = evaluate_main(["--weights", str(tmp_path / "broken.safetensors"), "--split", "all", "--data-dir",
+                          str(small_data), "--output-dir", str(tmp_path / "eval2")])
+    refused(capsys, code, "broken.safetensors: not a loadable weights file (safetensors: ")
+    # (--init-weights, which starts only backbones, reads it too: tests/test_backbones.py)

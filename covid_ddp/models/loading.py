@@ -5,11 +5,13 @@ the seed's Net at 64x64, as the original script and every covid_ddp version wrot
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError, first_few
+from ..files import SAFETENSORS_SUFFIX, safetensors_metadata
 from .net import build_network, for_inference, original_state_dict
 from .spec import ModelSpec
 from .weights import load_weights, read_sidecar, sidecar_path
@@ -42,8 +44,22 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn
 
 
 def model_spec(weights: Path) -> ModelSpec:
-    """The network and image size of a weights file, from its sidecar (Net at 64 without one)."""
-    return ModelSpec.of_sidecar(read_sidecar(weights))
+    """The network and image size of a weights file, from its sidecar; for a .safetensors file
+    without one, from its header (covid-ddp-train writes it there too); else Net at 64."""
+    sidecar = read_sidecar(weights)
+    if sidecar is None and Path(weights).suffix == SAFETENSORS_SUFFIX and Path(weights).is_file():
+        recorded = _header_model(Path(weights))
+        if recorded is not None:
+            return ModelSpec.of_sidecar({"model": recorded})
+    return ModelSpec.of_sidecar(sidecar)
+
+
+def _header_model(path: Path) -> dict | None:
+    try:
+        recorded = json.loads(safetensors_metadata(path).get("covid_ddp_model") or "null")
+    except Exception:  # noqa: BLE001  (a header that cannot be read: load_weights names the file)
+        return None
+    return recorded if isinstance(recorded, dict) and recorded else None
 
 
 inference_model = for_inference  # the folded, channels_last copy that scores

@@ -37,11 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..files import atomic_path, cannot_write, save_torch, write_json
+from ..files import atomic_path, cannot_write, save_safetensors, save_torch, write_json
 from ..models.weights import sidecar_path, write_sidecar
 from ..predictions import PREDICTIONS_FILE, write_predictions
 from ..run_files import (CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE, SPLITS_FILE, TENSORBOARD_DIR,
-                         WEIGHTS_FILE)
+                         WEIGHTS_FILE, WEIGHTS_SAFETENSORS)
 from . import checkpoint as ckpt
 from .config import TrainConfig, changed_flags, default_output_dir
 from .distributed import JobFailed, gather_values, on_every_process, on_main_process
@@ -233,6 +233,10 @@ class RunFolder:
                 board()
             write_sidecar(weights_path, decision)  # before the weights it belongs to
             save_torch(weights_path, weights)
+            # The same tensors without a pickle, for any framework; the network in its header too.
+            save_safetensors(self.path / WEIGHTS_SAFETENSORS, weights, {
+                "format": "pt", "covid_ddp_model": json.dumps(decision.get("model") or {}),
+                "threshold": f"{decision['threshold']:.9g}"})
             if predictions is not None:
                 write_predictions(self.path, predictions())
             write_json(self.path / METRICS_FILE, metrics)
@@ -370,7 +374,7 @@ def _forget_unsaved_run(path: Path) -> None:
         clear_run(path)
 
 
-RUN_FILES = {WEIGHTS_FILE, sidecar_path(WEIGHTS_FILE).name, METRICS_FILE, CONFIG_FILE,
+RUN_FILES = {WEIGHTS_FILE, WEIGHTS_SAFETENSORS, sidecar_path(WEIGHTS_FILE).name, METRICS_FILE, CONFIG_FILE,
              SPLITS_FILE, PREDICTIONS_FILE}
 RUN_FOLDERS = {CHECKPOINTS_DIR, TENSORBOARD_DIR}
 
