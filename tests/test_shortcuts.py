@@ -93,7 +93,7 @@ def test_the_metrics_resample_patients_and_say_so(seed_runs, three_sources):
     assert set(test["per_source"]) == {"alpha", "beta", "gamma"} and test["per_source"]["gamma"]["roc_auc"] is None
 
 
-def test_an_audit_at_the_end_of_a_run_is_written_and_carried_into_the_model_card(seed_runs):
+def test_an_audit_at_the_end_of_a_run_is_written_and_carried_into_the_model_card(seed_runs, three_sources):
     root, results = seed_runs
     report = json.loads((root / "seed_1" / "audit-test" / "audit.json").read_text())
     assert report["images"] == json.loads((root / "seed_1" / "metrics.json").read_text())["test"]["n"]
@@ -107,6 +107,18 @@ def test_an_audit_at_the_end_of_a_run_is_written_and_carried_into_the_model_card
                      "source probe, COVID", "## CLAIM 2024 checklist", "| 29 | Significance and uncertainty | answered here",
                      "--audit yes", "## Test results per source", "## Limitations"):
         assert expected in card, expected
+    # The Hub's front matter, read by a YAML parser: what the run is and what it measured.
+    import yaml
+
+    assert card.startswith("---\n")
+    header = yaml.safe_load(card.split("---\n")[1])
+    test = json.loads((root / "seed_1" / "metrics.json").read_text())["test"]
+    assert header["license"] == "other" and "chest-x-ray" in header["tags"] and header["library_name"] == "pytorch"
+    assert header["datasets"] == [three_sources.name]
+    (result,) = header["model-index"][0]["results"]
+    indexed = {metric["type"]: metric["value"] for metric in result["metrics"]}
+    assert indexed["roc_auc"] == round(test["roc_auc"], 4) and indexed["specificity"] == round(test["specificity"], 4)
+    assert card.split("---\n", 2)[2].lstrip("\n").startswith("# Model card: seed_1")
 
 
 def test_auto_skips_an_audit_costing_over_a_tenth_of_the_run_with_a_line_saying_how(seed_runs, three_sources,

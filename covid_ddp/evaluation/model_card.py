@@ -21,6 +21,7 @@ from ..models.spec import ModelSpec
 from ..models.weights import sidecar_path
 from ..run_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
 from .audit_reading import readings, verdict
+from .card_metadata import front_matter
 
 CARD_FILE = "model_card.md"
 REPORTED_FILE = "reported.json"  # written into each run folder by covid-ddp-report
@@ -125,6 +126,7 @@ def _read(path: Path) -> dict | None:
 def build_card(run_dir: Path, config: dict, metrics: dict | None) -> str:
     flags, data = config["config"], config.get("data", {})
     sections = [
+        front_matter(run_dir, config, metrics),
         f"# Model card: {run_dir.name}", "",
         f"> {NOT_FOR_CLINICAL_USE.format(data=_data_named(data))}", "",
         *_intended_use(_model_of(config)),
