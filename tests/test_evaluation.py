@@ -315,6 +315,41 @@ def test_evaluate_scores_the_rows_of_the_runs_splits_npz_not_a_rebuilt_split(pat
     assert not (tmp_path / "eval2").exists()
 
 
+def test_evaluate_gives_rows_per_subgroup_with_intervals_and_marks_the_small_ones(patient_run, tmp_path, capsys):
+    """adult-cxr's meta.npz holds sex and age, real-cxr's view: a row per value (ages in bands),
+    sensitivity and specificity as counted by hand, a row of 10 images kept and marked."""
+    images, labels = make_synthetic(200, seed=8)
+    folder = write_mcfam(tmp_path / "clinic", images, labels)
+    sex = np.array(["F", "M"] * 95 + ["X"] * 10)
+    age = np.r_[np.arange(190) % 90 + 5, np.full(10, 50)]
+    np.savez(folder / "meta.npz", sex=sex, age=age, patient_id=np.array([f"p{i // 2}" for i in range(200)]),
+             view=np.array(["PA"] * 200))
+    weights = str(patient_run / "COVID_binary_classifier.pth")
+    code = evaluate_main(["--weights", weights, "--data-dir", str(folder), "--split", "all", "--bootstrap", "100",
+                          "--output-dir", str(tmp_path / "eval")])
+    assert code == 0 and "per subgroup" in capsys.readouterr().out
+    report = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    table = report["subgroups"]
+    assert set(table) == {"sex", "age"}, "view has one value: no subgroups; patient ids are no subgroup"
+    assert set(table["age"]) == {"0-17", "18-39", "40-59", "60-79", "80+"}
+    assert table["sex"]["X"]["too_few"] and table["sex"]["X"]["n"] == 10 and table["sex"]["X"]["ci95"]["sensitivity"] is None
+    female = sex == "F"
+    table_rows = _read_predictions(tmp_path / "eval" / "predictions.csv")
+    calls = np.array([r["call"] == "COVID" for r in table_rows])
+    truth = to_binary(labels) == 1
+    assert table["sex"]["F"]["sensitivity"] == pytest.approx(calls[female & truth].mean(), abs=1e-9)
+    assert table["sex"]["F"]["specificity"] == pytest.approx((~calls[female & ~truth]).mean(), abs=1e-9)
+    low, high = table["sex"]["F"]["ci95"]["roc_auc"]
+    assert low <= table["sex"]["F"]["roc_auc"] <= high
+    from covid_ddp.evaluation.model_card import _subgroup_section
+
+    card = "\n".join(_subgroup_section({"test": {"subgroups": table}}))
+    assert "| sex | X | 10 (" in card and "(too few images to say anything)" in card and "| age | 80+ |" in card
+    code = evaluate_main(["--weights", weights, "--data-dir", str(folder), "--split", "all", "--bootstrap", "0",
+                          "--subgroups", "view,height", "--output-dir", str(tmp_path / "eval2")])
+    refused(capsys, code, "--subgroups height: no such meta.npz column; the data holds age, sex, view")
+
+
 def test_a_synthetic_runs_split_is_not_applied_to_other_data(tmp_path):
     from covid_ddp.data.format import RawData
     from covid_ddp.errors import UserError

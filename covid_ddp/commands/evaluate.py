@@ -18,6 +18,7 @@ from ..evaluation.evaluate import FIGURES, RECORD, SPLITS, EvaluationResult, eva
 from ..evaluation.model_card import refresh_model_card
 from ..metrics import METRICS, SOURCE_METRICS
 from ..predictions import PREDICTIONS_FILE
+from ..subgroups import SUBGROUP_METRICS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,13 +44,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=SEED.parse, metavar="N",
                         help="seed of the bootstrap resamples (default: the run's --seed, so that the intervals are "
                         "training's own on the same images; an ensemble's first run's; 0 without a run folder)")
+    parser.add_argument("--subgroups", metavar="COLUMNS",
+                        help="comma-separated meta.npz columns to give rows per value of (sex, view, source, age in "
+                        "bands, ...); default: every column of few values the data holds")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run the model")
     return parser
 
 
 def run(arguments: argparse.Namespace) -> EvaluationResult:
     result = evaluate(arguments.weights, arguments.data_dir, arguments.split, arguments.output_dir,
-                      arguments.threshold, arguments.bootstrap, arguments.device, arguments.seed)
+                      arguments.threshold, arguments.bootstrap, arguments.device, arguments.seed,
+                      [name.strip() for name in arguments.subgroups.split(",") if name.strip()]
+                      if arguments.subgroups else None)
     if len(arguments.weights) == 1:  # an ensemble's results belong to no one run's card
         refresh_model_card(Path(arguments.weights[0]).parent, "covid-ddp-evaluate")
     members = "" if len(arguments.weights) == 1 else f"ensemble of {len(arguments.weights)} runs, "
@@ -57,6 +63,8 @@ def run(arguments: argparse.Namespace) -> EvaluationResult:
                                              f"{result.threshold:.3f} ({result.threshold_source})"))
     if result.per_source:
         print(format_sources(result.per_source, result.threshold))
+    if result.subgroups:
+        print(format_subgroups(result.subgroups, result.threshold))
     print(f"wrote {result.folder / RECORD}, {PREDICTIONS_FILE} (one row an image) and {', '.join(FIGURES)}")
     return result
 
@@ -71,6 +79,25 @@ def format_sources(by_source: dict, threshold: float) -> str:
         cells = ["n/a" if row[name] is None else f"{row[name]:.3f}" for name in SOURCE_METRICS]
         lines.append(f"{source:<{width}}{counts:<24}" + "".join(f"{cell:>13}" for cell in cells))
     return "\n".join(lines)
+
+
+def format_subgroups(table: dict, threshold: float) -> str:
+    """A row per subgroup value: n, ROC AUC, sensitivity, specificity, each with its interval."""
+    lines = [f"per subgroup, threshold {threshold:.3f} (95% intervals; n/a: the row lacks the class the metric needs)"]
+    for column, values in table.items():
+        for value, row in values.items():
+            counts = f"{row['n']} ({row['n_per_class']['covid']} / {row['n_per_class']['non_covid']})"
+            cells = [_with_interval(row[name], row["ci95"].get(name)) for name in SUBGROUP_METRICS]
+            note = "  too few images to say anything" if row["too_few"] else ""
+            lines.append(f"{column}={value:<12} n {counts:<16} " + "  ".join(
+                f"{name} {cell}" for name, cell in zip(SUBGROUP_METRICS, cells)) + note)
+    return "\n".join(lines)
+
+
+def _with_interval(value, interval) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def format_table(metrics: dict, title: str) -> str:

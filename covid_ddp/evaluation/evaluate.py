@@ -25,6 +25,7 @@ from ..metrics import binary_metrics, per_source
 from ..models.inference import resolve_device
 from ..models.weights import decision_threshold
 from ..predictions import PREDICTIONS_FILE, predictions_table, write_predictions
+from ..subgroups import subgroup_columns, subgroup_table
 from .ensemble import Ensemble, common_split, ensemble_threshold
 from .run_data import bootstrap_seed, load_evaluation_data, rows_to_score
 
@@ -44,16 +45,18 @@ class EvaluationResult:
     metrics: dict  # every metric, with its 95% bootstrap interval
     per_source: dict | None  # the same per source, for images of several sources
     rows: np.ndarray  # the rows of the data that were scored
+    subgroups: dict | None = None  # column -> value -> n, ROC AUC, sensitivity, specificity, intervals
 
 
 def evaluate(weights: str | Path | list, data_dir: str | list | None = None, split: str = "test",
              output_dir: str | Path | None = None, threshold: float | None = None, bootstrap: int = 1000,
-             device: str = "auto", seed: int | None = None) -> EvaluationResult:
+             device: str = "auto", seed: int | None = None, subgroups: list[str] | None = None) -> EvaluationResult:
     """Score ``weights`` (several: their ensemble) on ``split`` of ``data_dir`` (default: the data
     their run trained on) and write ``evaluation.json`` and the figures into ``output_dir``
     (default: ``evaluation-<split>`` beside the weights). ``test`` and ``val`` are the run's own
     parts, the rows of its splits.npz; ``all`` is every image. The intervals are drawn with
-    ``seed``, by default the (first) run's --seed, as training drew its own."""
+    ``seed``, by default the (first) run's --seed, as training drew its own. ``subgroups``: the
+    meta.npz columns to break the results down by (default: every one that makes subgroups)."""
     weights = [Path(path) for path in (weights if isinstance(weights, (list, tuple)) else [weights])]
     data_dirs = [str(folder) for folder in ([data_dir] if isinstance(data_dir, (str, Path)) else data_dir)] \
         if data_dir is not None else None
@@ -77,16 +80,21 @@ def evaluate(weights: str | Path | list, data_dir: str | list | None = None, spl
             ensemble, lambda: data if data_dirs is None else load_evaluation_data(None, weights[0]), common)
     p_covid = ensemble.predict(data.images[rows])
     targets = to_binary(data.labels)[rows]
-    metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, bootstrap,
-                             bootstrap_seed(weights[0]) if seed is None else seed, groups=patient_ids(data.meta, rows))
+    seed = bootstrap_seed(weights[0]) if seed is None else seed
+    patients = patient_ids(data.meta, rows)
+    metrics = binary_metrics(p_covid, targets, log_loss(p_covid, targets), threshold, bootstrap, seed, groups=patients)
     by_source = per_source(p_covid, targets, source_names(data.meta, rows), threshold)
+    by_subgroup = subgroup_table(p_covid, targets, subgroup_columns(data.meta, rows, subgroups), threshold, bootstrap,
+                                 seed, patients)
     write_json(output / RECORD, {
         "weights": str(weights[0]) if len(weights) == 1 else [str(path) for path in weights],
         "data": data.provenance, "split": split, "threshold_source": threshold_source,
-        "metrics": metrics, **({"per_source": by_source} if by_source else {}), "rows": rows.tolist()})
+        "metrics": metrics, **({"per_source": by_source} if by_source else {}),
+        **({"subgroups": by_subgroup} if by_subgroup else {}), "rows": rows.tolist()})
     write_predictions(output, predictions_table(rows, p_covid, targets, threshold, data.meta))
     write_figures(output, p_covid, targets, metrics)
-    return EvaluationResult(output, split, threshold, threshold_source, metrics, by_source or None, rows)
+    return EvaluationResult(output, split, threshold, threshold_source, metrics, by_source or None, rows,
+                            by_subgroup or None)
 
 
 def evaluation_folder(split: str, weights: list[Path]) -> Path:

@@ -73,7 +73,8 @@ CLAIM_ITEMS = (
     (34, "Clinical trial registration", "author", "not applicable to a retrospective model study, or the author's"),
     (35, "Patients and examinations included and excluded", "partly", "images and patients per source and class; "
      "the flow diagram is the author's"),
-    (36, "Demographics per partition", "author", "not in the data's metadata"),
+    (36, "Demographics per partition", "partly", "Test results per subgroup, where meta.npz holds sex, age, view; "
+     "their distribution per partition is the author's"),
     (37, "Performance metrics and statistical uncertainty", "card", "Test results"),
     (38, "Estimates of diagnostic performance and precision", "card", "Test results"),
     (39, "Failure analysis", "partly", "per-source results and the audit; case review is the author's"),
@@ -135,6 +136,7 @@ def build_card(run_dir: Path, config: dict, metrics: dict | None) -> str:
         *_recipe_section(config, metrics),
         *_results_section(metrics, run_dir),
         *_per_source_section(metrics),
+        *_subgroup_section(metrics),
         *_audit_section(run_dir),
         *_evaluations_section(run_dir),
         *_reported_section(run_dir),
@@ -356,6 +358,26 @@ def _per_source_section(metrics: dict | None) -> list[str]:
         cells = ["n/a" if row[name] is None else f"{row[name]:.3f}" for name in ("roc_auc", "sensitivity", "specificity")]
         lines.append(f"| {source} | {row['n']} ({row['n_per_class']['covid']} / {row['n_per_class']['non_covid']}) | "
                      + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _subgroup_section(metrics: dict | None) -> list[str]:
+    table = (metrics or {}).get("test", {}).get("subgroups")
+    if not table:
+        return []
+    lines = ["## Test results per subgroup", "", "A row per value of each meta.npz column of few values (ages in bands), "
+             "at the run's threshold; 95% intervals in brackets; n/a where the row lacks the class the metric needs.",
+             "", "| column | value | n (COVID / non-COVID) | ROC AUC | sensitivity | specificity |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for column, values in table.items():
+        for value, row in values.items():
+            cells = []
+            for name in ("roc_auc", "sensitivity", "specificity"):
+                interval = row.get("ci95", {}).get(name)
+                cells.append(_number(row[name]) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""))
+            few = " (too few images to say anything)" if row.get("too_few") else ""
+            lines.append(f"| {column} | {value} | {row['n']} ({row['n_per_class']['covid']} / "
+                         f"{row['n_per_class']['non_covid']}){few} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 

@@ -13,6 +13,7 @@ from ..models.net import build_network, for_inference, weights_state_dict
 from ..models.spec import ModelSpec
 from ..models.weights import consolidated_state_dict
 from ..predictions import predictions_table
+from ..subgroups import subgroup_columns, subgroup_table
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .distributed import on_main_process
@@ -55,7 +56,10 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
         metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
                                  bootstrap=config.bootstrap, seed=config.seed, groups=patient_ids(meta, final.rows))
         by_source = per_source(final.p_covid, final.targets, source_names(meta, final.rows), decision["threshold"])
-        return decision, {**metrics, **({"per_source": by_source} if by_source else {})}
+        by_subgroup = subgroup_table(final.p_covid, final.targets, subgroup_columns(meta, final.rows),
+                                     decision["threshold"], config.bootstrap, config.seed, patient_ids(meta, final.rows))
+        return decision, {**metrics, **({"per_source": by_source} if by_source else {}),
+                          **({"subgroups": by_subgroup} if by_subgroup else {})}
 
     decision, test_metrics = on_main_process(accelerator, score, "score the test split")
     accelerator.print(f"Test set: Average loss: {final.loss:.4f}, Accuracy: {100 * test_metrics['accuracy']:.2f}% "
