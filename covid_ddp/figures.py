@@ -58,16 +58,21 @@ def confusion_figure(matrix: list[list[int]], threshold: float) -> Figure:
     return figure
 
 
-def calibration_figure(p_covid: np.ndarray, targets: np.ndarray, bins: int = 10) -> Figure:
-    """Observed COVID fraction per bin of predicted P(COVID); the diagonal is perfect calibration."""
+def calibration_figure(p_covid: np.ndarray, targets: np.ndarray, bins: int = 10,
+                       before: tuple[np.ndarray, str] | None = None) -> Figure:
+    """Observed COVID fraction per bin of predicted P(COVID); the diagonal is perfect calibration.
+    ``before``: the scores before temperature scaling, and their label, drawn as a second curve."""
     figure, axes = plt.subplots(figsize=(4, 4))
-    index = np.minimum((p_covid * bins).astype(int), bins - 1)
-    filled = [b for b in range(bins) if (index == b).any()]
-    predicted = [p_covid[index == b].mean() for b in filled]
-    observed = [targets[index == b].mean() for b in filled]
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
-    axes.plot(predicted, observed, marker="o", label="model")
+    curves = [(before[0], before[1], "lightgrey")] if before is not None else []
+    for scores, label, colour in [*curves, (p_covid, "model" if before is None else "shipped (calibrated)", None)]:
+        index = np.minimum((scores * bins).astype(int), bins - 1)
+        filled = [b for b in range(bins) if (index == b).any()]
+        axes.plot([scores[index == b].mean() for b in filled], [targets[index == b].mean() for b in filled],
+                  marker="o", label=label, color=colour)
     _label(axes, "predicted P(COVID)", "observed COVID fraction", "Calibration")
+    if before is not None:
+        axes.legend(fontsize=7, loc="upper left")
     return figure
 
 

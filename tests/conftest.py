@@ -35,7 +35,7 @@ SMALL_RUN = ["--data-dir", "{data}", "--epochs", "2", "--batch-size", "40", "--e
 # collection order, so these start at once instead of finishing last (suite time).
 SLOWEST_FIRST = ("test_interruptions.py", "test_distributed.py", "test_launchers.py", "test_cli.py",
                  "test_shortcuts.py", "test_process_counts.py", "test_report.py", "test_download.py",
-                 "test_resume.py", "test_selection.py", "test_data_dirs.py")
+                 "test_resume.py", "test_selection.py", "test_data_dirs.py", "test_calibration.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import figures
+from ..calibration import scaled
 from ..bounds import BOOTSTRAP, SEED
 from ..data.format import to_binary
 from ..data.splits import patient_ids, source_names
@@ -23,7 +24,7 @@ from ..errors import UserError
 from ..files import write_json
 from ..metrics import binary_metrics, per_source
 from ..models.inference import resolve_device
-from ..models.weights import decision_threshold
+from ..models.weights import decision_threshold, read_sidecar
 from ..predictions import PREDICTIONS_FILE, predictions_table, write_predictions
 from ..subgroups import subgroup_columns, subgroup_table
 from .ensemble import Ensemble, common_split, ensemble_threshold
@@ -92,7 +93,7 @@ def evaluate(weights: str | Path | list, data_dir: str | list | None = None, spl
         "metrics": metrics, **({"per_source": by_source} if by_source else {}),
         **({"subgroups": by_subgroup} if by_subgroup else {}), "rows": rows.tolist()})
     write_predictions(output, predictions_table(rows, p_covid, targets, threshold, data.meta))
-    write_figures(output, p_covid, targets, metrics)
+    write_figures(output, p_covid, targets, metrics, read_sidecar(weights[0]) if len(weights) == 1 else None)
     return EvaluationResult(output, split, threshold, threshold_source, metrics, by_source or None, rows,
                             by_subgroup or None)
 
@@ -116,9 +117,12 @@ def log_loss(p_covid: np.ndarray, targets: np.ndarray) -> float:
     return float(-np.log(np.clip(p_true, 1e-12, 1)).mean()) if len(targets) else float("nan")
 
 
-def write_figures(output_dir: Path, p_covid, targets, metrics: dict) -> None:
+def write_figures(output_dir: Path, p_covid, targets, metrics: dict, sidecar: dict | None = None) -> None:
     figures.save_figure(figures.roc_figure(p_covid, targets, metrics["roc_auc"]), output_dir / "roc.png")
     figures.save_figure(figures.pr_figure(p_covid, targets, metrics["average_precision"]), output_dir / "pr.png")
     figures.save_figure(figures.confusion_figure(metrics["confusion_matrix"], metrics["threshold"]),
                         output_dir / "confusion.png")
-    figures.save_figure(figures.calibration_figure(p_covid, targets), output_dir / "calibration.png")
+    temperature = (sidecar or {}).get("temperature")
+    before = (scaled(p_covid, 1 / temperature), f"before temperature scaling (T = {temperature:.2f})") \
+        if isinstance(temperature, (int, float)) and temperature > 0 else None
+    figures.save_figure(figures.calibration_figure(p_covid, targets, before=before), output_dir / "calibration.png")

@@ -74,6 +74,10 @@ class Backbone(nn.Module):
     def gradcam_layer(self) -> nn.Module:
         return self.network.get_submodule(self.layout.gradcam)
 
+    def classifier_name(self) -> str:
+        """The last layer's name in the weights file (temperature scaling divides it)."""
+        return f"network.{self.layout.head}"
+
 
 def check_model_name(name: str) -> None:
     """``--model``: one of MODEL_NAMES or timm:NAME; anything else is a one-line error."""

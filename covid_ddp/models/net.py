@@ -73,6 +73,10 @@ class Net(nn.Module):
             x = F.max_pool2d(F.relu(bn(conv(x))), 2)
         return torch.flatten(x, 1)
 
+    def classifier_name(self) -> str:
+        """The last layer's name in the weights file (temperature scaling divides it)."""
+        return "fc2"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: raw pixel values (0-255), shape (N, 1, S, S). Returns log-probabilities (N, 2)."""
         x = (x - self.pixel_mean) / self.pixel_std

@@ -94,6 +94,10 @@ class TrainConfig:
     augment_marks: bool = _flag(False, "stamp arrows, boxes, letters and border bands, the marks publications draw "
                                 "on figures, on half the training images of both classes (against the source "
                                 "shortcut: docs/real-cxr.md)")
+    calibration: str = _flag("temperature", "'temperature': a temperature fitted on the validation split by log-loss "
+                             "divides the shipped weights' logits, so that P(COVID) is calibrated (the calls' ranking "
+                             "is unchanged; none without a validation split); 'none': the raw softmax",
+                             choices=["temperature", "none"])
     select_by: str = _flag("loss", "which epoch's weights the run ships: the one with the lowest validation "
                            "loss, the highest validation ROC AUC, or the last epoch (the original's behaviour, and "
                            "what --val-size 0 does: there is then no validation split to choose on)",
@@ -191,7 +195,7 @@ class TrainConfig:
 RESULT_FLAGS = ("dataset", "synthetic_size", "image_size", "model", "init_weights", "test_size", "val_size", "group_split", "holdout_source",
                 "exclude_source", "batch_size", "grad_accum_steps", "lr", "lr_patience",
                 "lr_factor", "dropout", "seed", "max_grad_norm", "augment", "augment_acquisition", "balance_sources",
-                "augment_marks", "sync_bn", "mixed_precision", "select_by")
+                "augment_marks", "sync_bn", "mixed_precision", "select_by", "calibration")
 
 
 RECIPE_BATCH_SIZE = 100

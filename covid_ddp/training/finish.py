@@ -4,9 +4,11 @@ test split scored once with it, the run's outputs written.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
+from ..calibration import fit_temperature, fold_temperature, log_loss, scaled
 from ..data.splits import patient_ids, source_names
 from ..metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_source
 from ..models.net import build_network, for_inference, weights_state_dict
@@ -42,6 +44,7 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
     # is a collective under FSDP.
     weights = weights_state_dict(consolidated_state_dict(accelerator.get_state_dict(run.model)),
                                  accelerator.unwrap_model(run.model, keep_torch_compile=False))
+    weights, calibration, monitored = calibrate(weights, run, accelerator, config, monitored)
     if monitored is None or accelerator.mixed_precision != "no":  # (None: resumed after the last epoch)
         scorer = shipped_model(weights, run.spec, accelerator.device)
         monitored = evaluate(scorer, run.monitor_loader, accelerator)
@@ -52,7 +55,8 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
 
     def score() -> tuple[dict, dict]:  # every rank holds the same gathered scores: the main process does it once
         decision = {**decide_threshold(monitored if run.monitor_name == "Validation" else None, config),
-                    "epoch": shipped_epoch, "shipped": why, "model": run.spec.to_dict()}
+                    "epoch": shipped_epoch, "shipped": why, "model": run.spec.to_dict(),
+                    **({"temperature": calibration["temperature"]} if calibration else {})}
         metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
                                  bootstrap=config.bootstrap, seed=config.seed, groups=patient_ids(meta, final.rows))
         by_source = per_source(final.p_covid, final.targets, source_names(meta, final.rows), decision["threshold"])
@@ -70,11 +74,41 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
                                                 shown, decision["threshold"]))
     shipped = {"epoch": shipped_epoch, "why": why, "select_by": config.select_by if selection.criterion else "last",
                "stopped_early": selection.stopped_early(progress.history, config.epochs)}
+    if calibration:  # the test split's calibration before the temperature, and with it (the shipped weights')
+        before = scaled(final.p_covid, 1 / calibration["temperature"])
+        calibration = {**calibration, "test": before_and_after(before, final.p_covid, final.targets)}
+        accelerator.print(f"Calibration: temperature {calibration['temperature']:.3f} (fitted on the validation "
+                          f"split); test ECE {calibration['test']['ece'][0]:.3f} -> {calibration['test']['ece'][1]:.3f}")
     table = lambda: predictions_table(final.rows, final.p_covid, final.targets, decision["threshold"], meta)  # noqa: E731
     path = folder.write_outputs(decision, weights, {"test": test_metrics, "shipped": shipped,
+                                                    **({"calibration": calibration} if calibration else {}),
                                                     "history": progress.history}, draw_final, table)
     accelerator.print(f"Model saved to {path}")
     return test_metrics
+
+
+def calibrate(weights: dict, run: PreparedRun, accelerator: Accelerator, config: TrainConfig,
+              monitored: Evaluation | None) -> tuple[dict, dict | None, Evaluation | None]:
+    """--calibration temperature: (the weights with a temperature fitted on the validation scores
+    folded into their last layer, the calibration record, None: the validation scores are those
+    of other weights now). Unchanged without a validation split, or with --calibration none."""
+    if config.calibration != "temperature" or run.monitor_name != "Validation":
+        return weights, None, monitored
+    if monitored is None or accelerator.mixed_precision != "no":  # the scores of these very weights, in fp32
+        monitored = evaluate(shipped_model(weights, run.spec, accelerator.device), run.monitor_loader, accelerator)
+    temperature = fit_temperature(monitored.p_covid, monitored.targets)  # the same gathered scores on every rank
+    classifier = accelerator.unwrap_model(run.model, keep_torch_compile=False).classifier_name()
+    record = {"method": "temperature", "temperature": temperature, "fitted_on": "validation",
+              "validation": before_and_after(monitored.p_covid, scaled(monitored.p_covid, temperature),
+                                             monitored.targets)}
+    return fold_temperature(weights, classifier, temperature), record, None
+
+
+def before_and_after(before: np.ndarray, after: np.ndarray, targets: np.ndarray) -> dict:
+    """[before, after] of each calibration figure: ECE, Brier score, log-loss."""
+    scores = [binary_metrics(p, targets) for p in (before, after)]
+    return {"ece": [s["ece"] for s in scores], "brier": [s["brier"] for s in scores],
+            "log_loss": [log_loss(p, targets) for p in (before, after)]}
 
 
 def shipped_model(weights: dict, spec: ModelSpec, device: torch.device) -> torch.nn.Module:
