@@ -94,6 +94,8 @@ def _widen_degenerate(result: dict, called: np.ndarray, targets: np.ndarray, uni
             methods[name] = "percentile bootstrap" if interval is not None else "undefined"
             continue
         count = len(np.unique(unit_of_image[counted.get(name, smaller)]))
+        if not count:  # a metric of one class (F1 of a COVID-only source): its own units are all of them
+            count = len(np.unique(unit_of_image))
         result["ci95"][name] = wilson_interval(value, count)
         methods[name] = (f"Wilson score over {count} {unit}: every bootstrap resample gave {value:.3f}, an "
                          "interval of zero width")

@@ -172,3 +172,11 @@ def test_a_rate_of_one_gets_a_wilson_interval_not_one_of_zero_width(capsys):
     assert "specificity            1.000   [0.944, 1.000] *" in table and "* Wilson score interval" in table
     card = "\n".join(_results_section({"test": scored}, Path("/nonexistent")))
     assert "| specificity | 1.000 | 0.944 - 1.000 * |" in card and "specificity: Wilson score over 65 images" in card
+
+
+def test_a_one_class_set_with_a_rate_of_one_gets_an_interval_too():
+    """A COVID-only source all called COVID: sensitivity and F1 are 1, the non-COVID class empty."""
+    targets = np.ones(30, dtype=int)
+    scored = binary_metrics(np.full(30, 0.9), targets, threshold=0.5, bootstrap=50)
+    assert scored["sensitivity"] == 1.0 and scored["ci95"]["sensitivity"][0] == pytest.approx(30 / (30 + 1.96 ** 2), abs=1e-3)
+    assert scored["f1"] == 1.0 and scored["ci95"]["f1"][1] == 1.0 and scored["ci95"]["f1"][0] < 1.0
