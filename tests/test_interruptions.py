@@ -121,7 +121,8 @@ def test_a_stop_during_a_long_validation_pass_saves_at_once_and_resumes_exactly(
     """SIGTERM inside epoch 1's validation (7 batches of a second): the ranks agree before the next
     batch and save the epoch's last step, instead of validating on, checkpointing and training into
     epoch 2 while torchrun's 30 s kill grace runs out. The resumed run validates epoch 1 again and
-    ends with the uninterrupted run's weights; the finished folder keeps no mid-epoch checkpoint."""
+    ends with the uninterrupted run's weights (to float32 round-off); the finished folder keeps no
+    mid-epoch checkpoint."""
     run_dir, flags = tmp_path / "run", (*TRIAL_FLAGS, "--eval-batch-size", "4")
     stopped = _launch(2, [HELPERS / "faulty_train.py", "slowval:1"], small_args(small_data, run_dir, *flags),
                       check=False)
@@ -130,7 +131,9 @@ def test_a_stop_during_a_long_validation_pass_saves_at_once_and_resumes_exactly(
     assert "Validation set" not in stopped.stdout, "stopped inside the pass, not after it"
     resumed = _launch(2, [TRAIN_SCRIPT], small_args(small_data, run_dir, *flags, "--resume", "auto"))
     assert "(epoch 0 done, 12 steps of epoch 1)" in resumed.stdout
-    _assert_same_run(run_dir, uninterrupted)
+    # Validation in batches of 4 here, of 60 in the reference: its float32 scores, and the temperature
+    # fitted on them (folded into fc2), may differ in round-off (1e-8 with torch 2.2.2).
+    _assert_same_run(run_dir, uninterrupted, tolerance=1e-6)
     assert [path.name for path in complete_checkpoints(run_dir)] == ["epoch_001", "epoch_002"]
 
 
