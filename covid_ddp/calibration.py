@@ -14,6 +14,8 @@ import math
 import numpy as np
 import torch
 
+from .metrics import log_loss
+
 LOWEST, HIGHEST = 0.05, 20.0  # the temperatures searched: from 20x sharper to 20x softer
 _P_CLIP = 1e-12  # (float64: logits to +-27.6; a float32 softmax reaches 1e-38, which only ties at the extremes)
 
@@ -27,11 +29,6 @@ def logits(p_covid: np.ndarray) -> np.ndarray:
 def scaled(p_covid: np.ndarray, temperature: float) -> np.ndarray:
     """P(COVID) of the logits divided by ``temperature``."""
     return 1 / (1 + np.exp(-logits(p_covid) / temperature))
-
-
-def log_loss(p_covid: np.ndarray, targets: np.ndarray) -> float:
-    p = np.clip(np.asarray(p_covid, dtype=np.float64), _P_CLIP, 1 - _P_CLIP)
-    return float(-np.mean(np.where(np.asarray(targets) == 1, np.log(p), np.log1p(-p))))
 
 
 def fit_temperature(p_covid: np.ndarray, targets: np.ndarray) -> float:

@@ -64,6 +64,19 @@ def binary_metrics(p_covid: np.ndarray, targets: np.ndarray, loss: float | None 
 
 
 Z95 = 1.959963984540054  # the normal quantile of a two-sided 95% interval
+WILSON = "Wilson score"  # how ci95_method names an interval the bootstrap could not draw
+
+
+def log_loss(p_covid: np.ndarray, targets: np.ndarray) -> float:
+    """The mean negative log-likelihood of the true class (NaN for no images)."""
+    p_covid = np.asarray(p_covid, dtype=np.float64)
+    p_true = np.where(np.asarray(targets) == 1, p_covid, 1 - p_covid)
+    return float(-np.log(np.clip(p_true, 1e-12, 1)).mean()) if len(p_true) else float("nan")
+
+
+def wilson_replaced(metrics: dict) -> dict[str, str]:
+    """Metric -> why its interval is a Wilson one (those marked in tables and the model card)."""
+    return {name: method for name, method in metrics.get("ci95_method", {}).items() if method.startswith(WILSON)}
 
 
 def wilson_interval(rate: float, count: int) -> list[float]:
@@ -97,7 +110,7 @@ def _widen_degenerate(result: dict, called: np.ndarray, targets: np.ndarray, uni
         if not count:  # a metric of one class (F1 of a COVID-only source): its own units are all of them
             count = len(np.unique(unit_of_image))
         result["ci95"][name] = wilson_interval(value, count)
-        methods[name] = (f"Wilson score over {count} {unit}: every bootstrap resample gave {value:.3f}, an "
+        methods[name] = (f"{WILSON} over {count} {unit}: every bootstrap resample gave {value:.3f}, an "
                          "interval of zero width")
     return methods
 

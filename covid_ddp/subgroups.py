@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .data.splits import as_text
+from .errors import UserError
 from .metrics import binary_metrics
 
 SUBGROUP_METRICS = ("roc_auc", "sensitivity", "specificity")
@@ -31,8 +32,6 @@ def subgroup_columns(meta: dict | None, rows: np.ndarray, chosen: list[str] | No
     if chosen is not None:
         unknown = [name for name in chosen if name not in names]
         if unknown:
-            from .errors import UserError
-
             raise UserError(f"--subgroups {','.join(unknown)}: no such meta.npz column; the data holds "
                             f"{', '.join(sorted(names)) or 'none'}")
     columns = {}

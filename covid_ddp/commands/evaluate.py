@@ -16,7 +16,7 @@ from ..bounds import BOOTSTRAP, PROBABILITY, SEED
 from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
 from ..evaluation.evaluate import FIGURES, RECORD, SPLITS, EvaluationResult, evaluate
 from ..evaluation.model_card import refresh_model_card
-from ..metrics import METRICS, SOURCE_METRICS
+from ..metrics import METRICS, SOURCE_METRICS, wilson_replaced
 from ..predictions import PREDICTIONS_FILE
 from ..subgroups import SUBGROUP_METRICS
 
@@ -105,7 +105,7 @@ def format_table(metrics: dict, title: str) -> str:
     intervals, resampled = metrics.get("ci95", {}), metrics.get("bootstrap")
     over = f" (bootstrap over {resampled['units']} {resampled['unit']}s)" if resampled else ""
     lines = [title, f"{'metric':<20}{'value':>8}   95% CI{over}"]
-    wilson = [name for name, method in metrics.get("ci95_method", {}).items() if method.startswith("Wilson")]
+    wilson = wilson_replaced(metrics)
     for name in METRICS:
         value, interval = metrics[name], intervals.get(name)
         shown = "n/a" if value is None else f"{value:.3f}"

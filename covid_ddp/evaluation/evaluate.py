@@ -22,7 +22,7 @@ from ..data.splits import patient_ids, source_names
 from ..destinations import check_output_folder, either, is_own_figure, record_of, refuse_inputs
 from ..errors import UserError
 from ..files import write_json
-from ..metrics import binary_metrics, per_source
+from ..metrics import binary_metrics, log_loss, per_source
 from ..models.inference import resolve_device
 from ..models.weights import decision_threshold, read_sidecar
 from ..predictions import PREDICTIONS_FILE, predictions_table, write_predictions
@@ -63,9 +63,9 @@ def evaluate(weights: str | Path | list, data_dir: str | list | None = None, spl
         if data_dir is not None else None
     if split not in SPLITS:
         raise UserError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    BOOTSTRAP.check(bootstrap, "bootstrap")
+    BOOTSTRAP.check(bootstrap, "bootstrap")  # (a threshold is checked where it is used: decision_threshold)
     if seed is not None:
-        SEED.check(seed, "seed")  # (a threshold is checked where it is used: decision_threshold)
+        SEED.check(seed, "seed")
     ensemble = Ensemble.load(weights, resolve_device(device))  # one run, or the mean of several
     output = Path(output_dir) if output_dir else evaluation_folder(split, weights)
     check_destination(output, data_dirs, weights)
@@ -110,11 +110,6 @@ def check_destination(output_dir: Path, data_dirs: list[str] | None, weights: li
     refuse_inputs(output_dir, "--output-dir", [*(data_dirs or []), *weights], nested=False)
     check_output_folder(output_dir, "--output-dir", [RECORD, PREDICTIONS_FILE, *FIGURES], "covid-ddp-evaluate",
                         either(record_of(RECORD, "weights", "split", "metrics"), is_own_figure))
-
-
-def log_loss(p_covid: np.ndarray, targets: np.ndarray) -> float:
-    p_true = np.where(targets == 1, p_covid, 1 - p_covid)
-    return float(-np.log(np.clip(p_true, 1e-12, 1)).mean()) if len(targets) else float("nan")
 
 
 def write_figures(output_dir: Path, p_covid, targets, metrics: dict, sidecar: dict | None = None) -> None:

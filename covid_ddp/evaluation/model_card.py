@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..data.confounding import confounding_warning, markdown_table, single_class_sources, single_source_warning
 from ..files import atomic_path
+from ..metrics import wilson_replaced
 from ..models.spec import ModelSpec
 from ..models.weights import sidecar_path
 from ..run_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
@@ -322,7 +323,7 @@ def _results_section(metrics: dict | None, run_dir: Path) -> list[str]:
              "Calibration: Brier score and ECE (10 bins) below.", "",
              "| metric | value | 95% interval |", "| --- | --- | --- |"]
     intervals = test.get("ci95", {})
-    wilson = {name: method for name, method in test.get("ci95_method", {}).items() if method.startswith("Wilson")}
+    wilson = wilson_replaced(test)
     for name in SHOWN_METRICS:
         value, interval = test.get(name), intervals.get(name)
         lines.append(f"| {name} | {'n/a' if value is None else f'{value:.3f}'} | "

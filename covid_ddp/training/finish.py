@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from ..calibration import fit_temperature, fold_temperature, log_loss, scaled
+from ..calibration import fit_temperature, fold_temperature, scaled
 from ..data.splits import patient_ids, source_names
-from ..metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, per_source
+from ..metrics import DEFAULT_THRESHOLD, binary_metrics, choose_threshold, log_loss, per_source
 from ..models.net import build_network, for_inference, weights_state_dict
 from ..models.spec import ModelSpec
 from ..models.weights import consolidated_state_dict
@@ -57,11 +57,12 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
         decision = {**decide_threshold(monitored if run.monitor_name == "Validation" else None, config),
                     "epoch": shipped_epoch, "shipped": why, "model": run.spec.to_dict(),
                     **({"temperature": calibration["temperature"]} if calibration else {})}
+        patients = patient_ids(meta, final.rows)
         metrics = binary_metrics(final.p_covid, final.targets, final.loss, decision["threshold"],
-                                 bootstrap=config.bootstrap, seed=config.seed, groups=patient_ids(meta, final.rows))
+                                 bootstrap=config.bootstrap, seed=config.seed, groups=patients)
         by_source = per_source(final.p_covid, final.targets, source_names(meta, final.rows), decision["threshold"])
         by_subgroup = subgroup_table(final.p_covid, final.targets, subgroup_columns(meta, final.rows),
-                                     decision["threshold"], config.bootstrap, config.seed, patient_ids(meta, final.rows))
+                                     decision["threshold"], config.bootstrap, config.seed, patients)
         return decision, {**metrics, **({"per_source": by_source} if by_source else {}),
                           **({"subgroups": by_subgroup} if by_subgroup else {})}
 
