@@ -309,6 +309,11 @@ def test_evaluate_scores_the_rows_of_the_runs_splits_npz_not_a_rebuilt_split(pat
     assert evaluate_main(["--weights", weights, "--split", "val", "--bootstrap", "0", "--output-dir",
                           str(tmp_path / "eval")]) == 0
     assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["rows"] == parts["val"].tolist()
+    monkeypatch.undo()  # weights copied with their config.json only: the split is rebuilt from it
+    (run_dir / "splits.npz").unlink()
+    assert evaluate_main(["--weights", weights, "--split", "val", "--bootstrap", "0", "--output-dir",
+                          str(tmp_path / "rebuilt")]) == 0
+    assert json.loads((tmp_path / "rebuilt" / "evaluation.json").read_text())["rows"] == parts["val"].tolist()
     np.savez(run_dir / "splits.npz", **{**parts, "test": np.array([0, 10**6])})  # damaged: a row beyond the set
     code = evaluate_main(["--weights", weights, "--bootstrap", "0", "--output-dir", str(tmp_path / "eval2")])
     refused(capsys, code, "splits.npz: no 'test' rows among the 400 images", "--split all")

@@ -301,6 +301,9 @@ def test_the_audit_reads_as_one_verdict_and_names_two_readings_that_disagree():
     assert "audit.png's mean heatmap" in line and "The source probe could not run" in line
     clean = {**report, "gradcam": {"inside_share": 0.75, "uniform_share": 0.5625}}
     assert reading.verdict(clean).startswith("No sign of the shortcuts probed (marks, border, Grad-CAM)")
+    assert reading.read_border({"roc_auc_change": -0.03, "mean_abs_change": 0.02}).level == "weak", "between the two"
+    assert reading.read_probe({"roc_auc": 0.75, "pixels_roc_auc": 0.9}).level == "weak"
+    assert reading.read_gradcam({"inside_share": None, "uniform_share": 0.56}) is None, "no heatmap: no reading"
     marked = {**clean, "marks": {**report["marks"], "flip_share": 0.4, "mean_change": 0.3}}
     assert reading.verdict(marked).startswith("Signs of a shortcut: marks.")
 
