@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..models.backbones import check_model_name
 from ..models.spec import ModelSpec
 from .config_file import read_settings, settings_as_flags
+from .trackers import tracker_names
 
 
 def _flag(default, help: str, **argparse_kwargs):
@@ -147,7 +148,11 @@ class TrainConfig:
                                       "config.json; each change is recorded there, and a new --lr is applied to the "
                                       "optimizer")
     keep_checkpoints: int = _flag(3, "number of epoch checkpoints kept in <output-dir>/checkpoints", metavar="N")
-    log_every: int = _flag(20, "log training loss, learning rate and images/s to TensorBoard every this many steps", metavar="STEPS")
+    log_with: str = _flag("tensorboard", "experiment trackers the main process logs to, through accelerate, "
+                          "comma-separated: tensorboard (in the run folder), mlflow, wandb, aim, comet_ml, clearml, "
+                          "dvclive, ...; each configured by its own environment (MLFLOW_TRACKING_URI, WANDB_MODE=offline); "
+                          "'none': none (docs/training.md#experiment-trackers)", metavar="TRACKERS")
+    log_every: int = _flag(20, "log training loss, learning rate and images/s to the trackers every this many steps", metavar="STEPS")
     log_images_every: int = _flag(1, "draw TensorBoard figures every this many epochs: validation inputs with their "
                                   "labels, Grad-CAM overlays, and at the end test ROC and confusion matrix (0: never; "
                                   "each drawing takes ~0.5 s on a CPU)", metavar="EPOCHS")
@@ -166,6 +171,7 @@ class TrainConfig:
             raise UserError("--workers gather training batches in host memory; --data-on-device yes holds the set on "
                             "the device instead: choose one")
         check_model_name(self.model)
+        tracker_names(self.log_with)
         if self.output_dir and self.data_dir:  # a run's files mixed into its data would be read as data
             refuse_inputs(Path(self.output_dir), "--output-dir", self.data_dir, nested=False)
         if self.init_weights and self.model == "net":

@@ -244,3 +244,8 @@ class PreparedRun:
     data_device: str  # where the uint8 set lives (--data-on-device)
     train_loader_kind: str  # 'device' (batches cut on the device) or 'DataLoader' (gathered in host memory)
     spec: ModelSpec  # the network and its input size, recorded beside the weights
+
+    def step_at_end_of(self, epoch: int) -> int:
+        """The logging step at an epoch's end: every tracker's x-axis is the training step (the
+        step logs'), as W&B requires of every log; each epoch's figures carry their epoch."""
+        return epoch * len(self.train_loader)

@@ -80,6 +80,7 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
         calibration = {**calibration, "test": before_and_after(before, final.p_covid, final.targets)}
         accelerator.print(f"Calibration: temperature {calibration['temperature']:.3f} (fitted on the validation "
                           f"split); test ECE {calibration['test']['ece'][0]:.3f} -> {calibration['test']['ece'][1]:.3f}")
+    accelerator.log(tracked_results(test_metrics, calibration), step=run.step_at_end_of(progress.epoch))
     table = lambda: predictions_table(final.rows, final.p_covid, final.targets, decision["threshold"], meta)  # noqa: E731
     path = folder.write_outputs(decision, weights, {"test": test_metrics, "shipped": shipped,
                                                     **({"calibration": calibration} if calibration else {}),
@@ -103,6 +104,13 @@ def calibrate(weights: dict, run: PreparedRun, accelerator: Accelerator, config:
               "validation": before_and_after(monitored.p_covid, scaled(monitored.p_covid, temperature),
                                              monitored.targets)}
     return fold_temperature(weights, classifier, temperature), record, None
+
+
+def tracked_results(test_metrics: dict, calibration: dict | None) -> dict:
+    """The test split's figures as the trackers take them (numbers, named test/...), and the temperature."""
+    figures = {f"test/{name}": value for name, value in test_metrics.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    return {**figures, **({"calibration/temperature": calibration["temperature"]} if calibration else {})}
 
 
 def before_and_after(before: np.ndarray, after: np.ndarray, targets: np.ndarray) -> dict:

@@ -24,14 +24,16 @@ from accelerate.state import AcceleratorState, GradientState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs
 
 from ..cli import is_main_rank, say
-from ..errors import first_line
+from ..errors import Interrupted, first_line
 from . import hardware
 from .config import TrainConfig
 from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_only, describe, exchange_before_group,
                           join_restarted_group, lost_another_process, on_every_process, on_main_process,
                           refuse_independent_launch, refuse_unsupported_engine, refuse_unsupported_type,
                           same_on_every_process)
+from .interrupt import TrainingInterrupted
 from .run_folder import RunFolder, recorded_precision
+from .trackers import FAILED, FINISHED, KILLED, TENSORBOARD, TrackerRuns, tracker_names
 
 
 class Session:
@@ -43,6 +45,7 @@ class Session:
         self.config = config  # with the precision the processes agreed on
         self.forced = forced  # result flags the hardware changed unasked: a resume records, not refuses, them
         self.run_dir: Path | None = None  # once claimed: named by a failure's message
+        self.tracker_runs: TrackerRuns | None = None  # the main process's trackers beside TensorBoard
 
     @classmethod
     @contextmanager
@@ -54,6 +57,7 @@ class Session:
             try:
                 yield session
             except Exception as error:
+                session.end_trackers(_status_after(error))
                 shut_down(session.accelerator, barrier=False)
                 if lost_another_process(error):
                     raise session._peer_lost(error) from None
@@ -94,8 +98,40 @@ class Session:
             yield folder
 
     def shut_down(self) -> None:
-        """The end of a job that went well: every process reaches it, then the group goes."""
+        """The end of a job that went well: every process reaches it, then the group goes. The
+        trackers beside TensorBoard stay open for what the run writes after (``closing_trackers``)."""
+        if self.tracker_runs is not None:
+            self.tracker_runs.detach(self.accelerator)
         shut_down(self.accelerator)
+
+    def start_trackers(self, folder: Path, params: dict, resumed: bool) -> None:
+        """--log-with's trackers beside TensorBoard, on the main process (a failure ends the job)."""
+        def start() -> None:
+            self.tracker_runs = TrackerRuns.start(self.accelerator, tracker_names(self.config.log_with), folder,
+                                                  params, resumed)
+
+        self.on_main(start, "start the experiment trackers")
+
+    @contextmanager
+    def closing_trackers(self):
+        """Around what the main process does once the job is over: then the trackers log the run's
+        files and end, as finished, or failed with it."""
+        try:
+            yield
+        except BaseException as error:
+            self.end_trackers(_status_after(error))
+            raise
+        self.end_trackers(FINISHED)
+
+    def end_trackers(self, status: str) -> None:
+        if self.tracker_runs is not None:
+            self.tracker_runs.detach(self.accelerator)  # (end_training, if it comes, ends no tracker twice)
+            self.tracker_runs.end(status)
+
+
+def _status_after(error: BaseException) -> str:
+    """A stopped run is KILLED in the trackers (MLflow's word), a failed one FAILED."""
+    return KILLED if isinstance(error, (Interrupted, TrainingInterrupted, KeyboardInterrupt)) else FAILED
 
     def _peer_lost(self, error: Exception) -> JobFailed:
         resume = f" Complete checkpoints are kept: rerun with --resume auto --output-dir {self.run_dir}" \
@@ -140,7 +176,7 @@ def build_accelerator(config: TrainConfig, cpu: bool | None = None) -> Accelerat
         mixed_precision=config.mixed_precision,
         dynamo_backend=_dynamo_backend(config.compile),
         gradient_accumulation_steps=config.grad_accum_steps,
-        log_with="tensorboard",
+        log_with=TENSORBOARD if TENSORBOARD in tracker_names(config.log_with) else None,  # the others: start_trackers
         # A placeholder: the run folder is settled (and shared by all ranks) after start-up.
         project_dir=config.output_dir or "runs",
         # split_batches: --eval-batch-size is global and each process scores its slice of every

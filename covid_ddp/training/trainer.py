@@ -41,6 +41,7 @@ from .record import run_config
 from .run_folder import RunFolder, describe_changes, recorded_batch_size
 from .selection import Selection
 from .session import Session
+from .trackers import TENSORBOARD, params_of, tracker_names
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,9 @@ def train(config: TrainConfig, after: AfterTraining | None = None) -> TrainedRun
             run = TrainedRun(folder.path, folder.path / WEIGHTS_FILE, metrics, job.config)
             trained_now, main_process = not folder.finished, session.is_main_process
     # Once the job is over and its folder let go: what ``after`` does (or fails at) is not the job's.
-    if after is not None and trained_now and main_process:
-        after(run, job.data, job.split)
+    with session.closing_trackers():  # (then they log the run's files, the card and audit included)
+        if after is not None and trained_now and main_process:
+            after(run, job.data, job.split)
     return run
 
 
@@ -160,7 +162,7 @@ def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
             say(f"covid-ddp-train: {split.copy_groups[0]} group(s) of copies of one image ({split.copy_groups[1]} "
                 "images) kept together, each in one part of the split")
         announce_sources(table_of(data.meta, job.targets, split.train))
-    board = start_logging(session, folder, data.images, job.targets, split, config)
+    board = start_logging(session, folder, data.images, job.targets, split, config, resumed=bool(progress.epoch or progress.step))
 
     monitored = None
     with folder.stop_on_signal(state) as stopper:
@@ -235,7 +237,8 @@ def run_epoch(run: PreparedRun, accelerator: Accelerator, config: TrainConfig, e
     record = {"epoch": epoch, "train_loss": train_loss, **_monitored_figures(run.monitor_name, monitored),
               "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s, "rss_mb": resident_memory_mb(),
               "seconds": round(time.perf_counter() - started, 3)}  # training + validation (resumed: since then)
-    accelerator.log({f"epoch/{k}": v for k, v in record.items() if k != "epoch" and v is not None}, step=epoch)
+    accelerator.log({"epoch": epoch, **{f"epoch/{k}": v for k, v in record.items() if k != "epoch" and v is not None}},
+                    step=run.step_at_end_of(epoch))
     if board is not None:  # main process only; no collectives inside
         board.epoch(accelerator.unwrap_model(run.model, keep_torch_compile=False), monitored, run.monitor_name, epoch)
     accelerator.print(_monitored_line(run.monitor_name, record))
@@ -259,18 +262,24 @@ def _monitored_line(monitor_name: str, record: dict) -> str:
             f"at threshold {DEFAULT_THRESHOLD:.3f} [COVID Detection]")
 
 
-# --- TensorBoard -----------------------------------------------------------------------------
+# --- TensorBoard and the other trackers -------------------------------------------------------
 
 
-def start_logging(session: Session, folder: RunFolder, images, targets, split,
-                  config: TrainConfig) -> Logger | None:
+def start_logging(session: Session, folder: RunFolder, images, targets, split, config: TrainConfig,
+                  resumed: bool = False) -> Logger | None:
     """TensorBoard in <run>/tensorboard, on the main process (its hyper-parameters go in at the
-    end, next to the final metrics: see ``board.Logger.final``)."""
+    end, next to the final metrics: see ``board.Logger.final``), and --log-with's other trackers."""
     accelerator = session.accelerator
-    # Both: set_directories keeps the placeholder logging_dir given at start-up (which put the
-    # events of a default runs/<timestamp> run in runs/tensorboard).
-    accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(folder.path)
-    session.on_main(lambda: accelerator.init_trackers(TENSORBOARD_DIR),
-                    f"start TensorBoard logging in {folder.path / TENSORBOARD_DIR}")
+    tensorboard = TENSORBOARD in tracker_names(config.log_with)
+    if tensorboard:  # first: init_trackers starts every tracker it holds
+        # Both: set_directories keeps the placeholder logging_dir given at start-up (which put the
+        # events of a default runs/<timestamp> run in runs/tensorboard).
+        accelerator.project_configuration.project_dir = accelerator.project_configuration.logging_dir = str(folder.path)
+        session.on_main(lambda: accelerator.init_trackers(TENSORBOARD_DIR),
+                        f"start TensorBoard logging in {folder.path / TENSORBOARD_DIR}")
+    session.start_trackers(folder.path, params_of(config.to_dict(), accelerator.num_processes,
+                                                  accelerator.mixed_precision, folder.path), resumed)
+    if not tensorboard:
+        return None
     return Logger.for_run(accelerator, images, targets, split.val if len(split.val) else split.test,
                           config.log_images_every)

@@ -1,0 +1,203 @@
+"""Experiment trackers beside TensorBoard (``--log-with tensorboard,mlflow,wandb``): accelerate's
+tracker classes, started by the main process once the run folder is known.
+
+accelerate starts every tracker it is given under one project name, which is also the folder
+TensorBoard writes into; so TensorBoard stays accelerate's own ``init_trackers`` (the run's
+``tensorboard/`` folder), and the others are built here from accelerate's classes with names of
+their own: the MLflow experiment and the W&B project ``covid_ddp``, the run named after its
+folder and tagged with its path. They join ``accelerator.trackers``, so ``accelerator.log``
+reaches every one: the flags (as params), each epoch's losses, validation ROC AUC and learning
+rate, and the test metrics. They outlive the job's process group: the files a run writes after it
+(the model card, the audit) are logged as artifacts once they exist, then each run is ended with
+the status the run ended with.
+
+A tracker is configured by its own environment variables (``MLFLOW_TRACKING_URI``,
+``WANDB_MODE=offline``, ...). The run folder's ``trackers.json`` records each tracker's run id,
+and a resumed run logs on into the same tracker runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+from ..errors import UserError
+from ..files import write_json
+
+TENSORBOARD = "tensorboard"
+PROJECT = "covid_ddp"  # the MLflow experiment, the W&B project (MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT override)
+TRACKERS_FILE = "trackers.json"
+RUN_FOLDER_TAG = "covid_ddp.run_folder"
+# The extras of setup.cfg that install a tracker; the others are named by their PyPI package.
+EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
+PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "aim": "aim", "comet_ml": "comet-ml",
+            "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+# Ended runs: accelerate ends them as finished; a failed or stopped run says so in the tracker.
+FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
+
+
+def tracker_names(text: str) -> tuple[str, ...]:
+    """``--log-with``: accelerate's tracker names, comma-separated ('none': no tracker), each
+    refused in one line when accelerate does not know it or its package is missing."""
+    names = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
+    if names in ((), ("none",)):
+        return ()
+    known = _known_trackers()
+    for name in names:
+        if name not in known:
+            raise UserError(f"--log-with {name}: not a tracker accelerate knows; choose from {', '.join(known)} "
+                            "(comma-separated), or none")
+        if importlib.util.find_spec(name) is None:
+            raise UserError(f"--log-with {name}: the {PACKAGES.get(name, name)} package is not installed; "
+                            f"{install_hint(name)}")
+    return names
+
+
+def install_hint(name: str) -> str:
+    if name in EXTRAS:
+        return f'pip install -e ".[{EXTRAS[name]}]" (or pip install "covid_ddp[{EXTRAS[name]}]")'
+    return f"pip install {PACKAGES.get(name, name)}"
+
+
+def _known_trackers() -> list[str]:
+    from accelerate.utils import LoggerType
+
+    return [kind.value for kind in LoggerType if kind.value != "all"]
+
+
+def recorded_runs(folder: Path) -> dict:
+    """The tracker runs of a run folder (its ``trackers.json``): {tracker: {"run_id": ..., ...}}."""
+    path = folder / TRACKERS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):  # unreadable: a resume starts new tracker runs rather than fail
+        return {}
+
+
+class TrackerRuns:
+    """The main process's trackers other than TensorBoard, for one run folder."""
+
+    def __init__(self, folder: Path, trackers: list):
+        self.folder, self.trackers = folder, trackers
+
+    @classmethod
+    def start(cls, accelerator, names: tuple[str, ...], folder: Path, params: dict, resumed: bool) -> "TrackerRuns":
+        """Each tracker's run (a resumed run's: the one ``trackers.json`` names), its params logged,
+        joined to ``accelerator.trackers``; their ids recorded in ``trackers.json``."""
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        recorded = recorded_runs(folder) if resumed else {}
+        runs = cls(folder, [])
+        for name in names:
+            if name == TENSORBOARD:
+                continue
+            kind, earlier = LOGGER_TYPE_TO_CLASS[name], recorded.get(name, {})
+            tracker = kind(**_arguments(name, folder, earlier, kind.requires_logging_directory))
+            if hasattr(tracker, "start"):  # accelerate >= 1.5 starts a tracker here; earlier ones in __init__
+                tracker.start()
+            runs.trackers.append(tracker)
+            if not earlier.get("run_id"):
+                # A new tracker run: the flags it started with. (MLflow refuses a param changed on
+                # its run: a resume's changes are recorded in config.json's resumes.)
+                tracker.store_init_configuration(dict(params))  # (accelerate 1.3 drops entries from it)
+        accelerator.trackers.extend(runs.trackers)
+        if runs.trackers:
+            write_json(folder / TRACKERS_FILE, {**recorded, **runs.ids()})
+        return runs
+
+    def ids(self) -> dict:
+        return {tracker.name: _describe(tracker) for tracker in self.trackers}
+
+    def detach(self, accelerator) -> None:
+        """Out of ``accelerator.trackers``: ``end_training`` (the job's end) leaves them open for ``end``."""
+        accelerator.trackers[:] = [t for t in accelerator.trackers if all(t is not own for own in self.trackers)]
+
+    def end(self, status: str = FINISHED) -> None:
+        """A finished run's files as artifacts (where the tracker takes them), then each run ended."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            if status == FINISHED:
+                _log_artifacts(tracker, self.folder)
+            _finish(tracker, status)
+
+
+def params_of(config: dict, num_processes: int, mixed_precision: str, folder: Path) -> dict:
+    """The flags as the run settled them, as trackers take params: scalars and strings (a list of
+    folders joined), with the process count and the run folder."""
+    values = {name: ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+              for name, value in config.items()}
+    return {**values, "num_processes": num_processes, "mixed_precision": mixed_precision,
+            "run_folder": str(folder)}
+
+
+def run_files(folder: Path) -> list[Path]:
+    """What a tracker keeps of a run: every file at the top of its folder (weights, their sidecar,
+    metrics.json, config.json, the model card, the audit, predictions.csv), not the checkpoints,
+    TensorBoard's events or the lock."""
+    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+
+
+# --- per tracker ------------------------------------------------------------------------------
+
+
+def _arguments(name: str, folder: Path, recorded: dict, needs_folder: bool) -> dict:
+    """Each tracker's constructor arguments: named ``covid_ddp``, the run after its folder (a
+    tracker that writes files of its own, Aim, writes them in the run folder)."""
+    if name == "mlflow":
+        return {"experiment_name": PROJECT, "run_id": recorded.get("run_id"), "run_name": folder.name,
+                "tags": {RUN_FOLDER_TAG: str(folder)}, "description": f"covid_ddp run folder {folder}"}
+    if name == "wandb":
+        resumed = {"id": recorded["run_id"], "resume": "allow"} if recorded.get("run_id") else {}
+        return {"run_name": PROJECT, "name": folder.name, "notes": f"covid_ddp run folder {folder}", **resumed}
+    return {"run_name": PROJECT, **({"logging_dir": str(folder)} if needs_folder else {})}
+
+
+def _describe(tracker) -> dict:
+    """What trackers.json says of a tracker's run: its id and where it lives."""
+    if tracker.name == "mlflow":
+        import mlflow
+
+        info = tracker.tracker.info
+        return {"run_id": info.run_id, "experiment_id": info.experiment_id,
+                "tracking_uri": mlflow.get_tracking_uri(), "artifact_uri": info.artifact_uri}
+    if tracker.name == "wandb":
+        run = tracker.tracker
+        return {"run_id": run.id, "project": run.project, "dir": run.dir,
+                **({"url": run.url} if getattr(run, "url", None) else {})}
+    run = getattr(tracker, "tracker", None)
+    run_id = getattr(run, "id", None) or getattr(run, "hash", None)
+    return {"run_id": str(run_id)} if run_id is not None else {}
+
+
+def _log_artifacts(tracker, folder: Path) -> None:
+    files = run_files(folder)
+    if tracker.name == "mlflow":
+        from mlflow.tracking import MlflowClient
+
+        client, run_id = MlflowClient(), tracker.tracker.info.run_id
+        for path in files:
+            client.log_artifact(run_id, str(path))
+    elif tracker.name == "wandb":
+        import wandb
+
+        # A model artifact of the run's files, named after the folder (W&B's names allow [\w.-]).
+        artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", f"{PROJECT}-{folder.name}"), type="model",
+                                  metadata={"run_folder": str(folder)})
+        for path in files:
+            artifact.add_file(str(path))
+        tracker.tracker.log_artifact(artifact)
+
+
+def _finish(tracker, status: str) -> None:
+    if tracker.name == "mlflow":
+        import mlflow
+
+        mlflow.end_run(status=status)
+    elif tracker.name == "wandb":
+        tracker.tracker.finish(exit_code=0 if status == FINISHED else 1)
+    else:
+        tracker.finish()
