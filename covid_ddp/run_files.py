@@ -8,4 +8,5 @@ CONFIG_FILE = "config.json"  # the flags as they ran, the data, the processes, t
 SPLITS_FILE = "splits.npz"  # the rows of each part
 CHECKPOINTS_DIR = "checkpoints"
 TENSORBOARD_DIR = "tensorboard"
+TRACKERS_FILE = "trackers.json"  # --log-with's tracker runs: their ids, which a resume logs on into
 LOCK_FILE = ".lock"  # held while a job writes the folder

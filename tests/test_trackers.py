@@ -8,11 +8,23 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HELPERS, TRAIN_SCRIPT, clean_env, refused, run, small_args, torchrun
+from conftest import (
+    HELPERS,
+    TRAIN_SCRIPT,
+    clean_env,
+    refused,
+    run,
+    small_args,
+    torchrun,
+)
 
 from covid_ddp.commands.train import main as train_main
-from covid_ddp.run_files import METRICS_FILE, WEIGHTS_FILE, WEIGHTS_SAFETENSORS
-from covid_ddp.training.trackers import TRACKERS_FILE
+from covid_ddp.run_files import (
+    METRICS_FILE,
+    TRACKERS_FILE,
+    WEIGHTS_FILE,
+    WEIGHTS_SAFETENSORS,
+)
 
 
 def test_mlflow_and_wandb_keep_a_stopped_two_process_run_and_its_resume_as_one_run_each(small_data, tmp_path):

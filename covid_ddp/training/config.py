@@ -22,7 +22,7 @@ from ..errors import UserError
 from ..models.backbones import check_model_name
 from ..models.spec import ModelSpec
 from .config_file import read_settings, settings_as_flags
-from .trackers import tracker_names
+from .tracker_choice import tracker_names
 
 
 def _flag(default, help: str, **argparse_kwargs):

@@ -33,7 +33,8 @@ from .distributed import (JobFailed, check_gpus_per_machine, check_launch, cpu_o
                           same_on_every_process)
 from .interrupt import TrainingInterrupted
 from .run_folder import RunFolder, recorded_precision
-from .trackers import FAILED, FINISHED, KILLED, TENSORBOARD, TrackerRuns, tracker_names
+from .tracker_choice import TENSORBOARD, tracker_names
+from .trackers import FAILED, FINISHED, KILLED, TrackerRuns
 
 
 class Session:

@@ -18,53 +18,18 @@ and a resumed run logs on into the same tracker runs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
-from ..errors import UserError
 from ..files import write_json
+from ..run_files import TRACKERS_FILE
+from .tracker_choice import TENSORBOARD
 
-TENSORBOARD = "tensorboard"
 PROJECT = "covid_ddp"  # the MLflow experiment, the W&B project (MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT override)
-TRACKERS_FILE = "trackers.json"
 RUN_FOLDER_TAG = "covid_ddp.run_folder"
-# The extras of setup.cfg that install a tracker; the others are named by their PyPI package.
-EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
-PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "aim": "aim", "comet_ml": "comet-ml",
-            "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
 # Ended runs: accelerate ends them as finished; a failed or stopped run says so in the tracker.
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
-
-
-def tracker_names(text: str) -> tuple[str, ...]:
-    """``--log-with``: accelerate's tracker names, comma-separated ('none': no tracker), each
-    refused in one line when accelerate does not know it or its package is missing."""
-    names = tuple(dict.fromkeys(name.strip().lower() for name in text.split(",") if name.strip()))
-    if names in ((), ("none",)):
-        return ()
-    known = _known_trackers()
-    for name in names:
-        if name not in known:
-            raise UserError(f"--log-with {name}: not a tracker accelerate knows; choose from {', '.join(known)} "
-                            "(comma-separated), or none")
-        if importlib.util.find_spec(name) is None:
-            raise UserError(f"--log-with {name}: the {PACKAGES.get(name, name)} package is not installed; "
-                            f"{install_hint(name)}")
-    return names
-
-
-def install_hint(name: str) -> str:
-    if name in EXTRAS:
-        return f'pip install -e ".[{EXTRAS[name]}]" (or pip install "covid_ddp[{EXTRAS[name]}]")'
-    return f"pip install {PACKAGES.get(name, name)}"
-
-
-def _known_trackers() -> list[str]:
-    from accelerate.utils import LoggerType
-
-    return [kind.value for kind in LoggerType if kind.value != "all"]
 
 
 def recorded_runs(folder: Path) -> dict:
@@ -100,6 +65,7 @@ class TrackerRuns:
             if hasattr(tracker, "start"):  # accelerate >= 1.5 starts a tracker here; earlier ones in __init__
                 tracker.start()
             runs.trackers.append(tracker)
+            _link_to(tracker, folder)
             if not earlier.get("run_id"):
                 # A new tracker run: the flags it started with. (MLflow refuses a param changed on
                 # its run: a resume's changes are recorded in config.json's resumes.)
@@ -148,12 +114,21 @@ def _arguments(name: str, folder: Path, recorded: dict, needs_folder: bool) -> d
     """Each tracker's constructor arguments: named ``covid_ddp``, the run after its folder (a
     tracker that writes files of its own, Aim, writes them in the run folder)."""
     if name == "mlflow":
+        # (Its tag is set on the run once started: tags given here would label the experiment too.)
         return {"experiment_name": PROJECT, "run_id": recorded.get("run_id"), "run_name": folder.name,
-                "tags": {RUN_FOLDER_TAG: str(folder)}, "description": f"covid_ddp run folder {folder}"}
+                "description": f"covid_ddp run folder {folder}"}
     if name == "wandb":
         resumed = {"id": recorded["run_id"], "resume": "allow"} if recorded.get("run_id") else {}
         return {"run_name": PROJECT, "name": folder.name, "notes": f"covid_ddp run folder {folder}", **resumed}
     return {"run_name": PROJECT, **({"logging_dir": str(folder)} if needs_folder else {})}
+
+
+def _link_to(tracker, folder: Path) -> None:
+    """The tracker's run names its run folder (W&B: in its notes, given at the start)."""
+    if tracker.name == "mlflow":
+        from mlflow.tracking import MlflowClient
+
+        MlflowClient().set_tag(tracker.tracker.info.run_id, RUN_FOLDER_TAG, str(folder))
 
 
 def _describe(tracker) -> dict:
@@ -166,8 +141,8 @@ def _describe(tracker) -> dict:
                 "tracking_uri": mlflow.get_tracking_uri(), "artifact_uri": info.artifact_uri}
     if tracker.name == "wandb":
         run = tracker.tracker
-        return {"run_id": run.id, "project": run.project, "dir": run.dir,
-                **({"url": run.url} if getattr(run, "url", None) else {})}
+        online = not getattr(run, "offline", False)  # (an offline run's url is a warning)
+        return {"run_id": run.id, "project": run.project, "dir": run.dir, **({"url": run.url} if online else {})}
     run = getattr(tracker, "tracker", None)
     run_id = getattr(run, "id", None) or getattr(run, "hash", None)
     return {"run_id": str(run_id)} if run_id is not None else {}

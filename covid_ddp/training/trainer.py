@@ -41,7 +41,8 @@ from .record import run_config
 from .run_folder import RunFolder, describe_changes, recorded_batch_size
 from .selection import Selection
 from .session import Session
-from .trackers import TENSORBOARD, params_of, tracker_names
+from .tracker_choice import TENSORBOARD, tracker_names
+from .trackers import params_of
 
 
 @dataclass(frozen=True)
