@@ -226,3 +226,72 @@ def test_sync_bn_keeps_a_timm_models_activations_so_the_network_trained_is_the_o
             torch.testing.assert_close(outputs[1], outputs[0], msg=f"{device}, {mode}")
         fresh = build_network(ModelSpec("timm:mobilenetv3_small_050", 32))
         fresh.load_state_dict(trained.state_dict())  # strict: the trained network's weights ship as they are
+
+
+def test_a_timm_checkpoint_in_safetensors_starts_a_timm_model(tmp_path):
+    """timm's checkpoints (the Hub's model.safetensors): three channels and 1000 classes, read
+    without a pickle, the stem summed to one channel, the head left out."""
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    from covid_ddp.files import load_plain
+
+    imagenet_like = timm.create_model("resnet10t", pretrained=False)
+    save_file(imagenet_like.state_dict(), str(tmp_path / "model.safetensors"))
+    model = build_network(ModelSpec("timm:resnet10t", 32))
+    done = load_initial_weights(model, load_plain(tmp_path / "model.safetensors", "--init-weights file"), "x")
+    stem = model.layout.first_conv + ".weight"
+    assert done["first_conv_summed_from_3_channels"] and done["head_replaced"] == "fc"
+    assert torch.equal(model.network.state_dict()[stem], imagenet_like.state_dict()[stem].sum(dim=1, keepdim=True))
+
+
+@pytest.fixture(scope="module")
+def xrv_densenet(tmp_path_factory):
+    """torchxrayvision's DenseNet121 built offline (weights=None), with the per-pathology operating
+    points its published models carry, saved as a state_dict the way docs/models.md says."""
+    xrv = pytest.importorskip("torchxrayvision")
+    torch.manual_seed(0)
+    reference = xrv.models.DenseNet(weights=None).eval()
+    reference.op_threshs = torch.rand(len(reference.classifier.weight))  # a buffer: in its state_dict
+    path = tmp_path_factory.mktemp("xrv") / "xrv-densenet121.pth"
+    torch.save(reference.state_dict(), path)
+    return reference, path
+
+
+def test_torchxrayvision_weights_see_their_own_pixel_scale(xrv_densenet):
+    """--input-scale xrv: raw pixels reach the network as torchxrayvision's [-1024, 1024], so the
+    loaded features are the xrv model's own on the same radiographs."""
+    from covid_ddp.models.spec import ModelSpec as Spec
+
+    reference, path = xrv_densenet
+    spec = Spec("densenet121", 64, "xrv")
+    model = build_network(spec).eval()
+    done = load_initial_weights(model, torch.load(path, weights_only=True), path)
+    model.set_normalization(*spec.fixed_normalization())
+    assert not done["first_conv_summed_from_3_channels"], "xrv's stem already takes one channel"
+    pixels = torch.randint(0, 256, (2, 1, 64, 64)).float()
+    with torch.no_grad():
+        ours = model.network.features((pixels - model.pixel_mean) / model.pixel_std)
+        theirs = reference.features((2 * pixels / 255 - 1) * 1024)
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-3)
+
+
+def test_a_run_from_torchxrayvision_weights_records_their_scale_and_every_command_applies_it(xrv_densenet, tmp_path):
+    _, path = xrv_densenet
+    run_dir = tmp_path / "run"
+    run([sys.executable, ROOT / "launch" / "train.py", "--dataset", "synthetic", "--synthetic-size", "200",
+         "--image-size", "32", "--model", "densenet121", "--init-weights", path, "--input-scale", "xrv",
+         "--epochs", "1", "--batch-size", "20", "--log-images-every", "0", "--audit", "no", "--bootstrap", "0",
+         "--output-dir", run_dir], timeout=300)
+    weights = run_dir / "COVID_binary_classifier.pth"
+    assert json.loads(weights.with_suffix(".json").read_text())["model"] == {
+        "name": "densenet121", "image_size": 32, "input_scale": "xrv"}
+    shipped = torch.load(weights, weights_only=True)
+    assert shipped["pixel_mean"].item() == 127.5 and shipped["pixel_std"].item() == pytest.approx(255 / 2048)
+    model = load_model(weights, device="cpu")
+    assert model.spec.input_scale == "xrv" and model.pixel_mean.item() == 127.5
+    assert "pixels scaled to [-1024, 1024]" in (run_dir / "model_card.md").read_text()
+    with pytest.raises(UserError, match="--input-scale xrv is for a backbone"):
+        from covid_ddp.training.config import parse_config
+
+        parse_config(["--input-scale", "xrv"])

@@ -198,7 +198,7 @@ def test_a_full_disk_on_the_main_process_ends_the_job_and_keeps_the_last_checkpo
 
 def test_a_figure_that_fails_is_a_warning_and_training_goes_on(small_data, tmp_path):
     job = launch_job(torchrun_launcher(), HELPERS / "faulty_train.py",
-                     ["figure:1", *small_args(small_data, tmp_path / "run", "--log-images-every", "1")],
+                     ["figure:1", *small_args(small_data, tmp_path / "run", "--log-images-every", "1", "--epochs", "1")],
                      tmp_path / "logs")
     assert job.returncode == 0, job.console[-3000:]
     warnings = [line for line in job.ranks[0].splitlines() if "warning: could not draw" in line]

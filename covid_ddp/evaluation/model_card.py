@@ -301,7 +301,9 @@ def _model_words(model: dict, flags: dict) -> str:
         return ("the seed's `Net` (four Conv3x3-BatchNorm-ReLU-MaxPool blocks 1-32-64-128-256, FC 512 + dropout "
                 f"{flags.get('dropout')}, FC 2, log-softmax) {size}, {start}")
     parameters = f", {model['parameters']:,} parameters" if model.get("parameters") else ""
-    return f"`{model['name']}` with one input channel and two outputs{parameters}, {size}, {start}"
+    scale = {"xrv": ", pixels scaled to [-1024, 1024] as torchxrayvision's weights expect (`--input-scale xrv`)"}.get(
+        flags.get("input_scale"), "")
+    return f"`{model['name']}` with one input channel and two outputs{parameters}, {size}, {start}{scale}"
 
 
 def _augmentation(flags: dict) -> str:

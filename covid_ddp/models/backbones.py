@@ -136,6 +136,9 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
 _DENSENET_OLD_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$")
 # Prefixes other programs save their models under (DataParallel, wrapper modules): stripped.
 FOREIGN_PREFIXES = ("module.", "network.", "model.")
+# Tensors of a saved model that are not its network's: a covid_ddp weights file's normalisation
+# (set anew for the run: --input-scale), torchxrayvision's per-pathology operating points.
+NOT_NETWORK_KEYS = ("pixel_mean", "pixel_std", "op_threshs")
 
 
 def load_initial_weights(model: Backbone, state_dict, path) -> dict:
@@ -158,9 +161,8 @@ def load_initial_weights(model: Backbone, state_dict, path) -> dict:
     summed = first in state_dict and state_dict[first].ndim == 4 and state_dict[first].shape[1] == 3
     if summed:
         state_dict[first] = state_dict[first].sum(dim=1, keepdim=True)
-    # (pixel_mean/pixel_std: a covid_ddp weights file of this model; its normalisation is recomputed)
     kept = {key: value for key, value in state_dict.items()
-            if not key.startswith(layout.head + ".") and key not in ("pixel_mean", "pixel_std")}
+            if not key.startswith(layout.head + ".") and key not in NOT_NETWORK_KEYS}
     missing = sorted(set(own) - set(kept) - set(head))
     unexpected = sorted(set(kept) - set(own))
     reshaped = sorted(f"{key} {tuple(kept[key].shape)} (expected {tuple(own[key].shape)})"

@@ -20,7 +20,7 @@ from ..data.splits import SplitPlan
 from ..destinations import refuse_inputs
 from ..errors import UserError
 from ..models.backbones import check_model_name
-from ..models.spec import ModelSpec
+from ..models.spec import INPUT_SCALES, ModelSpec
 from .config_file import read_settings, settings_as_flags
 from .tracker_choice import tracker_names
 
@@ -66,6 +66,10 @@ class TrainConfig:
                                         "weights you downloaded; read with weights_only=True): its 3-channel first "
                                         "convolution summed to one, its classifier head replaced. Nothing is ever "
                                         "downloaded (default: random initial weights)", metavar="PTH")
+    input_scale: str = _flag("data", "the pixel scale a backbone's first layer sees: 'data' (the training split's "
+                             "mean and std) or 'xrv' (torchxrayvision's [-1024, 1024], which its chest X-ray "
+                             "weights expect: docs/models.md#weights-from-the-chest-x-ray-zoo); recorded with the "
+                             "weights and applied by every command", choices=list(INPUT_SCALES))
     # Recipe
     epochs: int = _flag(10, "number of passes over the training part", metavar="N")
     batch_size: Optional[int] = _flag(None, "GLOBAL batch size: images per optimizer micro-step summed over all "
@@ -174,6 +178,9 @@ class TrainConfig:
         tracker_names(self.log_with)
         if self.output_dir and self.data_dir:  # a run's files mixed into its data would be read as data
             refuse_inputs(Path(self.output_dir), "--output-dir", self.data_dir, nested=False)
+        if self.input_scale != "data" and self.model == "net":
+            raise UserError(f"--input-scale {self.input_scale} is for a backbone's initial weights (--model "
+                            "densenet121 --init-weights ...); net normalises by the training split")
         if self.init_weights and self.model == "net":
             raise UserError("--init-weights starts a backbone (--model resnet18, ...); net trains from random weights, "
                             "as the seed's recipe does")
@@ -186,7 +193,7 @@ class TrainConfig:
         """The network and its input size: the data's, which training settles before it builds a model."""
         if self.image_size is None:
             raise ValueError("image_size is not settled: set it to the data's (training.trainer.set_up_job does)")
-        return ModelSpec(self.model, self.image_size)
+        return ModelSpec(self.model, self.image_size, self.input_scale)
 
     def split_plan(self) -> SplitPlan:
         sources = tuple(name.strip() for name in (self.exclude_source or "").split(",") if name.strip())
@@ -198,7 +205,7 @@ class TrainConfig:
 
 # Flags that make a resumed run another experiment: refused at a resume unless --resume-with-changes.
 # The others may change freely: where and how fast it runs, what it logs, how many epochs to reach.
-RESULT_FLAGS = ("dataset", "synthetic_size", "image_size", "model", "init_weights", "test_size", "val_size", "group_split", "holdout_source",
+RESULT_FLAGS = ("dataset", "synthetic_size", "image_size", "model", "init_weights", "input_scale", "test_size", "val_size", "group_split", "holdout_source",
                 "exclude_source", "batch_size", "grad_accum_steps", "lr", "lr_patience",
                 "lr_factor", "dropout", "seed", "max_grad_norm", "augment", "augment_acquisition", "balance_sources",
                 "augment_marks", "sync_bn", "mixed_precision", "select_by", "calibration")

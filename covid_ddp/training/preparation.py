@@ -117,8 +117,8 @@ def check_parts(config: TrainConfig, split, num_processes: int) -> None:
 def new_model(config: TrainConfig, data: RawData, split, device: torch.device) -> torch.nn.Module:
     """The run's network, seeded: identical initial weights on every rank."""
     seed_global_generators(config.seed, "weights")
-    return build_model(config, config.model_spec(), device,
-                       pixel_statistics(data.images, split.train))
+    spec = config.model_spec()
+    return build_model(config, spec, device, spec.fixed_normalization() or pixel_statistics(data.images, split.train))
 
 
 def build_model(config: TrainConfig, spec: ModelSpec, device: torch.device,
