@@ -155,7 +155,8 @@ class CovidDdpTrainer:
         from covid_ddp.data.format import to_binary
         from covid_ddp.data.tensors import pixel_statistics
         from covid_ddp.training.config import TrainConfig, settle_batches
-        from covid_ddp.training.hardware import make_optimizer, tune_backends
+        from covid_ddp.training.hardware import tune_backends
+        from covid_ddp.training.recipe import make_optimizer
         from covid_ddp.training.preparation import build_model, make_loaders
         from covid_ddp.training.session import build_accelerator
 
@@ -172,7 +173,7 @@ class CovidDdpTrainer:
         torch.manual_seed(1)
         self.spec = model_spec(args)
         model = build_model(self.config, self.spec, device, pixel_statistics(images, split.train))
-        optimizer = make_optimizer(model, self.config.lr, device)
+        optimizer = make_optimizer(model, self.config, device)
         self.model, self.optimizer, self.eval_loader = self.accelerator.prepare(model, optimizer, loaders[2])
         self.train_loader, self.split, self.images, self.epoch = loaders[0], split, images, 0
 

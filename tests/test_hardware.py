@@ -97,9 +97,14 @@ def test_processes_on_gpus_and_on_cpus_are_refused_naming_them():
 
 
 def test_adam_is_fused_only_on_cuda():
-    assert hardware.fused_adam(torch.device("cuda")) and not hardware.fused_adam(torch.device("cpu"))
+    from covid_ddp.training import recipe
+    from covid_ddp.training.config import TrainConfig
+
+    assert recipe.fused(torch.device("cuda")) and not recipe.fused(torch.device("cpu"))
     model = torch.nn.Linear(2, 2)
-    assert not hardware.make_optimizer(model, 1e-3, torch.device("cpu")).defaults["fused"]
+    for optimizer in ("adam", "adamw"):
+        built = recipe.make_optimizer(model, TrainConfig(optimizer=optimizer), torch.device("cpu"))
+        assert not built.defaults["fused"] and type(built).__name__.lower() == optimizer
 
 
 @pytest.fixture

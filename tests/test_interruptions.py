@@ -26,8 +26,11 @@ from covid_ddp.training.run_folder import RunLock
 # 252 training images at batch 20: 12 steps an epoch. The ranks agree (and may stop) every 5 steps,
 # so a stop lands inside an epoch (step 5 or 10) or at its end (12). Augmentation and
 # --balance-sources: their draws must resume exactly too (streams of (seed, epoch, rank, step)).
+# The fine-tuner's recipe too: AdamW's moments, the cosine's step, the weight average (validated,
+# selected and shipped) all in the checkpoint. (The seed's recipe: the other files' resumes.)
 TRIAL_FLAGS = ("--epochs", "2", "--batch-size", "20", "--log-every", "5", "--augment", "--augment-acquisition",
-               "--augment-marks", "--balance-sources")
+               "--augment-marks", "--balance-sources", "--optimizer", "adamw", "--weight-decay", "0.05",
+               "--schedule", "cosine", "--warmup-epochs", "1", "--label-smoothing", "0.1", "--ema", "0.9")
 STOP_INSIDE_AN_EPOCH = "sigterm:17"  # signalled after step 5 of epoch 2: stopped there, 7 steps before its end
 STOPPED_AT = "epoch_002_step_00005"
 PLACEMENTS = {"device": ("--data-on-device", "yes"), "DataLoader": ("--data-on-device", "no")}

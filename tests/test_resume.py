@@ -165,6 +165,17 @@ def test_resume_with_changes_applies_a_new_schedule_and_records_it(capsys, small
                                                                    "--lr-factor": [0.6, 0.5]}}]
 
 
+def test_a_resume_cannot_swap_the_optimizer_schedule_or_weight_average(capsys, small_data, stopped_run):
+    """Their saved states belong to the run's parts (Adam's moments, the plateau's count): refused
+    in one line, before any is loaded, and nothing recorded."""
+    recorded = (stopped_run / "config.json").read_text()
+    code, _, err = resume(capsys, small_data, stopped_run, "--optimizer", "adamw", "--ema", "0.9",
+                          "--resume-with-changes")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "--optimizer, --ema cannot change at a resume" in err and "--optimizer adam and --ema None" in err
+    assert (stopped_run / "config.json").read_text() == recorded
+
+
 def test_the_batch_size_cannot_change_inside_an_epoch(capsys, small_data, stopped_run):
     checkpoints = stopped_run / "checkpoints"
     (checkpoints / "epoch_001").rename(checkpoints / "epoch_002_step_00003")  # as if stopped at step 3 of epoch 2

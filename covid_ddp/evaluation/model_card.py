@@ -277,9 +277,8 @@ def _recipe_section(config: dict, metrics: dict | None) -> list[str]:
     packages = ", ".join(f"{name} {version}" for name, version in environment.get("packages", {}).items() if version)
     device = environment.get("cuda_device") or run.get("device", "?")
     lines = ["## Recipe", "",
-             f"Model: {_model_words(_model_of(config), flags)}. NLL loss, "
-             f"Adam lr {flags.get('lr')}, ReduceLROnPlateau (patience {flags.get('lr_patience')}, factor "
-             f"{flags.get('lr_factor')}), batch {flags.get('batch_size')}, {flags.get('epochs')} epochs.",
+             f"Model: {_model_words(_model_of(config), flags)}. {_optimisation_words(flags)}, "
+             f"batch {flags.get('batch_size')}, {flags.get('epochs')} epochs.",
              "",
              f"- Command: `{config.get('command', 'not recorded')}`",
              f"- Processes: {run.get('num_processes', '?')} on {device}; precision {run.get('mixed_precision', '?')}",
@@ -291,6 +290,24 @@ def _recipe_section(config: dict, metrics: dict | None) -> list[str]:
         lines.append(f"- Resumed {len(config['resumes'])} time(s); changes: "
                      + ("; ".join(str(r.get('changed')) for r in config["resumes"] if r.get("changed")) or "none"))
     return lines + ["- Every flag: `config.json` beside this card.", ""]
+
+
+def _optimisation_words(flags: dict) -> str:
+    """The recipe's loss, optimizer, schedule and weight average (a config.json from before these
+    flags ran the seed's: NLL, Adam, ReduceLROnPlateau)."""
+    smoothing = flags.get("label_smoothing") or 0
+    loss = f"NLL loss with label smoothing {smoothing}" if smoothing else "NLL loss"
+    decay = flags.get("weight_decay") or 0
+    optimizer = ("AdamW" if flags.get("optimizer") == "adamw" else "Adam") + f" lr {flags.get('lr')}" + (
+        f", weight decay {decay}" if decay else "")
+    if flags.get("schedule") == "cosine":
+        warmup = flags.get("warmup_epochs") or 0
+        schedule = "a cosine schedule to 0 over the run's steps" + (f" after {warmup} warm-up epoch(s)" if warmup else "")
+    else:
+        schedule = f"ReduceLROnPlateau (patience {flags.get('lr_patience')}, factor {flags.get('lr_factor')})"
+    average = (f", the exponential moving average of the weights (decay {flags['ema']}) validated, selected and "
+               "shipped" if flags.get("ema") else "")
+    return f"{loss}, {optimizer}, {schedule}{average}"
 
 
 def _model_words(model: dict, flags: dict) -> str:

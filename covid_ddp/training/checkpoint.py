@@ -37,6 +37,7 @@ from .selection import BestWeights
 # A checkpoint folder: the main process writes the first three, every rank its random state.
 MODEL_STATE, OPTIMIZER_STATE, LOOP_STATE = "model.pt", "optimizer.pt", "training_state.json"
 BEST_MODEL_STATE = "best_model.pt"  # the best epoch's weights (--select-by), when they are not model.pt's
+AVERAGE_STATE = "ema.pt"  # --ema: the weight average (then the weights selected from, and shipped)
 RANDOM_STATE = "random_state_rank{rank}.pt"
 _CHECKPOINT_NAME = re.compile(r"^epoch_(\d+)(?:_step_(\d+))?$")  # epoch_003, or epoch_003_step_00012
 _PICKLED_STATE = ("custom_checkpoint_0.pkl", "random_states_0.pkl")  # accelerate's save_state (covid_ddp 0.1)
@@ -95,6 +96,10 @@ class TrainingState:
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
     progress: TrainingProgress
     best: BestWeights = dataclasses.field(default_factory=BestWeights)
+    average: object | None = None  # --ema's recipe.WeightAverage: the weights the run selects from
+
+    def _scored(self, model: torch.nn.Module) -> torch.nn.Module:
+        return self.average.module if self.average is not None else model
 
     def save(self, folder: Path) -> None:
         """This rank's share of a checkpoint into ``folder`` (called by every rank)."""
@@ -103,6 +108,8 @@ class TrainingState:
             save_torch(folder / MODEL_STATE, accelerator.unwrap_model(self.model, keep_torch_compile=False).state_dict())
             scaler = accelerator.scaler.state_dict() if accelerator.scaler is not None else None
             save_torch(folder / OPTIMIZER_STATE, {"optimizer": self.optimizer.state_dict(), "scaler": scaler})
+            if self.average is not None:
+                save_torch(folder / AVERAGE_STATE, self.average.state_dict())
             if self.best.epoch is not None and not self._best_is_the_model():
                 save_torch(folder / BEST_MODEL_STATE, self.best.state)
             write_json(folder / LOOP_STATE, {"progress": self.progress.state_dict(),
@@ -120,11 +127,13 @@ class TrainingState:
         model.load_state_dict(load_plain(folder / MODEL_STATE, "checkpoint file"))
         saved = load_plain(folder / OPTIMIZER_STATE, "checkpoint file")
         self.optimizer.load_state_dict(saved["optimizer"])
+        if self.average is not None:  # (a run's --ema cannot change at a resume: recipe.refuse_swaps)
+            self.average.load_state_dict(load_plain(folder / AVERAGE_STATE, "checkpoint file"))
         if accelerator.scaler is not None and saved.get("scaler"):
             accelerator.scaler.load_state_dict(saved["scaler"])
         self.scheduler.load_state_dict(loop["scheduler"])
         self.progress.load_state_dict(loop["progress"])
-        self._load_best(folder, loop["best_epoch"], model)
+        self._load_best(folder, loop["best_epoch"], self._scored(model))
         random_state = folder / RANDOM_STATE.format(rank=accelerator.process_index)
         if loop["num_processes"] != accelerator.num_processes or not random_state.is_file():
             return False
@@ -133,7 +142,8 @@ class TrainingState:
 
 
     def _best_is_the_model(self) -> bool:
-        """At the end of the best epoch the model is the best weights: model.pt serves for both."""
+        """At the end of the best epoch the model (with --ema, the average) is the best weights:
+        model.pt (ema.pt) serves for both."""
         return self.progress.step == 0 and self.best.epoch == self.progress.epoch
 
     def _load_best(self, folder: Path, best_epoch: int | None, model: torch.nn.Module) -> None:

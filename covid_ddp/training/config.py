@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..models.backbones import check_model_name
 from ..models.spec import INPUT_SCALES, ModelSpec
 from .config_file import read_settings, settings_as_flags
+from .recipe import OPTIMIZERS, SCHEDULES
 from .tracker_choice import tracker_names
 
 
@@ -78,9 +79,23 @@ class TrainConfig:
                                       "grad-accum-steps images (default: the recipe's 100; for a training part of "
                                       "under 1,000 images the largest of 64, 32, 16, 8 that gives an epoch at least 10 steps, "
                                       "8 at the least; said before training)", metavar="N")
-    lr: float = _flag(1e-3, "Adam learning rate", metavar="LR")
+    lr: float = _flag(1e-3, "learning rate (the peak of --schedule cosine)", metavar="LR")
+    optimizer: str = _flag("adam", "'adam' (the recipe's) or 'adamw' (decoupled weight decay, the fine-tuner's)",
+                           choices=list(OPTIMIZERS))
+    weight_decay: float = _flag(0.0, "weight decay: L2 in the gradient with adam, decoupled with adamw (e.g. 0.05)",
+                                metavar="W")
+    schedule: str = _flag("plateau", "'plateau': ReduceLROnPlateau on the validation loss once an epoch (the "
+                          "recipe's); 'cosine': from --lr to 0 over the run's optimizer steps, stepped every step",
+                          choices=list(SCHEDULES))
+    warmup_epochs: int = _flag(0, "with --schedule cosine: epochs of linear warm-up to --lr first", metavar="EPOCHS")
     lr_patience: int = _flag(2, "ReduceLROnPlateau patience (epochs)", metavar="EPOCHS")
     lr_factor: float = _flag(0.6, "ReduceLROnPlateau factor", metavar="FACTOR")
+    label_smoothing: float = _flag(0.0, "train against targets smoothed by this much (0.1: 0.95 / 0.05); the "
+                                   "validation loss and every metric stay plain NLL", metavar="E")
+    ema: Optional[float] = _flag(None, "keep an exponential moving average of the weights with this decay (e.g. "
+                                 "0.99: about the last 100 optimizer steps), updated every optimizer step; the "
+                                 "average is validated, selected and shipped instead of the weights (default: off)",
+                                 metavar="DECAY")
     dropout: float = _flag(0.7, "dropout probability after net's first fully connected layer (the backbones keep "
                            "their own)", metavar="P")
     seed: int = _flag(1, "random seed (0 or more) of the run's independent streams: initial weights, data order, "
@@ -171,6 +186,8 @@ class TrainConfig:
         if self.early_stop is not None and (self.val_size == 0 or self.select_by == "last"):
             raise UserError("--early-stop watches the validation split: it needs --val-size above 0 and --select-by "
                             "loss or auc")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise UserError("--warmup-epochs warms up the cosine schedule: add --schedule cosine")
         if self.workers and self.data_on_device == "yes":
             raise UserError("--workers gather training batches in host memory; --data-on-device yes holds the set on "
                             "the device instead: choose one")
@@ -207,7 +224,8 @@ class TrainConfig:
 # The others may change freely: where and how fast it runs, what it logs, how many epochs to reach.
 RESULT_FLAGS = ("dataset", "synthetic_size", "image_size", "model", "init_weights", "input_scale", "test_size", "val_size", "group_split", "holdout_source",
                 "exclude_source", "batch_size", "grad_accum_steps", "lr", "lr_patience",
-                "lr_factor", "dropout", "seed", "max_grad_norm", "augment", "augment_acquisition", "balance_sources",
+                "lr_factor", "optimizer", "weight_decay", "schedule", "warmup_epochs", "label_smoothing", "ema",
+                "dropout", "seed", "max_grad_norm", "augment", "augment_acquisition", "balance_sources",
                 "augment_marks", "sync_bn", "mixed_precision", "select_by", "calibration")
 
 
@@ -284,7 +302,9 @@ def changed_flags(recorded: dict, config: TrainConfig) -> dict[str, tuple]:
     """{flag: (recorded value, this run's value)} for the RESULT_FLAGS that differ (a flag the
     recorded configuration does not know, from an earlier version, is not compared)."""
     current = config.to_dict()
-    return {f"--{_dashed(name)}": (recorded[name], current[name]) for name in RESULT_FLAGS
+    # A cosine schedule spans the run's epochs: another --epochs reshapes what is left of it.
+    compared = RESULT_FLAGS + (("epochs",) if config.schedule == "cosine" else ())
+    return {f"--{_dashed(name)}": (recorded[name], current[name]) for name in compared
             if name in recorded and name in current and recorded[name] != current[name]}
 
 
@@ -292,7 +312,9 @@ def changed_flags(recorded: dict, config: TrainConfig) -> dict[str, tuple]:
 FLAG_BOUNDS = {
     "synthetic_size": POSITIVE_INT, "image_size": IMAGE_SIZES, "test_size": FRACTION,
     "val_size": Bounds(float, low=0, high=1, high_open=True), "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT,
-    "lr": POSITIVE, "lr_patience": COUNT, "lr_factor": FRACTION,
+    "lr": POSITIVE, "lr_patience": COUNT, "lr_factor": FRACTION, "weight_decay": Bounds(float, low=0),
+    "warmup_epochs": COUNT, "label_smoothing": Bounds(float, low=0, high=1, high_open=True),
+    "ema": Bounds(float, low=0, high=1, low_open=True, high_open=True),
     "dropout": Bounds(float, low=0, high=1, high_open=True),
     "seed": SEED, "grad_accum_steps": POSITIVE_INT, "max_grad_norm": POSITIVE, "early_stop": POSITIVE_INT,
     "target_sensitivity": Bounds(float, low=0, high=1, low_open=True), "bootstrap": BOOTSTRAP,

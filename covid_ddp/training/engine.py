@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 from tqdm.auto import tqdm
 
 from ..errors import UserError
@@ -34,6 +36,7 @@ from .augment import augment, wants_augmentation
 from .checkpoint import TrainingProgress
 from .interrupt import StopRequested, agreed_signal
 from .loader import TrainingLoader
+from .recipe import WeightAverage, steps_every_optimizer_step, training_loss
 
 
 @dataclass
@@ -55,12 +58,14 @@ class Evaluation:
 
 
 def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int,
-                    progress: TrainingProgress | None = None, stopper=None) -> tuple[float, float]:
+                    progress: TrainingProgress | None = None, stopper=None,
+                    after_optimizer_step: Callable[[], None] | None = None) -> tuple[float, float]:
     """One pass over this rank's shard; returns (global mean training loss, global images/s).
 
     With ``progress.step`` > 0 (resuming inside the epoch) the steps already done are skipped.
     On an agreed stop signal, ``progress`` records where the epoch stands and ``StopRequested``
-    is raised on every rank at the same step.
+    is raised on every rank at the same step. ``after_optimizer_step()`` follows every optimizer
+    step (a per-step schedule, the weight average: ``PreparedRun.after_optimizer_step``).
     """
     progress = progress if progress is not None else TrainingProgress()
     model.train()
@@ -72,13 +77,15 @@ def train_one_epoch(model, optimizer, loader, accelerator, config, epoch: int,
             if wants_augmentation(config):
                 images = augment(images, config, generator(config.seed, "augment", images.device, epoch,
                                                            accelerator.process_index, step))
-            loss = F.nll_loss(model(images), targets)
+            loss = training_loss(model(images), targets, config.label_smoothing)
             accelerator.backward(loss * cycles.loss_scale(step))
             if ends_cycle:
                 if config.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad()
+                if after_optimizer_step is not None:
+                    after_optimizer_step()
         tally.add(loss, len(targets), step)
         if step % config.log_every == 0 or step == len(loader):  # the same steps on every rank
             totals = tally.agree(stopper.signum if stopper else 0)
@@ -244,6 +251,30 @@ class PreparedRun:
     data_device: str  # where the uint8 set lives (--data-on-device)
     train_loader_kind: str  # 'device' (batches cut on the device) or 'DataLoader' (gathered in host memory)
     spec: ModelSpec  # the network and its input size, recorded beside the weights
+    average: WeightAverage | None = None  # --ema: what is validated, selected and shipped
+
+    def after_optimizer_step(self) -> None:
+        if steps_every_optimizer_step(self.scheduler):
+            self.scheduler.step()
+        if self.average is not None:
+            self.average.update(extract_model_from_parallel(self.model, keep_torch_compile=False))
+
+    def scored_model(self) -> torch.nn.Module:
+        """What each epoch validates and the run selects and ships: the weight average (--ema), else
+        the trained model (as prepared: DDP-wrapped, compiled)."""
+        return self.average.module if self.average is not None else self.model
+
+    def model_to_validate(self) -> torch.nn.Module:
+        """``scored_model()``, the average with rank 0's BatchNorm statistics on every rank (as DDP's
+        forward gives the model): a collective, called by every rank after its epoch's training."""
+        if self.average is not None:
+            self.average.share_buffers()
+        return self.scored_model()
+
+    def step_schedule_after_epoch(self, monitored_loss: float) -> None:
+        """ReduceLROnPlateau, on the same gathered loss on every rank (a cosine steps every step)."""
+        if not steps_every_optimizer_step(self.scheduler):
+            self.scheduler.step(monitored_loss)
 
     def step_at_end_of(self, epoch: int) -> int:
         """The logging step at an epoch's end: every tracker's x-axis is the training step (the

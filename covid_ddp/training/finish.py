@@ -35,9 +35,12 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
     that ships its last epoch already has that epoch's scores, and they are reused.
     """
     shipped_epoch = selection.shipped_epoch(progress.history, best.epoch, progress.epoch)
+    trained = accelerator.unwrap_model(run.model, keep_torch_compile=False)
     if shipped_epoch != progress.epoch:
-        best.restore_into(accelerator.unwrap_model(run.model, keep_torch_compile=False))
+        best.restore_into(trained)  # (with --ema, the average of that epoch)
         monitored = None  # the last epoch's scores: not those of the shipped weights
+    elif run.average is not None:  # the last epoch's average, whose scores ``monitored`` holds
+        trained.load_state_dict(run.average.state_dict())
     why = selection.describe(progress.history, config.epochs, shipped_epoch)
     accelerator.print(f"Shipping {why}")
     # Net: the original's keys for raw pixels (normalisation folded into conv1); get_state_dict

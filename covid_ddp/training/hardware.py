@@ -134,12 +134,3 @@ def tune_backends(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-
-def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
-    """The recipe's Adam; on CUDA its fused kernel (one launch for all parameters, same maths).
-    Build it once the model is on ``device``: fused Adam refuses parameters elsewhere."""
-    return torch.optim.Adam(model.parameters(), lr=lr, fused=fused_adam(device))
-
-
-def fused_adam(device: torch.device) -> bool:
-    return device.type == "cuda"

@@ -23,7 +23,7 @@ from ..models.spec import ModelSpec
 from ..models.sync_batchnorm import convert_sync_batchnorm
 from ..models.weights import refuse_non_finite
 from ..seeding import seed_global_generators
-from . import hardware
+from . import recipe
 from .config import TrainConfig
 from .distributed import on_every_process, on_main_process
 from .engine import PreparedRun
@@ -31,11 +31,11 @@ from .loader import TrainingLoader, balanced_weights
 
 
 def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, accelerator: Accelerator,
-                make_optimizer=hardware.make_optimizer, model: torch.nn.Module | None = None) -> PreparedRun:
+                make_optimizer=recipe.make_optimizer, model: torch.nn.Module | None = None) -> PreparedRun:
     """Loaders, model (normalised with training-split statistics; ``new_model`` unless given),
-    optimizer and LR schedule.
+    optimizer, LR schedule and, with --ema, the weight average.
 
-    ``make_optimizer(model, lr, device)`` builds the optimizer (the recipe's Adam; the
+    ``make_optimizer(model, config, device)`` builds the optimizer (--optimizer's; the
     gradient tests pass SGD, whose update shows the gradient's scale, which Adam hides).
     """
     # Decided once, on the main process: ranks with different free GPU memory still agree.
@@ -52,17 +52,20 @@ def prepare_run(config: TrainConfig, data: RawData, targets: np.ndarray, split, 
     model = model if model is not None else new_model(config, data, split, accelerator.device)
     spec = config.model_spec()
     # On its device before the optimizer sees it: fused Adam checks where the parameters are.
-    optimizer = make_optimizer(model.to(accelerator.device), config.lr, accelerator.device)
+    optimizer = make_optimizer(model.to(accelerator.device), config, accelerator.device)
     # Not passed to prepare(): accelerate's wrapper would step it once per process.
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=config.lr_patience, factor=config.lr_factor)
+    scheduler = recipe.make_schedule(optimizer, config, -(-len(train_loader) // config.grad_accum_steps))
+    # Of the model before DDP wraps it: every rank averages the same weights.
+    average = recipe.WeightAverage(model, config.ema) if config.ema else None
     # The training loader is not prepared: it shards and orders its batches itself. The evaluation
     # loaders are, for gather_for_metrics to drop the padding of their last batch.
     model, optimizer, test_loader = accelerator.prepare(model, optimizer, test_loader)
     placement = (str(images.device), "device" if on_device else "DataLoader")
     if val_loader is None:  # --val-size 0: the original's behaviour, the test loss drives the schedule
-        return PreparedRun(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement, spec)
+        return PreparedRun(model, optimizer, scheduler, train_loader, test_loader, test_loader, "Test", *placement, spec,
+                           average)
     return PreparedRun(model, optimizer, scheduler, train_loader, accelerator.prepare(val_loader), test_loader,
-                    "Validation", *placement, spec)
+                       "Validation", *placement, spec, average)
 
 
 def training_weights(config: TrainConfig, data: RawData, targets: np.ndarray, split) -> np.ndarray | None:
@@ -159,14 +162,23 @@ def announce_sources(table: dict | None) -> None:
 
 def apply_recipe_changes(run: PreparedRun, config: TrainConfig, changes: dict, accelerator: Accelerator) -> None:
     """--resume-with-changes: the optimizer's and the schedule's saved states hold the old learning
-    rate, patience and factor; the new ones replace them."""
+    rate, weight decay, patience and factor; the new ones replace them (a cosine restarts its
+    curve from the new --lr, where it stands)."""
     optimizer, scheduler = run.optimizer, run.scheduler
     if "--lr" in changes:
         was = optimizer.param_groups[0]["lr"]
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr
+        if recipe.steps_every_optimizer_step(scheduler):
+            scheduler.base_lrs = [config.lr] * len(optimizer.param_groups)
+            for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):  # where the curve stands
+                group["lr"] = config.lr * factor(scheduler.last_epoch)
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr
         accelerator.print(f"--lr {config.lr:g} applied to the optimizer (it was at {was:g} in the checkpoint)")
-    if "--lr-patience" in changes:
+    if "--weight-decay" in changes:
+        for group in optimizer.param_groups:
+            group["weight_decay"] = config.weight_decay
+    if "--lr-patience" in changes and not recipe.steps_every_optimizer_step(scheduler):
         scheduler.patience = config.lr_patience
-    if "--lr-factor" in changes:
+    if "--lr-factor" in changes and not recipe.steps_every_optimizer_step(scheduler):
         scheduler.factor = config.lr_factor

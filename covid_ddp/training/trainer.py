@@ -39,6 +39,7 @@ from .preparation import announce_sources, apply_recipe_changes, check_parts, ne
 from .provenance import resident_memory_mb
 from .record import run_config
 from .run_folder import RunFolder, describe_changes, recorded_batch_size
+from .recipe import refuse_swaps
 from .selection import Selection
 from .session import Session
 from .tracker_choice import TENSORBOARD, tracker_names
@@ -144,11 +145,12 @@ def keep_the_resumed_batch(session: Session, config: TrainConfig) -> TrainConfig
 def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
     config, data, split, accelerator = job.config, job.data, job.split, session.accelerator
     folder.check_resume(config, fingerprint(data), session.forced)
+    refuse_swaps(folder.changes)  # before the checkpoint's states are loaded into other parts
     folder.keep_split(split)
     run = prepare_run(config, data, job.targets, split, accelerator, model=job.model)
     job.model = None  # the run holds it, wrapped: released with the run before shutting down
     progress = ckpt.TrainingProgress()
-    state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress)
+    state = ckpt.TrainingState(accelerator, run.model, run.optimizer, run.scheduler, progress, average=run.average)
     selection = Selection.for_run(config.select_by, config.early_stop, has_validation=len(split.val) > 0)
     if not folder.restore(state, config.epochs):  # another process count: its random states do not apply
         seed_global_generators(config.seed, "dropout", progress.epoch + 1, accelerator.process_index)
@@ -173,7 +175,7 @@ def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
             record, monitored = run_epoch(run, accelerator, config, epoch, progress, stopper, board)
             progress.end_epoch(record)
             if selection.best_epoch(progress.history) == epoch:
-                state.best.keep(accelerator.unwrap_model(run.model, keep_torch_compile=False), epoch)
+                state.best.keep(accelerator.unwrap_model(run.scored_model(), keep_torch_compile=False), epoch)
             saved = folder.save_checkpoint(state, epoch)
             folder.stop_if_signalled(stopper, f"after epoch {epoch}; saved {saved}")
 
@@ -232,16 +234,17 @@ def run_epoch(run: PreparedRun, accelerator: Accelerator, config: TrainConfig, e
         # resumed epoch is exact. (Resuming inside an epoch, the checkpoint's random state is restored.)
         seed_global_generators(config.seed, "dropout", epoch, accelerator.process_index)
     train_loss, images_per_s = train_one_epoch(run.model, run.optimizer, run.train_loader, accelerator, config,
-                                               epoch, progress, stopper)
-    monitored = evaluate(run.model, run.monitor_loader, accelerator, stopper, (epoch, progress.step))
-    run.scheduler.step(monitored.loss)  # the same gathered loss on every rank -> the same LR everywhere
+                                               epoch, progress, stopper, run.after_optimizer_step)
+    monitored = evaluate(run.model_to_validate(), run.monitor_loader, accelerator, stopper, (epoch, progress.step))
+    run.step_schedule_after_epoch(monitored.loss)
     record = {"epoch": epoch, "train_loss": train_loss, **_monitored_figures(run.monitor_name, monitored),
               "lr": run.optimizer.param_groups[0]["lr"], "images_per_s": images_per_s, "rss_mb": resident_memory_mb(),
               "seconds": round(time.perf_counter() - started, 3)}  # training + validation (resumed: since then)
     accelerator.log({"epoch": epoch, **{f"epoch/{k}": v for k, v in record.items() if k != "epoch" and v is not None}},
                     step=run.step_at_end_of(epoch))
     if board is not None:  # main process only; no collectives inside
-        board.epoch(accelerator.unwrap_model(run.model, keep_torch_compile=False), monitored, run.monitor_name, epoch)
+        board.epoch(accelerator.unwrap_model(run.scored_model(), keep_torch_compile=False), monitored, run.monitor_name,
+                    epoch)
     accelerator.print(_monitored_line(run.monitor_name, record))
     return record, monitored
 

@@ -63,7 +63,7 @@ def covid_ddp_epoch(case: str, data, targets, split):
                          image_size=data.image_size)
     accelerator = build_accelerator(config)
     run = prepare_run(config, data, targets, split, accelerator,
-                      make_optimizer=lambda model, lr, device: torch.optim.SGD(model.parameters(), lr=lr))
+                      make_optimizer=lambda model, config, device: torch.optim.SGD(model.parameters(), lr=config.lr))
     model = accelerator.unwrap_model(run.model)
     if frozen:
         freeze_batchnorm(model)
