@@ -122,6 +122,7 @@ def test_a_stop_inside_an_epoch_resumes_exactly(small_data, tmp_path, uninterrup
     if tracked:
         assert trackers_check.mlflow_run(tmp_path, run_dir)[1].info.status == "KILLED"
         tracked = ("--log-with", "mlflow,wandb")
+        trackers_check.add_a_figure_in_a_subfolder(run_dir)  # as the audit's audit-test/audit.png
     events = sorted((run_dir / "tensorboard").rglob("*"))
     resumed = _launch(2, [TRAIN_SCRIPT], small_args(small_data, run_dir, *flags, *tracked, "--resume", "auto"),
                       env=env)

@@ -13,7 +13,14 @@ import pytest
 from covid_ddp.run_files import METRICS_FILE, TRACKERS_FILE, WEIGHTS_FILE, WEIGHTS_SAFETENSORS
 
 INSTALLED = all(importlib.util.find_spec(name) for name in ("mlflow", "wandb"))
-RUN_FILES = {WEIGHTS_FILE, WEIGHTS_SAFETENSORS, METRICS_FILE, "model_card.md", "config.json"}
+FIGURE = "audit-test/audit.png"
+RUN_FILES = {WEIGHTS_FILE, WEIGHTS_SAFETENSORS, METRICS_FILE, "model_card.md", "config.json", FIGURE}
+
+
+def add_a_figure_in_a_subfolder(run_dir: Path) -> None:
+    """A file where the audit writes its figure: the trackers keep the folder's files in its layout."""
+    (run_dir / FIGURE).parent.mkdir()
+    (run_dir / FIGURE).write_bytes(b"\x89PNG\r\n")
 
 
 def tracker_env(folder: Path) -> dict:
@@ -45,7 +52,9 @@ def assert_logged_to_mlflow(folder: Path, run_dir: Path, steps_per_epoch: int, p
     metrics = json.loads((run_dir / METRICS_FILE).read_text())["test"]
     assert run.data.metrics["test/roc_auc"] == pytest.approx(metrics["roc_auc"])
     assert run.data.metrics["test/accuracy"] == pytest.approx(metrics["accuracy"])
-    assert RUN_FILES <= {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    kept = {artifact.path for artifact in client.list_artifacts(run.info.run_id)}
+    kept |= {artifact.path for artifact in client.list_artifacts(run.info.run_id, Path(FIGURE).parent.as_posix())}
+    assert RUN_FILES <= kept and not any(path.startswith(("checkpoints", "tensorboard")) for path in kept)
 
 
 def assert_logged_to_wandb(folder: Path, run_dir: Path, stopped_in_epoch: int) -> None:

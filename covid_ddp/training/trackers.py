@@ -23,11 +23,12 @@ import re
 from pathlib import Path
 
 from ..files import write_json
-from ..run_files import TRACKERS_FILE
+from ..run_files import CHECKPOINTS_DIR, TENSORBOARD_DIR, TRACKERS_FILE
 from .tracker_choice import TENSORBOARD
 
 PROJECT = "covid_ddp"  # the MLflow experiment, the W&B project (MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT override)
 RUN_FOLDER_TAG = "covid_ddp.run_folder"
+NOT_KEPT = {CHECKPOINTS_DIR, TENSORBOARD_DIR, "wandb", "mlruns", "aim"}  # the training state, the trackers' own
 # Ended runs: accelerate ends them as finished; a failed or stopped run says so in the tracker.
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 
@@ -101,10 +102,11 @@ def params_of(config: dict, num_processes: int, mixed_precision: str, folder: Pa
 
 
 def run_files(folder: Path) -> list[Path]:
-    """What a tracker keeps of a run: every file at the top of its folder (weights, their sidecar,
-    metrics.json, config.json, the model card, the audit, predictions.csv), not the checkpoints,
-    TensorBoard's events or the lock."""
-    return sorted(path for path in folder.iterdir() if path.is_file() and not path.name.startswith("."))
+    """What a tracker keeps of a run: every file of its folder (weights, their sidecar, metrics.json,
+    config.json, the model card, predictions.csv, the audit's figure and tables), not the
+    checkpoints, TensorBoard's events, a tracker's own files or the lock."""
+    return sorted(path for path in folder.rglob("*") if path.is_file()
+                  and not any(part in NOT_KEPT or part.startswith(".") for part in path.relative_to(folder).parts))
 
 
 # --- per tracker ------------------------------------------------------------------------------
@@ -154,8 +156,9 @@ def _log_artifacts(tracker, folder: Path) -> None:
         from mlflow.tracking import MlflowClient
 
         client, run_id = MlflowClient(), tracker.tracker.info.run_id
-        for path in files:
-            client.log_artifact(run_id, str(path))
+        for path in files:  # (in the folder's own layout: audit-test/audit.png)
+            parent = path.parent.relative_to(folder).as_posix()
+            client.log_artifact(run_id, str(path), None if parent == "." else parent)
     elif tracker.name == "wandb":
         import wandb
 
@@ -163,7 +166,7 @@ def _log_artifacts(tracker, folder: Path) -> None:
         artifact = wandb.Artifact(re.sub(r"[^\w.-]", "_", f"{PROJECT}-{folder.name}"), type="model",
                                   metadata={"run_folder": str(folder)})
         for path in files:
-            artifact.add_file(str(path))
+            artifact.add_file(str(path), name=path.relative_to(folder).as_posix())
         tracker.tracker.log_artifact(artifact)
 
 
