@@ -17,7 +17,9 @@ from .errors import UserError
 from .metrics import binary_metrics
 
 SUBGROUP_METRICS = ("roc_auc", "sensitivity", "specificity")
-NOT_SUBGROUPS = {"patient_id", "path", "duplicate_group", "label_name"}  # ids, files, bookkeeping, the label itself
+# Ids, files, bookkeeping, the label itself, and where a public set's files came from (real-cxr's
+# repository commit and licence): none of them a group of patients.
+NOT_SUBGROUPS = {"patient_id", "path", "duplicate_group", "label_name", "commit", "license"}
 MAX_VALUES = 12  # a column with more distinct values (an id, a date) is no subgroup
 MIN_IMAGES = 20  # fewer images in a row: too few to say anything (kept, marked)
 AGE_BANDS = ((0, 18, "0-17"), (18, 40, "18-39"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, "80+"))

@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, refused, run, small_args, torchrun
+from conftest import PREDICT_SCRIPT, TRAIN_SCRIPT, clean_env, refused, run, small_args
 from original_net import Net as OriginalNet
 from original_net import trained_like
 from PIL import Image
@@ -135,13 +135,6 @@ def _assert_continued(run_dir, processes: int) -> dict:
     state = torch.load(run_dir / "COVID_binary_classifier.pth", weights_only=True)
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in state), "plain keys, whatever the layout"
     return recorded
-
-
-def test_a_one_process_checkpoint_resumes_on_two_processes(one_epoch_run, small_data, tmp_path):
-    resumed_dir = _copy(one_epoch_run, tmp_path)
-    result = torchrun(2, TRAIN_SCRIPT, small_args(small_data, resumed_dir, "--resume", "latest"))
-    assert "Resumed from" in result.stdout
-    _assert_continued(resumed_dir, processes=2)
 
 
 def test_compile_can_be_switched_on_at_a_resume(one_epoch_run, small_data, tmp_path):

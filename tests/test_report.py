@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import clean_env, refused, write_mcfam
 
 from covid_ddp.commands.report import main as report_main
@@ -136,3 +137,30 @@ def test_a_run_refused_by_training_leaves_no_report_folder_behind(tmp_path, caps
                         "--output-dir", str(tmp_path / "report"), "--", "--batch-size", "1000"])
     refused(capsys, code, "a training run was refused: covid-ddp-train: error:", "--batch-size 1000")
     assert not (tmp_path / "report").exists()
+
+
+def test_the_report_gives_each_subgroup_over_the_seeds_and_marks_the_small_ones():
+    """Each seed's subgroup rows (metrics.json, as covid-ddp-evaluate gives them), as the report's
+    own rows: mean ± std over the seeds, the widest interval of one, a small one marked."""
+    from covid_ddp.evaluation.report import markdown, summarise, summarise_subgroups
+
+    def seed(auc, sensitivity, small_auc):
+        row = {"n": 300, "n_per_class": {"covid": 100, "non_covid": 200}, "roc_auc": auc, "sensitivity": sensitivity,
+               "specificity": 0.9, "threshold": 0.5, "ci95": {"roc_auc": [auc - 0.05, auc + 0.02]}}
+        sex = {"F": {"n": 150, "n_per_class": {"covid": 50, "non_covid": 100}, "roc_auc": auc, "sensitivity": sensitivity,
+                     "specificity": 0.9, "ci95": {"roc_auc": [auc - 0.1, auc + 0.05]}, "too_few": False},
+               "M": {"n": 12, "n_per_class": {"covid": 4, "non_covid": 8}, "roc_auc": small_auc, "sensitivity": 1.0,
+                     "specificity": 0.5, "ci95": {}, "too_few": True}}
+        return {**row, "subgroups": {"sex": sex}}
+
+    runs = [seed(0.90, 0.8, 0.7), seed(0.94, 0.9, 0.9)]
+    grouped = summarise_subgroups(runs)
+    assert grouped["sex"]["F"]["roc_auc"]["mean"] == pytest.approx(0.92)
+    assert grouped["sex"]["F"]["roc_auc"]["std"] == pytest.approx(0.0283, abs=1e-4)
+    assert grouped["sex"]["F"]["roc_auc"]["interval"] == pytest.approx([0.80, 0.95]), "the widest of one seed"
+    assert grouped["sex"]["M"]["too_few"]
+    row = {"setting": "patient-level", "recipe": "default", "runs": dict(enumerate(runs)), "summary": summarise(runs),
+           "subgroups": grouped}
+    table = markdown([row], [1, 2])
+    assert "| patient-level | default | sex = F | 150 (50 / 100) | 0.920 ± 0.028 [0.80, 0.95] |" in table
+    assert "| patient-level | default | sex = M | 12 (4 / 8) | too few images to say anything |" in table

@@ -48,6 +48,7 @@ from .model_card import REPORTED_FILE, refresh_model_card
 from .run_data import bootstrap_seed
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "threshold")  # the calls are made at each run's own threshold
+SHOWN_PER_SUBGROUP = ("roc_auc", "sensitivity", "specificity")
 TRAIN_MODULE = ["-m", "covid_ddp.commands.train"]
 TIMING_FILE = "report_timing.json"  # a run's wall-clock seconds, kept for a report that reuses it
 
@@ -101,16 +102,58 @@ def summarise(runs: list[dict]) -> dict:
     summary = {"n": runs[0]["n"], "n_per_class": runs[0]["n_per_class"]}
     seconds = [run.get("seconds") for run in runs]
     summary["seconds"] = float(np.mean(seconds)) if None not in seconds else None
-    for name in SHOWN:
+    return {**summary, **summarise_metrics(runs, SHOWN)}
+
+
+def summarise_subgroups(runs: list[dict]) -> dict:
+    """The seeds' subgroup rows (metrics.json's test ``subgroups``), as ``summarise`` does the whole
+    test set's: per column and value, n and the mean, std and widest interval of each metric; a
+    value too small in any seed's split is marked so."""
+    tables = [run.get("subgroups") or {} for run in runs]
+    summary = {}
+    for column in tables[0]:
+        for value, first in tables[0][column].items():
+            seeds = [table.get(column, {}).get(value) for table in tables]
+            if None in seeds:  # (not in every seed's test split: a held-out source splits alike, so rare)
+                continue
+            summary.setdefault(column, {})[value] = {
+                "n": first["n"], "n_per_class": first["n_per_class"], "too_few": any(row["too_few"] for row in seeds),
+                **summarise_metrics(seeds, SHOWN_PER_SUBGROUP)}
+    return summary
+
+
+def summarise_metrics(runs: list[dict], names: tuple[str, ...]) -> dict:
+    """Per metric of ``names``: mean, std over ``runs``, the widest interval of one (None: undefined in one)."""
+    summary = {}
+    for name in names:
         values = [run[name] for run in runs if run.get(name) is not None]
         if len(values) < len(runs):
             summary[name] = None
             continue
-        intervals = [run["ci95"].get(name) for run in runs if run.get("ci95", {}).get(name)]
+        intervals = [run["ci95"].get(name) for run in runs if (run.get("ci95") or {}).get(name)]
         widest = max(intervals, key=lambda i: i[1] - i[0]) if intervals else None
         summary[name] = {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
                          "interval": widest}
     return summary
+
+
+def subgroup_lines(rows: list[dict]) -> list[str]:
+    """A row per (setting, recipe, column = value), where the data's meta.npz has such columns."""
+    lines = []
+    for row in rows:
+        for column, values in (row.get("subgroups") or {}).items():
+            for value, stats in values.items():
+                counts = stats["n_per_class"]
+                cells = (["too few images to say anything", "", ""] if stats["too_few"]
+                         else [format_cell(stats[name]) for name in SHOWN_PER_SUBGROUP])
+                lines.append(f"| {row['setting']} | {row['recipe']} | {column} = {value} | {stats['n']} "
+                             f"({counts['covid']} / {counts['non_covid']}) | " + " | ".join(cells) + " |")
+    if not lines:
+        return []
+    return ["", "Per subgroup of the test split (meta.npz columns of few values, as covid-ddp-evaluate gives them; "
+            "at each run's threshold; mean ± std over the seeds [the widest interval of one seed]):", "",
+            "| setting | recipe | subgroup | test n (COVID / non-COVID) | ROC AUC | sensitivity | specificity |",
+            "| --- | --- | --- | --- | --- | --- | --- |", *lines]
 
 
 def markdown(rows: list[dict], seeds: list[int], sources: dict | None = None) -> str:
@@ -138,6 +181,7 @@ def markdown(rows: list[dict], seeds: list[int], sources: dict | None = None) ->
         minutes = "" if row.get("ensemble") else ("?" if seconds is None else f"{seconds / 60:.1f}")
         lines.append(f"| {row['setting']} | {row['recipe']} | {row['summary']['n']} ({counts['covid']} / "
                      f"{counts['non_covid']}) | " + " | ".join(cells) + f" | {minutes} |")
+    lines += subgroup_lines(rows)
     return "\n".join(lines) + "\n"
 
 
@@ -290,7 +334,8 @@ def run_report(arguments: argparse.Namespace) -> list[dict]:
                 folders_of[seed] = output / slug(setting) / recipe / f"seed_{seed}"
                 runs[seed] = train_once(launcher, flags, folders_of[seed])
             row = {"setting": setting, "recipe": recipe, "flags": split_flags + recipe_flags,
-                   "runs": runs, "summary": summarise(list(runs.values()))}
+                   "runs": runs, "summary": summarise(list(runs.values())),
+                   "subgroups": summarise_subgroups(list(runs.values()))}
             new_rows = [row]
             if arguments.ensemble:
                 members = [folders_of[seed] for seed in seeds]
