@@ -54,8 +54,17 @@ def _wait_for(path, timeout=120.0) -> None:
 
 
 def _workers_of(run_dir, launcher) -> list[int]:
+    """The launcher's workers: its children that run the training script (a child it has forked but
+    not yet exec'd still shows the launcher's own command line, and is not one yet)."""
     found = subprocess.run(["pgrep", "-f", f"output-dir {run_dir} "], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found if int(pid) != launcher.pid]
+    return [int(pid) for pid in found if int(pid) != launcher.pid and "torch.distributed.run" not in _command_of(int(pid))]
+
+
+def _command_of(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _alive(pid: int) -> bool:
