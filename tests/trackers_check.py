@@ -24,16 +24,26 @@ def add_a_figure_in_a_subfolder(run_dir: Path) -> None:
 
 
 def tracker_env(folder: Path) -> dict:
-    """A local MLflow store (sqlite) and W&B offline, both under ``folder``: nothing leaves the machine."""
-    return {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}", "WANDB_MODE": "offline",
-            "WANDB_DIR": str(folder)}
+    """A local MLflow store (sqlite) and W&B offline, both under ``folder``: nothing leaves the
+    machine, and nothing is written beside the tests (MLflow puts a new experiment's artifacts in
+    ./mlruns of the process: the experiment is made first, its artifacts under ``folder``)."""
+    if INSTALLED:
+        import mlflow
+
+        mlflow.MlflowClient(tracking_uri=tracking_uri(folder)).create_experiment(
+            "covid_ddp", artifact_location=str(folder / "mlruns"))
+    return {"MLFLOW_TRACKING_URI": tracking_uri(folder), "WANDB_MODE": "offline", "WANDB_DIR": str(folder)}
+
+
+def tracking_uri(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"
 
 
 def mlflow_run(folder: Path, run_dir: Path):
     """The MLflow run ``run_dir``'s trackers.json names, and how many runs its experiment holds."""
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=tracker_env(folder)["MLFLOW_TRACKING_URI"])
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri(folder))
     run = client.get_run(json.loads((run_dir / TRACKERS_FILE).read_text())["mlflow"]["run_id"])
     return client, run, len(client.search_runs([client.get_experiment_by_name("covid_ddp").experiment_id]))
 
