@@ -22,3 +22,25 @@ def test_a_tracker_that_is_not_installed_or_unknown_is_refused_in_one_line(capsy
     refused(capsys, train_main(["--cpu", "--data-dir", str(small_data), "--log-with", "mlflow"]),
             'the mlflow package is not installed; pip install -e ".[mlflow]"')
     assert not (tmp_path / "run").exists()
+
+
+def test_a_tracker_failing_at_the_end_is_a_warning_and_the_others_still_end(capsys, tmp_path, monkeypatch):
+    """The run is done when the trackers log its files: a tracker's server gone is told, not raised."""
+    from covid_ddp.training import trackers
+
+    class Tracker:
+        def __init__(self, name):
+            self.name, self.finished = name, False
+
+        def finish(self):
+            self.finished = True
+
+    def unreachable(tracker, folder):
+        raise ConnectionError("the tracking server did not answer\nmore")
+
+    monkeypatch.setattr(trackers, "_log_artifacts", unreachable)
+    first, second = Tracker("aim"), Tracker("dvclive")
+    trackers.TrackerRuns(tmp_path, [first, second]).end()
+    err = capsys.readouterr().err
+    assert err.count("warning: could not log the run's files to") == 2 and "(the tracking server did not answer); the run folder" in err
+    assert first.finished and second.finished, "each tracker run still ended"

@@ -22,6 +22,8 @@ import json
 import re
 from pathlib import Path
 
+from ..cli import say
+from ..errors import first_line
 from ..files import write_json
 from ..run_files import CHECKPOINTS_DIR, TENSORBOARD_DIR, TRACKERS_FILE
 from .tracker_choice import TENSORBOARD
@@ -84,12 +86,21 @@ class TrackerRuns:
         accelerator.trackers[:] = [t for t in accelerator.trackers if all(t is not own for own in self.trackers)]
 
     def end(self, status: str = FINISHED) -> None:
-        """A finished run's files as artifacts (where the tracker takes them), then each run ended."""
+        """A finished run's files as artifacts (where the tracker takes them), then each run ended.
+        A tracker that fails here (its server gone, a full disk) is a warning: the run is done,
+        and its folder holds every file."""
         trackers, self.trackers = self.trackers, []
         for tracker in trackers:
             if status == FINISHED:
-                _log_artifacts(tracker, self.folder)
-            _finish(tracker, status)
+                self._told_not_raised(lambda: _log_artifacts(tracker, self.folder), f"log the run's files to {tracker.name}")
+            self._told_not_raised(lambda: _finish(tracker, status), f"end the {tracker.name} run")
+
+    def _told_not_raised(self, work, what: str) -> None:
+        try:
+            work()
+        except Exception as error:  # any tracker's failure, whatever its kind: told, not raised
+            say(f"covid-ddp-train: warning: could not {what} ({first_line(error)}); the run folder {self.folder} "
+                "holds the run")
 
 
 def params_of(config: dict, num_processes: int, mixed_precision: str, folder: Path) -> dict:
