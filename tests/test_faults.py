@@ -189,3 +189,17 @@ def test_a_refusal_once_the_data_is_read_comes_before_the_run_folder_is_touched(
     code, err = train_in_process(capsys, small_data, finished, "--overwrite", *flags)
     assert_refused(code, err, fragment)
     assert {p: p.read_bytes() for p in finished.rglob("*") if p.is_file()} == before
+
+
+def test_a_process_that_lost_a_peer_says_so_and_how_to_resume(tmp_path):
+    """What a rank left waiting in a collective tells (Session.start turns the collective's error into it)."""
+    from covid_ddp.training.distributed import JobFailed
+    from covid_ddp.training.session import Session
+
+    session = Session(accelerator=None, config=None)
+    session.run_dir = tmp_path / "run"
+    told = session._peer_lost(RuntimeError("Connection closed by peer [127.0.0.1]:29500\ndetails"))
+    assert isinstance(told, JobFailed)
+    assert str(told) == (f"another process of this job ended while this one waited for it (Connection closed by peer "
+                         f"[127.0.0.1]:29500); its own output says why. Complete checkpoints are kept: rerun with "
+                         f"--resume auto --output-dir {tmp_path / 'run'}")

@@ -129,16 +129,16 @@ class Session:
             self.tracker_runs.detach(self.accelerator)  # (end_training, if it comes, ends no tracker twice)
             self.tracker_runs.end(status)
 
-
-def _status_after(error: BaseException) -> str:
-    """A stopped run is KILLED in the trackers (MLflow's word), a failed one FAILED."""
-    return KILLED if isinstance(error, (Interrupted, TrainingInterrupted, KeyboardInterrupt)) else FAILED
-
     def _peer_lost(self, error: Exception) -> JobFailed:
         resume = f" Complete checkpoints are kept: rerun with --resume auto --output-dir {self.run_dir}" \
             if self.run_dir else ""
         return JobFailed(f"another process of this job ended while this one waited for it ({first_line(error)}); "
                          f"its own output says why.{resume}")
+
+
+def _status_after(error: BaseException) -> str:
+    """A stopped run is KILLED in the trackers (MLflow's word), a failed one FAILED."""
+    return KILLED if isinstance(error, (Interrupted, TrainingInterrupted, KeyboardInterrupt)) else FAILED
 
 
 def start_job(config: TrainConfig) -> tuple[Accelerator, TrainConfig, frozenset]:
