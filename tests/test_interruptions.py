@@ -183,7 +183,10 @@ def test_a_stop_during_a_checkpoint_write_stops_with_that_checkpoint(small_data,
 # and with --sync-bn, 1, 3 and 8 processes compute the same steps. A global batch of 24, which 1, 3
 # and 8 processes share: 10 steps in the one epoch, signalled after step 2 and stopped at step 5.
 RECOUNT_FLAGS = ("--epochs", "1", "--batch-size", "24", "--eval-batch-size", "24", "--log-every", "5", "--sync-bn",
-                 "--dropout", "0", "--mixed-precision", "no", "--balance-sources")
+                 "--dropout", "0", "--mixed-precision", "no", "--balance-sources",
+                 # The fine-tuner's recipe on 8 and 3 processes: the average shared from rank 0, the cosine's step.
+                 "--optimizer", "adamw", "--weight-decay", "0.05", "--schedule", "cosine", "--label-smoothing", "0.1",
+                 "--ema", "0.9")
 RECOUNT_STOP, RECOUNT_STOPPED_AT = "sigterm:2", "epoch_001_step_00005"
 
 
