@@ -21,6 +21,7 @@ from ..metrics import wilson_replaced
 from ..models.spec import ModelSpec
 from ..models.weights import sidecar_path
 from ..run_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
+from ..subgroups import SUBGROUP_METRICS
 from .audit_reading import readings, verdict
 from .card_metadata import front_matter
 
@@ -392,7 +393,7 @@ def _subgroup_section(metrics: dict | None) -> list[str]:
     for column, values in table.items():
         for value, row in values.items():
             cells = []
-            for name in ("roc_auc", "sensitivity", "specificity"):
+            for name in SUBGROUP_METRICS:
                 interval = row.get("ci95", {}).get(name)
                 cells.append(_number(row[name]) + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else ""))
             few = " (too few images to say anything)" if row.get("too_few") else ""

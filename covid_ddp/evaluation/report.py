@@ -42,13 +42,13 @@ from ..errors import UserError
 from ..files import atomic_path, write_json
 from ..metrics import binary_metrics
 from ..run_files import CONFIG_FILE, METRICS_FILE, WEIGHTS_FILE
+from ..subgroups import SUBGROUP_METRICS
 from ..training.config import TrainConfig, parse_config
 from .ensemble import Ensemble, common_split, ensemble_threshold
 from .model_card import REPORTED_FILE, refresh_model_card
 from .run_data import bootstrap_seed
 
 SHOWN = ("roc_auc", "sensitivity", "specificity", "threshold")  # the calls are made at each run's own threshold
-SHOWN_PER_SUBGROUP = ("roc_auc", "sensitivity", "specificity")
 TRAIN_MODULE = ["-m", "covid_ddp.commands.train"]
 TIMING_FILE = "report_timing.json"  # a run's wall-clock seconds, kept for a report that reuses it
 
@@ -118,7 +118,7 @@ def summarise_subgroups(runs: list[dict]) -> dict:
                 continue
             summary.setdefault(column, {})[value] = {
                 "n": first["n"], "n_per_class": first["n_per_class"], "too_few": any(row["too_few"] for row in seeds),
-                **summarise_metrics(seeds, SHOWN_PER_SUBGROUP)}
+                **summarise_metrics(seeds, SUBGROUP_METRICS)}
     return summary
 
 
@@ -145,7 +145,7 @@ def subgroup_lines(rows: list[dict]) -> list[str]:
             for value, stats in values.items():
                 counts = stats["n_per_class"]
                 cells = (["too few images to say anything", "", ""] if stats["too_few"]
-                         else [format_cell(stats[name]) for name in SHOWN_PER_SUBGROUP])
+                         else [format_cell(stats[name]) for name in SUBGROUP_METRICS])
                 lines.append(f"| {row['setting']} | {row['recipe']} | {column} = {value} | {stats['n']} "
                              f"({counts['covid']} / {counts['non_covid']}) | " + " | ".join(cells) + " |")
     if not lines:

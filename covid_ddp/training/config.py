@@ -20,7 +20,7 @@ from ..data.splits import SplitPlan
 from ..destinations import refuse_inputs
 from ..errors import UserError
 from ..models.backbones import check_model_name
-from ..models.spec import INPUT_SCALES, ModelSpec
+from ..models.spec import DATA_SCALE, INPUT_SCALES, ModelSpec
 from .config_file import read_settings, settings_as_flags
 from .recipe import OPTIMIZERS, SCHEDULES
 from .tracker_choice import tracker_names
@@ -67,7 +67,7 @@ class TrainConfig:
                                         "weights you downloaded; read with weights_only=True): its 3-channel first "
                                         "convolution summed to one, its classifier head replaced. Nothing is ever "
                                         "downloaded (default: random initial weights)", metavar="PTH")
-    input_scale: str = _flag("data", "the pixel scale a backbone's first layer sees: 'data' (the training split's "
+    input_scale: str = _flag(DATA_SCALE, "the pixel scale a backbone's first layer sees: 'data' (the training split's "
                              "mean and std) or 'xrv' (torchxrayvision's [-1024, 1024], which its chest X-ray "
                              "weights expect: docs/models.md#weights-from-the-chest-x-ray-zoo); recorded with the "
                              "weights and applied by every command", choices=list(INPUT_SCALES))
@@ -195,7 +195,7 @@ class TrainConfig:
         tracker_names(self.log_with)
         if self.output_dir and self.data_dir:  # a run's files mixed into its data would be read as data
             refuse_inputs(Path(self.output_dir), "--output-dir", self.data_dir, nested=False)
-        if self.input_scale != "data" and self.model == "net":
+        if self.input_scale != DATA_SCALE and self.model == "net":
             raise UserError(f"--input-scale {self.input_scale} is for a backbone's initial weights (--model "
                             "densenet121 --init-weights ...); net normalises by the training split")
         if self.init_weights and self.model == "net":

@@ -45,8 +45,7 @@ def finish(run: PreparedRun, folder: RunFolder, accelerator: Accelerator, config
     accelerator.print(f"Shipping {why}")
     # Net: the original's keys for raw pixels (normalisation folded into conv1); get_state_dict
     # is a collective under FSDP.
-    weights = weights_state_dict(consolidated_state_dict(accelerator.get_state_dict(run.model)),
-                                 accelerator.unwrap_model(run.model, keep_torch_compile=False))
+    weights = weights_state_dict(consolidated_state_dict(accelerator.get_state_dict(run.model)), trained)
     weights, calibration, monitored = calibrate(weights, run, accelerator, config, monitored)
     if monitored is None or accelerator.mixed_precision != "no":  # (None: resumed after the last epoch)
         scorer = shipped_model(weights, run.spec, accelerator.device)

@@ -8,10 +8,10 @@ import importlib.util
 from ..errors import UserError
 
 TENSORBOARD = "tensorboard"
-# The extras of setup.cfg that install a tracker; the others are named by their PyPI package.
-EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}
-PACKAGES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb", "aim": "aim", "comet_ml": "comet-ml",
-            "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab", "trackio": "trackio"}
+# The trackers setup.cfg has an extra of the same name for; the others are named by their PyPI
+# package, the tracker's own name but where PACKAGES says otherwise.
+EXTRAS = {"mlflow", "wandb"}
+PACKAGES = {"comet_ml": "comet-ml"}
 
 
 def tracker_names(text: str) -> tuple[str, ...]:
@@ -33,7 +33,7 @@ def tracker_names(text: str) -> tuple[str, ...]:
 
 def install_hint(name: str) -> str:
     if name in EXTRAS:
-        return f'pip install -e ".[{EXTRAS[name]}]" (or pip install "covid_ddp[{EXTRAS[name]}]")'
+        return f'pip install -e ".[{name}]" (or pip install "covid_ddp[{name}]")'
     return f"pip install {PACKAGES.get(name, name)}"
 
 

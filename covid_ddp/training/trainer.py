@@ -165,7 +165,7 @@ def _train_in(folder: RunFolder, job: Job, session: Session) -> dict:
             say(f"covid-ddp-train: {split.copy_groups[0]} group(s) of copies of one image ({split.copy_groups[1]} "
                 "images) kept together, each in one part of the split")
         announce_sources(table_of(data.meta, job.targets, split.train))
-    board = start_logging(session, folder, data.images, job.targets, split, config, resumed=bool(progress.epoch or progress.step))
+    board = start_logging(session, folder, data.images, job.targets, split, config)
 
     monitored = None
     with folder.stop_on_signal(state) as stopper:
@@ -269,8 +269,7 @@ def _monitored_line(monitor_name: str, record: dict) -> str:
 # --- TensorBoard and the other trackers -------------------------------------------------------
 
 
-def start_logging(session: Session, folder: RunFolder, images, targets, split, config: TrainConfig,
-                  resumed: bool = False) -> Logger | None:
+def start_logging(session: Session, folder: RunFolder, images, targets, split, config: TrainConfig) -> Logger | None:
     """TensorBoard in <run>/tensorboard, on the main process (its hyper-parameters go in at the
     end, next to the final metrics: see ``board.Logger.final``), and --log-with's other trackers."""
     accelerator = session.accelerator
@@ -282,7 +281,8 @@ def start_logging(session: Session, folder: RunFolder, images, targets, split, c
         session.on_main(lambda: accelerator.init_trackers(TENSORBOARD_DIR),
                         f"start TensorBoard logging in {folder.path / TENSORBOARD_DIR}")
     session.start_trackers(folder.path, params_of(config.to_dict(), accelerator.num_processes,
-                                                  accelerator.mixed_precision, folder.path), resumed)
+                                                  accelerator.mixed_precision, folder.path),
+                           resumed=folder.resume_from is not None)
     if not tensorboard:
         return None
     return Logger.for_run(accelerator, images, targets, split.val if len(split.val) else split.test,
