@@ -73,7 +73,7 @@ class RepeatedPool:
 def write_layouts(scratch: Path, images: int, size: int, pool: int) -> dict[str, Path]:
     """Two data folders of the same set: ``archive`` (``.npz``, read whole) and ``store`` (``.npy``, mapped)."""
     from covid_ddp.data.format import LABELS_FILE, LABELS_KEY
-    from covid_ddp.data.prepare import write_store
+    from covid_ddp.data.image_rows import write_store
     from covid_ddp.data.store import IMAGES_KEY, images_name
     from covid_ddp.data.synthetic import make_synthetic
 

@@ -20,7 +20,7 @@ from conftest import HELPERS, SMALL_RUN, FakeMirror, clean_env, free_port, run, 
 from covid_ddp import Net, load_model, predict
 from covid_ddp.data.folders import load_data_dir
 from covid_ddp.data.format import to_binary
-from covid_ddp.data.prepare import write_store
+from covid_ddp.data.image_rows import write_store
 from covid_ddp.data.splits import split_indices
 
 

@@ -18,7 +18,7 @@ from covid_ddp.commands.prepare import main as prepare_main
 from covid_ddp.data.duplicates import find_duplicates
 from covid_ddp.data.folders import load_data_dir, load_data_dirs
 from covid_ddp.data.format import IMAGE_SIZE
-from covid_ddp.data.prepare import write_store
+from covid_ddp.data.image_rows import write_store
 from covid_ddp.data.sets import load_dataset
 from covid_ddp.data.synthetic import make_synthetic
 from covid_ddp.data.tensors import dataset_tensors

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from PIL import Image
 from covid_ddp.commands.prepare import main as prepare_main
 from covid_ddp.data.folders import load_data_dir
 from covid_ddp.data.format import to_binary
+from covid_ddp.data.image_rows import write_store
+from covid_ddp.data.prepare import decode
 
 RNG = np.random.default_rng(7)
 PREPARE_SCRIPT = ROOT / "launch" / "prepare.py"
@@ -143,6 +146,33 @@ def test_label_map_names_other_classes_and_an_unknown_one_is_named(tmp_path, cap
     code, _, _ = prepare(capsys, "--output-dir", tmp_path / "out", "--label-map", "healthy=0, SARS-CoV-2=2",
                          "--workers", "1", root)
     assert code == 0 and sorted(load_data_dir(tmp_path / "out").labels.argmax(1)) == [0, 0, 2, 2]
+
+
+@pytest.mark.parametrize("image_format, name", [("store", "train_images64.npy"), ("npz", "train_images64.npz")])
+def test_streamed_images_file_is_what_numpy_writes_for_the_kept_images(tmp_path, capsys, image_format, name):
+    """Each image goes to disk as it is decoded; after a skipped file and dropped copies, the
+    images file is byte for byte numpy's own file of the kept images (bar a zip's time stamps)."""
+    root = class_folders(tmp_path / "set", {"normal": 4, "covid": 3})
+    Image.fromarray(np.asarray(Image.open(root / "normal" / "0.png"))).save(root / "normal" / "00-copy.png")
+    (root / "covid" / "broken.png").write_bytes(b"not a png")
+    code, _, err = prepare(capsys, "--output-dir", tmp_path / "out", "--workers", "2", "--skip-errors",
+                           "--drop-duplicates", "--format", image_format, root)
+    assert code == 0 and "skipped" in err and "1 exact" in err
+    kept = sorted(load_data_dir(tmp_path / "out").meta["path"])
+    assert "normal/00-copy.png" not in kept and len(kept) == 7, "the later copy and the broken file are gone"
+    expected = np.stack([decode(root / path)[0] for path in load_data_dir(tmp_path / "out").meta["path"]])
+    if image_format == "store":
+        write_store(tmp_path / "numpy.npy", expected)
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "numpy.npy").read_bytes()
+    else:
+        np.savez_compressed(tmp_path / "numpy.npz", train_images=expected)
+        with zipfile.ZipFile(tmp_path / "out" / name) as ours, zipfile.ZipFile(tmp_path / "numpy.npz") as numpys:
+            assert ours.namelist() == numpys.namelist() == ["train_images.npy"]
+            mine, theirs = ours.infolist()[0], numpys.infolist()[0]
+            assert (mine.CRC, mine.compress_size, mine.file_size) == (theirs.CRC, theirs.compress_size, theirs.file_size)
+            assert ours.read("train_images.npy") == numpys.read("train_images.npy")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [name, "meta.npz", "prepare.json", "train_labels.npz"]), "no partial file left"
 
 
 def test_an_unreadable_file_stops_with_its_name_or_is_skipped(tmp_path, capsys):

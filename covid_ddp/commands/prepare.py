@@ -14,9 +14,8 @@ from ..bounds import IMAGE_SIZES, POSITIVE_INT
 from ..cli import ArgumentParser, HelpFormatter, run_cli, say
 from ..data.confounding import single_source_warning
 from ..data.format import IMAGE_SIZE
-from ..data.prepare import (check_output_folder_free, collect_items, describe_inputs, parse_label_map, prepare,
-                            usable_cores, wants_store, write_folder)
-from ..data.store import images_name
+from ..data.prepare import (PrepareOptions, check_output_folder_free, collect_items, describe_inputs, parse_label_map,
+                            prepare, usable_cores)
 from ..destinations import refuse_inputs
 
 
@@ -62,15 +61,12 @@ def run(arguments: argparse.Namespace) -> None:
     check_output_folder_free(output_dir, arguments.overwrite)
     names = parse_label_map(arguments.label_map)
     items = collect_items(arguments.sources, arguments.allow_outside)
-    prepared = prepare(items, names, arguments.workers, arguments.skip_errors, arguments.drop_duplicates,
-                       progress=sys.stderr.isatty(), size=arguments.image_size)
-    prepared.report["inputs"] = describe_inputs(arguments.sources)
-    store = wants_store(arguments.format, prepared.images)
-    write_folder(prepared, Path(arguments.output_dir), arguments.overwrite, store)
-    report = prepared.report
+    options = PrepareOptions(arguments.workers, arguments.skip_errors, arguments.drop_duplicates, arguments.image_size,
+                             arguments.format, arguments.overwrite, progress=sys.stderr.isatty())
+    report = prepare(items, names, Path(arguments.output_dir), options, describe_inputs(arguments.sources))
     per_class = ", ".join(f"class {c}: {n}" for c, n in report["per_class"].items())
     print(f"covid-ddp-prepare: {report['images']} images ({per_class}) from {len(report['per_dataset'])} source(s) "
-          f"-> {Path(arguments.output_dir) / images_name(arguments.image_size, store)} at {arguments.image_size}x"
+          f"-> {Path(arguments.output_dir) / report['images_file']} at {arguments.image_size}x"
           f"{arguments.image_size} ({report['images_per_s']:.0f} images/s over {arguments.workers} worker(s))")
     one_source = single_source_warning(report["per_dataset"])
     if one_source:

@@ -20,6 +20,7 @@ Images are decoded in parallel (``--workers``, default every core) by
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing
 import os
@@ -29,6 +30,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +39,10 @@ import numpy as np
 from ..cli import say
 from ..destinations import check_can_make
 from ..errors import UserError, first_few, type_and_first_line
-from ..files import atomic_path, current_umask, write_json
+from ..files import current_umask, write_json
 from .duplicates import copy_groups, find_duplicates, rows_to_drop
 from .format import COPY_GROUP_KEY, IMAGE_SIZE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
+from .image_rows import RowWriter, StoreRows, write_npz
 from .listing import read_listing
 from .radiographs import is_radiograph_file, read_with_tags
 from .store import images_name
@@ -142,23 +145,24 @@ def decode(file: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray | None, dict,
         return None, {}, f"{file}: cannot be read ({type_and_first_line(error)})"
 
 
-def decode_all(items: list[Item], workers: int, progress: bool,
-               size: int = IMAGE_SIZE) -> list[tuple[np.ndarray | None, dict, str]]:
-    """Every item decoded at ``size``, in order, over ``workers`` processes (1: in this process)."""
+def decoded_in_order(items: list[Item], workers: int, progress: bool, size: int = IMAGE_SIZE):
+    """Each item decoded at ``size``, yielded in order as it comes, over ``workers`` processes (1:
+    in this process): (image or None, DICOM tags, error message)."""
     from tqdm import tqdm
 
     files = [item.file for item in items]
     bar = dict(total=len(files), unit="img", desc="covid-ddp-prepare", disable=not progress, file=sys.stderr)
     decode_at = functools.partial(decode, size=size)
     if workers <= 1:
-        return [decode_at(file) for file in tqdm(files, **bar)]
+        yield from map(decode_at, tqdm(files, **bar))
+        return
     chunk = max(1, min(64, len(files) // (workers * 8)))
     # multiprocessing's Pool, not concurrent.futures': leaving its block terminates the workers, so
     # Ctrl-C or SIGTERM ends the command at once (ProcessPoolExecutor's shutdown could hang on
     # workers a Ctrl-C had killed). The workers ignore Ctrl-C: the terminal sends it to all of
     # them, and the command's one line says it, not a traceback from each.
     with multiprocessing.Pool(workers, initializer=_worker_signals) as pool:
-        return list(tqdm(pool.imap(decode_at, files, chunksize=chunk), **bar))
+        yield from tqdm(pool.imap(decode_at, files, chunksize=chunk), **bar)
 
 
 def _worker_signals() -> None:
@@ -172,43 +176,72 @@ def _worker_signals() -> None:
 
 
 @dataclass
-class PreparedSet:
-    images: np.ndarray  # (N, S, S) uint8
-    classes: np.ndarray  # (N,) 0-3
-    items: list[Item]
-    report: dict
-    copy_groups: np.ndarray  # (N,) the first row of each image's copies (itself without any): one part of a split
+class PrepareOptions:
+    workers: int = 1
+    skip_errors: bool = False
+    drop_duplicates: bool = False
+    size: int = IMAGE_SIZE
+    image_format: str = "auto"  # npz, store, or auto: the store for sets over STORE_FROM_BYTES
+    overwrite: bool = False
+    progress: bool = True
 
 
-def prepare(items: list[Item], names: dict[str, int], workers: int, skip_errors: bool, drop_duplicates: bool,
-            progress: bool = True, size: int = IMAGE_SIZE) -> PreparedSet:
+def prepare(items: list[Item], names: dict[str, int], output_dir: Path, options: PrepareOptions,
+            inputs: list[dict] | None = None) -> dict:
+    """Decode ``items`` into the training folder ``output_dir`` and return its record
+    (prepare.json). Each image goes to disk as it is decoded: memory holds the per-image records
+    and one chunk of images, whatever the number of images. All files appear at once or not at all."""
     for item in items:  # unknown class names fail before the decoding
         class_index(item, names)
+    with staging_folder(Path(output_dir), options.overwrite) as staging:
+        rows = RowWriter(staging / "images.partial", len(items), options.size)
+        try:
+            kept, report = _decode_into(rows, items, options)
+        finally:
+            rows.close()
+        items = [items[row] for row in kept]
+        classes = np.array([class_index(item, names) for item in items], dtype=np.int64)
+        images = StoreRows(rows.finish())
+        keep, groups = _handle_duplicates(images, classes, items, options.drop_duplicates, report)
+        images = StoreRows(rows.finish(keep))
+        items, classes = [items[row] for row in keep], classes[keep]
+        store = wants_store(options.image_format, len(items) * options.size**2)
+        images_file = staging / images_name(options.size, store)
+        if store:
+            os.replace(rows.path, images_file)
+        else:
+            write_npz(images_file, images)
+            os.remove(rows.path)
+        report.update(images=len(items), per_class={str(c): int((classes == c).sum()) for c in range(4)},
+                      per_dataset=dict(sorted(Counter(item.dataset for item in items).items())),
+                      inputs=inputs or [], images_file=images_file.name)
+        _write_records(staging, items, classes, groups, report)
+    return report
+
+
+def _decode_into(rows: RowWriter, items: list[Item], options: PrepareOptions) -> tuple[list[int], dict]:
+    """Append every readable item's image to ``rows``; (the rows kept, the report so far)."""
     started = time.perf_counter()
-    decoded = decode_all(items, workers, progress, size)
+    kept, skipped = [], []
+    for row, (image, tags, error) in enumerate(decoded_in_order(items, options.workers, options.progress,
+                                                                  options.size)):
+        if error:
+            skipped.append((items[row], error))
+            continue
+        _fill_from_tags(items[row], tags)  # before the class: a DICOM's view can make it 3
+        rows.append(image)
+        kept.append(row)
     seconds = time.perf_counter() - started
-    skipped = [(item, error) for item, (_, _, error) in zip(items, decoded) if error]
-    if skipped and not skip_errors:
+    if skipped and not options.skip_errors:
         raise UserError(f"{skipped[0][1]} ({len(skipped)} unreadable file(s) in all; --skip-errors reports each "
                         "and prepares the rest)")
     for _, error in skipped:
         say(f"covid-ddp-prepare: skipped: {error}")
-    kept = [row for row, (image, _, _) in enumerate(decoded) if image is not None]
     if not kept:
         raise UserError("none of the files could be read")
-    for row in kept:
-        _fill_from_tags(items[row], decoded[row][1])  # before the class: a DICOM's view can make it 3
-    images = np.stack([decoded[row][0] for row in kept])
-    items = [items[row] for row in kept]
-    classes = np.array([class_index(item, names) for item in items], dtype=np.int64)
-    report = {"images_found": len(decoded), "skipped": [{"path": str(i.file), "error": e} for i, e in skipped],
-              "decode_seconds": round(seconds, 2), "images_per_s": round(len(decoded) / max(seconds, 1e-9), 1),
-              "workers": workers, "image_size": size}
-    images, classes, items, copy_groups = _handle_duplicates(images, classes, items, drop_duplicates, report)
-    report["images"] = len(items)
-    report["per_class"] = {str(c): int((classes == c).sum()) for c in range(4)}
-    report["per_dataset"] = {name: int(sum(i.dataset == name for i in items)) for name in sorted({i.dataset for i in items})}
-    return PreparedSet(images, classes, items, report, copy_groups)
+    return kept, {"images_found": len(items), "skipped": [{"path": str(i.file), "error": e} for i, e in skipped],
+                  "decode_seconds": round(seconds, 2), "images_per_s": round(len(items) / max(seconds, 1e-9), 1),
+                  "workers": options.workers, "image_size": options.size}
 
 
 def _fill_from_tags(item: Item, tags: dict) -> None:
@@ -217,7 +250,8 @@ def _fill_from_tags(item: Item, tags: dict) -> None:
     item.view = item.view or tags.get("view", "")
 
 
-def _handle_duplicates(images, classes, items, drop: bool, report: dict):
+def _handle_duplicates(images, classes, items, drop: bool, report: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows to keep, each kept row's copy group) after recording the pairs in ``report``."""
     pairs = find_duplicates(images)
     report["duplicates"] = [{"first": items[p.first].shown_path, "second": items[p.second].shown_path,
                              "first_dataset": items[p.first].dataset, "second_dataset": items[p.second].dataset,
@@ -227,18 +261,18 @@ def _handle_duplicates(images, classes, items, drop: bool, report: dict):
         action = "dropped" if drop else "kept (--drop-duplicates removes them)"
         say(f"covid-ddp-prepare: {exact} exact and {len(pairs) - exact} near-duplicate pair(s), listed in "
             f"{PREPARE_RECORD}; {action}")
+    everything = np.arange(len(items))
     if not drop or not pairs:
         report["dropped_duplicates"] = 0
-        return images, classes, items, copy_groups(pairs, len(items))
+        return everything, copy_groups(pairs, len(items))
     dropped = rows_to_drop(pairs, classes >= 2)
-    keep = np.setdiff1d(np.arange(len(items)), dropped)
+    keep = np.setdiff1d(everything, dropped)
     report["dropped_duplicates"] = int(len(dropped))
     if not len(keep):
         raise UserError(f"--drop-duplicates would drop all {len(items)} images (every one is in a pair whose labels "
                         "disagree); see the pairs without it")
     # A copy of a dropped image may remain (a, b, c near copies of one another, c kept): still grouped.
-    groups = copy_groups(pairs, len(items))[keep]
-    return images[keep], classes[keep], [items[row] for row in keep], _first_rows(groups)
+    return keep, _first_rows(copy_groups(pairs, len(items))[keep])
 
 
 def _first_rows(groups: np.ndarray) -> np.ndarray:
@@ -247,15 +281,25 @@ def _first_rows(groups: np.ndarray) -> np.ndarray:
     return first[inverse]
 
 
-def write_folder(prepared: PreparedSet, output_dir: Path, overwrite: bool, store: bool = False) -> None:
-    """All files into a temporary folder beside ``output_dir``, then one rename: a reader (or an
-    interrupted run) never sees a half-prepared folder."""
-    output_dir = Path(output_dir)
+def _write_records(folder: Path, items: list[Item], classes: np.ndarray, groups: np.ndarray, report: dict) -> None:
+    np.savez_compressed(folder / LABELS_FILE, **{LABELS_KEY: np.eye(4, dtype=np.float32)[classes]})
+    np.savez_compressed(folder / META_FILE,
+                        patient_id=np.array([i.patient_id for i in items]), dataset=np.array([i.dataset for i in items]),
+                        path=np.array([i.shown_path for i in items]), view=np.array([i.view for i in items]),
+                        label_name=np.array([i.label_name for i in items]), **{COPY_GROUP_KEY: groups})
+    write_json(folder / PREPARE_RECORD, report)
+
+
+@contextlib.contextmanager
+def staging_folder(output_dir: Path, overwrite: bool):
+    """A temporary folder beside ``output_dir`` to write into, put in its place in one rename when
+    the block ends well, deleted when it does not: a reader (or an interrupted run) never sees a
+    half-prepared folder."""
     check_output_folder_free(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
     try:
-        _write_files(prepared, staging, store)
+        yield staging
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700
         _swap_in(staging, output_dir)
     except OSError as error:
@@ -302,41 +346,14 @@ def check_output_folder_free(output_dir: Path, overwrite: bool) -> None:
                         "replaces only such a folder, so this one is left as it is: give a new folder")
 
 
-def _write_files(prepared: PreparedSet, folder: Path, store: bool) -> None:
-    items = prepared.items
-    images_file = folder / images_name(prepared.images.shape[-1], store)
-    if store:
-        write_store(images_file, prepared.images)
-    else:
-        np.savez_compressed(images_file, **{IMAGES_KEY: prepared.images})
-    np.savez_compressed(folder / LABELS_FILE, **{LABELS_KEY: np.eye(4, dtype=np.float32)[prepared.classes]})
-    np.savez_compressed(folder / META_FILE,
-                        patient_id=np.array([i.patient_id for i in items]), dataset=np.array([i.dataset for i in items]),
-                        path=np.array([i.shown_path for i in items]), view=np.array([i.view for i in items]),
-                        label_name=np.array([i.label_name for i in items]), **{COPY_GROUP_KEY: prepared.copy_groups})
-    write_json(folder / PREPARE_RECORD, {**prepared.report, "images_file": images_file.name})
-
-
 # --- command line ----------------------------------------------------------------
-
-
-def write_store(path: Path, images: np.ndarray, chunk: int = 4096) -> Path:
-    """Write ``images`` (N, S, S) uint8 as a store, in chunks (an input that is itself mapped is
-    never read whole); atomically, so a stopped write leaves no store behind."""
-    with atomic_path(Path(path)) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=images.shape)
-        for start in range(0, len(images), chunk):
-            out[start : start + chunk] = images[start : start + chunk]
-        out.flush()
-        del out
-    return Path(path)
 
 
 STORE_FROM_BYTES = 1 << 30  # --format auto: a set this large is mapped, not copied into every process
 
 
-def wants_store(choice: str, images: np.ndarray) -> bool:
-    return choice == "store" or (choice == "auto" and images.nbytes > STORE_FROM_BYTES)
+def wants_store(choice: str, image_bytes: int) -> bool:
+    return choice == "store" or (choice == "auto" and image_bytes > STORE_FROM_BYTES)
 
 
 def usable_cores() -> int:
