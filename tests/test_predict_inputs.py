@@ -255,3 +255,25 @@ def test_predict_scores_a_tensor_where_it_is_without_numpy(weights):
     assert isinstance(from_tensor, np.ndarray) and from_tensor.shape == (5,)
     np.testing.assert_array_equal(from_tensor, from_numpy)
     np.testing.assert_array_equal(predict(model, on_device[:, None], batch_size=2), from_numpy)  # (N, 1, S, S)
+
+
+def test_many_files_are_decoded_in_parallel_and_scored_in_batches_across_files(capsys, weights, tmp_path):
+    """Files from two worker processes and batches that span files (an .npz's rows split over two)
+    give the rows, order and scores of scoring each file alone in this process."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(13):
+        Image.fromarray(xray(index)).save(folder / f"{index:02d}.png")
+    np.savez(folder / "05b.npz", train_images=np.stack([xray(20 + k) for k in range(5)]))
+    _, one_by_one, _ = run_predict(capsys, "--weights", weights, "--workers", "1", "--batch-size", "1", folder)
+    output = tmp_path / "scores.csv"
+    code, out, _ = run_predict(capsys, "--weights", weights, "--workers", "2", "--batch-size", "4",
+                               "--output", output, folder)
+    assert code == 0 and out == ""
+    streamed = output.read_text().splitlines()
+    assert len(streamed) == 1 + 13 + 5 and [line.split(",")[0].rsplit("/", 1)[-1] for line in streamed[6:12]] == \
+        ["05.png", "05b.npz", "05b.npz", "05b.npz", "05b.npz", "05b.npz"]
+    expected = [line.split(",") for line in one_by_one.splitlines()]
+    got = [line.split(",") for line in streamed]
+    assert [row[:2] + row[3:] for row in got] == [row[:2] + row[3:] for row in expected]
+    assert all(abs(float(a[2]) - float(b[2])) < 1e-5 for a, b in zip(got[1:], expected[1:]))

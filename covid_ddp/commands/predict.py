@@ -12,9 +12,9 @@ image. Not for clinical use."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
-import io
 import sys
 from pathlib import Path
 
@@ -24,7 +24,8 @@ import torch
 from ..bounds import POSITIVE_INT, PROBABILITY
 from ..cli import WEIGHTS_HELP, ArgumentParser, HelpFormatter, run_cli
 from ..data.format import CLASS_NAMES
-from ..data.inputs import collect_files, read_input, resized_summary
+from ..data.inputs import collect_files, read_inputs, resized_summary
+from ..data.parallel import usable_cores
 from ..data.tensors import blank_rows
 from ..destinations import check_output_file, check_output_folder, is_own_figure, refuse_inputs, starts_with
 from ..errors import UserError, first_few
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the radiograph, the heatmap of what drove P(COVID), p_covid in the title)")
     parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=BATCH_SIZE, metavar="N",
                         help="images per forward pass")
+    parser.add_argument("--workers", type=POSITIVE_INT.parse, default=usable_cores(), metavar="N",
+                        help="processes that read and decode the image files (default: this machine's cores)")
     parser.add_argument("--output", metavar="CSV", help="write the CSV to this file instead of standard output")
     parser.add_argument("--skip-errors", action="store_true",
                         help="report unreadable inputs on stderr and score the rest (default: stop at the first)")
@@ -77,44 +80,78 @@ def run(arguments: argparse.Namespace) -> None:
         run_data = functools.partial(load_evaluation_data, None, ensemble.paths[0])  # read only if needed
         threshold, threshold_source = ensemble_threshold(ensemble, run_data)
     overlays = GradcamWriter(Path(arguments.gradcam), ensemble.models, threshold) if arguments.gradcam else None
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
     files = collect_files(arguments.inputs)
-    skipped, resized_from, blank = 0, [], []
-    for path in files:
-        try:
-            item = read_input(path, ensemble.image_size, keep_squares=overlays is not None)
-        except UserError as error:
-            if not arguments.skip_errors:
-                raise
-            skipped += 1
-            print(f"skipped: {error}", file=sys.stderr)
-            continue
-        if item.resized_from is not None:
-            resized_from.extend([item.resized_from] * len(item.images))
-        blank.extend(f"{Path(item.source).name}[{row}]" for row in blank_rows(item.images))
-        p_covid = ensemble.predict(item.images, arguments.batch_size)
-        for index, p in enumerate(p_covid):
-            writer.writerow([item.source, index, f"{p:.6f}", CLASS_NAMES[int(p >= threshold)], f"{threshold:.6f}"])
-        if overlays is not None:
-            overlays.write(item, p_covid)
-    if skipped:
-        if skipped == len(files):
+    scores = ScoreWriter(ensemble, threshold, arguments.batch_size, overlays)
+    with csv_destination(arguments.output) as destination:
+        scores.start(destination)
+        for path, item, refusal in read_inputs(files, ensemble.image_size, overlays is not None, arguments.workers):
+            if refusal and not arguments.skip_errors:
+                raise UserError(refusal)
+            if refusal:
+                scores.skipped += 1
+                print(f"skipped: {refusal}", file=sys.stderr)
+            else:
+                scores.add(item)
+        scores.flush()
+        if scores.skipped == len(files):
             raise UserError(f"none of the {len(files)} inputs could be read")
-        print(f"skipped {skipped} of {len(files)} inputs", file=sys.stderr)
-    if arguments.output:
-        with atomic_path(Path(arguments.output)) as tmp:
-            tmp.write_text(buffer.getvalue())
-    else:
-        sys.stdout.write(buffer.getvalue())
+    if scores.skipped:
+        print(f"skipped {scores.skipped} of {len(files)} inputs", file=sys.stderr)
     # After the output, so that a refused input stays a one-line error.
-    if resized_from:
-        print(resized_summary(resized_from, ensemble.image_size), file=sys.stderr)
-    if blank:  # image files are refused as blank when read; an array's rows are scored, and named here
-        print(f"covid-ddp-predict: warning: {len(blank)} image(s) are blank, a single gray level "
-              f"({first_few(blank, 3)}): their p_covid is the model's reading of nothing", file=sys.stderr)
+    if scores.resized_from:
+        print(resized_summary(scores.resized_from, ensemble.image_size), file=sys.stderr)
+    if scores.blank:  # image files are refused as blank when read; an array's rows are scored, and named here
+        print(f"covid-ddp-predict: warning: {len(scores.blank)} image(s) are blank, a single gray level "
+              f"({first_few(scores.blank, 3)}): their p_covid is the model's reading of nothing", file=sys.stderr)
     print(f"called COVID at p_covid >= threshold {threshold:.4f} ({threshold_source})", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def csv_destination(output: str | None):
+    """Standard output, or the file ``output``, written under a temporary name and renamed when the
+    command ends well (a stopped or refused run leaves no partial CSV behind)."""
+    if not output:
+        yield sys.stdout
+        return
+    with atomic_path(Path(output)) as tmp, open(tmp, "w", newline="") as handle:
+        yield handle
+
+
+class ScoreWriter:
+    """Scores the images of consecutive inputs together, ``batch_size`` at a time, and writes their
+    CSV rows (and overlays) as each batch is scored: memory holds one batch, whatever the number
+    of inputs."""
+
+    def __init__(self, ensemble, threshold: float, batch_size: int, overlays: "GradcamWriter | None"):
+        self.ensemble, self.threshold, self.batch_size, self.overlays = ensemble, threshold, batch_size, overlays
+        self.pending, self.pending_images = [], 0
+        self.skipped, self.resized_from, self.blank = 0, [], []
+
+    def start(self, destination) -> None:
+        self.destination, self.writer = destination, csv.writer(destination, lineterminator="\n")
+        self.writer.writerow(CSV_COLUMNS)
+
+    def add(self, item) -> None:
+        if item.resized_from is not None:
+            self.resized_from.extend([item.resized_from] * len(item.images))
+        self.blank.extend(f"{Path(item.source).name}[{row}]" for row in blank_rows(item.images))
+        self.pending.append(item)
+        self.pending_images += len(item.images)
+        if self.pending_images >= self.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        p_covid = self.ensemble.predict(np.concatenate([item.images for item in self.pending]), self.batch_size)
+        for item, scores in zip(self.pending, np.split(p_covid, np.cumsum([len(i.images) for i in self.pending])[:-1])):
+            for index, p in enumerate(scores):
+                call = CLASS_NAMES[int(p >= self.threshold)]
+                self.writer.writerow([item.source, index, f"{p:.6f}", call, f"{self.threshold:.6f}"])
+            if self.overlays is not None:
+                self.overlays.write(item, scores)
+        self.destination.flush()
+        self.pending, self.pending_images = [], 0
 
 
 def check_destinations(arguments: argparse.Namespace) -> None:

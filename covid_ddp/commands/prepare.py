@@ -14,8 +14,9 @@ from ..bounds import IMAGE_SIZES, POSITIVE_INT
 from ..cli import ArgumentParser, HelpFormatter, run_cli, say
 from ..data.confounding import single_source_warning
 from ..data.format import IMAGE_SIZE
+from ..data.parallel import usable_cores
 from ..data.prepare import (PrepareOptions, check_output_folder_free, collect_items, describe_inputs, parse_label_map,
-                            prepare, usable_cores)
+                            prepare)
 from ..destinations import refuse_inputs
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from PIL import Image
 
 from ..errors import UserError
 from .format import IMAGE_SIZE, IMAGES_KEY
+from .parallel import in_order
 from .radiographs import centre_square, is_radiograph_file, read_grayscale_and_size, to_model_size
 from .store import load_array, validate_images
 
@@ -66,6 +68,20 @@ def read_input(path: Path, size: int = IMAGE_SIZE, keep_squares: bool = False) -
         squares = [centre_square(read_grayscale_and_size(path, SHOWN_SIZE)[0], SHOWN_SIZE)] if keep_squares else None
         return InputImages(str(path), to_model_size(gray, size)[None], resized_from, squares)
     raise UserError(f"{path}: unsupported input type '{path.suffix}'; give .npz, .png, .jpg or .dcm files or folders")
+
+
+def read_inputs(files: list[Path], size: int, keep_squares: bool, workers: int):
+    """``read_input`` of each file, in order as each is ready, decoded over ``workers`` processes:
+    (file, its images or None, the one-line error that refused it or '')."""
+    read = functools.partial(_read_or_refusal, size=size, keep_squares=keep_squares)
+    yield from in_order(read, files, workers)
+
+
+def _read_or_refusal(path: Path, size: int, keep_squares: bool) -> tuple[Path, InputImages | None, str]:
+    try:
+        return path, read_input(path, size, keep_squares), ""
+    except UserError as error:  # (in a worker process: the refusal comes back as text)
+        return path, None, str(error)
 
 
 def resized_summary(sizes: list[tuple[int, int]], size: int = IMAGE_SIZE) -> str:

@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import multiprocessing
 import os
 import re
 import shutil
-import signal
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -44,6 +41,7 @@ from .duplicates import copy_groups, find_duplicates, rows_to_drop
 from .format import COPY_GROUP_KEY, IMAGE_SIZE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
 from .image_rows import RowWriter, StoreRows, write_npz
 from .listing import read_listing
+from .parallel import in_order
 from .radiographs import is_radiograph_file, read_with_tags
 from .store import images_name
 
@@ -146,30 +144,10 @@ def decode(file: Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray | None, dict,
 
 
 def decoded_in_order(items: list[Item], workers: int, progress: bool, size: int = IMAGE_SIZE):
-    """Each item decoded at ``size``, yielded in order as it comes, over ``workers`` processes (1:
-    in this process): (image or None, DICOM tags, error message)."""
-    from tqdm import tqdm
-
+    """Each item decoded at ``size``, yielded in order as it comes, over ``workers`` processes:
+    (image or None, DICOM tags, error message)."""
     files = [item.file for item in items]
-    bar = dict(total=len(files), unit="img", desc="covid-ddp-prepare", disable=not progress, file=sys.stderr)
-    decode_at = functools.partial(decode, size=size)
-    if workers <= 1:
-        yield from map(decode_at, tqdm(files, **bar))
-        return
-    chunk = max(1, min(64, len(files) // (workers * 8)))
-    # multiprocessing's Pool, not concurrent.futures': leaving its block terminates the workers, so
-    # Ctrl-C or SIGTERM ends the command at once (ProcessPoolExecutor's shutdown could hang on
-    # workers a Ctrl-C had killed). The workers ignore Ctrl-C: the terminal sends it to all of
-    # them, and the command's one line says it, not a traceback from each.
-    with multiprocessing.Pool(workers, initializer=_worker_signals) as pool:
-        yield from tqdm(pool.imap(decode_at, files, chunksize=chunk), **bar)
-
-
-def _worker_signals() -> None:
-    """A worker ignores Ctrl-C and dies on SIGTERM, as Pool.terminate expects (a forked worker
-    inherits the command's handler, which would turn SIGTERM into an error it outlives)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield from in_order(functools.partial(decode, size=size), files, workers, "covid-ddp-prepare" if progress else None)
 
 
 # --- the prepared folder ------------------------------------------------------------
@@ -354,10 +332,3 @@ STORE_FROM_BYTES = 1 << 30  # --format auto: a set this large is mapped, not cop
 
 def wants_store(choice: str, image_bytes: int) -> bool:
     return choice == "store" or (choice == "auto" and image_bytes > STORE_FROM_BYTES)
-
-
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

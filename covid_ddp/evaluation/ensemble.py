@@ -59,9 +59,9 @@ class Ensemble:
     def __len__(self) -> int:
         return len(self.models)
 
-    def predict(self, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
-        """The mean P(COVID) of the members."""
-        scores = [predict(scorer, images, batch_size) for scorer in self.scorers]
+    def predict(self, images, batch_size: int = BATCH_SIZE, rows=None) -> np.ndarray:
+        """The mean P(COVID) of the members, for ``images`` (or ``images[rows]``: see ``predict``)."""
+        scores = [predict(scorer, images, batch_size, rows) for scorer in self.scorers]
         return np.mean(scores, axis=0)
 
 
@@ -107,7 +107,7 @@ def ensemble_threshold(ensemble: Ensemble, run_data: Callable[[], RawData], spli
         return DEFAULT_THRESHOLD, f"default {DEFAULT_THRESHOLD} (the runs have no validation split)"
     data = run_data()
     target_sensitivity = _recorded(ensemble.paths[0], "target_sensitivity")
-    chosen = choose_threshold(ensemble.predict(data.images[val_rows]), to_binary(data.labels)[val_rows],
+    chosen = choose_threshold(ensemble.predict(data.images, rows=val_rows), to_binary(data.labels)[val_rows],
                               target_sensitivity)
     return chosen["threshold"], (f"{chosen['method']} on the {len(ensemble)} runs' common validation split "
                                  f"({len(val_rows)} images)")

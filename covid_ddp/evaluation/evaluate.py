@@ -79,7 +79,7 @@ def evaluate(weights: str | Path | list, data_dir: str | list | None = None, spl
     else:  # an ensemble's own threshold, on its runs' common validation split
         threshold, threshold_source = ensemble_threshold(
             ensemble, lambda: data if data_dirs is None else load_evaluation_data(None, weights[0]), common)
-    p_covid = ensemble.predict(data.images[rows])
+    p_covid = ensemble.predict(data.images, rows=rows)
     targets = to_binary(data.labels)[rows]
     seed = bootstrap_seed(weights[0]) if seed is None else seed
     patients = patient_ids(data.meta, rows)

@@ -202,7 +202,7 @@ def ensemble_row(row: dict, run_dirs: list[Path], data, bootstrap: int) -> dict:
     threshold, _ = ensemble_threshold(ensemble, lambda: data, split)
     test_rows = split["test"]
     targets = to_binary(data.labels)[test_rows]
-    scored = binary_metrics(ensemble.predict(data.images[test_rows]), targets, threshold=threshold,
+    scored = binary_metrics(ensemble.predict(data.images, rows=test_rows), targets, threshold=threshold,
                             bootstrap=bootstrap, seed=bootstrap_seed(weights[0]), groups=patient_ids(data.meta, test_rows))
     summary = {"n": scored["n"], "n_per_class": scored["n_per_class"]}
     for name in SHOWN:

@@ -25,19 +25,30 @@ BATCH_SIZE = 512  # images scored at once: fits any GPU and a laptop's memory at
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images, batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """P(COVID) for each raw-pixel image of ``images`` ((N, S, S) or (N, 1, S, S)), in batches.
+def predict(model: torch.nn.Module, images, batch_size: int = BATCH_SIZE, rows=None) -> np.ndarray:
+    """P(COVID) for each raw-pixel image of ``images`` ((N, S, S) or (N, 1, S, S)), in batches;
+    with ``rows``, for ``images[rows]``, gathered a batch at a time (a mapped store's split is never
+    copied whole).
 
     ``images`` is a NumPy array (or anything ``np.asarray`` takes) or a tensor on any device: a
     tensor already on the model's device (a set held on the GPU) is scored without a round trip
     through host memory. The result is a NumPy array on the host either way."""
     device = next(model.parameters()).device
+    probabilities = [model(batch.to(device, non_blocking=True).float())[:, 1].float().exp().cpu()
+                     for batch in _batches(images, batch_size, rows)]
+    return torch.cat(probabilities).numpy() if probabilities else np.empty(0, dtype=np.float32)
+
+
+def _batches(images, batch_size: int, rows):
+    """(B, 1, S, S) tensors of ``images`` (or of ``images[rows]``), in order."""
+    if rows is not None and not isinstance(images, torch.Tensor):
+        for start in range(0, len(rows), batch_size):
+            yield from _batches(np.asarray(images[rows[start : start + batch_size]]), batch_size, None)
+        return
     if not isinstance(images, torch.Tensor):  # np.asarray of a CUDA tensor raises: tensors stay as they are
         images = torch.as_tensor(np.asarray(images))
+    if rows is not None:
+        images = images[torch.as_tensor(rows, device=images.device)]
     if images.ndim == 3:
         images = images.unsqueeze(1)
-    probabilities = [
-        model(batch.to(device, non_blocking=True).float())[:, 1].float().exp().cpu()
-        for batch in images.split(batch_size)
-    ]
-    return torch.cat(probabilities).numpy() if probabilities else np.empty(0, dtype=np.float32)
+    yield from images.split(batch_size)
