@@ -2,17 +2,21 @@
 
     python benchmarks/whole_run.py                       # 1 epoch, 3 repeats, a 10,000-image npz folder
     python benchmarks/whole_run.py --epochs 10 --repeats 1 --variant "fp32=--mixed-precision no"
+    git worktree add /tmp/before <commit> && python benchmarks/whole_run.py --checkout before=/tmp/before
 
 Each command runs as a fresh process on the same MCFAM-format folder (10,000 synthetic
 images, written once to a temporary folder, or ``--data-dir``), timed from start to exit:
 imports, loading, split, training, evaluation, writing the weights. The variants take
 turns in every repeat (a shared machine is noisy: compare within one run); the
-median and the ratio to the original are printed. Not a test.
+median and the ratio to the original are printed, and for covid-ddp-train its fixed costs: the
+whole process less the epochs' own seconds (metrics.json's history), i.e. start-up (imports,
+loading, split, model) and finish (the final scoring, figures, files). Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -36,16 +40,31 @@ def make_data(folder: Path, size: int) -> Path:
     return folder
 
 
-def commands(args, data: Path, work: Path) -> dict[str, list[str]]:
+def commands(args, data: Path, work: Path) -> dict[str, tuple[list[str], Path | None, Path]]:
+    """name -> (command, its run folder (None: the original's), the checkout it runs from)."""
     epochs = ["--epochs", str(args.epochs)]
-    chosen = {"original script": [sys.executable, str(ROOT / "benchmarks" / "original_script.py"),
-                                  "--data-dir", str(data), "--output", str(work / "original.pth"), *epochs]}
-    train = [sys.executable, str(ROOT / "launch" / "train.py"), "--data-dir", str(data), *epochs, "--overwrite"]
-    chosen["covid-ddp-train (defaults)"] = [*train, "--output-dir", str(work / "default")]
+    chosen = {"original script": ([sys.executable, str(ROOT / "benchmarks" / "original_script.py"),
+                                   "--data-dir", str(data), "--output", str(work / "original.pth"), *epochs], None, ROOT)}
+
+    def train(checkout: Path, name: str, flags: list[str]):
+        return ([sys.executable, str(checkout / "launch" / "train.py"), "--data-dir", str(data), *epochs, "--overwrite",
+                 "--output-dir", str(work / name), *flags], work / name, checkout)
+
+    chosen["covid-ddp-train (defaults)"] = train(ROOT, "default", [])
     for spec in args.variant:
         name, _, flags = spec.partition("=")
-        chosen[f"covid-ddp-train {name}"] = [*train, "--output-dir", str(work / name), *flags.split()]
+        chosen[f"covid-ddp-train {name}"] = train(ROOT, name, flags.split())
+    for spec in args.checkout:
+        name, _, folder = spec.partition("=")
+        chosen[f"{name} (defaults)"] = train(Path(folder).resolve(), f"checkout-{name}", [])
     return chosen
+
+
+def epoch_seconds(run_dir: Path | None) -> float | None:
+    """The training epochs' own seconds (validation included), from the run's metrics.json."""
+    if run_dir is None or not (run_dir / "metrics.json").is_file():
+        return None
+    return sum(entry.get("seconds", 0.0) for entry in json.loads((run_dir / "metrics.json").read_text())["history"])
 
 
 def main() -> None:
@@ -56,30 +75,38 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FLAGS",
                         help="another covid-ddp-train run to time, e.g. 'fp32=--mixed-precision no'")
+    parser.add_argument("--checkout", action="append", default=[], metavar="NAME=DIR",
+                        help="a default run of another covid_ddp checkout (an earlier commit: git worktree add DIR "
+                             "COMMIT), timed the same way")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = Path(args.data_dir) if args.data_dir else make_data(work, args.size)
         runs = commands(args, data, work)
         seconds = {name: [] for name in runs}
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        fixed = {name: [] for name in runs}
         for _ in range(args.repeats):
-            for name, command in runs.items():
+            for name, (command, run_dir, checkout) in runs.items():
                 started = time.perf_counter()
-                done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=work)
+                done = subprocess.run(command, capture_output=True, text=True, cwd=work,
+                                      env={**os.environ, "PYTHONPATH": str(checkout)})
                 if done.returncode != 0:
                     raise SystemExit(f"{name} failed:\n{done.stderr[-3000:]}")
                 seconds[name].append(time.perf_counter() - started)
+                training = epoch_seconds(run_dir)
+                if training is not None:
+                    fixed[name].append(seconds[name][-1] - training)
     import torch
 
     print(f"{args.epochs} epoch(s) on {'%s' % args.data_dir if args.data_dir else f'{args.size} synthetic images'}, "
           f"whole process, {args.repeats} repeat(s) taking turns; torch {torch.__version__}, {os.cpu_count()} cores")
     reference = statistics.median(seconds["original script"])
-    print(f"{'command':<40}{'median s':>10}{'runs s':>28}{'vs original':>14}")
+    print(f"{'command':<40}{'median s':>10}{'runs s':>28}{'vs original':>14}{'fixed costs s':>16}")
     for name, values in seconds.items():
         median = statistics.median(values)
         runs_text = ", ".join(f"{v:.1f}" for v in values)
-        print(f"{name:<40}{median:>10.1f}{runs_text:>28}{reference / median:>13.2f}x")
+        fixed_text = f"{statistics.median(fixed[name]):.1f}" if fixed[name] else "-"
+        print(f"{name:<40}{median:>10.1f}{runs_text:>28}{reference / median:>13.2f}x{fixed_text:>16}")
 
 
 if __name__ == "__main__":

@@ -17,17 +17,16 @@ import matplotlib.patches  # noqa: E402  (after choosing the backend)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
-
 from .data.format import CLASS_NAMES
 from .destinations import FIGURE_SOFTWARE  # noqa: E402
 from .files import atomic_path  # noqa: E402
+from .metrics import precision_recall_points, roc_points  # noqa: E402
 
 
 def roc_figure(p_covid: np.ndarray, targets: np.ndarray, auc: float | None) -> Figure:
     figure, axes = plt.subplots(figsize=(4, 4))
     if len(np.unique(targets)) == 2:
-        false_positive, true_positive, _ = roc_curve(targets, p_covid)
+        false_positive, true_positive, _ = roc_points(p_covid, targets)
         axes.plot(false_positive, true_positive, label=f"AUC {auc:.3f}" if auc is not None else None)
     axes.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8)
     _label(axes, "1 - specificity", "sensitivity", "ROC (COVID positive)")
@@ -37,7 +36,7 @@ def roc_figure(p_covid: np.ndarray, targets: np.ndarray, auc: float | None) -> F
 def pr_figure(p_covid: np.ndarray, targets: np.ndarray, average_precision: float | None) -> Figure:
     figure, axes = plt.subplots(figsize=(4, 4))
     if targets.any():
-        precision, recall, _ = precision_recall_curve(targets, p_covid)
+        precision, recall = precision_recall_points(p_covid, targets)
         label = f"AP {average_precision:.3f}" if average_precision is not None else None
         axes.plot(recall, precision, label=label)
         axes.axhline(targets.mean(), linestyle="--", color="grey", linewidth=0.8)  # a random classifier

@@ -225,6 +225,36 @@ def _finite_or_none(value) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+def _counts_above(p_covid: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positives, true positives, threshold) when every image scored at or above each
+    distinct score, highest first, is called positive."""
+    order = np.argsort(p_covid, kind="mergesort")[::-1]
+    scores, positive = p_covid[order], targets[order]
+    last_of_each = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    true_positive = np.cumsum(positive, dtype=np.float64)[last_of_each]
+    return 1 + last_of_each - true_positive, true_positive, scores[last_of_each]
+
+
+def roc_points(p_covid: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(false positive rate, true positive rate, threshold) at every distinct score, after a first
+    point at +inf (nothing called): scikit-learn's ``roc_curve(..., drop_intermediate=False)``,
+    without its second of imports."""
+    false_positive, true_positive, thresholds = _counts_above(np.asarray(p_covid), np.asarray(targets))
+    false_positive, true_positive = np.r_[0, false_positive], np.r_[0, true_positive]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return false_positive / false_positive[-1], true_positive / true_positive[-1], np.r_[np.inf, thresholds]
+
+
+def precision_recall_points(p_covid: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(precision, recall) from the highest threshold down, ending at (1, 0): scikit-learn's
+    ``precision_recall_curve`` without its thresholds."""
+    false_positive, true_positive, _ = _counts_above(np.asarray(p_covid), np.asarray(targets))
+    called = true_positive + false_positive
+    precision = np.divide(true_positive, called, out=np.zeros_like(true_positive), where=called != 0)
+    recall = np.ones_like(true_positive) if true_positive[-1] == 0 else true_positive / true_positive[-1]
+    return np.r_[precision[::-1], 1], np.r_[recall[::-1], 0]
+
+
 def choose_threshold(p_covid: np.ndarray, targets: np.ndarray, target_sensitivity: float | None = None) -> dict:
     """The decision threshold, chosen on validation data: Youden's J (sensitivity + specificity - 1)
     at its maximum, or the highest threshold whose sensitivity reaches ``target_sensitivity``.
@@ -238,11 +268,9 @@ def choose_threshold(p_covid: np.ndarray, targets: np.ndarray, target_sensitivit
     p_covid, targets = np.asarray(p_covid), np.asarray(targets).astype(np.int64)
     if len(np.unique(targets)) < 2:
         return {"threshold": DEFAULT_THRESHOLD, "method": "default 0.5 (the validation split lacks a class)"}
-    # Every distinct score is a candidate: the default drops points off the curve's corners,
-    # which can skip the highest threshold that reaches a target sensitivity.
-    from sklearn.metrics import roc_curve  # here: 1 s of imports, which only the main process needs
-
-    false_positive, true_positive, thresholds = roc_curve(targets, p_covid, drop_intermediate=False)
+    # Every distinct score is a candidate (scikit-learn's default drops points off the curve's
+    # corners, which can skip the highest threshold that reaches a target sensitivity).
+    false_positive, true_positive, thresholds = roc_points(p_covid, targets)
     if target_sensitivity is None:
         youden = true_positive - false_positive
         best = last = int(np.argmax(youden))  # thresholds fall along the curve: the highest of the best

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from covid_ddp.metrics import METRICS, binary_metrics, choose_threshold
+from covid_ddp.metrics import METRICS, binary_metrics, choose_threshold, precision_recall_points, roc_points
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +40,18 @@ def test_point_values_agree_with_scikit_learn(scores):
     for name, value in expected.items():
         assert result[name] == pytest.approx(value, abs=1e-12), name
     assert result["n_per_class"] == {"non_covid": int((targets == 0).sum()), "covid": int(targets.sum())}
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_our_curves_are_scikit_learns_point_for_point(scores, ties):
+    """The threshold and the figures use curves of our own (no scikit-learn import in a run)."""
+    p_covid, targets = scores
+    p_covid = np.round(p_covid, 1) if ties else p_covid
+    for got, expected in zip(roc_points(p_covid, targets), sk.roc_curve(targets, p_covid, drop_intermediate=False)):
+        assert np.array_equal(got[1:], expected[1:]) and got[0] == expected[0] or not np.isfinite(got[0])
+    precision, recall, _ = sk.precision_recall_curve(targets, p_covid)
+    assert all(np.allclose(a, b, rtol=0, atol=1e-15) for a, b in zip(precision_recall_points(p_covid, targets),
+                                                                      (precision, recall)))
 
 
 def test_expected_calibration_error_by_hand():

@@ -7,6 +7,7 @@ import pytest
 
 from covid_ddp.data.folders import _merged_copy_groups
 from covid_ddp.data.format import RawData
+from covid_ddp.data.stratified import stratified_split
 from covid_ddp.data.splits import SplitPlan, copy_group_count, make_split, split_groups, split_indices
 from covid_ddp.errors import UserError
 
@@ -29,6 +30,35 @@ def test_image_level_split_is_the_original_70_30():
     split = split_indices(targets.astype(np.int64), 0.3, 0.0)
     assert len(split.test) == 300 and len(split.val) == 0
     assert targets[split.test].mean() == pytest.approx(0.25, abs=0.01), "stratified"
+
+
+@pytest.mark.parametrize("count, classes, fraction", [(10000, 2, 0.3), (7000, 2, 0.1), (1001, 2, 0.3), (37, 2, 0.3),
+                                                      (500, 4, 0.3), (97, 3, 0.15), (6, 2, 0.5)])
+def test_our_stratified_split_is_scikit_learns_row_for_row(count, classes, fraction):
+    """The split is written out (no scikit-learn import at start-up): the same rows as
+    ``train_test_split`` for the same seed, tied remainders included."""
+    from sklearn.model_selection import train_test_split
+
+    for seed in (42, 0, 7):
+        labels = np.random.default_rng(seed + count).integers(0, classes, count)
+        labels[:classes] = labels[classes : 2 * classes] = np.arange(classes)  # two of each class at least
+        rows = np.arange(count) * 3 + 5
+        expected = train_test_split(rows, test_size=fraction, random_state=seed, stratify=labels)
+        got = stratified_split(rows, fraction, seed, stratify=labels)
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+
+
+@pytest.mark.parametrize("labels, fraction, expected", [
+    ([0, 0, 0, 1], 0.5, "a class has only 1 member"),
+    ([0, 0, 1, 1, 1, 1, 1, 1, 1, 1], 0.1, "a part of 1 cannot hold each of the 2 classes"),
+    ([0, 1, 0, 1], 0.99, "0.99 of 4 leaves an empty part")])
+def test_our_stratified_split_refuses_what_scikit_learn_refuses(labels, fraction, expected):
+    from sklearn.model_selection import train_test_split
+
+    with pytest.raises(ValueError):
+        train_test_split(np.arange(len(labels)), test_size=fraction, random_state=42, stratify=labels)
+    with pytest.raises(ValueError, match=expected):
+        stratified_split(np.arange(len(labels)), fraction, 42, stratify=np.array(labels))
 
 
 def test_no_patient_is_in_two_parts(cohort):

@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import UserError
 from .duplicates import first_copies
 from .format import COPY_GROUP_KEY
+from .stratified import stratified_split
 from .tensors import blank_rows
 
 SPLIT_SEED = 42  # the original's random_state
@@ -144,16 +145,13 @@ def _hold_out(rows: np.ndarray, targets: np.ndarray, groups: np.ndarray | None, 
     if (counts < 2).any():
         raise UserError(f"the data holds {counts[0]} non-COVID and {counts[1]} COVID images; "
                         "a stratified split needs at least 2 of each class")
-    from sklearn.model_selection import train_test_split  # here: 1 s of imports, which only the main process needs
-
     try:
         if groups is None:
-            return train_test_split(rows, test_size=fraction, random_state=SPLIT_SEED, stratify=targets[rows])
+            return stratified_split(rows, fraction, SPLIT_SEED, stratify=targets[rows])
         patients, patient_of_row = np.unique(groups[rows], return_inverse=True)
         has_covid = np.zeros(len(patients), dtype=np.int64)
         np.maximum.at(has_covid, patient_of_row, targets[rows])
-        _, held_patients = train_test_split(np.arange(len(patients)), test_size=fraction, random_state=SPLIT_SEED,
-                                            stratify=has_covid)
+        _, held_patients = stratified_split(np.arange(len(patients)), fraction, SPLIT_SEED, stratify=has_covid)
         held = np.isin(patient_of_row, held_patients)
         return rows[~held], rows[held]
     except ValueError as error:
