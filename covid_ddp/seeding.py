@@ -24,7 +24,7 @@ import random
 import numpy as np
 import torch
 
-STREAMS = ("weights", "data_order", "dropout", "augment", "bootstrap", "audit")
+STREAMS = ("weights", "data_order", "dropout", "augment", "bootstrap", "audit", "audit_sample")  # (append only)
 
 
 def stream_seed(seed: int, stream: str, epoch: int = 0, rank: int = 0, step: int = 0) -> int:

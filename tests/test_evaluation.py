@@ -346,10 +346,13 @@ def test_evaluate_gives_rows_per_subgroup_with_intervals_and_marks_the_small_one
     assert table["sex"]["F"]["specificity"] == pytest.approx((~calls[female & ~truth]).mean(), abs=1e-9)
     low, high = table["sex"]["F"]["ci95"]["roc_auc"]
     assert low <= table["sex"]["F"]["roc_auc"] <= high
-    from covid_ddp.evaluation.model_card import _subgroup_section
+    from covid_ddp.evaluation.model_card import _evaluation_limitation, _subgroup_section
 
     card = "\n".join(_subgroup_section({"test": {"subgroups": table}}))
     assert "| sex | X | 10 (" in card and "(too few images to say anything)" in card and "| age | 80+ |" in card
+    assert "subgroups only by age, sex (the columns the data holds" in _evaluation_limitation(table), \
+        "the card's limitations do not deny the subgroup rows above them"
+    assert "the data holds no such fields" in _evaluation_limitation(None)
     code = evaluate_main(["--weights", weights, "--data-dir", str(folder), "--split", "all", "--bootstrap", "0",
                           "--subgroups", "view,height", "--output-dir", str(tmp_path / "eval2")])
     refused(capsys, code, "--subgroups height: no such meta.npz column; the data holds age, sex, view")

@@ -141,11 +141,17 @@ def test_auto_skips_an_audit_costing_over_a_tenth_of_the_run_with_a_line_saying_
     assert "shortcut audit" not in results[2].stderr, "--audit no: not a word"
 
 
-def test_covid_ddp_audit_of_a_run_brings_its_card_up_to_date(seed_runs, tmp_path, capsys):
+def test_covid_ddp_audit_of_a_run_brings_its_card_up_to_date(seed_runs, tmp_path, capsys, monkeypatch):
     root, _ = seed_runs
     run_dir = shutil.copytree(root / "seed_2", tmp_path / "run")
+    validation = len(np.load(run_dir / "splits.npz")["val"])
+    monkeypatch.setattr(audit, "AUDIT_IMAGES", validation - 7)  # a split over the bound is audited on a sample
     assert audit_main(["--weights", str(run_dir / WEIGHTS), "--split", "val"]) == 0
     out = capsys.readouterr().out
+    sample = f"{validation - 7} images ({{}} COVID) of the val split (a random sample of its {validation:,} images, seed 0)"
+    recorded = json.loads((run_dir / "audit-val" / "audit.json").read_text())
+    assert recorded["images"] == validation - 7 and sample.format(recorded["covid"]) in out
+    assert f"{validation - 7} images of the val split (a random sample" in (run_dir / "model_card.md").read_text()
     assert "| border hidden: change of ROC AUC (mean abs change of P(COVID)) |" in out and "**Verdict:** " in out
     assert (run_dir / "audit-val" / "audit.md").is_file()
     recorded = json.loads((run_dir / "audit-val" / "audit.json").read_text())

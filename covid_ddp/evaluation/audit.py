@@ -56,6 +56,8 @@ PROBE_FOLDS = 5
 PIXEL_PROBE_SIZE = 16  # the reference probe's images: 16x16 averages of the pixels
 PROBE_COMPONENTS = 32  # the probe reads the first principal components (fitted per fold): ~20x faster than 512
 GRADCAM_IMAGES = 256  # the Grad-CAM share is a mean: a sample of this many images measures it
+AUDIT_IMAGES = 20_000  # a larger split is audited on a random sample this large: every reading is a rate or
+# an AUC, measured as well on 20,000 images as on 400,000 (the probe's folds alone would take an hour there)
 # covid-ddp-train --audit auto: the largest share of the run's work the audit may add. Counted in
 # image passes through the model, not timed, so that one command writes the same folder on any
 # machine under any load.
@@ -85,7 +87,8 @@ def audit(model: torch.nn.Module, images: np.ndarray, targets: np.ndarray, thres
 def audit_passes(test_images: int) -> int:
     """The audit's work in image passes: scoring, the marks and the border test (a pass each),
     Grad-CAM on a sample (about 3 passes an image), and the probe and figure (FIXED_PASSES)."""
-    return 3 * test_images + 3 * min(test_images, GRADCAM_IMAGES) + FIXED_PASSES
+    audited = min(test_images, AUDIT_IMAGES)
+    return 3 * audited + 3 * min(audited, GRADCAM_IMAGES) + FIXED_PASSES
 
 
 def training_passes(train_images: int, val_images: int, epochs: int) -> int:
@@ -273,9 +276,13 @@ def audit_rows(model: torch.nn.Module, weights: Path, data, rows: np.ndarray, sp
     """``audit`` of ``rows`` of ``data`` at ``decision`` (threshold, where it came from), written to
     ``output_dir``; returns (the result, what it was run on)."""
     threshold, threshold_source = decision
-    images, targets = data.images[rows], to_binary(data.labels)[rows]
+    what = f"the {split} split"
+    if len(rows) > AUDIT_IMAGES:
+        what = f"the {split} split (a random sample of its {len(rows):,} images, seed {seed})"
+        rows = np.sort(np.random.default_rng(stream_seed(seed, "audit_sample")).choice(rows, AUDIT_IMAGES, replace=False))
+    images, targets = np.asarray(data.images[rows]), to_binary(data.labels)[rows]
     result = audit(model, images, targets, threshold, source_names(data.meta, rows), patient_ids(data.meta, rows), seed)
-    about = {"weights": str(weights), "split": split, "what": f"the {split} split", "data": data.provenance,
+    about = {"weights": str(weights), "split": split, "what": what, "data": data.provenance,
              "threshold_source": threshold_source, "seed": seed}
     write_audit(output_dir, result, images, targets, seed, about)
     return result, about

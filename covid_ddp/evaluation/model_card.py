@@ -402,6 +402,15 @@ def _subgroup_section(metrics: dict | None) -> list[str]:
     return lines + [""]
 
 
+def _evaluation_limitation(subgroups: dict | None) -> str:
+    """What was not evaluated: always prospectively or clinically; subgroups beyond the columns the
+    data held (the section above, when there is one)."""
+    if not subgroups:
+        return "No prospective, clinical or subgroup (age, sex, device) evaluation: the data holds no such fields."
+    return (f"No prospective or clinical evaluation; subgroups only by {', '.join(sorted(subgroups))} (the columns "
+            "the data holds: Test results per subgroup), none other.")
+
+
 def _audit_section(run_dir: Path) -> list[str]:
 
     lines = []
@@ -410,8 +419,8 @@ def _audit_section(run_dir: Path) -> list[str]:
         if not report:
             continue
         lines += [f"## Shortcut audit ({report.get('split', '?')} split)", "",
-                  f"{report['images']} images; `{path.relative_to(run_dir)}` and its figure. Probes of known shortcuts, "
-                  "not a proof that none is used.", "", f"**Verdict:** {verdict(report)}", "",
+                  f"{report['images']} images of {report.get('what', 'the split')}; `{path.relative_to(run_dir)}` and "
+                  "its figure. Probes of known shortcuts, not a proof that none is used.", "", f"**Verdict:** {verdict(report)}", "",
                   "| measurement | value | reading (none / weak / strong sign of a shortcut) |", "| --- | --- | --- |"]
         lines += [f"| {name} | {value} | {reading} |" for name, value, reading in summary_rows(report)]
         lines.append("")
@@ -469,7 +478,7 @@ def _limitations(flags: dict, data: dict, metrics: dict | None, model: dict) -> 
     if data.get("source") == "synthetic":
         items.append("Trained on synthetic images: says nothing about radiographs.")
     items.append(_labels_limitation(data))
-    items.append("No prospective, clinical or subgroup (age, sex, device) evaluation: the data holds no such fields.")
+    items.append(_evaluation_limitation(test.get("subgroups")))
     return ["## Limitations", "", *(f"- {item}" for item in items), ""]
 
 
