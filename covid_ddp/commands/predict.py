@@ -32,7 +32,7 @@ from ..errors import UserError, first_few
 from ..evaluation.run_data import load_evaluation_data
 from ..files import atomic_path
 from ..models.gradcam import gradcam
-from ..models.inference import BATCH_SIZE, resolve_device
+from ..models.inference import batch_size_for, resolve_device
 from ..models.weights import decision_threshold, sidecar_path
 
 CSV_COLUMNS = ("source", "index", "p_covid", "prediction", "threshold")  # each call names its threshold
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "else 0.5)")
     parser.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per image here "
                         "(the radiograph, the heatmap of what drove P(COVID), p_covid in the title)")
-    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, default=BATCH_SIZE, metavar="N",
-                        help="images per forward pass")
+    parser.add_argument("--batch-size", type=POSITIVE_INT.parse, metavar="N",
+                        help="images per forward pass (default: 512 on a GPU; on a CPU as many as make 512 images of "
+                             "64x64 in pixels: 41 at 224 px)")
     parser.add_argument("--workers", type=POSITIVE_INT.parse, default=usable_cores(), metavar="N",
                         help="processes that read and decode the image files (default: this machine's cores)")
     parser.add_argument("--output", metavar="CSV", help="write the CSV to this file instead of standard output")
@@ -73,7 +74,8 @@ def run(arguments: argparse.Namespace) -> None:
     check_destinations(arguments)
     from ..evaluation.ensemble import Ensemble, ensemble_threshold
 
-    ensemble = Ensemble.load(arguments.weights, resolve_device(arguments.device))
+    device = resolve_device(arguments.device)
+    ensemble = Ensemble.load(arguments.weights, device)
     if len(ensemble) == 1 or arguments.threshold is not None:
         threshold, threshold_source = decision_threshold(arguments.threshold, ensemble.paths[0])
     else:
@@ -81,7 +83,8 @@ def run(arguments: argparse.Namespace) -> None:
         threshold, threshold_source = ensemble_threshold(ensemble, run_data)
     overlays = GradcamWriter(Path(arguments.gradcam), ensemble.models, threshold) if arguments.gradcam else None
     files = collect_files(arguments.inputs)
-    scores = ScoreWriter(ensemble, threshold, arguments.batch_size, overlays)
+    batch_size = arguments.batch_size or batch_size_for(ensemble.image_size, device)
+    scores = ScoreWriter(ensemble, threshold, batch_size, overlays)
     with csv_destination(arguments.output) as destination:
         scores.start(destination)
         for path, item, refusal in read_inputs(files, ensemble.image_size, overlays is not None, arguments.workers):

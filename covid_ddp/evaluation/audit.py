@@ -42,7 +42,7 @@ from ..errors import first_line
 from ..files import atomic_path, write_json
 from ..metrics import roc_auc
 from ..models.gradcam import gradcam
-from ..models.inference import BATCH_SIZE, predict
+from ..models.inference import predict
 from ..models.loading import inference_model, load_model
 from ..models.net import watch_penultimate
 from ..models.weights import decision_threshold
@@ -145,7 +145,7 @@ def border_test(model, images, targets, p_covid, threshold: float) -> dict:
 
 @torch.inference_mode()
 def predict_with_features(model: torch.nn.Module, images: np.ndarray,
-                          batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+                          batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """P(COVID) and the penultimate features (``models.net.watch_penultimate``: what the last layer
     decides from) of every image, in one pass."""
     captured = []

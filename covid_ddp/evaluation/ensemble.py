@@ -23,7 +23,7 @@ import torch
 from ..data.format import RawData, to_binary
 from ..errors import UserError
 from ..metrics import DEFAULT_THRESHOLD, choose_threshold
-from ..models.inference import BATCH_SIZE, predict
+from ..models.inference import predict
 from ..models.loading import inference_model, load_model
 from ..run_files import CONFIG_FILE, SPLITS_FILE
 from ..training import checkpoint as ckpt
@@ -59,7 +59,7 @@ class Ensemble:
     def __len__(self) -> int:
         return len(self.models)
 
-    def predict(self, images, batch_size: int = BATCH_SIZE, rows=None) -> np.ndarray:
+    def predict(self, images, batch_size: int | None = None, rows=None) -> np.ndarray:
         """The mean P(COVID) of the members, for ``images`` (or ``images[rows]``: see ``predict``)."""
         scores = [predict(scorer, images, batch_size, rows) for scorer in self.scorers]
         return np.mean(scores, axis=0)

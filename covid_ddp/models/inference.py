@@ -21,19 +21,31 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-BATCH_SIZE = 512  # images scored at once: fits any GPU and a laptop's memory at 224 px
+BATCH_SIZE = 512  # images scored at once on a GPU
+CPU_BATCH_PIXELS = 512 * 64 * 64  # on a CPU, a batch holds at most this many pixels: Net at 224 px peaks at
+# 6.7 GB in batches of 512 and 0.9 GB in batches of 41, scoring about as fast (docs/evaluation.md)
+
+
+def batch_size_for(image_size: int, device: torch.device | str) -> int:
+    """The default images per batch: BATCH_SIZE on a GPU; on a CPU, as many as CPU_BATCH_PIXELS
+    allow (512 at 64 px, 41 at 224 px)."""
+    if torch.device(device).type != "cpu":
+        return BATCH_SIZE
+    return max(1, min(BATCH_SIZE, CPU_BATCH_PIXELS // (image_size * image_size)))
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, images, batch_size: int = BATCH_SIZE, rows=None) -> np.ndarray:
+def predict(model: torch.nn.Module, images, batch_size: int | None = None, rows=None) -> np.ndarray:
     """P(COVID) for each raw-pixel image of ``images`` ((N, S, S) or (N, 1, S, S)), in batches;
     with ``rows``, for ``images[rows]``, gathered a batch at a time (a mapped store's split is never
     copied whole).
 
     ``images`` is a NumPy array (or anything ``np.asarray`` takes) or a tensor on any device: a
     tensor already on the model's device (a set held on the GPU) is scored without a round trip
-    through host memory. The result is a NumPy array on the host either way."""
+    through host memory. The result is a NumPy array on the host either way. ``batch_size``:
+    ``batch_size_for`` the images' size and the model's device, unless given."""
     device = next(model.parameters()).device
+    batch_size = batch_size or batch_size_for(images.shape[-1], device)
     probabilities = [model(batch.to(device, non_blocking=True).float())[:, 1].float().exp().cpu()
                      for batch in _batches(images, batch_size, rows)]
     return torch.cat(probabilities).numpy() if probabilities else np.empty(0, dtype=np.float32)
