@@ -36,7 +36,7 @@ def test_the_default_command_trains_on_eight_processes(eight_processes):
     run_dir, result = eight_processes
     recorded = json.loads((run_dir / "config.json").read_text())
     assert recorded["distributed"]["num_processes"] == 8
-    assert (recorded["config"]["batch_size"], recorded["config"]["eval_batch_size"]) == (16, 800)
+    assert (recorded["config"]["batch_size"], recorded["config"]["eval_batch_size"]) == (16, 256)
     note = "note: 252 training images: batch size 16 instead of the recipe's 100, for 15 steps an epoch"
     assert result.stderr.count(note) == 1, result.stderr[-2000:]
     assert (run_dir / "COVID_binary_classifier.pth").is_file() and "Traceback" not in result.stderr

@@ -109,7 +109,7 @@ def test_the_default_batch_is_shared_evenly_by_any_process_count(processes, reci
     recipe's 100, or a small set's) is the largest multiple of the process count up to it."""
     assert batch_size_for(6300, processes) == recipe and batch_size_for(189, processes) == small
     settled, note = settle_batches(TrainConfig(), 6300, processes, "cpu")
-    assert (settled.batch_size, settled.eval_batch_size) == (recipe, 100 * processes)
+    assert (settled.batch_size, settled.eval_batch_size) == (recipe, 32 * processes)
     assert (note is None) == (recipe == 100)
     if note:
         assert note == (f"note: batch size {recipe} instead of the recipe's 100, a global batch the {processes} "
@@ -128,11 +128,11 @@ def test_a_small_set_is_told_its_batch_size_and_a_short_epoch_is_warned_of():
 
 
 def test_both_batch_sizes_are_settled_in_one_place_and_a_given_one_that_cannot_be_shared_is_refused():
-    """The evaluation batch: --eval-batch-size, else 100 per CPU process and 1000 per GPU; both
+    """The evaluation batch: --eval-batch-size, else 32 per CPU process and 1000 per GPU; both
     batches global; one the user gives that the processes cannot share is refused in one line
     naming the multiples that would do."""
     settled, _ = settle_batches(TrainConfig(), 6300, 2, "cpu")
-    assert (settled.batch_size, settled.eval_batch_size) == (100, 200)
+    assert (settled.batch_size, settled.eval_batch_size) == (100, 64)
     assert settle_batches(TrainConfig(), 6300, 4, "cuda")[0].eval_batch_size == 4000
     assert settle_batches(TrainConfig(batch_size=30, eval_batch_size=30), 6300, 3, "cuda")[0].eval_batch_size == 30
     with pytest.raises(UserError, match=r"^--batch-size 100 is global and does not divide evenly over 3 processes; "

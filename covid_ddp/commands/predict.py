@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per image here "
                         "(the radiograph, the heatmap of what drove P(COVID), p_covid in the title)")
     parser.add_argument("--batch-size", type=POSITIVE_INT.parse, metavar="N",
-                        help="images per forward pass (default: 512 on a GPU; on a CPU as many as make 512 images of "
-                             "64x64 in pixels: 41 at 224 px)")
+                        help="images per forward pass (default: 512 on a GPU; on a CPU as many as make 32 images of "
+                             "64x64 in pixels: 2 at 224 px)")
     parser.add_argument("--workers", type=POSITIVE_INT.parse, default=usable_cores(), metavar="N",
                         help="processes that read and decode the image files (default: this machine's cores)")
     parser.add_argument("--output", metavar="CSV", help="write the CSV to this file instead of standard output")
