@@ -129,6 +129,9 @@ def _units(groups: np.ndarray | None, count: int) -> np.ndarray:
     return number[inverse.reshape(-1)]
 
 
+BOOTSTRAP_CHUNK_VALUES = 4_000_000  # resample weights held at once (32 MB of float64)
+
+
 def bootstrap_intervals(p_covid, targets, threshold, resamples: int, seed: int, point: dict,
                         unit_of_image: np.ndarray | None = None) -> dict:
     """Percentile 95% intervals; resamples where a metric is undefined (a class not drawn) are skipped.
@@ -139,9 +142,15 @@ def bootstrap_intervals(p_covid, targets, threshold, resamples: int, seed: int, 
     rng = np.random.default_rng(stream_seed(seed, "bootstrap"))
     unit_of_image = np.arange(len(targets)) if unit_of_image is None else unit_of_image
     units = int(unit_of_image.max()) + 1
-    drawn_units = rng.multinomial(units, np.full(units, 1.0 / units), size=resamples).astype(np.float64)
-    weights = drawn_units[:, unit_of_image]  # (R, n): with one image a unit, the same draws as before
-    drawn = _weighted_metrics(p_covid, targets, threshold, weights)
+    parts = []
+    # Some resamples at a time (the draws are made row by row, so chunks draw the same numbers): 1000
+    # resamples of a 120,000-image test split would be a 1 GB weight matrix, and its temporaries more.
+    for start in range(0, resamples, max(1, BOOTSTRAP_CHUNK_VALUES // len(targets))):
+        count = min(max(1, BOOTSTRAP_CHUNK_VALUES // len(targets)), resamples - start)
+        drawn_units = rng.multinomial(units, np.full(units, 1.0 / units), size=count).astype(np.float64)
+        weights = drawn_units[:, unit_of_image]  # (R, n): with one image a unit, the same draws as before
+        parts.append(_weighted_metrics(p_covid, targets, threshold, weights))
+    drawn = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     intervals = {}
     for name, values in drawn.items():
         finite = values[np.isfinite(values)]

@@ -74,6 +74,17 @@ def test_intervals_are_seeded_and_bracket_the_point_value(scores):
     assert small[1] - small[0] > first["ci95"]["sensitivity"][1] - first["ci95"]["sensitivity"][0]
 
 
+def test_intervals_drawn_in_chunks_are_those_drawn_at_once(scores, monkeypatch):
+    """A large test split draws its resamples some at a time (bounded memory): the same intervals."""
+    from covid_ddp import metrics
+
+    p_covid, targets = scores
+    patients = np.arange(len(targets)) // 3
+    at_once = binary_metrics(p_covid, targets, bootstrap=200, seed=4, groups=patients)["ci95"]
+    monkeypatch.setattr(metrics, "BOOTSTRAP_CHUNK_VALUES", 37 * len(targets))  # 37 resamples a chunk, 200 in all
+    assert binary_metrics(p_covid, targets, bootstrap=200, seed=4, groups=patients)["ci95"] == at_once
+
+
 def test_patient_level_intervals_do_not_shrink_when_each_patients_films_are_repeated():
     """Four films of every patient add no information about new patients: resampled by patient, the
     intervals stay as wide as with one film each; resampled by image, they shrink by about half."""
