@@ -55,7 +55,8 @@ def test_planted_copies_are_found_and_only_they(monkeypatch):
     images[rows[5]] = np.clip(images[rows[4]].astype(int) + rng.integers(-4, 5, (64, 64)), 0, 255)  # noisier
     images[rows[7]] = np.roll(images[rows[6]], 1, axis=1)  # shifted by a pixel
     images[rows[8]] = images[rows[9]] = 128  # flat ones: exact copies of each other, nobody's near copy
-    monkeypatch.setattr(duplicates, "_CHUNK", 500)  # several chunks, and candidates confirmed in several blocks
+    monkeypatch.setattr(duplicates, "_CHUNK_PIXELS", 500 * 64 * 64)  # several chunks of images
+    monkeypatch.setattr(duplicates, "_PAIRS", 500)  # and of candidates
     pairs = assert_same_pairs(images)
     for first, second in (rows[0:2], rows[2:4], rows[4:6], rows[8:10]):
         assert (min(first, second), max(first, second)) in pairs

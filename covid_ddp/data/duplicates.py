@@ -33,7 +33,8 @@ NEAR_SIMILARITY = 0.985
 COMPARED_SIZE = 64
 SIGNATURE_DIMS = 32  # directions a candidate is found in: more, fewer false candidates, a slower tree
 _SAMPLE = 4096  # images the directions are learnt from
-_CHUNK = 4096  # images (or candidate pairs) read, pooled and standardised at a time: _CHUNK x 4096 floats
+_CHUNK_PIXELS = 4096 * 64 * 64  # read and pooled at a time: 4096 images of 64 px, 334 of 224 px (64 MB as floats)
+_PAIRS = 4096  # candidate pairs confirmed at a time: at most 2 x 4096 standardised images (134 MB)
 _SLACK = 1e-3  # relative margin on the candidate radius, for float32 rounding
 
 
@@ -47,7 +48,7 @@ class DuplicatePair:
 
 def find_duplicates(images, threshold: float = NEAR_SIMILARITY) -> list[DuplicatePair]:
     """Every pair (i < j) of identical images, and of images more similar than ``threshold``.
-    ``images``: (N, S, S) uint8, in memory or mapped (read ``_CHUNK`` rows at a time)."""
+    ``images``: (N, S, S) uint8, in memory or mapped (read ``_CHUNK_PIXELS`` at a time)."""
     directions = _directions(images)
     copy_of, signatures = _scan(images, directions)
     pairs = [DuplicatePair(int(first), row, 1.0, True) for row, first in enumerate(copy_of) if first != row]
@@ -63,8 +64,13 @@ def first_copies(images) -> np.ndarray:
 
 
 def _digests(images):
-    for start in range(0, len(images), _CHUNK):
-        yield from map(_digest, np.asarray(images[start : start + _CHUNK]))
+    step = _rows_at_a_time(images)
+    for start in range(0, len(images), step):
+        yield from map(_digest, np.asarray(images[start : start + step]))
+
+
+def _rows_at_a_time(images) -> int:
+    return max(1, _CHUNK_PIXELS // (images.shape[-1] * images.shape[-2]))
 
 
 def _digest(image: np.ndarray) -> bytes:
@@ -77,8 +83,8 @@ def _scan(images, directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     seen: dict[bytes, int] = {}
     copy_of = np.empty(len(images), dtype=np.int64)
     signatures = np.empty((len(images), directions.shape[1]), dtype=np.float32)
-    for start in range(0, len(images), _CHUNK):
-        chunk = np.asarray(images[start : start + _CHUNK])
+    for start in range(0, len(images), _rows_at_a_time(images)):
+        chunk = np.asarray(images[start : start + _rows_at_a_time(images)])
         for row, image in enumerate(chunk, start):
             copy_of[row] = seen.setdefault(_digest(image), row)
         unit, flat = standardised(chunk)
@@ -91,7 +97,7 @@ def _directions(images) -> np.ndarray:
     """(4096, SIGNATURE_DIMS) orthonormal columns: the main directions of an evenly spaced sample
     (any orthonormal set keeps the search exact; the main ones make the fewest false candidates)."""
     rows = np.unique(np.linspace(0, len(images) - 1, min(len(images), _SAMPLE)).astype(np.int64))
-    unit, _ = standardised(np.asarray(images[rows]))
+    unit = _standardised_rows(images, rows)
     unit = torch.from_numpy(unit - unit.mean(axis=0))
     dims = min(SIGNATURE_DIMS, *unit.shape)
     with torch.random.fork_rng(devices=[]):  # the same directions every time, the caller's stream untouched
@@ -111,14 +117,21 @@ def _near_pairs(images, signatures: np.ndarray, copy_of: np.ndarray, threshold: 
     candidates = np.sort(candidates, axis=1)
     candidates = candidates[copy_of[candidates[:, 0]] != copy_of[candidates[:, 1]]]  # exact ones are paired above
     candidates = candidates[np.lexsort((candidates[:, 1], candidates[:, 0]))]
-    for start in range(0, len(candidates), _CHUNK):
-        block = candidates[start : start + _CHUNK]
+    for start in range(0, len(candidates), _PAIRS):
+        block = candidates[start : start + _PAIRS]
         rows, where = np.unique(block, return_inverse=True)
-        unit, _ = standardised(np.asarray(images[rows]))
+        unit = _standardised_rows(images, rows)
         where = where.reshape(block.shape)
         similarity = np.einsum("ij,ij->i", unit[where[:, 0]], unit[where[:, 1]])
         for (first, second), value in zip(block[similarity > threshold], similarity[similarity > threshold]):
             yield int(first), int(second), float(value)
+
+
+def _standardised_rows(images, rows: np.ndarray) -> np.ndarray:
+    """``standardised`` of ``images[rows]`` (sorted), read and pooled ``_CHUNK_PIXELS`` at a time."""
+    step = _rows_at_a_time(images)
+    return np.concatenate([standardised(np.asarray(images[rows[start : start + step]]))[0]
+                           for start in range(0, len(rows), step)]) if len(rows) else np.empty((0, COMPARED_SIZE**2))
 
 
 def rows_to_drop(pairs: list[DuplicatePair], binary_labels: np.ndarray) -> np.ndarray:
