@@ -26,7 +26,7 @@ Stages (``--stages``, in this order), each a fresh process, timed wall-clock fro
   predict     ``covid-ddp-predict --weights W FOLDER --output CSV`` over the N PNG files at 224 px (up to
               ``--predict-max``, 100,000), each resized to the weights' 64 px, and in the same run a
               plain single-process loop (``--child predict-plain``: PIL open, grayscale, resize to the model's
-              size, batches of ``--predict-batch``, ``covid_ddp.load_model``'s forward pass, CSV), timed alike
+              size with covid_ddp's filter (LANCZOS), batches of ``--predict-batch``, ``covid_ddp.load_model``'s forward pass, CSV), timed alike
   audit       ``covid-ddp-audit --weights W --data-dir ARRAYS --split all`` (a split over 20,000 images is audited
               on a sample of 20,000)
 
@@ -59,7 +59,7 @@ PNG and 49 KiB an image in a 224 px store (400,000 images: ~10 GB of PNGs and a 
 stage outputs (WORK/stores-S, WORK/out-S) are deleted after each size unless ``--keep`` (a kept store is
 reused by later runs that do not run ``prepare``). Where ``prepare`` failed or was not run, the later
 stages read a store this script writes directly with the same pixels, labels and meta.npz (said in their
-rows).
+rows). One run at a time in a work dir (WORK/.lock): two would delete each other's stores and share the cores.
 
 Duration at the default sizes on a 2-core CPU: about an hour and a half, most of it writing and preparing
 400,000 PNGs.
@@ -69,13 +69,16 @@ synthetic --synthetic-size 300 --image-size 64 --epochs 1``; Net at 64 px).
 
 Not a test: the machine may be shared, compare figures of one run. Output: a table per stage and size, the
 growth exponents, details of train, split and predict, and the machine, torch version and git commit;
-``--output FILE.json`` keeps every figure.
+``--output FILE.json`` keeps every figure. Exit status 1 when any stage failed (after the whole table; a
+stage skipped on purpose, predict over ``--predict-max``, is no failure).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
+import itertools
 import json
 import math
 import os
@@ -140,10 +143,10 @@ def machine() -> dict:
 
 
 def package_state() -> str:
-    """The commit, and '+changes' while covid_ddp/ differs from it: what a stage ran (the package may
-    change during a long run)."""
-    return (_git("rev-parse", "--short", "HEAD") or "unknown") + ("+changes" if _git("status", "--porcelain", "--",
-                                                                                    "covid_ddp") else "")
+    """What a stage ran (the package may change during a long run): the git tree of covid_ddp/ at HEAD
+    (commits that touch other files leave it alone), and '+changes' while the working tree differs."""
+    tree = _git("rev-parse", "--short", "HEAD:covid_ddp") or "unknown"
+    return f"covid_ddp tree {tree}" + ("+changes" if _git("status", "--porcelain", "--", "covid_ddp") else "")
 
 
 def _git(*arguments: str) -> str:
@@ -552,10 +555,9 @@ def child_train(spec: dict) -> None:
     import dataclasses
     from types import SimpleNamespace
 
-    import covid_ddp.data.folders as folders
-    import covid_ddp.training.preparation as preparation
-    import covid_ddp.training.trainer as trainer
+    from covid_ddp.data import folders
     from covid_ddp.seeding import seed_global_generators
+    from covid_ddp.training import preparation, trainer
     from covid_ddp.training.checkpoint import TrainingProgress
     from covid_ddp.training.config import parse_config
     from covid_ddp.training.engine import train_one_epoch
@@ -655,7 +657,7 @@ def child_predict_plain(spec: dict) -> None:
             with Image.open(path) as image:
                 gray = image.convert("L")
             if gray.size != (size, size):
-                gray = gray.resize((size, size), Image.BILINEAR)
+                gray = gray.resize((size, size), Image.LANCZOS, reducing_gap=3.0)  # the filter covid_ddp resizes with
             names.append(path)
             pixels.append(np.asarray(gray))
             if len(pixels) == batch_size:
@@ -750,7 +752,8 @@ class Bench:
         done = subprocess.run([*command("train"), "--dataset", "synthetic", "--synthetic-size", "300",
                                "--image-size", str(SYNTHETIC_SIZE), "--epochs", "1", "--output-dir", str(folder),
                                "--log-with", "none", "--audit", "no", "--bootstrap", "0", "--log-images-every", "0"],
-                              capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              check=False)
         if done.returncode or not weights.is_file():
             self.weights_error = f"no weights: the tiny training run failed: {(done.stderr or done.stdout)[-500:]}"
             return None
@@ -761,7 +764,8 @@ class Bench:
     # the table's rows
 
     def record(self, stage: str, images: int, measured: dict | None = None, error: str = "", note: str = "",
-               work_s: float | None = None, rate: float | None = None, extra: dict | None = None) -> dict:
+               work_s: float | None = None, rate: float | None = None, extra: dict | None = None,
+               skipped: bool = False) -> dict:
         measured = measured or {}
         ok = not error and measured.get("returncode", 1) == 0 and not measured.get("killed")
         if measured and not ok and not error:
@@ -769,7 +773,7 @@ class Bench:
         child = measured.get("child") or {}
         work = work_s if work_s is not None else child.get("work_s")
         seconds = work if work is not None else measured.get("wall_s")
-        row = {"stage": stage, "images": images, "ok": ok, "error": error, "note": note,
+        row = {"stage": stage, "images": images, "ok": ok, "skipped": skipped, "error": error, "note": note,
                "wall_s": measured.get("wall_s"), "work_s": work,
                "images_per_s": rate if rate is not None else (images / seconds if ok and seconds else None),
                "peak_pss_mib": measured.get("peak_pss_mib"), "peak_anon_mib": measured.get("peak_anon_mib"),
@@ -778,7 +782,7 @@ class Bench:
         self.results.append(row)
         print(f"  {stage:<20} {images:>9,}  " + (f"{row['wall_s']:8.1f} s  {row['peak_pss_mib'] or 0:8.0f} MiB PSS"
                                                   if row["wall_s"] is not None else "") +
-              ("" if ok else f"  FAILED: {error[:300]}"), flush=True)
+              ("" if ok else f"  {'SKIPPED' if skipped else 'FAILED'}: {error[:300]}"), flush=True)
         return row
 
     # the stages
@@ -893,7 +897,8 @@ class Bench:
     def stage_predict(self, images: int, out: Path) -> None:
         if images > self.settings.predict_max:
             for stage in ("predict", "predict (plain loop)"):
-                self.record(stage, images, error=f"not run: over --predict-max {self.settings.predict_max:,} files")
+                self.record(stage, images, error=f"not run: over --predict-max {self.settings.predict_max:,} files",
+                            skipped=True)
             return
         weights = self.ensure_weights()
         if weights is None:
@@ -908,7 +913,7 @@ class Bench:
         plain = measure(child_command("predict-plain", {"weights": str(weights), "folder": str(folder),
                                                         "output": str(plain_csv), "batch": self.settings.predict_batch}),
                         self.settings, out / "predict-plain.log")
-        note = f"PIL, batches of {self.settings.predict_batch}, fp32"
+        note = f"PIL (LANCZOS resize), batches of {self.settings.predict_batch}, fp32"
         if command_row["ok"] and plain["returncode"] == 0:
             difference = _largest_difference(command_csv, plain_csv)
             if difference is not None:
@@ -954,7 +959,7 @@ def growth(results: list[dict]) -> list[dict]:
     stages = list(dict.fromkeys(row["stage"] for row in results))
     for stage in stages:
         done = sorted((row for row in results if row["stage"] == stage and row["ok"]), key=lambda row: row["images"])
-        for first, second in zip(done, done[1:]):
+        for first, second in itertools.pairwise(done):
             n1, n2 = first["images"], second["images"]
             # train's own work is a fixed number of steps: its growth is that of its start-up (and, in a row
             # of its own, of the extrapolated epoch).
@@ -1014,7 +1019,8 @@ def report(results: list[dict], grown: list[dict], about: dict, settings) -> Non
                 else _cell(row["wall_s"])
             print(f"| {row['stage']} | {row['images']:,} | {seconds} | - | - | {_cell(row['peak_pss_mib'], 0)} | "
                   f"{_cell(row['peak_anon_mib'], 0)} | {_cell(row['ru_maxrss_mib'], 0)} | {_cell(row['processes'])} | "
-                  f"FAILED: {_joined(row['error'][:300], row['note']).replace('|', '/')} |")
+                  f"{'SKIPPED' if row['skipped'] else 'FAILED'}: "
+                  f"{_joined(row['error'][:300], row['note']).replace('|', '/')} |")
     if grown:
         print("\ngrowth between consecutive sizes: exponent log(x2/x1)/log(n2/n1) (1.0 linear, 0 constant, 2 quadratic); "
               "marginal: (x2 - x1)/(n2 - n1), of work s where the stage has it, else wall s; train: its 'work' is its "
@@ -1070,6 +1076,24 @@ def report(results: list[dict], grown: list[dict], about: dict, settings) -> Non
 
 
 # --- main -------------------------------------------------------------------------------------------------
+
+
+def hold_work_dir(work: Path):
+    """An exclusive lock on ``work``: two runs in one work dir would delete each other's stores and
+    outputs (and share the cores: neither's figures would hold)."""
+    handle = open(work / ".lock", "a+")  # noqa: SIM115  (open for the process's life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        raise SystemExit(f"{work} is in use by another scale.py run ({holder}); wait for it, or give another "
+                         "--work-dir (and expect the figures of two runs at once to be slower)")
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}, started {time.strftime('%Y-%m-%d %H:%M:%S')}")
+    handle.flush()
+    return handle
 
 
 def sizes_of(text: str) -> list[int]:
@@ -1163,6 +1187,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.generate_workers = settings.generate_workers or len(os.sched_getaffinity(0))
     settings.work_dir = settings.work_dir.resolve()
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_work_dir(settings.work_dir)  # noqa: F841  (held until this process exits)
     about = machine()
     print(f"covid_ddp scale benchmark: sizes {', '.join(f'{n:,}' for n in settings.sizes)}; stages "
           f"{', '.join(settings.stages)}; work dir {settings.work_dir}; memory cap {settings.memory_cap_gib:.1f} GiB "
@@ -1187,6 +1212,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {settings.output}")
     if settings.remove_images:
         shutil.rmtree(bench.images.folder, ignore_errors=True)
+    failed = [f"{row['stage']} at {row['images']:,}" for row in bench.results if not row["ok"] and not row["skipped"]]
+    if failed:  # the table holds every figure; the exit status says whether every stage ran (CI's dry run)
+        print(f"{len(failed)} stage(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
