@@ -55,9 +55,18 @@ def _wait_for(path, timeout=120.0) -> None:
 
 def _workers_of(run_dir, launcher) -> list[int]:
     """The launcher's workers: its children that run the training script (a child it has forked but
-    not yet exec'd still shows the launcher's own command line, and is not one yet)."""
+    not yet exec'd still shows the launcher's own command line, and is not one yet; a child a worker
+    forks, before it execs, shows the worker's, and is the worker's, not the launcher's)."""
     found = subprocess.run(["pgrep", "-f", f"output-dir {run_dir} "], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found if int(pid) != launcher.pid and "torch.distributed.run" not in _command_of(int(pid))]
+    return [int(pid) for pid in found if int(pid) != launcher.pid and _parent_of(int(pid)) == launcher.pid
+            and "torch.distributed.run" not in _command_of(int(pid))]
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _command_of(pid: int) -> str:
