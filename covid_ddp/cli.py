@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Callable
 
-from .errors import Interrupted, LocalError, UserError
+from .errors import Interrupted, LocalError, UserError, forget_stop_signals, note_stop_signal
 
 USER_ERROR_EXIT = 2
 LAUNCHER_GRACE_S = 1.0  # how long the other ranks let the main process be first to fail
@@ -35,6 +35,7 @@ def run_cli(command: Callable[[], object], prog: str) -> int:
     """Run ``command``; a ``UserError`` prints ``prog: error: <message>`` (argparse's style), no traceback.
     Ctrl-C and SIGTERM are such errors (training's loop replaces both with its graceful stop,
     ``training.interrupt.GracefulStop``)."""
+    forget_stop_signals()  # (those of an earlier command run in this process)
     try:
         with _signals_as_errors():
             try:
@@ -57,18 +58,28 @@ def run_cli(command: Callable[[], object], prog: str) -> int:
 @contextlib.contextmanager
 def _signals_as_errors():
     """SIGTERM raises ``Interrupted`` while the command runs (finally blocks then remove temporary
-    files); from the main thread only, where Python allows handlers."""
+    files), Ctrl-C ``KeyboardInterrupt`` as always; both are noted for ``raise_if_stopped``. From the
+    main thread only, where Python allows handlers."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
         yield
         return
-    def interrupt(signum, frame):
+    def terminate(signum, frame):
+        note_stop_signal(signum)
         raise Interrupted(signum)
-    previous = signal.signal(signal.SIGTERM, interrupt)
+
+    def ctrl_c(signum, frame):
+        note_stop_signal(signum)
+        raise KeyboardInterrupt
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, terminate)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # (not where Ctrl-C is ignored)
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, ctrl_c)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def is_main_rank() -> bool:

@@ -38,6 +38,27 @@ class Interrupted(UserError):
         self.exit_code = 128 + signum
 
 
+# A stop signal the command-line entry point took (``cli.run_cli``). Its handler raises, but Python
+# swallows an exception raised while a finalizer runs (a ``__del__``, a weakref callback: "Exception
+# ignored in ..."), and the command would then go on and write its outputs as if never stopped. The
+# final renames ask here first (``raise_if_stopped``).
+_stop_signals: list[int] = []
+
+
+def note_stop_signal(signum: int) -> None:
+    _stop_signals.append(signum)
+
+
+def forget_stop_signals() -> None:
+    _stop_signals.clear()
+
+
+def raise_if_stopped() -> None:
+    """``Interrupted`` if a stop signal came while the command ran, whether or not its error got through."""
+    if _stop_signals:
+        raise Interrupted(_stop_signals[0])
+
+
 def first_few(names: list[str], shown: int = 3) -> str:
     """``a, b, c and 7 more``: a long list of keys or files, short enough for a one-line error."""
     return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "") or "none"

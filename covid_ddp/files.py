@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, first_line
+from .errors import UserError, raise_if_stopped, first_line
 
 # torch.save reports a full disk as "[enforce fail at inline_container.cc] unexpected pos ...".
 _NEARLY_FULL_BYTES = 1 << 20
@@ -41,6 +41,7 @@ def atomic_path(destination: Path):
         with open(tmp_path, "rb+") as written:
             os.fsync(written.fileno())
         os.chmod(tmp_path, 0o666 & ~current_umask())
+        raise_if_stopped()  # (a stop whose error a finalizer swallowed: not written as if whole)
         os.replace(tmp_path, destination)
     except OSError as error:  # a full disk, a read-only folder: the old file, if any, is untouched
         raise cannot_write(destination, error) from error

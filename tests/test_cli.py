@@ -351,3 +351,28 @@ def test_the_run_ships_its_weights_as_safetensors_too_and_every_command_reads_ei
                           str(small_data), "--output-dir", str(tmp_path / "eval2")])
     refused(capsys, code, "broken.safetensors: not a loadable weights file (safetensors: ")
     # (--init-weights, which starts only backbones, reads it too: tests/test_backbones.py)
+
+
+def test_a_ctrl_c_that_a_finalizer_swallowed_still_stops_the_write(tmp_path):
+    """Python drops an error raised while a ``__del__`` runs ("Exception ignored in"), so a Ctrl-C
+    landing there would let the command go on: its final rename refuses instead."""
+    import gc
+    import os
+    import signal
+
+    from covid_ddp.cli import run_cli
+    from covid_ddp.files import write_json
+
+    class CtrlCWhileFinalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside the finalizer
+            sum(range(1000))
+
+    def command():
+        CtrlCWhileFinalised()
+        gc.collect()
+        write_json(tmp_path / "out.json", {"written": True})
+
+    assert run_cli(command, "covid-ddp-test") == 128 + signal.SIGINT
+    assert sorted(os.listdir(tmp_path)) == [], "nothing written, no temporary file left"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is put back"

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..cli import say
 from ..destinations import check_can_make
-from ..errors import UserError, first_few, type_and_first_line
+from ..errors import UserError, first_few, raise_if_stopped, type_and_first_line
 from ..files import current_umask, write_json
 from .duplicates import copy_groups, find_duplicates, rows_to_drop
 from .format import COPY_GROUP_KEY, IMAGE_SIZE, IMAGES_KEY, LABELS_FILE, LABELS_KEY, META_FILE, PREPARE_RECORD
@@ -279,6 +279,7 @@ def staging_folder(output_dir: Path, overwrite: bool):
     try:
         yield staging
         os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700
+        raise_if_stopped()  # (a stop whose error a finalizer swallowed: no folder as if whole)
         _swap_in(staging, output_dir)
     except OSError as error:
         raise UserError(f"{output_dir}: cannot write the prepared folder ({error.strerror or error})")
