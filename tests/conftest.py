@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -209,3 +210,12 @@ def assert_failed_together(job: Job, *fragments, within: float = 40.0, ranks: in
     for fragment in fragments:
         assert fragment in main_errors[0], main_errors[0]
     return main_errors[0]
+
+
+def as_a_terminal_starts_it() -> None:
+    """Ctrl-C delivered and handled by default, as an interactive shell starts a foreground job.
+    A pytest-xdist worker can hand its children SIGINT ignored or blocked (the full suite did:
+    the run trained on through the signal), and the training run rightly keeps an ignored
+    SIGINT ignored, as under nohup."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

@@ -353,7 +353,19 @@ def test_the_run_ships_its_weights_as_safetensors_too_and_every_command_reads_ei
     # (--init-weights, which starts only backbones, reads it too: tests/test_backbones.py)
 
 
-def test_a_ctrl_c_that_a_finalizer_swallowed_still_stops_the_write(tmp_path):
+@pytest.fixture
+def terminal_ctrl_c():
+    """Ctrl-C handled as in a terminal's foreground job (a pytest-xdist worker ignores it)."""
+    import signal
+
+    ignored = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    yield
+    signal.signal(signal.SIGINT, ignored)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def test_a_ctrl_c_that_a_finalizer_swallowed_still_stops_the_write(tmp_path, terminal_ctrl_c):
     """Python drops an error raised while a ``__del__`` runs ("Exception ignored in"), so a Ctrl-C
     landing there would let the command go on: its final rename refuses instead."""
     import gc

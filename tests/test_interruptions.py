@@ -18,7 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 import trackers_check
-from conftest import HELPERS, ROOT, TRAIN_SCRIPT, clean_env, free_port, run, small_args, torchrun
+from conftest import (
+    HELPERS,
+    ROOT,
+    TRAIN_SCRIPT,
+    as_a_terminal_starts_it,
+    clean_env,
+    free_port,
+    run,
+    small_args,
+    torchrun,
+)
 
 from covid_ddp.training.checkpoint import complete_checkpoints
 from covid_ddp.training.run_folder import RunLock
@@ -331,7 +341,7 @@ def test_a_stop_while_a_plain_run_reads_its_data_ends_in_one_line(small_data, tm
     command = [sys.executable, str(HELPERS / "faulty_train.py"), "stall:0",
                *map(str, small_args(small_data, run_dir))]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
-                               preexec_fn=_as_a_terminal_starts_it)
+                               preexec_fn=as_a_terminal_starts_it)
     _wait_for(Path(f"{run_dir}.rank0.pid"))
     time.sleep(0.5)
     process.send_signal(signum)
@@ -403,15 +413,6 @@ def test_a_launcher_that_is_pid_1_is_alive(tmp_path):
     assert (tmp_path / "worker.err").read_text() == ""
 
 
-def _as_a_terminal_starts_it() -> None:
-    """Ctrl-C delivered and handled by default, as an interactive shell starts a foreground job.
-    A pytest-xdist worker can hand its children SIGINT ignored or blocked (the full suite did:
-    the run trained on through the signal), and the training run rightly keeps an ignored
-    SIGINT ignored, as under nohup."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-
 def test_ctrl_c_on_a_plain_python_run_saves_and_says_how_to_resume(small_data, tmp_path):
     # 300 epochs, stopped after about 2: the Ctrl-C must land while the run trains, however long a
     # loaded machine keeps this process from sending it (bf16 runs 30 of these epochs in seconds,
@@ -419,7 +420,7 @@ def test_ctrl_c_on_a_plain_python_run_saves_and_says_how_to_resume(small_data, t
     command = [sys.executable, str(TRAIN_SCRIPT), *map(str, small_args(small_data, tmp_path / "run", "--epochs", "300",
                                                                        "--batch-size", "20"))]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
-                               preexec_fn=_as_a_terminal_starts_it)
+                               preexec_fn=as_a_terminal_starts_it)
     deadline = time.monotonic() + 120
     while not complete_checkpoints(tmp_path / "run"):  # any epoch's: only the last 3 are kept
         assert time.monotonic() < deadline and process.poll() is None, "no checkpoint was written"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TRAIN_SCRIPT, run
+from conftest import ROOT, TRAIN_SCRIPT, as_a_terminal_starts_it, run
 from dicom_files import needs_pydicom, write_dicom
 from PIL import Image
 
@@ -354,7 +354,7 @@ def test_an_interrupt_while_decoding_ends_in_one_line_with_nothing_written(tmp_p
             os.link(one, tmp_path / "set" / label / f"{index}.png")
     command = subprocess.Popen([sys.executable, str(PREPARE_SCRIPT), "--output-dir", str(tmp_path / "out"),
                                 "--workers", "2", str(tmp_path / "set")], stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=as_a_terminal_starts_it)
     parent = psutil.Process(command.pid)
     deadline = time.monotonic() + 60
     while len(parent.children()) < 2 and command.poll() is None and time.monotonic() < deadline:
