@@ -57,10 +57,30 @@ def test_planted_copies_are_found_and_only_they(monkeypatch):
     images[rows[8]] = images[rows[9]] = 128  # flat ones: exact copies of each other, nobody's near copy
     monkeypatch.setattr(duplicates, "_CHUNK_PIXELS", 500 * 64 * 64)  # several chunks of images
     monkeypatch.setattr(duplicates, "_PAIRS", 500)  # and of candidates
+    monkeypatch.setattr(duplicates, "_BLOCK_ROWS", 256)  # and of signatures compared
+    monkeypatch.setattr(duplicates, "_WINDOW_ROWS", 300)
     pairs = assert_same_pairs(images)
     for first, second in (rows[0:2], rows[2:4], rows[4:6], rows[8:10]):
         assert (min(first, second), max(first, second)) in pairs
     assert pairs[tuple(sorted(rows[0:2]))] == 1.0
+
+
+@pytest.mark.parametrize("block, window", [(2048, 16384), (37, 50), (1, 7)])
+def test_close_pairs_are_every_pair_within_the_radius_and_only_they(monkeypatch, block, window):
+    """The sorted sweep against all pairs' distances, with blocks and windows that end anywhere;
+    points of one first coordinate (ties) and a pair apart along that coordinate alone included."""
+    rng = np.random.default_rng(3)
+    points = rng.normal(scale=0.3, size=(600, 4)).astype(np.float32)
+    points[:40, 0] = points[40:80, 0]  # ties along the sorted coordinate
+    points[100] = points[99] + np.array([0.199, 0, 0, 0], dtype=np.float32)  # the far end of a window
+    monkeypatch.setattr(duplicates, "_BLOCK_ROWS", block)
+    monkeypatch.setattr(duplicates, "_WINDOW_ROWS", window)
+    close = {tuple(pair) for pair in duplicates._close_pairs(points, 0.2).tolist()}
+    distances = np.linalg.norm(points[:, None].astype(np.float64) - points[None], axis=2)
+    first, second = np.nonzero(np.triu(distances <= 0.2, k=1))
+    expected = set(zip(first.tolist(), second.tolist()))
+    assert all(abs(distances[pair] - 0.2) < 1e-5 for pair in close ^ expected), "the same pairs (float32 aside)"
+    assert (99, 100) in close and 100 < len(close) < 600 * 599 / 2 / 10, "pairs to find and many to leave out"
 
 
 def test_large_images_are_compared_at_64_and_exact_copies_at_full_size():
