@@ -40,6 +40,20 @@ def test_an_image_gets_the_same_heatmap_alone_or_in_a_batch():
     np.testing.assert_allclose(alone[0], together[2], atol=1e-5)
 
 
+def test_the_default_batch_holds_a_bounded_number_of_pixels_and_changes_no_heatmap(monkeypatch):
+    """A backward pass keeps every activation: at 224 px a batch of 256 took 8.6 GB."""
+    from covid_ddp.models import gradcam as module
+
+    images = np.random.default_rng(2).integers(0, 256, (5, 64, 64), dtype=np.uint8)
+    model = model_with_statistics()
+    whole = gradcam(model, images, batch_size=5)
+    monkeypatch.setattr(module, "BATCH_PIXELS", 2 * 64 * 64)
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
+    np.testing.assert_allclose(gradcam(model, images), whole, atol=1e-5)
+    assert calls == [2, 2, 1]
+
+
 def test_the_model_is_left_as_it_was():
     model = model_with_statistics()
     before = {k: v.clone() for k, v in model.state_dict().items()}
