@@ -365,6 +365,7 @@ def terminal_ctrl_c():
     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # (the swallowed Ctrl-C itself)
 def test_a_ctrl_c_that_a_finalizer_swallowed_still_stops_the_write(tmp_path, terminal_ctrl_c):
     """Python drops an error raised while a ``__del__`` runs ("Exception ignored in"), so a Ctrl-C
     landing there would let the command go on: its final rename refuses instead."""
