@@ -145,8 +145,9 @@ def bootstrap_intervals(p_covid, targets, threshold, resamples: int, seed: int, 
     parts = []
     # Some resamples at a time (the draws are made row by row, so chunks draw the same numbers): 1000
     # resamples of a 120,000-image test split would be a 1 GB weight matrix, and its temporaries more.
-    for start in range(0, resamples, max(1, BOOTSTRAP_CHUNK_VALUES // len(targets))):
-        count = min(max(1, BOOTSTRAP_CHUNK_VALUES // len(targets)), resamples - start)
+    chunk = max(1, BOOTSTRAP_CHUNK_VALUES // len(targets))
+    for start in range(0, resamples, chunk):
+        count = min(chunk, resamples - start)
         drawn_units = rng.multinomial(units, np.full(units, 1.0 / units), size=count).astype(np.float64)
         weights = drawn_units[:, unit_of_image]  # (R, n): with one image a unit, the same draws as before
         parts.append(_weighted_metrics(p_covid, targets, threshold, weights))
