@@ -418,26 +418,41 @@ def peak_precision(device: str, precision: str) -> str:
 
 
 def matmul_peak(device: str, precision: str) -> float:
-    """Measured FLOP/s of a large square matmul in ``precision`` (bf16, tf32 or fp32): the
-    denominator of MFU, in the precision the variant's convolutions compute in."""
-    size = 8192 if device == "cuda" else 2048
+    """Measured FLOP/s of a square matmul in ``precision`` (bf16, tf32 or fp32): the denominator of
+    MFU, in the precision the variant's convolutions compute in.
+
+    The size doubles from 256 until one product takes a tenth of a second, or reaches 8192 on a GPU
+    (2048 on a CPU): a precision the device only emulates (bf16 on a CPU without AVX512-BF16 or AMX,
+    about 1 GFLOP/s) is measured in a second, not in minutes at the largest size."""
+    largest = 8192 if device == "cuda" else 2048
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
     tf32_before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     try:
-        for _ in range(2):
-            a @ b
-        _sync(torch.device(device))
-        repeats = 20 if device == "cuda" else 3
-        started = time.perf_counter()
-        for _ in range(repeats):
-            a @ b
-        _sync(torch.device(device))
+        size = 256
+        while True:
+            seconds = matmul_seconds(size, dtype, device)
+            if size >= largest or seconds >= 0.1:
+                break
+            size *= 2
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32_before
-    return 2 * size**3 * repeats / (time.perf_counter() - started)
+    return 2 * size**3 / seconds
+
+
+def matmul_seconds(size: int, dtype: torch.dtype, device: str) -> float:
+    """Seconds of one ``size`` x ``size`` product: the mean of 20 on a GPU, 3 on a CPU, after a
+    warm-up one."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    _sync(torch.device(device))
+    repeats = 20 if device == "cuda" else 3
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    _sync(torch.device(device))
+    return (time.perf_counter() - started) / repeats
 
 
 def variants_for(args) -> list[Variant]:

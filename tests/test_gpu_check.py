@@ -168,6 +168,21 @@ def test_a_failing_throughput_variant_is_a_row_and_the_others_still_run(tmp_path
     assert rows["covid_ddp bf16"]["mfu_peak"] == "bf16" and rows["original"]["mfu_peak"] == "fp32"
 
 
+@pytest.mark.parametrize("device, seconds_at, size", [
+    ("cpu", {256: 0.026, 512: 0.21}, 512),  # bf16 emulated (a CPU without AVX512-BF16): stops at 0.1 s
+    ("cpu", {256: 1e-3, 512: 2e-3, 1024: 0.02, 2048: 0.05}, 2048),  # fp32: the CPU's largest
+    ("cuda", {n: 1e-4 for n in (256, 512, 1024, 2048, 4096, 8192)}, 8192),
+])
+def test_the_matmul_peak_grows_its_product_only_until_it_takes_a_tenth_of_a_second(monkeypatch, device,
+                                                                                    seconds_at, size):
+    """A precision the device only emulates used to be timed at 2048 x 2048: minutes on a CPU without
+    native bf16, past the suite's timeout."""
+    sizes = []
+    monkeypatch.setattr(throughput, "matmul_seconds", lambda n, dtype, dev: sizes.append(n) or seconds_at[n])
+    flops = throughput.matmul_peak(device, "bf16")
+    assert sizes[-1] == size and sizes == sorted(sizes) and flops == pytest.approx(2 * size**3 / seconds_at[size])
+
+
 def test_the_gpu_variants_put_the_targets_batch_first_and_the_reference_second(tmp_path):
     names = [v.name for v in throughput.variants_for(throughput_args(tmp_path, device="cuda", compile=True))]
     assert names[:2] == ["covid_ddp bf16 b1024", "original"]
