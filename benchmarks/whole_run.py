@@ -10,13 +10,17 @@ imports, loading, split, training, evaluation, writing the weights. The variants
 turns in every repeat (a shared machine is noisy: compare within one run); the
 median and the ratio to the original are printed, and for covid-ddp-train its fixed costs: the
 whole process less the epochs' own seconds (metrics.json's history), i.e. start-up (imports,
-loading, split, model) and finish (the final scoring, figures, files). Not a test.
+loading, split, model) and finish (the final scoring, figures, files). ``--floor`` adds what any
+default run pays whatever covid_ddp does, each part timed in a fresh process: importing torch, its
+first optimizer (torch 2.13's ``torch.optim`` imports ``torch._dynamo``) and the fp32 scoring of
+the test split by the shipped weights. Not a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -60,6 +64,48 @@ def commands(args, data: Path, work: Path) -> dict[str, tuple[list[str], Path | 
     return chosen
 
 
+FLOOR_SCRIPT = """
+import json, sys, time
+started = time.perf_counter()
+import torch
+imported = time.perf_counter()
+from covid_ddp import predict
+from covid_ddp.models.net import Net, for_inference
+net = Net()
+before = time.perf_counter()
+torch.optim.Adam(net.parameters(), lr=1e-3)
+optimizer = time.perf_counter()
+import numpy as np
+images = np.random.default_rng(0).integers(0, 256, (int(sys.argv[1]), 64, 64), dtype=np.uint8)
+model = for_inference(net.eval())
+before_scoring = time.perf_counter()
+predict(model, images)
+print(json.dumps({"import torch": imported - started, "first optimizer": optimizer - before,
+                  "fp32 test scoring": time.perf_counter() - before_scoring}))
+"""
+
+
+def test_split_size(data: Path) -> int:
+    """The default split's test images (``--test-size``'s default share, rounded up as scikit-learn does)."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT))
+    from covid_ddp.data.splits import SplitPlan
+
+    with np.load(data / "train_labels.npz", allow_pickle=False) as labels:
+        return math.ceil(len(labels["train_labels"]) * SplitPlan.test_size)
+
+
+def measure_floor(test_images: int, repeats: int) -> dict[str, float]:
+    """The medians of the parts every default run pays, each repeat a fresh process."""
+    parts = []
+    for _ in range(repeats):
+        done = subprocess.run([sys.executable, "-c", FLOOR_SCRIPT, str(test_images)], capture_output=True, text=True,
+                              check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        parts.append(json.loads(done.stdout))
+    return {name: statistics.median(part[name] for part in parts) for name in parts[0]}
+
+
 def epoch_seconds(run_dir: Path | None) -> float | None:
     """The training epochs' own seconds (validation included), from the run's metrics.json."""
     if run_dir is None or not (run_dir / "metrics.json").is_file():
@@ -78,6 +124,9 @@ def main() -> None:
     parser.add_argument("--checkout", action="append", default=[], metavar="NAME=DIR",
                         help="a default run of another covid_ddp checkout (an earlier commit: git worktree add DIR "
                              "COMMIT), timed the same way")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time the parts any default run pays: torch's import, its first optimizer, "
+                             "the fp32 scoring of the test split")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -96,6 +145,7 @@ def main() -> None:
                 training = epoch_seconds(run_dir)
                 if training is not None:
                     fixed[name].append(seconds[name][-1] - training)
+        test_images = test_split_size(data)
     import torch
 
     print(f"{args.epochs} epoch(s) on {'%s' % args.data_dir if args.data_dir else f'{args.size} synthetic images'}, "
@@ -107,6 +157,10 @@ def main() -> None:
         runs_text = ", ".join(f"{v:.1f}" for v in values)
         fixed_text = f"{statistics.median(fixed[name]):.1f}" if fixed[name] else "-"
         print(f"{name:<40}{median:>10.1f}{runs_text:>28}{reference / median:>13.2f}x{fixed_text:>16}")
+    if args.floor:
+        floor = measure_floor(test_images, args.repeats)
+        parts = ", ".join(f"{name} {took:.1f} s" for name, took in floor.items())
+        print(f"floor of the fixed costs ({test_images} test images): {sum(floor.values()):.1f} s ({parts})")
 
 
 if __name__ == "__main__":
