@@ -85,7 +85,7 @@ print(json.dumps({"import torch": imported - started, "first optimizer": optimiz
 """
 
 
-def test_split_size(data: Path) -> int:
+def held_out_image_count(data: Path) -> int:
     """The default split's test images (``--test-size``'s default share, rounded up as scikit-learn does)."""
     import numpy as np
 
@@ -145,7 +145,7 @@ def main() -> None:
                 training = epoch_seconds(run_dir)
                 if training is not None:
                     fixed[name].append(seconds[name][-1] - training)
-        test_images = test_split_size(data)
+        test_images = held_out_image_count(data)
     import torch
 
     print(f"{args.epochs} epoch(s) on {'%s' % args.data_dir if args.data_dir else f'{args.size} synthetic images'}, "

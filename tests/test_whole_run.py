@@ -25,4 +25,4 @@ def test_the_floor_times_each_part_in_a_fresh_process():
 def test_the_floor_scores_as_many_images_as_the_default_test_split(tmp_path):
     classes = np.arange(1001) % 4  # (an odd count: the rounding counts)
     np.savez(tmp_path / "train_labels.npz", train_labels=np.eye(4, dtype=np.uint8)[classes])
-    assert whole_run.test_split_size(tmp_path) == len(make_split(to_binary(np.eye(4)[classes]), SplitPlan()).test)
+    assert whole_run.held_out_image_count(tmp_path) == len(make_split(to_binary(np.eye(4)[classes]), SplitPlan()).test)
