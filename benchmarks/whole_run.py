@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -86,14 +85,15 @@ print(json.dumps({"import torch": imported - started, "first optimizer": optimiz
 
 
 def held_out_image_count(data: Path) -> int:
-    """The default split's test images (``--test-size``'s default share, rounded up as scikit-learn does)."""
+    """The images of the default split's test part, as covid-ddp-train splits the folder's labels."""
     import numpy as np
 
     sys.path.insert(0, str(ROOT))
-    from covid_ddp.data.splits import SplitPlan
+    from covid_ddp.data.format import to_binary
+    from covid_ddp.data.splits import SplitPlan, make_split
 
     with np.load(data / "train_labels.npz", allow_pickle=False) as labels:
-        return math.ceil(len(labels["train_labels"]) * SplitPlan.test_size)
+        return len(make_split(to_binary(labels["train_labels"]), SplitPlan()).test)
 
 
 def measure_floor(test_images: int, repeats: int) -> dict[str, float]:

@@ -30,6 +30,7 @@ from conftest import (
     torchrun,
 )
 
+from covid_ddp.calibration import fold_temperature
 from covid_ddp.training.checkpoint import complete_checkpoints
 from covid_ddp.training.run_folder import RunLock
 
@@ -108,8 +109,7 @@ def _unfolded_weights(run_dir) -> tuple[dict, float]:
     """A run's shipped weights in float64 with its temperature multiplied back into fc2, and the temperature."""
     weights = torch.load(run_dir / "COVID_binary_classifier.pth", weights_only=True)
     temperature = json.loads((run_dir / "COVID_binary_classifier.json").read_text()).get("temperature", 1.0)
-    return {key: value.double() * (temperature if key.startswith("fc2.") else 1.0)
-            for key, value in weights.items()}, temperature
+    return fold_temperature({key: value.double() for key, value in weights.items()}, "fc2", 1 / temperature), temperature
 
 
 def _assert_same_run(resumed_dir, reference_dir, tolerance: float = 0.0, temperature_rtol: float = 0.0) -> None:
